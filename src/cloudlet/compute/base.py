@@ -1,0 +1,123 @@
+"""The compute driver contract every backend (process, qemu, fake) implements."""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class WorkloadState(str, enum.Enum):
+    """What a driver can say about one workload."""
+
+    ABSENT = "absent"  # the driver knows nothing of it
+    CREATED = "created"  # prepared, never started or stopped since
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    STOPPED = "stopped"  # stopped on request
+    FAILED = "failed"  # exited on its own and the restart policy gave up
+
+
+class RestartPolicy(str, enum.Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NEVER = "never"
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything a driver needs to run one workload.
+
+    ``command`` is used by the process driver; ``disk_image`` / ``memory_image``
+    by VM drivers. ``port`` is the host port the agent assigned; the driver
+    exposes the service there (env ``PORT`` for processes, a forward for VMs).
+    """
+
+    workload_id: str
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int | None = None
+    guest_port: int | None = None
+    vcpus: float = 1.0
+    memory_mib: int = 256
+    disk_image: Path | None = None
+    memory_image: Path | None = None
+    restart: RestartPolicy = RestartPolicy.ON_FAILURE
+    max_restarts: int = 5
+
+
+@dataclass(frozen=True)
+class WorkloadStatus:
+    workload_id: str
+    state: WorkloadState
+    endpoint: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class ComputeDriver(abc.ABC):
+    """A backend that runs workloads on this host.
+
+    Every method is idempotent where the agent may retry it after a crash:
+    creating an existing workload with the same spec succeeds, deleting a missing
+    one succeeds, stopping a stopped one succeeds. Backend failures surface as
+    :class:`cloudlet.errors.DriverError` subclasses with the cause chained.
+    """
+
+    name: str = "abstract"
+    #: What the agent may ask of this driver beyond the basics.
+    capabilities: Mapping[str, bool] = {"suspend": False, "survives_agent": False}
+
+    @abc.abstractmethod
+    def create(self, spec: WorkloadSpec) -> None:
+        """Prepare a workload without starting it. A failed create leaves nothing."""
+
+    @abc.abstractmethod
+    def start(self, workload_id: str) -> WorkloadStatus:
+        """Start (or restart) a created or stopped workload.
+
+        Raises:
+            WorkloadNotFoundError: it was never created.
+            DriverError: the backend could not start it.
+        """
+
+    @abc.abstractmethod
+    def stop(self, workload_id: str, timeout: float = 10.0) -> None:
+        """Stop gracefully, then forcibly after ``timeout`` seconds. Stopping a
+        stopped workload succeeds; a missing one raises WorkloadNotFoundError."""
+
+    def suspend(self, workload_id: str) -> None:
+        """Save the workload's memory and stop it, so resume() continues it."""
+        raise NotImplementedError(f"{self.name} driver cannot suspend")
+
+    def resume(self, workload_id: str) -> WorkloadStatus:
+        """Continue a suspended workload."""
+        raise NotImplementedError(f"{self.name} driver cannot resume")
+
+    @abc.abstractmethod
+    def delete(self, workload_id: str) -> None:
+        """Stop if needed and remove every trace. Deleting a missing one succeeds."""
+
+    @abc.abstractmethod
+    def status(self, workload_id: str) -> WorkloadStatus:
+        """Current state; ABSENT for an unknown workload (never raises for that)."""
+
+    @abc.abstractmethod
+    def list(self) -> list[str]:
+        """Ids of every workload this driver holds."""
+
+    @abc.abstractmethod
+    def log(self, workload_id: str, tail_bytes: int = 64 * 1024) -> str:
+        """The end of the workload's console or log output."""
+
+    def close(self, keep_running: bool = False) -> None:
+        """Release the driver. Unless ``keep_running``, stop every workload so the
+        agent leaves no orphans behind."""
+        if keep_running:
+            return
+        for workload_id in self.list():
+            self.stop(workload_id)
