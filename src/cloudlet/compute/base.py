@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-class WorkloadState(str, enum.Enum):
+class WorkloadState(enum.StrEnum):
     """What a driver can say about one workload."""
 
     ABSENT = "absent"  # the driver knows nothing of it
@@ -20,7 +20,7 @@ class WorkloadState(str, enum.Enum):
     FAILED = "failed"  # exited on its own and the restart policy gave up
 
 
-class RestartPolicy(str, enum.Enum):
+class RestartPolicy(enum.StrEnum):
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
     NEVER = "never"

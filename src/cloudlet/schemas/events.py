@@ -1,0 +1,29 @@
+"""Events: what sites report (lifecycle, alarms, usage), stored once per (site, seq)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from pydantic import Field
+
+from cloudlet.schemas._base import Model
+
+
+class EventKind(enum.StrEnum):
+    AGENT_STARTED = "agent.started"
+    INSTANCE_STATE = "instance.state"  # data: state, previous, reason, timings
+    INSTANCE_CREATED = "instance.created"  # a local client started one at the site
+    USAGE = "usage"  # data: instance, app, project, seconds, start, end
+    ALARM = "alarm"  # data: severity, message
+    SITE = "site"  # controller-side: enrolled, offline, online, decommissioned
+
+
+class Event(Model):
+    site: str
+    seq: int = Field(ge=0, description="Per-site sequence number (0 for controller events).")
+    kind: EventKind
+    instance: str | None = None
+    at: datetime
+    data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,59 @@
+"""Instances: one running copy of an app at one site."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import Field
+
+from cloudlet.schemas._base import Input, Model
+from cloudlet.schemas.common import Name
+
+
+class DesiredState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    DELETED = "deleted"
+
+
+class ActualState(enum.StrEnum):
+    PENDING = "pending"
+    FETCHING = "fetching"
+    SYNTHESIZING = "synthesizing"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    RELOCATING = "relocating"
+    DELETED = "deleted"
+
+
+class InstanceOrigin(enum.StrEnum):
+    CONTROLLER = "controller"  # asked of the controller
+    SITE = "site"  # started by a local client through the site's own API
+
+
+class InstanceCreate(Input):
+    app: Name
+    site: Name | None = Field(None, description="Leave empty to let placement choose.")
+    name: Name | None = None
+    client_latitude: float | None = Field(None, ge=-90, le=90)
+    client_longitude: float | None = Field(None, ge=-180, le=180)
+
+
+class Instance(Model):
+    id: str
+    name: str
+    app: str
+    project: str
+    site: str
+    origin: InstanceOrigin
+    desired_state: DesiredState
+    actual_state: ActualState
+    endpoint: str | None
+    reason: str | None
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+    created_at: datetime
+    updated_at: datetime

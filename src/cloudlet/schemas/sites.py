@@ -1,0 +1,86 @@
+"""Sites: the small edge locations the controller manages."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import Field
+
+from cloudlet.schemas._base import Input, Model
+from cloudlet.schemas.common import LabelMap, Name, Resources, Utilization
+
+
+class SiteState(enum.StrEnum):
+    REGISTERED = "registered"  # created, no agent enrolled yet
+    ACTIVE = "active"  # an agent enrolled; availability says online/offline
+    DRAINING = "draining"
+    DECOMMISSIONED = "decommissioned"
+
+
+class Availability(enum.StrEnum):
+    UNKNOWN = "unknown"  # never seen
+    ONLINE = "online"
+    OFFLINE = "offline"
+
+
+class SyncStatus(enum.StrEnum):
+    IN_SYNC = "in-sync"  # the agent applied the latest revision
+    SYNCING = "syncing"  # behind, but talking to us
+    OUT_OF_SYNC = "out-of-sync"  # behind and offline
+
+
+class SiteCreate(Input):
+    name: Name
+    region: str = Field("default", min_length=1, max_length=63)
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+    labels: LabelMap = Field(default_factory=dict)
+    join_token_ttl_s: int = Field(
+        3600, gt=0, le=30 * 86400, description="Lifetime of the join token created with the site."
+    )
+
+
+class SiteUpdate(Input):
+    region: str | None = Field(None, min_length=1, max_length=63)
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
+    labels: LabelMap | None = None
+
+
+class Site(Model):
+    id: str
+    name: str
+    region: str
+    latitude: float | None
+    longitude: float | None
+    labels: dict[str, str]
+    state: SiteState
+    availability: Availability
+    last_seen: datetime | None
+    revision: int = Field(description="Latest revision of this site's desired state.")
+    applied_revision: int = Field(description="Latest revision the agent reported applied.")
+    revision_lag: int
+    sync_status: SyncStatus
+    bytes_in: int = Field(description="Bytes received from the agent.")
+    bytes_out: int = Field(description="Bytes sent to the agent.")
+    capacity: Resources | None
+    utilization: Utilization | None
+    instances: int = 0
+    agent_version: str | None = None
+    created_at: datetime
+
+
+class JoinTokenCreate(Input):
+    ttl_s: int = Field(3600, gt=0, le=30 * 86400)
+
+
+class JoinToken(Model):
+    site: str
+    token: str = Field(description="Shown once; hand it to the site's agent (--join).")
+    expires_at: datetime
+
+
+class SiteCreated(Model):
+    site: Site
+    join_token: JoinToken
