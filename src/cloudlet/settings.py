@@ -1,0 +1,130 @@
+"""Settings for every Cloudlet component, loaded once at an entry point.
+
+Precedence, lowest first: defaults, the TOML file (``--config`` or
+``CLOUDLET_CONFIG``), environment variables, then command-line flags. The
+environment prefix follows the nesting: ``CLOUDLET_CONTROLLER__DATABASE_URL``;
+the most common ones also have a short alias (``CLOUDLET_DATABASE_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cloudlet.errors import ConfigError
+
+
+class ControllerSettings(BaseModel):
+    data_dir: Path = Field(Path("./cloudlet-data"), description="Database, admin token, keys.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite in the data directory."
+    )
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8080, ge=0, lt=65536, description="Port to listen on (0: any free one).")
+    offline_grace_s: float = Field(
+        30.0, gt=0, description="Silence after which a site is declared offline."
+    )
+    long_poll_max_s: float = Field(30.0, gt=0, description="Longest a desired-state pull waits.")
+    tombstone_retention: int = Field(
+        1000, gt=0, description="Deletions kept per site for deltas; older cursors get a snapshot."
+    )
+    log_level: str = Field("info", description="Python log level.")
+
+
+class AgentSettings(BaseModel):
+    data_dir: Path = Field(Path("./cloudlet-agent"), description="Local store, logs, workloads.")
+    controller_url: str | None = Field(None, description="Base URL of the controller.")
+    join_token: str | None = Field(None, description="One-time token, needed only to enroll.")
+    driver: str = Field("process", description="Compute driver: process, fake or qemu.")
+    poll_wait_s: float = Field(25.0, gt=0, description="Long-poll wait asked of the controller.")
+    report_interval_s: float = Field(10.0, gt=0, description="Heartbeat / report interval.")
+    reconcile_interval_s: float = Field(5.0, gt=0, description="Periodic reconcile interval.")
+    usage_interval_s: float = Field(60.0, gt=0, description="Usage record period per instance.")
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
+    local_host: str = Field("127.0.0.1", description="Site-local API address.")
+    local_port: int = Field(0, ge=0, lt=65536, description="Site-local API port (0: any).")
+    workload_host: str = Field("127.0.0.1", description="Address workloads listen on.")
+    keep_workloads: bool = Field(
+        False, description="Leave workloads running when the agent stops (default: stop them)."
+    )
+    log_level: str = Field("info", description="Python log level.")
+
+
+class Settings(BaseSettings):
+    """The root: one section per component."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLOUDLET_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    agent: AgentSettings = Field(default_factory=AgentSettings)
+    controller_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("CLOUDLET_URL", "controller_url"),
+        description="Where the CLI finds the controller.",
+    )
+    token: str | None = Field(
+        None,
+        validation_alias=AliasChoices("CLOUDLET_TOKEN", "token"),
+        description="Bearer token the CLI sends (default: the admin token file).",
+    )
+
+
+# Short environment aliases for the settings operators set most.
+_ALIASES = {
+    "CLOUDLET_DATABASE_URL": ("controller", "database_url"),
+    "CLOUDLET_DATA_DIR": ("controller", "data_dir"),
+    "CLOUDLET_JOIN_TOKEN": ("agent", "join_token"),
+}
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from defaults, a TOML file, the environment and ``overrides``.
+
+    ``overrides`` are flag values, nested as ``controller={"port": 9000}``; None
+    values are dropped so an unset flag does not hide the file or environment.
+
+    Raises:
+        ConfigError: the file is missing or malformed, or a value is invalid.
+    """
+    file_values: dict[str, Any] = {}
+    path = config_file or (Path(p) if (p := os.environ.get("CLOUDLET_CONFIG")) else None)
+    if path is not None:
+        try:
+            file_values = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    for env, (section, key) in _ALIASES.items():
+        if env in os.environ:
+            file_values.setdefault(section, {})[key] = os.environ[env]
+    try:
+        from_env = Settings()
+    except ValueError as exc:
+        raise ConfigError(f"invalid CLOUDLET_* environment: {exc}") from exc
+    env_values = from_env.model_dump(exclude_unset=True)
+    flags = {
+        k: ({kk: vv for kk, vv in v.items() if vv is not None} if isinstance(v, dict) else v)
+        for k, v in overrides.items()
+        if v is not None
+    }
+    merged = _deep_merge(_deep_merge(file_values, env_values), flags)
+    try:
+        return Settings.model_validate(merged)
+    except ValueError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
