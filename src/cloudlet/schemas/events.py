@@ -23,7 +23,7 @@ class EventKind(enum.StrEnum):
 class Event(Model):
     site: str
     seq: int = Field(ge=0, description="Per-site sequence number (0 for controller events).")
-    kind: EventKind
+    kind: str = Field(description="An EventKind from a site, or site.* from the controller.")
     instance: str | None = None
     at: datetime
     data: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,43 @@
+"""/v1/apps: the catalog of applications."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Response, status
+
+from cloudlet.controller.api.deps import DB, User, scope_project
+from cloudlet.controller.services import catalog
+from cloudlet.errors import AuthError, NotFoundError
+from cloudlet.schemas import DEFAULT_PROJECT, App, AppCreate
+
+router = APIRouter(prefix="/v1/apps", tags=["apps"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=App)
+def create_app(body: AppCreate, session: DB, user: User) -> App:
+    project = scope_project(user, body.project) or DEFAULT_PROJECT
+    if body.project and body.project != project:
+        raise AuthError(f"you may not create apps in project {body.project!r}")
+    return App.model_validate(catalog.create_app(session, project, body))
+
+
+@router.get("", response_model=list[App])
+def list_apps(session: DB, user: User, project: str | None = Query(None)) -> list[App]:
+    return [App.model_validate(a) for a in catalog.list_apps(session, scope_project(user, project))]
+
+
+def _load(session: DB, user: User, name: str, project: str | None) -> catalog.App:
+    app = catalog.get_app(session, scope_project(user, project) or DEFAULT_PROJECT, name)
+    if app is None:
+        raise NotFoundError(f"app {name!r} not found")
+    return app
+
+
+@router.get("/{name}", response_model=App)
+def show_app(name: str, session: DB, user: User, project: str | None = Query(None)) -> App:
+    return App.model_validate(_load(session, user, name, project))
+
+
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_app(name: str, session: DB, user: User, project: str | None = Query(None)) -> Response:
+    catalog.delete_app(session, _load(session, user, name, project))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

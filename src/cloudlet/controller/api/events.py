@@ -1,0 +1,48 @@
+"""/v1/events: lifecycle, alarms and usage reported by sites, plus controller events."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from sqlalchemy import select
+
+from cloudlet.controller.api.deps import DB, User
+from cloudlet.controller.db.models import Site
+from cloudlet.controller.services import events, fleet
+from cloudlet.errors import NotFoundError
+from cloudlet.schemas import Event
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.get("", response_model=list[Event])
+def list_events(
+    session: DB,
+    user: User,
+    site: str | None = Query(None, description="Only this site's events."),
+    kind: str | None = Query(None, description="Only this kind, e.g. usage."),
+    instance: str | None = Query(None, description="Only this instance id."),
+    since: datetime | None = Query(None),
+    limit: int = Query(100, ge=1, le=10_000),
+) -> list[Event]:
+    site_row = None
+    if site is not None:
+        site_row = fleet.get_site(session, site)
+        if site_row is None:
+            raise NotFoundError(f"site {site!r} not found")
+    rows = events.list_events(
+        session, site=site_row, kind=kind, instance_id=instance, since=since, limit=limit
+    )
+    names = dict(session.execute(select(Site.id, Site.name)).tuples().all())
+    return [
+        Event(
+            site=names.get(site_id, site_id or "-"),
+            seq=seq,
+            kind=kind_,
+            instance=inst,
+            at=at,
+            data=data,
+        )
+        for site_id, seq, kind_, inst, at, data in rows
+    ]

@@ -1,0 +1,97 @@
+"""/v1/instances: run apps at sites."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+from sqlalchemy import select
+
+from cloudlet.controller.api.deps import DB, State, User, scope_project
+from cloudlet.controller.db.models import App, Site
+from cloudlet.controller.db.models import Instance as InstanceRow
+from cloudlet.controller.services import fleet, instances
+from cloudlet.errors import NotFoundError
+from cloudlet.schemas import DEFAULT_PROJECT, Instance, InstanceCreate
+from cloudlet.schemas._base import Model
+
+router = APIRouter(prefix="/v1/instances", tags=["instances"])
+
+
+class InstanceCreated(Instance):
+    placement: dict[str, object] | None = None
+
+
+class _Names(Model):
+    apps: dict[str, str]
+    sites: dict[str, str]
+
+
+def _names(session: DB) -> _Names:
+    return _Names(
+        apps=dict(session.execute(select(App.id, App.name)).tuples().all()),
+        sites=dict(session.execute(select(Site.id, Site.name)).tuples().all()),
+    )
+
+
+def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **extra: object):
+    return cls(
+        id=row.id,
+        name=row.name,
+        app=names.apps.get(row.app_id, row.app_id),
+        project=row.project,
+        site=names.sites.get(row.site_id, row.site_id),
+        origin=row.origin,
+        desired_state=row.desired_state,
+        actual_state=row.actual_state,
+        endpoint=row.endpoint,
+        reason=row.reason,
+        timings=row.timings,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        **extra,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=InstanceCreated)
+def create_instance(body: InstanceCreate, session: DB, user: User, st: State) -> InstanceCreated:
+    project = scope_project(user) or DEFAULT_PROJECT
+    row, explanation = instances.create_instance(
+        session, project, body, st.settings.offline_grace_s
+    )
+    session.commit()
+    st.watcher.notify(row.site_id)
+    return _view(row, _names(session), InstanceCreated, placement=explanation)
+
+
+@router.get("", response_model=list[Instance])
+def list_instances(
+    session: DB, user: User, site: str | None = Query(None), project: str | None = Query(None)
+) -> list[Instance]:
+    site_id = None
+    if site is not None:
+        row = fleet.get_site(session, site)
+        if row is None:
+            raise NotFoundError(f"site {site!r} not found")
+        site_id = row.id
+    rows = instances.list_instances(session, scope_project(user, project), site_id)
+    names = _names(session)
+    return [_view(r, names) for r in rows]
+
+
+def _load(session: DB, user: User, ref: str) -> InstanceRow:
+    row = instances.get_instance(session, scope_project(user) or DEFAULT_PROJECT, ref)
+    if row is None:
+        raise NotFoundError(f"instance {ref!r} not found")
+    return row
+
+
+@router.get("/{ref}", response_model=Instance)
+def show_instance(ref: str, session: DB, user: User) -> Instance:
+    return _view(_load(session, user, ref), _names(session))
+
+
+@router.delete("/{ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Instance)
+def delete_instance(ref: str, session: DB, user: User, st: State) -> Instance:
+    row = instances.delete_instance(session, _load(session, user, ref))
+    session.commit()
+    st.watcher.notify(row.site_id)
+    return _view(row, _names(session))

@@ -1,0 +1,97 @@
+"""The controller's FastAPI application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from cloudlet import __version__
+from cloudlet.controller import tasks
+from cloudlet.controller.api import agent, apps, events, instances, problems, sites
+from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
+from cloudlet.controller.services.auth import bootstrap
+from cloudlet.controller.state import ControllerState
+from cloudlet.settings import ControllerSettings
+
+
+class TrafficMiddleware:
+    """Counts the bytes each site's agent exchanges with us (pure ASGI: cheap)."""
+
+    def __init__(self, app: Any, state: ControllerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/agent/"):
+            await self.app(scope, receive, send)
+            return
+        counts = [0, 0]
+
+        async def counting_receive() -> dict[str, Any]:
+            message = await receive()
+            counts[0] += len(message.get("body", b""))
+            return message
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                counts[1] += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        finally:
+            site_id = scope.get("state", {}).get("site_id")
+            if site_id:
+                self.state.traffic.add(site_id, counts[0], counts[1])
+
+
+def open_state(settings: ControllerSettings) -> ControllerState:
+    """Connect to the database, migrate it and bootstrap the admin identity."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url or default_url(settings.data_dir))
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as session:
+        bootstrap(session, settings.data_dir)
+    return ControllerState(settings=settings, engine=engine, sessions=sessions)
+
+
+def create_app(settings: ControllerSettings) -> FastAPI:
+    state = open_state(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        running = tasks.start(state)
+        try:
+            yield
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            tasks.flush_traffic(state)
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="Cloudlet controller",
+        version=__version__,
+        description="Manage a fleet of edge sites, their apps and instances.",
+        lifespan=lifespan,
+    )
+    app.state.cloudlet = state
+    problems.install(app)
+    for module in (sites, apps, instances, events, agent):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(TrafficMiddleware, state=state)
+    return app

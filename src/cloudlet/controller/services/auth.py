@@ -1,0 +1,80 @@
+"""Bootstrap of the admin project and token, and bearer-token checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloudlet.controller.db.models import ApiToken, Project, Site
+from cloudlet.controller.services._util import hash_secret, new_id, new_secret, utcnow
+from cloudlet.errors import AuthError
+from cloudlet.schemas import DEFAULT_PROJECT
+
+ADMIN_TOKEN_FILE = "admin.token"
+
+
+def bootstrap(session: Session, data_dir: Path) -> None:
+    """Create the admin project and, at first start, the admin token file.
+
+    The token is written (mode 0600) before its hash is committed, so a crash
+    in between leaves a file to retry with rather than a token nobody knows.
+    """
+    if session.get(Project, DEFAULT_PROJECT) is None:
+        session.add(Project(name=DEFAULT_PROJECT, created_at=utcnow()))
+        session.flush()
+    token_path = data_dir / ADMIN_TOKEN_FILE
+    existing = session.scalar(select(ApiToken).where(ApiToken.name == "admin"))
+    if existing is not None:
+        return
+    if token_path.exists():
+        token = token_path.read_text().strip()
+    else:
+        token = new_secret("admin")
+        tmp = token_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(token_path)
+    session.add(
+        ApiToken(
+            id=new_id(),
+            name="admin",
+            project=DEFAULT_PROJECT,
+            role="admin",
+            token_hash=hash_secret(token),
+            created_at=utcnow(),
+        )
+    )
+
+
+def authenticate_user(session: Session, token: str | None) -> ApiToken:
+    """The API token behind a bearer secret.
+
+    Raises:
+        AuthError: no token, or an unknown one.
+    """
+    if not token:
+        raise AuthError("missing bearer token")
+    row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_secret(token)))
+    if row is None:
+        raise AuthError("invalid bearer token")
+    return row
+
+
+def authenticate_site(session: Session, credential: str | None) -> Site:
+    """The site whose agent holds this credential.
+
+    Raises:
+        AuthError: missing or unknown credential, or a decommissioned site.
+    """
+    if not credential:
+        raise AuthError("missing site credential")
+    site = session.scalar(select(Site).where(Site.credential_hash == hash_secret(credential)))
+    if site is None:
+        raise AuthError("invalid or revoked site credential")
+    return site

@@ -1,0 +1,63 @@
+"""Apps in the catalog: create, read, delete."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+from sqlalchemy.orm import Session
+
+from cloudlet.controller.db.models import App, Instance
+from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.instances import live_instance_count, purge_tombstones
+from cloudlet.errors import ConflictError, InvalidInputError
+from cloudlet.placement import parse_constraints
+from cloudlet.schemas import AppCreate
+
+
+def get_app(session: Session, project: str, name: str) -> App | None:
+    return session.scalar(select(App).where(App.project == project, App.name == name))
+
+
+def list_apps(session: Session, project: str | None) -> list[App]:
+    query = select(App).order_by(App.name)
+    if project is not None:
+        query = query.where(App.project == project)
+    return list(session.scalars(query))
+
+
+def create_app(session: Session, project: str, body: AppCreate) -> App:
+    """Raises:
+    InvalidInputError: a constraint does not parse.
+    ConflictError: the name is taken in the project.
+    """
+    try:
+        parse_constraints(body.constraints)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    app = App(
+        id=new_id(),
+        project=project,
+        name=body.name,
+        description=body.description,
+        components=[c.model_dump(mode="json") for c in body.components],
+        resources=body.resources.model_dump(),
+        latency_bound_ms=body.latency_bound_ms,
+        labels=dict(body.labels),
+        constraints=list(body.constraints),
+        created_at=utcnow(),
+    )
+    session.add(app)
+    try:
+        session.flush()
+    except DBIntegrityError as exc:
+        raise ConflictError(f"app {body.name!r} exists already in project {project!r}") from exc
+    return app
+
+
+def delete_app(session: Session, app: App) -> None:
+    """Raises ConflictError while instances of the app are live."""
+    live = live_instance_count(session, app.id)
+    if live:
+        raise ConflictError(f"app {app.name!r} has {live} live instance(s); delete them first")
+    purge_tombstones(session, Instance.app_id == app.id)
+    session.delete(app)

@@ -1,0 +1,199 @@
+"""Instances: create (placing them when no site is named), list, delete.
+
+Every change to an instance's desired state bumps its site's revision and stamps
+the instance with it, which is what makes desired-state deltas possible.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from cloudlet import placement
+from cloudlet.controller.db.models import App, Instance, Site
+from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.fleet import availability, record
+from cloudlet.errors import ConflictError, NotFoundError
+from cloudlet.schemas import ActualState, DesiredState, InstanceCreate, InstanceOrigin, SiteState
+
+
+def bump_revision(session: Session, site_id: str) -> int:
+    """Advance a site's desired-state revision atomically and return the new one."""
+    return session.execute(
+        update(Site)
+        .where(Site.id == site_id)
+        .values(revision=Site.revision + 1, revision_changed_at=utcnow())
+        .returning(Site.revision)
+    ).scalar_one()
+
+
+def get_instance(session: Session, project: str, ref: str) -> Instance | None:
+    """By id or by name within the project."""
+    return session.scalar(
+        select(Instance).where(
+            Instance.project == project, (Instance.id == ref) | (Instance.name == ref)
+        )
+    )
+
+
+def list_instances(
+    session: Session, project: str | None, site_id: str | None = None
+) -> list[Instance]:
+    query = select(Instance).order_by(Instance.created_at, Instance.name)
+    if project is not None:
+        query = query.where(Instance.project == project)
+    if site_id is not None:
+        query = query.where(Instance.site_id == site_id)
+    return list(session.scalars(query))
+
+
+def _allocated(session: Session) -> dict[str, placement.Resources]:
+    """What live instances consume per site, from the apps' declared resources."""
+    rows = session.execute(
+        select(Instance.site_id, App.resources)
+        .join(App, App.id == Instance.app_id)
+        .where(Instance.desired_state != DesiredState.DELETED.value)
+    )
+    totals: dict[str, placement.Resources] = {}
+    for site_id, res in rows:
+        prev = totals.get(site_id, placement.Resources())
+        totals[site_id] = placement.Resources(
+            vcpus=prev.vcpus + res["vcpus"],
+            memory_mib=prev.memory_mib + res["memory_mib"],
+            disk_gib=prev.disk_gib + res["disk_gib"],
+        )
+    return totals
+
+
+def candidates(session: Session, grace_s: float) -> list[placement.SiteCandidate]:
+    """A placement snapshot of every site that has an agent."""
+    now = utcnow()
+    allocated = _allocated(session)
+    out = []
+    for site in session.scalars(select(Site).where(Site.state != SiteState.REGISTERED.value)):
+        cap = site.capacity or {"vcpus": 0, "memory_mib": 0, "disk_gib": 0}
+        util = site.utilization
+        out.append(
+            placement.SiteCandidate(
+                site_id=site.id,
+                name=site.name,
+                capacity=placement.Resources(cap["vcpus"], cap["memory_mib"], cap["disk_gib"]),
+                online=availability(site, now, grace_s).value == "online",
+                state="online" if site.state == SiteState.ACTIVE.value else site.state,
+                region=site.region,
+                latitude=site.latitude,
+                longitude=site.longitude,
+                labels=dict(site.labels),
+                allocated=allocated.get(site.id, placement.Resources()),
+                utilization=placement.Utilization(**util) if util else None,
+            )
+        )
+    return out
+
+
+def create_instance(
+    session: Session,
+    project: str,
+    body: InstanceCreate,
+    grace_s: float,
+    config: placement.PlacementConfig | None = None,
+) -> tuple[Instance, dict[str, object] | None]:
+    """Create an instance, placing it when no site is named.
+
+    Returns the instance and, when placement chose the site, its explanation.
+
+    Raises:
+        NotFoundError: unknown app or site.
+        ConflictError: the site cannot take instances, or the name is taken.
+        PlacementError: no site fits.
+    """
+    app = session.scalar(select(App).where(App.project == project, App.name == body.app))
+    if app is None:
+        raise NotFoundError(f"app {body.app!r} not found in project {project!r}")
+    explanation = None
+    if body.site is not None:
+        site = session.scalar(select(Site).where(Site.name == body.site))
+        if site is None:
+            raise NotFoundError(f"site {body.site!r} not found")
+        if site.state in (SiteState.DRAINING.value, SiteState.DECOMMISSIONED.value):
+            raise ConflictError(f"site {site.name!r} is {site.state}")
+    else:
+        request = placement.PlacementRequest(
+            app=app.name,
+            resources=placement.Resources(**app.resources),
+            constraints=tuple(app.constraints),
+            latency_bound_ms=app.latency_bound_ms,
+            client_latitude=body.client_latitude,
+            client_longitude=body.client_longitude,
+        )
+        decision = placement.place(candidates(session, grace_s), request, config)
+        site = session.get_one(Site, decision.site.site_id)
+        explanation = decision.as_dict()
+    name = body.name or f"{app.name}-{secrets.token_hex(3)}"
+    if get_instance(session, project, name) is not None:
+        raise ConflictError(f"instance {name!r} exists already")
+    now = utcnow()
+    instance = Instance(
+        id=new_id(),
+        project=project,
+        name=name,
+        app_id=app.id,
+        site_id=site.id,
+        origin=InstanceOrigin.CONTROLLER.value,
+        desired_state=DesiredState.RUNNING.value,
+        revision=bump_revision(session, site.id),
+        actual_state=ActualState.PENDING.value,
+        endpoint=None,
+        reason=None,
+        timings={},
+        actual_updated_at=None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(instance)
+    record(session, "instance.created", site.id, instance=instance.id, app=app.name)
+    return instance, explanation
+
+
+def delete_instance(session: Session, instance: Instance) -> Instance:
+    """Mark an instance deleted; the row stays as a tombstone until its site has
+    applied the deletion, so deltas can carry it."""
+    if instance.desired_state == DesiredState.DELETED.value:
+        return instance
+    instance.desired_state = DesiredState.DELETED.value
+    instance.revision = bump_revision(session, instance.site_id)
+    instance.updated_at = utcnow()
+    return instance
+
+
+def live_instance_count(session: Session, app_id: str) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Instance)
+        .where(Instance.app_id == app_id, Instance.desired_state != DesiredState.DELETED.value)
+    )
+
+
+def purge_tombstones(session: Session, where: object) -> int:
+    """Delete tombstoned instances matching ``where``; raise each site's tombstone
+    floor so an agent whose cursor predates a purged deletion gets a snapshot."""
+    rows = session.execute(
+        select(Instance.site_id, func.max(Instance.revision), func.count())
+        .where(Instance.desired_state == DesiredState.DELETED.value, where)
+        .group_by(Instance.site_id)
+    ).all()
+    for site_id, max_rev, _count in rows:
+        session.execute(
+            update(Site)
+            .where(Site.id == site_id, Site.tombstone_floor < max_rev)
+            .values(tombstone_floor=max_rev)
+        )
+    if rows:
+        session.execute(
+            Instance.__table__.delete().where(
+                Instance.desired_state == DesiredState.DELETED.value, where
+            )
+        )
+    return sum(count for *_, count in rows)

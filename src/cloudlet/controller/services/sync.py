@@ -1,0 +1,170 @@
+"""The controller's side of the agent protocol: desired-state pulls and reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from cloudlet.controller.db.dialect import insert_ignore
+from cloudlet.controller.db.models import App, Event, Instance, Site
+from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.instances import bump_revision, purge_tombstones
+from cloudlet.schemas import (
+    ActualInstance,
+    ActualState,
+    AgentReport,
+    Component,
+    DesiredInstance,
+    DesiredState,
+    DesiredStateDoc,
+    InstanceOrigin,
+    Resources,
+)
+
+
+def _desired(instance: Instance, app: App) -> DesiredInstance:
+    return DesiredInstance(
+        id=instance.id,
+        name=instance.name,
+        app=app.name,
+        project=instance.project,
+        desired_state=DesiredState(instance.desired_state),
+        components=[Component.model_validate(c) for c in app.components],
+        resources=Resources.model_validate(app.resources),
+        revision=instance.revision,
+    )
+
+
+def delta_possible(site: Site, since: int) -> bool:
+    """A delta from ``since`` is complete only if no deletion after it was purged
+    and the agent is not ahead of us (a controller restored from a backup)."""
+    return site.tombstone_floor <= since <= site.revision
+
+
+def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
+    """Everything the agent must apply to move from revision ``since`` to now."""
+    query = select(Instance, App).join(App, App.id == Instance.app_id)
+    query = query.where(Instance.site_id == site.id, Instance.origin == "controller")
+    full = since <= 0 or not delta_possible(site, since)
+    if full:
+        query = query.where(Instance.desired_state != DesiredState.DELETED.value)
+    else:
+        query = query.where(Instance.revision > since)
+    rows = session.execute(query.order_by(Instance.revision)).all()
+    return DesiredStateDoc(
+        site=site.name,
+        revision=site.revision,
+        full=full,
+        since=0 if full else since,
+        instances=[_desired(i, a) for i, a in rows],
+    )
+
+
+def store_events(session: Session, site: Site, report: AgentReport) -> int:
+    """Store the report's events once each; return the highest sequence now safe
+    for the agent to drop."""
+    if not report.events:
+        return site.acked_seq
+    now = utcnow()
+    rows = [
+        {
+            "site_id": site.id,
+            "seq": e.seq,
+            "kind": e.kind.value,
+            "project": e.data.get("project") if isinstance(e.data.get("project"), str) else None,
+            "instance_id": e.instance,
+            "at": e.at,
+            "data": e.data,
+            "received_at": now,
+        }
+        for e in report.events
+    ]
+    session.execute(insert_ignore(Event.__table__, session.get_bind().dialect.name), rows)
+    acked = max(site.acked_seq, max(e.seq for e in report.events))
+    site.acked_seq = acked
+    return acked
+
+
+def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) -> None:
+    ids = [r.id for r in reported]
+    known = {i.id: i for i in session.scalars(select(Instance).where(Instance.id.in_(ids)))}
+    for r in reported:
+        instance = known.get(r.id)
+        if instance is None:
+            if r.origin is InstanceOrigin.SITE:
+                _adopt_site_instance(session, site, r)
+            continue
+        if instance.site_id != site.id:
+            continue  # a stale report from a site the instance was moved away from
+        if instance.actual_updated_at and r.updated_at < instance.actual_updated_at:
+            continue
+        instance.actual_state = r.state.value
+        instance.endpoint = r.endpoint
+        instance.reason = r.reason
+        instance.timings = dict(r.timings)
+        instance.actual_updated_at = r.updated_at
+        instance.updated_at = utcnow()
+
+
+def _adopt_site_instance(session: Session, site: Site, r: ActualInstance) -> None:
+    """Record an instance a local client started at the site while we were away."""
+    app = session.scalar(select(App).where(App.project == r.project, App.name == r.app))
+    if app is None:
+        return
+    now = utcnow()
+    session.add(
+        Instance(
+            id=r.id,
+            project=r.project,
+            name=r.name if not _name_taken(session, r) else f"{r.name}-{new_id()[:6]}",
+            app_id=app.id,
+            site_id=site.id,
+            origin=InstanceOrigin.SITE.value,
+            desired_state=DesiredState.RUNNING.value,
+            revision=bump_revision(session, site.id),
+            actual_state=r.state.value,
+            endpoint=r.endpoint,
+            reason=r.reason,
+            timings=dict(r.timings),
+            actual_updated_at=r.updated_at,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def _name_taken(session: Session, r: ActualInstance) -> bool:
+    return (
+        session.scalar(
+            select(Instance.id).where(Instance.project == r.project, Instance.name == r.name)
+        )
+        is not None
+    )
+
+
+def ingest_report(session: Session, site: Site, report: AgentReport, now: datetime) -> int:
+    """Apply one agent report; returns the acknowledged sequence number."""
+    acked = store_events(session, site, report)
+    if report.instances is not None:
+        _apply_actual(session, site, report.instances)
+    values: dict[str, object] = {"last_seen": now, "agent_version": report.agent_version}
+    if report.capacity is not None:
+        values["capacity"] = report.capacity.model_dump()
+    if report.utilization is not None:
+        values["utilization"] = report.utilization.model_dump()
+    applied = min(report.applied_revision, site.revision)
+    if applied > site.applied_revision:
+        values["applied_revision"] = applied
+    if report.instances is not None:
+        # Deletions the agent applied and no longer reports need no tombstone.
+        alive = [r.id for r in report.instances if r.state is not ActualState.DELETED]
+        purge_tombstones(
+            session,
+            (Instance.site_id == site.id)
+            & (Instance.revision <= applied)
+            & Instance.id.not_in(alive),
+        )
+    session.execute(update(Site).where(Site.id == site.id).values(**values))
+    return acked

@@ -1,0 +1,84 @@
+"""What one controller process holds besides its database: sessions, settings,
+long-poll waiters and traffic counters."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloudlet.settings import ControllerSettings
+
+
+class RevisionWatcher:
+    """Wakes long-polling agents when their site's desired state changes.
+
+    Changes made in this process notify directly; a poll of recently changed
+    sites (see ``tasks.watch_revisions``) catches those made by other replicas.
+    """
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    @property
+    def watched(self) -> set[str]:
+        return set(self._waiters)
+
+    async def wait(self, site_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a change; True if one came."""
+        event = asyncio.Event()
+        self._waiters[site_id].add(event)
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiters = self._waiters.get(site_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[site_id]
+
+    def notify(self, site_id: str) -> None:
+        """Thread-safe: handlers run in a thread pool."""
+        if self._loop is None or site_id not in self._waiters:
+            return
+        self._loop.call_soon_threadsafe(self._wake, site_id)
+
+    def _wake(self, site_id: str) -> None:
+        for event in self._waiters.get(site_id, ()):
+            event.set()
+
+
+@dataclass
+class TrafficCounters:
+    """Bytes exchanged per site, added up in memory and flushed in batches."""
+
+    pending: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))
+
+    def add(self, site_id: str, bytes_in: int, bytes_out: int) -> None:
+        entry = self.pending[site_id]
+        entry[0] += bytes_in
+        entry[1] += bytes_out
+
+    def take(self) -> dict[str, list[int]]:
+        taken, self.pending = self.pending, defaultdict(lambda: [0, 0])
+        return taken
+
+
+@dataclass
+class ControllerState:
+    settings: ControllerSettings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    watcher: RevisionWatcher = field(default_factory=RevisionWatcher)
+    traffic: TrafficCounters = field(default_factory=TrafficCounters)

@@ -1,0 +1,93 @@
+"""Background loops of a controller process: liveness verdicts, waking long polls
+for changes made by other replicas, flushing traffic counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from sqlalchemy import bindparam, select, update
+
+from cloudlet.controller.db.models import Site
+from cloudlet.controller.services._util import utcnow
+from cloudlet.controller.services.fleet import record
+from cloudlet.controller.state import ControllerState
+from cloudlet.schemas import Availability
+
+log = logging.getLogger(__name__)
+
+
+def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
+    """Flip availability for sites that crossed the grace period; one event per flip.
+
+    Conditional updates make the verdict race-free between replicas.
+    """
+    now = utcnow()
+    cutoff = now - timedelta(seconds=st.settings.offline_grace_s)
+    flips: list[tuple[str, str]] = []
+    with st.sessions.begin() as session:
+        for new, cond in (
+            (Availability.OFFLINE, (Site.availability == "online") & (Site.last_seen < cutoff)),
+            (Availability.ONLINE, (Site.availability != "online") & (Site.last_seen >= cutoff)),
+        ):
+            ids = session.scalars(
+                update(Site).where(cond).values(availability=new.value).returning(Site.id)
+            ).all()
+            for site_id in ids:
+                record(session, f"site.{new.value}", site_id)
+                flips.append((site_id, new.value))
+    return flips
+
+
+def flush_traffic(st: ControllerState) -> None:
+    pending = st.traffic.take()
+    if not pending:
+        return
+    with st.sessions.begin() as session:
+        session.connection().execute(
+            update(Site.__table__)
+            .where(Site.__table__.c.id == bindparam("sid"))
+            .values(
+                bytes_in=Site.__table__.c.bytes_in + bindparam("bin"),
+                bytes_out=Site.__table__.c.bytes_out + bindparam("bout"),
+            ),
+            [{"sid": k, "bin": v[0], "bout": v[1]} for k, v in pending.items()],
+        )
+
+
+def changed_sites(st: ControllerState, since_s: float) -> list[str]:
+    cutoff = utcnow() - timedelta(seconds=since_s)
+    with st.sessions() as session:
+        return list(session.scalars(select(Site.id).where(Site.revision_changed_at >= cutoff)))
+
+
+async def _every(interval: float, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(fn, *args)
+        except Exception:
+            log.exception("background task %s failed; will retry", fn.__name__)
+
+
+async def _watch_revisions(st: ControllerState, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        if not st.watcher.watched:
+            continue
+        try:
+            for site_id in await asyncio.to_thread(changed_sites, st, interval * 3):
+                st.watcher.notify(site_id)
+        except Exception:
+            log.exception("revision watch failed; will retry")
+
+
+def start(st: ControllerState) -> list[asyncio.Task[None]]:
+    st.watcher.bind(asyncio.get_running_loop())
+    liveness_every = max(0.5, min(5.0, st.settings.offline_grace_s / 5))
+    return [
+        asyncio.create_task(_every(liveness_every, judge_liveness, st)),
+        asyncio.create_task(_every(2.0, flush_traffic, st)),
+        asyncio.create_task(_watch_revisions(st, 1.0)),
+    ]
