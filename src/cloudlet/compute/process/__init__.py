@@ -1,0 +1,7 @@
+"""The process compute driver: workloads as supervised process groups on this host."""
+
+from __future__ import annotations
+
+from cloudlet.compute.process._driver import INHERITED_ENV, ProcessDriver
+
+__all__ = ["INHERITED_ENV", "ProcessDriver"]

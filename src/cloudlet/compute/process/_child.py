@@ -1,0 +1,192 @@
+"""Handles on one workload's process group: spawn, watch, signal, reap.
+
+A workload is its process group: the leader is started in a new session, so its pid
+is also the group id, and every signal goes to the whole group. Two kinds of handle:
+
+* :class:`SpawnedChild` wraps a ``Popen`` this interpreter created. Only these are
+  ever reaped (``waitpid`` on that one pid), so the driver never steals another
+  component's children.
+* :class:`AdoptedChild` is a group left running by an earlier agent. It is not our
+  child, so it is watched through psutil and its exit code is unknown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+
+import psutil
+
+#: Two create times closer than this are the same process. psutil derives create time
+#: from boot time, which moves a little when the wall clock is stepped; a different
+#: process reusing the pid starts far later than the one recorded.
+CREATE_TIME_TOLERANCE = 1.0
+
+_POLL = 0.02
+
+# Children left running by close(keep_running=True). Holding the Popen keeps the
+# subprocess module from warning about it and from reaping it behind our back; a new
+# driver in the same interpreter (tests, an in-process agent restart) takes it back.
+_detached: dict[int, subprocess.Popen[bytes]] = {}
+_detached_lock = threading.Lock()
+
+
+def process_create_time(pid: int) -> float | None:
+    """psutil create time of ``pid``, or None if there is no such process."""
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of group ``pgid`` is alive (zombies do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg also succeeds for zombies, which linger where pid 1 does not reap orphans.
+    for pid in psutil.pids():
+        try:
+            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (OSError, psutil.Error):
+            continue
+    return False
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+class Child:
+    """A running workload's process group, led by ``pid``."""
+
+    pid: int
+    create_time: float
+    #: The leader's exit status once reaped; stays None when it cannot be known.
+    returncode: int | None = None
+
+    def exited(self) -> bool:
+        """Whether the leader has exited (without reaping it)."""
+        raise NotImplementedError
+
+    def reap(self) -> int | None:
+        """Collect the leader's exit status once it has exited; None if unknown."""
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Let go of the group, leaving it running for a later driver to adopt."""
+
+    def finish(self) -> int | None:
+        """After the leader exited: kill what is left of its group, then reap it.
+
+        The leader is still an unreaped zombie here when it is our child, so its pid
+        (the group id) cannot have been reused by anyone else yet.
+        """
+        if group_alive(self.pid):
+            signal_group(self.pid, signal.SIGKILL)
+        return self.reap()
+
+
+class SpawnedChild(Child):
+    def __init__(self, popen: subprocess.Popen[bytes], create_time: float) -> None:
+        self.popen = popen
+        self.pid = popen.pid
+        self.create_time = create_time
+
+    def exited(self) -> bool:
+        if self.popen.returncode is not None:
+            return True
+        try:
+            result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return result is not None
+
+    def reap(self) -> int | None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.returncode = self.popen.wait(timeout=5.0)
+        return self.returncode
+
+    def detach(self) -> None:
+        with _detached_lock:
+            _detached[self.pid] = self.popen
+
+
+class AdoptedChild(Child):
+    def __init__(self, pid: int, create_time: float) -> None:
+        self.pid = pid
+        self.create_time = create_time
+
+    def exited(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            same = abs(proc.create_time() - self.create_time) < CREATE_TIME_TOLERANCE
+            return not same or proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return True
+
+    def reap(self) -> int | None:
+        return None  # whoever is its parent now collects the status
+
+
+def adopt(pid: int, create_time: float) -> Child | None:
+    """A handle on a group an earlier driver started, if ``pid`` is still that leader.
+
+    The pid must be alive, not a zombie, lead its own group, and have the recorded
+    create time; anything else means the workload died and the pid may belong to an
+    unrelated process, which must never be signalled.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) >= CREATE_TIME_TOLERANCE:
+            return None
+        if proc.status() == psutil.STATUS_ZOMBIE or os.getpgid(pid) != pid:
+            return None
+    except (OSError, psutil.Error):
+        return None
+    with _detached_lock:
+        popen = _detached.pop(pid, None)
+    if popen is not None:
+        return SpawnedChild(popen, create_time)
+    return AdoptedChild(pid, create_time)
+
+
+def terminate(children: Iterable[Child], timeout: float, kill_grace: float = 5.0) -> list[Child]:
+    """Stop every group: SIGTERM, SIGKILL whatever is alive after ``timeout``, reap.
+
+    The groups are stopped together, so stopping many costs one timeout, not one each.
+
+    Returns:
+        The children whose groups still had live processes ``kill_grace`` seconds
+        after SIGKILL (stuck in the kernel); empty on success.
+    """
+    children = list(children)
+    for child in children:
+        signal_group(child.pid, signal.SIGTERM)
+    pending = _wait_groups(children, timeout)
+    for child in pending:
+        signal_group(child.pid, signal.SIGKILL)
+    stuck = _wait_groups(pending, kill_grace)
+    for child in children:
+        if child not in stuck:
+            child.reap()
+    return stuck
+
+
+def _wait_groups(children: list[Child], timeout: float) -> list[Child]:
+    deadline = time.monotonic() + timeout
+    pending = [c for c in children if group_alive(c.pid)]
+    while pending and time.monotonic() < deadline:
+        time.sleep(_POLL)
+        pending = [c for c in pending if group_alive(c.pid)]
+    return pending
