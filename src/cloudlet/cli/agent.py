@@ -1,0 +1,51 @@
+"""`cloudlet agent run`: the site daemon."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from cloudlet.cli._context import ctx_of
+
+app = typer.Typer(help="The site agent.", no_args_is_help=True)
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    controller: str | None = typer.Option(None, help="Controller base URL."),
+    join: str | None = typer.Option(None, "--join", help="One-time join token (first start)."),
+    data_dir: Path | None = typer.Option(None, help="Local state [./cloudlet-agent]."),
+    driver: str | None = typer.Option(None, help="Compute driver: process, fake [process]."),
+    local_port: int | None = typer.Option(None, help="Site-local API port, 0 for any."),
+    keep_workloads: bool | None = typer.Option(
+        None, "--keep-workloads/--stop-workloads", help="Leave workloads running on exit."
+    ),
+    report_interval: float | None = typer.Option(None, help="Seconds between reports [10]."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning [info]."),
+) -> None:
+    """Enroll (first start) and run the site agent until SIGTERM / Ctrl-C."""
+    from cloudlet.agent import run_agent
+
+    settings = (
+        ctx_of(ctx)
+        .settings(
+            agent={
+                "controller_url": controller,
+                "join_token": join,
+                "data_dir": data_dir,
+                "driver": driver,
+                "local_port": local_port,
+                "keep_workloads": keep_workloads,
+                "report_interval_s": report_interval,
+                "log_level": log_level,
+            }
+        )
+        .agent
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_agent(settings)

@@ -1,0 +1,105 @@
+"""`cloudlet app ...`: publish and manage apps."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import typer
+import yaml
+
+from cloudlet.cli._context import JsonOpt, ctx_of, parse_pairs
+from cloudlet.cli._output import console, show, show_one
+from cloudlet.errors import InvalidInputError
+
+app = typer.Typer(help="Applications in the catalog.", no_args_is_help=True)
+
+APP_COLUMNS = [
+    ("NAME", lambda a: a["name"]),
+    ("PROJECT", lambda a: a["project"]),
+    ("COMPONENTS", lambda a: ", ".join(f"{c['name']}({c['kind']})" for c in a["components"])),
+    ("VCPUS", lambda a: a["resources"]["vcpus"]),
+    ("MEMORY", lambda a: f"{a['resources']['memory_mib']} MiB"),
+    ("LATENCY", lambda a: f"{a['latency_bound_ms']} ms" if a["latency_bound_ms"] else "-"),
+]
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise InvalidInputError(f"cannot read app file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"app file {path} must hold a mapping")
+    return data
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    name: str | None = typer.Argument(None, help="App name (or give it in --file)."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="YAML or JSON app definition."),
+    command: str | None = typer.Option(None, help="Command to run ($PORT holds its port)."),
+    vcpus: float | None = typer.Option(None, help="Virtual CPUs."),
+    memory: int | None = typer.Option(None, "--memory", help="Memory in MiB."),
+    disk: float | None = typer.Option(None, "--disk", help="Disk in GiB."),
+    latency_ms: int | None = typer.Option(None, "--latency-ms", help="Latency bound in ms."),
+    label: list[str] | None = typer.Option(None, "--label", "-l", help="key=value."),
+    constraint: list[str] | None = typer.Option(None, "--constraint", "-c", help="e.g. region==eu"),
+    env: list[str] | None = typer.Option(None, "--env", "-e", help="KEY=value for the process."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Publish an app from flags, or from a file (flags override the file)."""
+    body: dict[str, Any] = _read_file(file) if file else {}
+    if name:
+        body["name"] = name
+    if command is not None:
+        body["components"] = [
+            {
+                "name": "main",
+                "kind": "process",
+                "command": shlex.split(command),
+                "env": parse_pairs(env, "env"),
+            }
+        ]
+    resources = body.setdefault("resources", {})
+    for key, value in (("vcpus", vcpus), ("memory_mib", memory), ("disk_gib", disk)):
+        if value is not None:
+            resources[key] = value
+    if latency_ms is not None:
+        body["latency_bound_ms"] = latency_ms
+    if label:
+        body["labels"] = {**body.get("labels", {}), **parse_pairs(label)}
+    if constraint:
+        body["constraints"] = [*body.get("constraints", []), *constraint]
+    if "name" not in body:
+        raise InvalidInputError("an app needs a name: give it as an argument or in --file")
+    if "components" not in body:
+        raise InvalidInputError("an app needs --command or components in --file")
+    created = ctx_of(ctx).client().post("/v1/apps", body)
+    if as_json:
+        show_one(created, True)
+    else:
+        console.print(f"app [bold]{created['name']}[/] created in project {created['project']}")
+
+
+@app.command("list")
+def list_(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """Every app."""
+    show(ctx_of(ctx).client().get("/v1/apps"), APP_COLUMNS, as_json)
+
+
+@app.command("show")
+def show_(ctx: typer.Context, name: str, as_json: bool = JsonOpt) -> None:
+    """One app in detail."""
+    show_one(ctx_of(ctx).client().get(f"/v1/apps/{name}"), as_json)
+
+
+@app.command("delete")
+def delete(ctx: typer.Context, name: str) -> None:
+    """Delete an app that has no live instances."""
+    ctx_of(ctx).client().delete(f"/v1/apps/{name}")
+    console.print(f"app [bold]{name}[/] deleted")

@@ -1,0 +1,72 @@
+"""`cloudlet controller serve`: run the controller API."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+import typer
+
+from cloudlet.cli._context import ctx_of
+from cloudlet.cli._output import err_console
+
+app = typer.Typer(help="The central controller.", no_args_is_help=True)
+
+
+@app.command("serve")
+def serve(
+    ctx: typer.Context,
+    host: str | None = typer.Option(None, help="Address to listen on [127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Port to listen on, 0 for any [8080]."),
+    data_dir: Path | None = typer.Option(None, help="Database, admin token [./cloudlet-data]."),
+    database_url: str | None = typer.Option(None, help="SQLAlchemy URL [SQLite in data dir]."),
+    offline_grace: float | None = typer.Option(
+        None, help="Seconds of silence before offline [30]."
+    ),
+    port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning [info]."),
+) -> None:
+    """Serve the API (OpenAPI at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    from cloudlet.controller.app import create_app
+
+    settings = (
+        ctx_of(ctx)
+        .settings(
+            controller={
+                "host": host,
+                "port": port,
+                "data_dir": data_dir,
+                "database_url": database_url,
+                "offline_grace_s": offline_grace,
+                "log_level": log_level,
+            }
+        )
+        .controller
+    )
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    application = create_app(settings)
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((settings.host, settings.port))
+    bound = sock.getsockname()[1]
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(f"{bound}\n")
+        tmp.replace(port_file)
+    err_console.print(
+        f"controller listening on http://{settings.host}:{bound} "
+        f"(admin token in {settings.data_dir / 'admin.token'})"
+    )
+    config = uvicorn.Config(
+        application,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        backlog=4096,
+        timeout_keep_alive=75,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
