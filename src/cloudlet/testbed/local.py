@@ -1,0 +1,175 @@
+"""Real controller and agent processes on loopback, for the demo, tests and benches."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from cloudlet.errors import CloudletError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; raise with ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the thing is not up yet
+            last_exc = exc
+        time.sleep(interval)
+    raise CloudletError(f"timed out after {timeout:g}s waiting for {what} (last error: {last_exc})")
+
+
+@dataclass
+class Proc:
+    """One child process with its log file; stopping it is idempotent."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str]
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: no cleanup runs."""
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cloudlet.cli", *args]
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class LocalController:
+    """A controller process on a free loopback port with its own data directory."""
+
+    data_dir: Path
+    database_url: str | None = None
+    offline_grace_s: float = 30.0
+    port: int = field(default_factory=free_port)
+    proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def start(self, timeout: float = 60.0) -> LocalController:
+        args = _cli(
+            "controller", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            "--offline-grace", str(self.offline_grace_s), "--log-level", "warning",
+        )  # fmt: skip
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        self.proc = Proc("controller", args, self.data_dir / "controller.log", _env()).start()
+        wait_for(self._healthy, timeout, f"controller on {self.url}\n{self.proc.log_tail()}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and not self.proc.alive:
+            raise CloudletError(f"controller exited:\n{self.proc.log_tail()}")
+        return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+
+    def client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+
+@dataclass
+class LocalAgent:
+    """An agent process for one site, with its own data directory."""
+
+    name: str
+    data_dir: Path
+    controller_url: str
+    join_token: str | None = None
+    driver: str = "process"
+    extra_args: Sequence[str] = ()
+    proc: Proc | None = None
+
+    def start(self) -> LocalAgent:
+        args = _cli(
+            "agent", "run", "--controller", self.controller_url, "--data-dir", str(self.data_dir),
+            "--driver", self.driver, "--report-interval", "1", "--log-level", "info",
+        )  # fmt: skip
+        if self.join_token:
+            args += ["--join", self.join_token]
+        args += list(self.extra_args)
+        self.proc = Proc(f"agent-{self.name}", args, self.data_dir / "agent.log", _env()).start()
+        return self
+
+    def local_api(self) -> str | None:
+        """The site-local API's URL, once the agent has written its port."""
+        try:
+            port = int((self.data_dir / "local-api.port").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
