@@ -1,0 +1,81 @@
+"""Describe and verify overlays without applying them."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import zstandard
+
+from .format import CHUNK_SIZE, HEADER_SIZE, KIND_NAMES, VERSION
+from .source import FileSource, decode_segment, load_dictionary, read_manifest
+
+
+def overlay_info(overlay: str | os.PathLike[str]) -> dict[str, Any]:
+    """Sizes, chunk counts per kind, compression ratio and base digests of an overlay.
+
+    Raises:
+        OverlayFormatError: not an overlay, unknown version, truncated or corrupt manifest.
+    """
+    with FileSource(overlay) as src:
+        m = read_manifest(src)
+        size = src.size
+    counts = np.bincount(m.kinds, minlength=len(KIND_NAMES))
+    n_disk = m.n_disk
+    disk_counts = np.bincount(m.kinds[:n_disk], minlength=len(KIND_NAMES))
+    literal_bytes = m.n_slots * CHUNK_SIZE
+    segment_bytes = int(m.seg_length.astype(np.int64).sum())
+    image_bytes = m.disk_size + (m.memory_size or 0)
+    return {
+        "format_version": VERSION,
+        "overlay_size": size,
+        "header_size": HEADER_SIZE,
+        "manifest_size": size - int(m.seg_offset.max() + m.seg_length[m.seg_offset.argmax()])
+        if len(m.seg_offset)
+        else size - HEADER_SIZE,
+        "chunk_size": m.chunk_size,
+        "level": m.level,
+        "disk_size": m.disk_size,
+        "memory_size": m.memory_size,
+        "base_size": m.base_size,
+        "base_digest": m.base_digest.hex(),
+        "memory_base_size": m.memory_base_size,
+        "memory_base_digest": m.memory_base_digest.hex() if m.memory_base_digest else None,
+        "disk_digest": m.disk_digest.hex(),
+        "memory_digest": m.memory_digest.hex() if m.memory_size is not None else None,
+        "root_digest": m.root_digest.hex(),
+        "chunks": {name: int(c) for name, c in zip(KIND_NAMES, counts, strict=True)},
+        "disk_chunks": {name: int(c) for name, c in zip(KIND_NAMES, disk_counts, strict=True)},
+        "memory_chunks": {
+            name: int(c) - int(d)
+            for name, c, d in zip(KIND_NAMES, counts, disk_counts, strict=True)
+        },
+        "segments": len(m.seg_offset),
+        "literal_bytes": literal_bytes,
+        "segment_bytes": segment_bytes,
+        "compression_ratio": literal_bytes / segment_bytes if segment_bytes else None,
+        "image_ratio": image_bytes / size if size else None,
+    }
+
+
+def verify_overlay(overlay: str | os.PathLike[str]) -> dict[str, Any]:
+    """Check every digest of an overlay: header, manifest (root), dictionary, segments.
+
+    Returns overlay_info() of the verified overlay.
+
+    Raises:
+        OverlayFormatError: bad header or manifest, truncated.
+        IntegrityError: a segment or the dictionary does not match its digest.
+    """
+    with FileSource(overlay) as src:
+        m = read_manifest(src)
+        zdict = load_dictionary(src, m)
+        dctx = (
+            zstandard.ZstdDecompressor(dict_data=zdict)
+            if zdict is not None
+            else zstandard.ZstdDecompressor()
+        )
+        for seg in range(len(m.seg_offset)):
+            decode_segment(src, m, seg, dctx)
+    return overlay_info(overlay)
