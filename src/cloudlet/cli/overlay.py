@@ -2,6 +2,166 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from cloudlet.cli._output import emit_json, err_console, human_bytes, show_one
+from cloudlet.synthesis import (
+    DEFAULT_LEVEL,
+    apply_overlay,
+    create_overlay,
+    overlay_info,
+    verify_overlay,
+)
+from cloudlet.synthesis.format import CHUNK_SIZE
 
 app = typer.Typer(help="Create, inspect, verify and apply VM overlays.", no_args_is_help=True)
+
+
+@contextlib.contextmanager
+def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress display on stderr; yields progress(phase, advance, total)."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("{task.description:>18}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(phase: str, advance: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bars.add_task(phase, total=total)
+        bars.update(tasks[phase], advance=advance)
+
+    with bars:
+        yield update
+
+
+@app.command()
+def create(
+    base: Path = typer.Option(..., "--base", help="Base disk image (raw or qcow2)."),
+    modified: Path = typer.Option(..., "--modified", help="Modified disk image (raw or qcow2)."),
+    out: Path = typer.Option(..., "-o", "--output", help="Overlay file to write."),
+    memory_base: Path | None = typer.Option(None, "--memory-base", help="Base memory image."),
+    memory: Path | None = typer.Option(None, "--memory", help="Modified memory image (raw)."),
+    level: int = typer.Option(DEFAULT_LEVEL, "--level", min=1, max=22, help="zstd level 1..22."),
+    threads: int | None = typer.Option(None, "--threads", help="Compression threads."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Write the overlay that turns BASE (+ memory base) into MODIFIED (+ memory)."""
+    with _progress(quiet) as progress:
+        s = create_overlay(
+            base,
+            modified,
+            out,
+            memory_base=memory_base,
+            memory=memory,
+            level=level,
+            threads=threads,
+            force=force,
+            progress=progress,
+        )
+    summary = {
+        "overlay": str(s.path),
+        "overlay_size": s.overlay_size,
+        "disk_size": s.disk_size,
+        "memory_size": s.memory_size,
+        "chunks": s.chunks,
+        "literal_bytes": s.literal_bytes,
+        "segments": s.segments,
+        "seconds": round(s.seconds, 3),
+    }
+    if as_json:
+        emit_json(summary)
+    else:
+        err_console.print(
+            f"wrote {s.path}: {human_bytes(s.overlay_size)} "
+            f"({s.segments} segments, {human_bytes(s.literal_bytes)} literal) "
+            f"in {s.seconds:.1f}s",
+            highlight=False,
+        )
+
+
+@app.command()
+def info(
+    overlay: Path = typer.Argument(..., help="Overlay file."),
+    as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+) -> None:
+    """Sizes, chunk counts per kind, compression ratio and base digest."""
+    show_one(overlay_info(overlay), as_json)
+
+
+@app.command()
+def verify(
+    overlay: Path = typer.Argument(..., help="Overlay file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the overlay info as JSON."),
+) -> None:
+    """Check every digest of an overlay (header, manifest root, segments)."""
+    data = verify_overlay(overlay)
+    if as_json:
+        emit_json(data)
+    else:
+        err_console.print(f"{overlay}: ok ({data['segments']} segments)", highlight=False)
+
+
+@app.command()
+def apply(
+    overlay: Path = typer.Argument(..., help="Overlay file."),
+    base: Path = typer.Option(..., "--base", help="The raw base disk image."),
+    out: Path = typer.Option(..., "-o", "--output", help="Disk image to write."),
+    fmt: str = typer.Option("raw", "--format", help="raw (sparse) or qcow2 (backed by BASE)."),
+    memory_base: Path | None = typer.Option(None, "--memory-base", help="Base memory image."),
+    memory_out: Path | None = typer.Option(None, "--memory-out", help="Memory image to write."),
+    threads: int | None = typer.Option(None, "--threads", help="Decompression threads."),
+    force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Rebuild the modified image(s) from BASE and OVERLAY (checked before writing)."""
+    with _progress(quiet) as progress:
+        s = apply_overlay(
+            base,
+            overlay,
+            out,
+            fmt=fmt,
+            memory_base=memory_base,
+            memory_out=memory_out,
+            threads=threads,
+            force=force,
+            progress=_chunk_progress(progress),
+        )
+    err_console.print(f"wrote {s.disk}" + (f" and {s.memory}" if s.memory else ""), highlight=False)
+
+
+def _chunk_progress(
+    progress: Callable[[str, int, int], None] | None,
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    last = [0]
+
+    def update(done: int, total: int) -> None:
+        progress("apply", (done - last[0]) * CHUNK_SIZE, total * CHUNK_SIZE)
+        last[0] = done
+
+    return update
