@@ -1,0 +1,138 @@
+"""The agent's HTTP client for the controller's ``/v1/agent`` API.
+
+Failures become domain errors at this boundary: a 401/403 is an
+:class:`~cloudlet.errors.AuthError`, a network failure or a 5xx a
+:class:`~cloudlet.errors.ControllerUnreachableError` (retry later), any other
+error answer a :class:`~cloudlet.errors.SyncError` carrying the problem's detail.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from cloudlet.errors import AuthError, ControllerUnreachableError, SyncError
+from cloudlet.schemas import (
+    AgentReport,
+    DesiredStateDoc,
+    EnrollRequest,
+    EnrollResponse,
+    ReportAck,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Extra seconds a long-poll may take beyond the wait asked of the controller.
+_POLL_SLACK_S = 10.0
+
+
+def _header_bytes(headers: httpx.Headers) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in headers.raw)
+
+
+class ControllerClient:
+    """Calls the controller on behalf of one site; counts the bytes it exchanges."""
+
+    def __init__(self, base_url: str, *, credential: str | None = None, timeout: float = 15.0):
+        self.base_url = base_url.rstrip("/")
+        self.credential = credential
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self._timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: BaseModel | None = None,
+        params: dict[str, str | int] | None = None,
+        timeout: float | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        headers = {}
+        if auth:
+            if not self.credential:
+                raise AuthError("this site has no credential; enroll it first")
+            headers["Authorization"] = f"Bearer {self.credential}"
+        content = body.model_dump_json(exclude_none=True).encode() if body is not None else None
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        request = self._http.build_request(
+            method,
+            path,
+            content=content,
+            params=params,
+            headers=headers,
+            timeout=timeout if timeout is not None else self._timeout,
+        )
+        self.bytes_sent += len(content or b"") + _header_bytes(request.headers)
+        try:
+            response = await self._http.send(request)
+        except httpx.HTTPError as exc:
+            raise ControllerUnreachableError(
+                f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.bytes_received += len(response.content) + _header_bytes(response.headers)
+        if response.status_code >= 400:
+            detail = _problem_detail(response)
+            message = f"{method} {path}: {response.status_code} {detail}"
+            if response.status_code in (401, 403):
+                raise AuthError(message)
+            if response.status_code >= 500 or response.status_code in (408, 429):
+                raise ControllerUnreachableError(message)
+            raise SyncError(message)
+        return response
+
+    async def enroll(self, request: EnrollRequest) -> EnrollResponse:
+        """Trade a one-time join token for the site's credential.
+
+        Raises:
+            AuthError: the token is unknown, used or expired.
+        """
+        response = await self._call("POST", "/v1/agent/enroll", body=request, auth=False)
+        return _parse(EnrollResponse, response)
+
+    async def pull(self, since: int, wait: float) -> DesiredStateDoc | None:
+        """Long-poll for desired state after revision ``since``; None if nothing changed."""
+        response = await self._call(
+            "GET",
+            "/v1/agent/desired",
+            params={"since": since, "wait": _fmt(wait)},
+            timeout=wait + _POLL_SLACK_S,
+        )
+        if response.status_code == 204:
+            return None
+        return _parse(DesiredStateDoc, response)
+
+    async def report(self, report: AgentReport) -> ReportAck:
+        """Send actual state and outbox events; the answer acknowledges stored events."""
+        response = await self._call("POST", "/v1/agent/report", body=report)
+        return _parse(ReportAck, response)
+
+
+def _fmt(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200] or response.reason_phrase
+    if isinstance(body, dict):
+        return str(body.get("detail") or body.get("title") or body.get("type") or body)
+    return str(body)[:200]
+
+
+def _parse(model: type[M], response: httpx.Response) -> M:
+    try:
+        return model.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise SyncError(f"malformed {model.__name__} from the controller: {exc}") from exc

@@ -1,0 +1,229 @@
+"""The site agent's entry point: wires store, driver, reconciler, sync loops and local API.
+
+Start order follows the offline-autonomy rule: record AGENT_STARTED, reconcile from
+the local store alone (adopting or restarting workloads), serve the local API, and
+only then enroll (first start) and sync. Stop order: stop the loops, stop the
+instances (unless ``keep_workloads``), record usage, send a last report within a
+couple of seconds if the controller answers, close the driver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from cloudlet import __version__
+from cloudlet.agent import outbox, usage
+from cloudlet.agent.client import ControllerClient
+from cloudlet.agent.local_api import LocalApi, create_app
+from cloudlet.agent.reconciler import Reconciler
+from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME, Store
+from cloudlet.agent.sync import Syncer
+from cloudlet.compute import ComputeDriver, get_driver
+from cloudlet.errors import ConfigError
+from cloudlet.schemas import EventKind
+from cloudlet.settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "agent.db"
+#: Longest the last report may take at exit.
+FINAL_REPORT_S = 2.0
+
+
+def make_driver(settings: AgentSettings) -> ComputeDriver:
+    """Build the compute driver named in settings, keeping its state under data_dir."""
+    kwargs: dict[str, Any] = {"host": settings.workload_host}
+    if settings.driver == "process":
+        kwargs["state_dir"] = settings.data_dir / "workloads"
+    return get_driver(settings.driver, **kwargs)
+
+
+class Agent:
+    """One running site agent. Build with settings, a store and a driver; then :meth:`run`."""
+
+    def __init__(self, settings: AgentSettings, store: Store, driver: ComputeDriver) -> None:
+        self.settings = settings
+        self.store = store
+        self.driver = driver
+        self.reconciler = Reconciler(store, driver, workload_host=settings.workload_host)
+        self.syncer: Syncer | None = None
+        self.local_api: LocalApi | None = None
+        self.started_at = datetime.now(UTC)
+
+    # -- health -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        status = self.syncer.status if self.syncer else None
+        client = self.syncer.client if self.syncer else None
+
+        def iso(when: datetime | None) -> str | None:
+            return when.isoformat() if when else None
+
+        return {
+            "status": "ok",
+            "agent_version": __version__,
+            "site_id": self.store.get_meta(SITE_ID),
+            "site_name": self.store.get_meta(SITE_NAME),
+            "enrolled": self.store.get_meta(CREDENTIAL) is not None,
+            "started_at": self.started_at.isoformat(),
+            "controller_reachable": status.reachable if status else None,
+            "sync_revoked": status.revoked if status else False,
+            "last_pull_at": iso(status.last_pull_at) if status else None,
+            "last_report_at": iso(status.last_report_at) if status else None,
+            "last_error": status.last_error if status else None,
+            "cursor": self.store.cursor,
+            "outbox_depth": outbox.depth(self.store),
+            "bytes_sent": client.bytes_sent if client else 0,
+            "bytes_received": client.bytes_received if client else 0,
+        }
+
+    # -- run ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set.
+
+        Raises:
+            AuthError: enrollment refused the join token.
+            ConfigError: not enrolled and no join token or controller URL to enroll with.
+        """
+        s = self.settings
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            client = self._client()
+            outbox.record(
+                self.store,
+                EventKind.AGENT_STARTED,
+                data={"agent_version": __version__, "driver": self.driver.name, "pid": os.getpid()},
+            )
+            # Offline autonomy: local state alone decides what runs, before any network.
+            await self.reconciler.reconcile_once()
+            self.local_api = LocalApi(
+                create_app(self.store, self.health), s.local_host, s.local_port, s.data_dir
+            )
+            await self.local_api.start()
+            tasks.append(asyncio.create_task(self.reconciler.run(s.reconcile_interval_s, stop)))
+            tasks.append(
+                asyncio.create_task(usage.run_usage_loop(self.store, s.usage_interval_s, stop))
+            )
+            if client is None:
+                await stop.wait()
+                return
+            sync_task = asyncio.create_task(self._sync(client, stop))
+            tasks.append(sync_task)
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopper, sync_task}, return_when="FIRST_COMPLETED")
+            stopper.cancel()
+            if sync_task.done() and (exc := sync_task.exception()) is not None:
+                raise exc
+            await stop.wait()
+        finally:
+            stop.set()
+            await self._shutdown(tasks)
+
+    def _client(self) -> ControllerClient | None:
+        url = self.settings.controller_url or self.store.get_meta(CONTROLLER_URL)
+        credential = self.store.get_meta(CREDENTIAL)
+        if url is None:
+            if credential is None:
+                raise ConfigError(
+                    "this agent is not enrolled: give a controller URL and a join token"
+                )
+            log.warning("no controller URL known; running from local state only")
+            return None
+        if credential is None and not self.settings.join_token:
+            raise ConfigError("this agent is not enrolled: give it a join token (--join)")
+        return ControllerClient(url, credential=credential)
+
+    async def _sync(self, client: ControllerClient, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.syncer = syncer = Syncer(
+            self.store,
+            client,
+            self.reconciler,
+            data_dir=s.data_dir,
+            poll_wait_s=s.poll_wait_s,
+            report_interval_s=s.report_interval_s,
+            backoff_max_s=s.backoff_max_s,
+        )
+        if client.credential is None:
+            assert s.join_token is not None  # checked in _client
+            if not await syncer.enroll(s.join_token, stop):
+                return
+        elif s.join_token:
+            log.info(
+                "already enrolled as %s; ignoring the join token", self.store.get_meta(SITE_NAME)
+            )
+        async with asyncio.TaskGroup() as group:
+            group.create_task(syncer.pull_loop(stop))
+            group.create_task(syncer.report_loop(stop))
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await self.reconciler.shutdown(self.settings.keep_workloads)
+            usage.flush(self.store)
+        except Exception:
+            log.exception("stopping instances at exit failed")
+        syncer = self.syncer
+        if syncer is not None and not syncer.status.revoked and syncer.client.credential:
+            try:
+                await asyncio.wait_for(self.syncer.report_once(), FINAL_REPORT_S)
+            except Exception as exc:  # best effort: the outbox keeps what was not sent
+                log.info("final report not delivered (%s); it will go at next start", exc)
+        if self.syncer is not None:
+            await self.syncer.client.aclose()
+        if self.local_api is not None:
+            await self.local_api.stop()
+        await asyncio.to_thread(self.driver.close, self.settings.keep_workloads)
+
+
+async def run_agent(
+    settings: AgentSettings,
+    *,
+    stop: asyncio.Event | None = None,
+    driver: ComputeDriver | None = None,
+) -> None:
+    """Run the site agent until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
+
+    Args:
+        settings: the agent's settings, loaded once by the caller.
+        stop: set it to stop the agent. When None, the agent installs SIGTERM and
+            SIGINT handlers (main thread only) that stop it; a caller passing its own
+            event owns signal handling.
+        driver: a ready compute driver (tests); default: built from ``settings.driver``.
+            The agent closes it on exit either way.
+
+    Raises:
+        AuthError: the controller refused the join token (unknown, used or expired).
+        ConfigError: not enrolled and nothing to enroll with, or an unknown driver.
+    """
+    loop = asyncio.get_running_loop()
+    own_signals = stop is None and threading.current_thread() is threading.main_thread()
+    stop = stop or asyncio.Event()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await asyncio.to_thread(Store.open, settings.data_dir / STORE_FILE)
+    try:
+        if driver is None:
+            driver = await asyncio.to_thread(make_driver, settings)
+        if own_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            await Agent(settings, store, driver).run(stop)
+        finally:
+            if own_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
+    finally:
+        store.close()

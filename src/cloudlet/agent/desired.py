@@ -1,0 +1,126 @@
+"""Desired state held at the site: applying pulled documents by cursor, reading entries back.
+
+Rules (the controller's side is in the sync protocol of ``schemas/sync.py``):
+
+- A snapshot (``full``) replaces every controller-origin entry: entries it does
+  not name become ``deleted``. Site-origin entries are the site's own and stay.
+- A delta applies entry by entry; an entry whose revision is not newer than the
+  one held for that instance is a duplicate or stale and is ignored.
+- A delta must start at the cursor the agent holds (``since == cursor``). If it
+  does not, a change may have been missed: :class:`CursorGapError` is raised, the
+  document is not applied, and the caller re-pulls with ``since=0`` for a snapshot.
+- The document and the new cursor are stored in one transaction before anyone
+  acts on them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+from cloudlet.agent.store import CURSOR, Store, get_meta, set_meta
+from cloudlet.errors import SyncError
+from cloudlet.schemas import DesiredInstance, DesiredState, DesiredStateDoc, InstanceOrigin
+
+
+class CursorGapError(SyncError):
+    """A delta did not start at the agent's cursor; pull a snapshot instead."""
+
+
+@dataclass(frozen=True)
+class DesiredEntry:
+    """One desired instance as stored at the site."""
+
+    instance: DesiredInstance
+    origin: InstanceOrigin
+
+    @property
+    def id(self) -> str:
+        return self.instance.id
+
+    @property
+    def revision(self) -> int:
+        return self.instance.revision
+
+    @property
+    def state(self) -> DesiredState:
+        return self.instance.desired_state
+
+
+def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
+    """Store a pulled document and advance the cursor to ``doc.revision``.
+
+    Returns:
+        True if any entry changed (the reconciler should run).
+
+    Raises:
+        CursorGapError: a delta that does not start at the held cursor.
+    """
+    changed = False
+    with store.transaction() as conn:
+        cursor = int(get_meta(conn, CURSOR) or 0)
+        if not doc.full and doc.since != cursor:
+            raise CursorGapError(
+                f"delta starts at revision {doc.since} but this site holds {cursor}"
+            )
+        held = {
+            row["id"]: (row["revision"], row["doc"])
+            for row in conn.execute(
+                "SELECT id, revision, doc FROM desired WHERE origin = ?",
+                (InstanceOrigin.CONTROLLER.value,),
+            )
+        }
+        for inst in doc.instances:
+            body = inst.model_dump_json()
+            old = held.get(inst.id)
+            if old is not None:
+                # A snapshot is authoritative even if revisions went backwards (a
+                # restored controller); a delta only moves an entry forward.
+                stale = old[1] == body if doc.full else inst.revision <= old[0]
+                if stale:
+                    continue
+            _upsert(conn, inst, body)
+            changed = True
+        if doc.full:
+            named = {inst.id for inst in doc.instances}
+            for instance_id, (_, body) in held.items():
+                if instance_id in named:
+                    continue
+                gone = DesiredInstance.model_validate_json(body)
+                if gone.desired_state is DesiredState.DELETED:
+                    continue
+                gone = gone.model_copy(
+                    update={"desired_state": DesiredState.DELETED, "revision": doc.revision}
+                )
+                _upsert(conn, gone, gone.model_dump_json())
+                changed = True
+        set_meta(conn, CURSOR, doc.revision)
+    return changed
+
+
+def _upsert(conn: sqlite3.Connection, inst: DesiredInstance, body: str) -> None:
+    conn.execute(
+        "INSERT INTO desired (id, origin, revision, desired_state, doc) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, "
+        "desired_state = excluded.desired_state, doc = excluded.doc",
+        (inst.id, InstanceOrigin.CONTROLLER.value, inst.revision, inst.desired_state.value, body),
+    )
+
+
+def entries(store: Store) -> dict[str, DesiredEntry]:
+    """Every desired entry held, by instance id."""
+    return {
+        row["id"]: DesiredEntry(
+            DesiredInstance.model_validate_json(row["doc"]), InstanceOrigin(row["origin"])
+        )
+        for row in store.query("SELECT id, origin, doc FROM desired ORDER BY id")
+    }
+
+
+def forget(store: Store, instance_ids: list[str]) -> None:
+    """Drop deleted entries once their deletion has been reported."""
+    with store.transaction() as conn:
+        conn.executemany(
+            "DELETE FROM desired WHERE id = ? AND desired_state = ?",
+            [(i, DesiredState.DELETED.value) for i in instance_ids],
+        )

@@ -1,0 +1,163 @@
+"""The agent's local store: one SQLite file holding meta, desired state, actual state, outbox.
+
+Durability: WAL with ``synchronous=FULL``. NORMAL would be enough to keep the file
+consistent, but a power cut could then roll back the last commits, and with them
+the outbox sequence counter: an event already acknowledged by the controller could
+be re-issued under the same seq and be dropped there as a duplicate. An edge site
+writes a few rows per second at most, so the fsync per commit is cheap insurance.
+
+One connection shared by every thread behind a re-entrant lock; a transaction
+opened while another is active on the same thread joins it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+#: Each entry migrates the schema from version ``i`` to ``i + 1``.
+_MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE desired (
+        id TEXT PRIMARY KEY,
+        origin TEXT NOT NULL DEFAULT 'controller',
+        revision INTEGER NOT NULL,
+        desired_state TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE TABLE actual (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        app TEXT NOT NULL,
+        project TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        state TEXT NOT NULL,
+        endpoint TEXT,
+        reason TEXT,
+        timings TEXT NOT NULL DEFAULT '{}',
+        ports TEXT NOT NULL DEFAULT '{}',
+        applied_revision INTEGER NOT NULL DEFAULT 0,
+        state_since REAL NOT NULL,
+        usage_since REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        instance TEXT,
+        at TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+# Meta keys.
+CREDENTIAL = "credential"
+SITE_ID = "site_id"
+SITE_NAME = "site_name"
+CONTROLLER_URL = "controller_url"
+CURSOR = "desired_cursor"
+NEXT_SEQ = "next_seq"
+ACTUAL_VERSION = "actual_version"
+ALIVE_AT = "alive_at"
+
+
+class Store:
+    """The agent's SQLite database. Use :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        """Open (creating and migrating if needed) the store at ``path``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
+        # spans exactly the statements inside `transaction()`.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=10000")
+        store = cls(conn, path)
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"agent store {self.path} has schema v{version}, newer than this "
+                    f"agent (v{SCHEMA_VERSION})"
+                )
+            for target in range(version, SCHEMA_VERSION):
+                with self.transaction() as conn:
+                    for statement in _MIGRATIONS[target].split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version={target + 1}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: everything inside commits together or not at all."""
+        with self._lock:
+            if self._conn.in_transaction:
+                yield self._conn
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Run a read-only statement and return every row."""
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self.query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, key: str, value: str | int | float) -> None:
+        with self.transaction() as conn:
+            set_meta(conn, key, value)
+
+    @property
+    def cursor(self) -> int:
+        """The desired-state revision the agent holds (0: none yet)."""
+        return int(self.get_meta(CURSOR) or 0)
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """Read one meta value inside an open transaction."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row["value"] if row else None
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str | int | float) -> None:
+    """Write one meta value inside an open transaction."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, str(value)),
+    )

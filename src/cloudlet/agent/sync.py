@@ -1,0 +1,239 @@
+"""The sync client's loops: enrollment, desired-state pull (long-poll) and report (heartbeat).
+
+Pull and report are separate loops, each with its own bounded, jittered backoff, so
+a slow long-poll never delays a heartbeat. Network failures and 5xx answers only
+back off; a 401 means the site was decommissioned or its credential revoked, and
+both loops stop while the agent keeps running its local workloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cloudlet import __version__
+from cloudlet.agent import actual, desired, outbox, resources
+from cloudlet.agent._wait import Backoff, sleep_or
+from cloudlet.agent.client import ControllerClient
+from cloudlet.agent.desired import CursorGapError
+from cloudlet.agent.reconciler import Reconciler
+from cloudlet.agent.store import (
+    CONTROLLER_URL,
+    CREDENTIAL,
+    SITE_ID,
+    SITE_NAME,
+    Store,
+    set_meta,
+)
+from cloudlet.errors import AuthError, ConfigError, ControllerUnreachableError, SyncError
+from cloudlet.schemas import ActualState, AgentReport, EnrollRequest, ReportAck, Resources
+
+log = logging.getLogger(__name__)
+
+#: Events per report; the rest follow at once in the next report.
+REPORT_BATCH = 500
+
+
+@dataclass
+class SyncStatus:
+    """What the health check shows about the link to the controller."""
+
+    last_pull_at: datetime | None = None
+    last_report_at: datetime | None = None
+    reachable: bool | None = None
+    revoked: bool = False
+    last_error: str | None = None
+
+
+class Syncer:
+    """Keeps one site's store in step with the controller."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ControllerClient,
+        reconciler: Reconciler,
+        *,
+        data_dir: Path,
+        poll_wait_s: float,
+        report_interval_s: float,
+        backoff_max_s: float,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.reconciler = reconciler
+        self.data_dir = data_dir
+        self.poll_wait_s = poll_wait_s
+        self.report_interval_s = report_interval_s
+        self.backoff_max_s = backoff_max_s
+        self.status = SyncStatus()
+        self.pull_wake = asyncio.Event()
+        self.report_wake = asyncio.Event()
+        self._capacity: Resources | None = None
+        self._acked_version: int | None = None
+
+    @property
+    def capacity(self) -> Resources:
+        if self._capacity is None:
+            self._capacity = resources.capacity(self.data_dir)
+        return self._capacity
+
+    def _failed(self, exc: SyncError) -> None:
+        unreachable = isinstance(exc, ControllerUnreachableError)
+        if not unreachable:
+            log.warning("sync with the controller failed: %s", exc)
+        elif self.status.reachable is not False:
+            log.warning("controller unreachable (retrying with backoff): %s", exc)
+        self.status.reachable = not unreachable
+        self.status.last_error = str(exc)
+
+    def _revoked(self, exc: AuthError) -> None:
+        if not self.status.revoked:
+            log.error(
+                "the controller refused this site's credential (%s): the site was "
+                "decommissioned or its credential revoked; sync stopped, local workloads "
+                "keep running",
+                exc,
+            )
+        self.status.revoked = True
+        self.status.last_error = str(exc)
+        # Let the other loop notice at once instead of after its sleep.
+        self.pull_wake.set()
+        self.report_wake.set()
+
+    # -- enrollment -------------------------------------------------------------------
+
+    async def enroll(self, join_token: str, stop: asyncio.Event) -> bool:
+        """Trade the join token for a credential, retrying while unreachable.
+
+        Returns:
+            True once enrolled; False if ``stop`` was set first.
+
+        Raises:
+            AuthError: the controller refused the token.
+            ConfigError: the token is malformed.
+        """
+        try:
+            request = EnrollRequest(
+                join_token=join_token, agent_version=__version__, capacity=self.capacity
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"invalid join token: {exc.errors()[0]['msg']}") from exc
+        backoff = Backoff(self.backoff_max_s)
+        while not stop.is_set():
+            try:
+                answer = await self.client.enroll(request)
+            except ControllerUnreachableError as exc:
+                self._failed(exc)
+                await sleep_or(stop, backoff.next())
+                continue
+            with self.store.transaction() as conn:
+                set_meta(conn, CREDENTIAL, answer.credential)
+                set_meta(conn, SITE_ID, answer.site_id)
+                set_meta(conn, SITE_NAME, answer.site_name)
+                set_meta(conn, CONTROLLER_URL, self.client.base_url)
+            self.client.credential = answer.credential
+            self.status.reachable = True
+            log.info("enrolled as site %s (%s)", answer.site_name, answer.site_id)
+            return True
+        return False
+
+    # -- pull -------------------------------------------------------------------------
+
+    async def pull_loop(self, stop: asyncio.Event) -> None:
+        """Long-poll desired state by cursor and store it, until stopped or revoked."""
+        backoff = Backoff(self.backoff_max_s)
+        force_full = False
+        while not stop.is_set() and not self.status.revoked:
+            since = 0 if force_full else self.store.cursor
+            try:
+                doc = await self.client.pull(since, self.poll_wait_s)
+            except AuthError as exc:
+                self._revoked(exc)
+                return
+            except SyncError as exc:
+                self._failed(exc)
+                await sleep_or(stop, backoff.next(), self.pull_wake)
+                continue
+            self.status.last_pull_at = datetime.now(UTC)
+            self.status.reachable = True
+            backoff.reset()
+            if doc is None:
+                continue
+            try:
+                changed = desired.apply_doc(self.store, doc)
+            except CursorGapError as exc:
+                # A delta from elsewhere than our cursor may have skipped changes:
+                # start over from a full snapshot (since=0).
+                log.warning("%s; pulling a full snapshot", exc)
+                if force_full:
+                    await sleep_or(stop, backoff.next(), self.pull_wake)
+                force_full = True
+                continue
+            force_full = False
+            log.debug("desired state now at revision %d (full=%s)", doc.revision, doc.full)
+            if changed:
+                self.reconciler.wake()
+
+    # -- report -----------------------------------------------------------------------
+
+    async def report_once(self) -> tuple[ReportAck, bool]:
+        """Send one report and drop what it acknowledged.
+
+        Returns:
+            The ack, and whether more events are waiting to go at once.
+        """
+        events = outbox.pending(self.store, REPORT_BATCH)
+        version = actual.version(self.store)
+        rows = actual.list_all(self.store)
+        include = version != self._acked_version
+        # Deleted rows go once more in this report (or went in the last acked one, if
+        # the list is unchanged since); after this ack the site can forget them.
+        deleted = [r.id for r in rows if r.state is ActualState.DELETED]
+        report = AgentReport(
+            agent_version=__version__,
+            applied_revision=self.store.cursor,
+            capacity=self.capacity,
+            utilization=await asyncio.to_thread(resources.utilization, self.data_dir),
+            instances=[r.to_wire() for r in rows] if include else None,
+            events=events,
+        )
+        ack = await self.client.report(report)
+        if ack.acked_seq > 0:
+            outbox.ack(self.store, ack.acked_seq)
+        if include:
+            self._acked_version = version
+        if deleted:
+            actual.forget(self.store, deleted)
+            desired.forget(self.store, deleted)
+        self.status.last_report_at = datetime.now(UTC)
+        self.status.reachable = True
+        if ack.revision > self.store.cursor:
+            self.pull_wake.set()
+        more = len(events) == REPORT_BATCH and ack.acked_seq >= events[-1].seq
+        return ack, more
+
+    async def report_loop(self, stop: asyncio.Event) -> None:
+        """Report every ``report_interval_s`` (jittered) until stopped or revoked."""
+        backoff = Backoff(self.backoff_max_s)
+        while not stop.is_set() and not self.status.revoked:
+            try:
+                _, more = await self.report_once()
+            except AuthError as exc:
+                self._revoked(exc)
+                return
+            except SyncError as exc:
+                self._failed(exc)
+                await sleep_or(stop, backoff.next(), self.report_wake)
+                continue
+            backoff.reset()
+            if more:
+                continue
+            interval = self.report_interval_s * random.uniform(0.8, 1.2)
+            await sleep_or(stop, interval, self.report_wake)

@@ -1,0 +1,78 @@
+"""Usage metering: instance-seconds recorded as USAGE outbox events at the site.
+
+Each running instance carries ``usage_since``, the start of the interval not yet
+recorded. Recording an interval appends its event and moves ``usage_since`` in
+the same transaction, so every second is counted once whatever fails when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from datetime import UTC, datetime
+
+from cloudlet.agent import outbox
+from cloudlet.agent._wait import sleep_or
+from cloudlet.agent.store import Store
+from cloudlet.schemas import ActualState, EventKind
+
+log = logging.getLogger(__name__)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def append_interval(
+    conn: sqlite3.Connection, instance: str, app: str, project: str, start: float, end: float
+) -> None:
+    """Append one USAGE event for ``start``..``end`` (epoch seconds) if it is not empty."""
+    if end <= start:
+        return
+    outbox.append(
+        conn,
+        EventKind.USAGE,
+        instance=instance,
+        at=datetime.fromtimestamp(end, UTC),
+        data={
+            "instance": instance,
+            "app": app,
+            "project": project,
+            "seconds": round(end - start, 3),
+            "start": _iso(start),
+            "end": _iso(end),
+        },
+    )
+
+
+def flush(store: Store, now: float | None = None) -> int:
+    """Record usage up to ``now`` for every running instance; return how many records."""
+    end = time.time() if now is None else now
+    count = 0
+    with store.transaction() as conn:
+        rows = conn.execute(
+            "SELECT id, app, project, usage_since FROM actual "
+            "WHERE state = ? AND usage_since IS NOT NULL",
+            (ActualState.RUNNING.value,),
+        ).fetchall()
+        for row in rows:
+            if end <= row["usage_since"]:
+                continue
+            append_interval(conn, row["id"], row["app"], row["project"], row["usage_since"], end)
+            conn.execute("UPDATE actual SET usage_since = ? WHERE id = ?", (end, row["id"]))
+            count += 1
+    return count
+
+
+async def run_usage_loop(store: Store, interval: float, stop: asyncio.Event) -> None:
+    """Record usage every ``interval`` seconds until ``stop`` is set."""
+    while not stop.is_set():
+        await sleep_or(stop, interval)
+        if stop.is_set():
+            return
+        try:
+            flush(store)
+        except Exception:
+            log.exception("recording usage failed; will retry")
