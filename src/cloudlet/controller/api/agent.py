@@ -31,11 +31,12 @@ async def desired(
 ) -> DesiredStateDoc | Response:
     """Long-poll for desired state: answers at once when the agent is behind,
     otherwise waits up to ``wait`` seconds for a change (204 if none)."""
+    # since=0 means "I hold nothing": always answer with a snapshot.
     site_id, revision = site.id, site.revision
-    if since == revision and wait > 0:
+    if 0 < since == revision and wait > 0:
         await st.watcher.wait(site_id, min(wait, st.settings.long_poll_max_s))
         revision = await run_in_threadpool(_current_revision, st, site_id)
-    if since == revision:
+    if 0 < since == revision:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return await run_in_threadpool(_doc, st, site_id, since)
 
