@@ -351,7 +351,10 @@ class ProcessDriver(ComputeDriver):
                 os.replace(log_path, log_path.with_name(LOG_FILE + ".1"))
         except OSError:
             logger.warning("cannot rotate %s", log_path, exc_info=True)
-        self._mark(w, f"starting {shlex.join(spec.command)}")
+        command = shlex.join(spec.command).replace("\n", "\\n")
+        if len(command) > 300:
+            command = command[:299] + "…"
+        self._mark(w, f"starting {command}")
         try:
             with log_path.open("ab") as log:
                 popen = subprocess.Popen(
