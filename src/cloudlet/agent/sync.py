@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Events per report; the rest follow at once in the next report.
 REPORT_BATCH = 500
+#: Pause before re-pulling after an answer that did not move the cursor.
+IDLE_REPOLL_S = 2.0
 
 
 @dataclass
@@ -180,6 +182,10 @@ class Syncer:
             log.debug("desired state now at revision %d (full=%s)", doc.revision, doc.full)
             if changed:
                 self.reconciler.wake()
+            if doc.revision == since:
+                # An immediate answer that moved nothing (a fresh site at revision 0
+                # answers since=0 at once): pause so the poll does not spin.
+                await sleep_or(stop, min(self.poll_wait_s, IDLE_REPOLL_S), self.pull_wake)
 
     # -- report -----------------------------------------------------------------------
 

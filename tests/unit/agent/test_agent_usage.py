@@ -1,0 +1,40 @@
+"""Usage records: each instance-second counted once, intervals back to back."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+
+from cloudlet.agent import actual, outbox, usage
+from cloudlet.agent.store import Store
+from cloudlet.schemas import ActualState, EventKind, InstanceOrigin
+
+
+def records(store: Store) -> list[dict[str, object]]:
+    return [e.data for e in outbox.pending(store, 1000) if e.kind is EventKind.USAGE]
+
+
+def test_usage_is_recorded_once_per_interval(store: Store) -> None:
+    row = actual.create(
+        store,
+        instance_id="i1",
+        name="n",
+        app="web",
+        project="p",
+        origin=InstanceOrigin.CONTROLLER,
+        now=1000.0,
+    )
+    row = actual.transition(store, row, ActualState.RUNNING, now=1000.0)
+    assert usage.flush(store, now=1060.0) == 1
+    assert usage.flush(store, now=1060.0) == 0  # nothing new since
+    assert usage.flush(store, now=1090.0) == 1
+    row = actual.get(store, "i1")  # type: ignore[assignment]
+    actual.transition(store, row, ActualState.STOPPING, now=1100.0)
+    assert usage.flush(store, now=1200.0) == 0  # not running: not billed
+    recs = records(store)
+    assert [r["seconds"] for r in recs] == [60.0, 30.0, 10.0]
+    assert recs[0]["instance"] == "i1" and recs[0]["app"] == "web" and recs[0]["project"] == "p"
+    # Back to back: each interval starts where the previous ended.
+    for a, b in itertools.pairwise(recs):
+        assert a["end"] == b["start"]
+    assert datetime.fromisoformat(str(recs[0]["start"])).timestamp() == 1000.0
