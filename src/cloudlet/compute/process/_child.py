@@ -86,14 +86,18 @@ class Child:
     def detach(self) -> None:
         """Let go of the group, leaving it running for a later driver to adopt."""
 
-    def finish(self) -> int | None:
-        """After the leader exited: kill what is left of its group, then reap it.
+    def owns_group(self) -> bool:
+        """Whether process group ``pid`` is still this workload's, so it may be signalled."""
+        raise NotImplementedError
 
-        The leader is still an unreaped zombie here when it is our child, so its pid
-        (the group id) cannot have been reused by anyone else yet.
-        """
+    def signal(self, sig: int) -> None:
+        if self.owns_group():
+            signal_group(self.pid, sig)
+
+    def finish(self) -> int | None:
+        """After the leader exited: kill what is left of its group, then reap it."""
         if group_alive(self.pid):
-            signal_group(self.pid, signal.SIGKILL)
+            self.signal(signal.SIGKILL)
         return self.reap()
 
 
@@ -121,6 +125,10 @@ class SpawnedChild(Child):
         with _detached_lock:
             _detached[self.pid] = self.popen
 
+    def owns_group(self) -> bool:
+        # Until we reap the leader, its pid (the group id) cannot be handed to anyone.
+        return self.popen.returncode is None
+
 
 class AdoptedChild(Child):
     def __init__(self, pid: int, create_time: float) -> None:
@@ -137,6 +145,16 @@ class AdoptedChild(Child):
 
     def reap(self) -> int | None:
         return None  # whoever is its parent now collects the status
+
+    def owns_group(self) -> bool:
+        # The kernel hands out no pid still in use as a group id. So the group is ours
+        # while the leader lives, and also once it is gone if stragglers keep the group;
+        # only when the pid runs a *different* process is the group someone else's.
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < CREATE_TIME_TOLERANCE
+        except psutil.Error:
+            return True
 
 
 def adopt(pid: int, create_time: float) -> Child | None:
@@ -172,10 +190,10 @@ def terminate(children: Iterable[Child], timeout: float, kill_grace: float = 5.0
     """
     children = list(children)
     for child in children:
-        signal_group(child.pid, signal.SIGTERM)
+        child.signal(signal.SIGTERM)
     pending = _wait_groups(children, timeout)
     for child in pending:
-        signal_group(child.pid, signal.SIGKILL)
+        child.signal(signal.SIGKILL)
     stuck = _wait_groups(pending, kill_grace)
     for child in children:
         if child not in stuck:
@@ -185,8 +203,8 @@ def terminate(children: Iterable[Child], timeout: float, kill_grace: float = 5.0
 
 def _wait_groups(children: list[Child], timeout: float) -> list[Child]:
     deadline = time.monotonic() + timeout
-    pending = [c for c in children if group_alive(c.pid)]
+    pending = [c for c in children if c.owns_group() and group_alive(c.pid)]
     while pending and time.monotonic() < deadline:
         time.sleep(_POLL)
-        pending = [c for c in pending if group_alive(c.pid)]
+        pending = [c for c in pending if c.owns_group() and group_alive(c.pid)]
     return pending

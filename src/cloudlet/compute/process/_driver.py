@@ -109,7 +109,7 @@ class ProcessDriver(ComputeDriver):
         restart_backoff: float = 0.5,
         max_backoff: float = 30.0,
     ) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).absolute()
         self.host = host
         self.stop_timeout = stop_timeout
         self._poll_interval = poll_interval
@@ -179,6 +179,7 @@ class ProcessDriver(ComputeDriver):
         self._check_open()
         w = self._get(workload_id)
         with w.op_lock:
+            self._check_open()
             self._check_alive(w)
             if w.want_running:
                 with self._lock:
@@ -202,27 +203,32 @@ class ProcessDriver(ComputeDriver):
         self._check_open()
         w = self._get(workload_id)
         with w.op_lock:
+            self._check_open()
             self._check_alive(w)
             self._stop_locked([w], self.stop_timeout if timeout is None else timeout)
 
     def delete(self, workload_id: str) -> None:
         """Stop the workload if needed, then remove its directory; a missing one succeeds."""
         self._check_open()
+        trash: Path | None = None
         with self._lock:
             w = self._workloads.get(workload_id)
-        if w is None:
-            # A directory an earlier driver could not read is a trace too.
-            if valid_id(workload_id):
-                self._remove_dir(self.state_dir / workload_id)
-            return
-        with w.op_lock:
-            if w.deleted:
-                return
-            self._stop_locked([w], self.stop_timeout)
-            with self._lock:
-                w.deleted = True
-                del self._workloads[workload_id]
-            self._remove_dir(w.path)
+            if w is None and valid_id(workload_id):
+                # A directory an earlier driver could not read is a trace too. Moved
+                # aside under the lock, so a concurrent create of this id is unharmed.
+                trash = self._move_aside(workload_id)
+        if w is not None:
+            with w.op_lock:
+                self._check_open()
+                if w.deleted:
+                    return
+                self._stop_locked([w], self.stop_timeout)
+                with self._lock:
+                    trash = self._move_aside(workload_id)
+                    w.deleted = True
+                    del self._workloads[workload_id]
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
     def status(self, workload_id: str) -> WorkloadStatus:
         with self._lock:
@@ -444,17 +450,19 @@ class ProcessDriver(ComputeDriver):
         self._mark(w, reason)
         self._persist(w)
 
-    def _remove_dir(self, path: Path) -> None:
-        # Renamed away first, so the id is gone at once even if the removal is cut short;
-        # _load sweeps leftovers.
-        trash = self.state_dir / f".delete-{path.name}-{uuid.uuid4().hex[:8]}"
+    def _move_aside(self, workload_id: str) -> Path | None:
+        """Rename the workload's directory to a trash name for removal; None if absent.
+
+        The id is gone at once even if the removal is cut short; _load sweeps leftovers.
+        """
+        trash = self.state_dir / f".delete-{workload_id}-{uuid.uuid4().hex[:8]}"
         try:
-            os.rename(path, trash)
+            os.rename(self.state_dir / workload_id, trash)
         except FileNotFoundError:
-            return
+            return None
         except OSError as exc:
-            raise DriverError(f"cannot delete {path}: {exc}") from exc
-        shutil.rmtree(trash, ignore_errors=True)
+            raise DriverError(f"cannot delete workload {workload_id!r}: {exc}") from exc
+        return trash
 
     def _load(self) -> None:
         """Read every workload recorded under state_dir; adopt the groups still running."""
