@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -48,4 +49,6 @@ def run(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run_agent(settings)
+    # One line per request at INFO drowns the agent's own log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    asyncio.run(run_agent(settings))

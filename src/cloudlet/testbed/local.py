@@ -149,6 +149,7 @@ class LocalAgent:
     join_token: str | None = None
     driver: str = "process"
     extra_args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
     proc: Proc | None = None
 
     def start(self) -> LocalAgent:
@@ -159,7 +160,8 @@ class LocalAgent:
         if self.join_token:
             args += ["--join", self.join_token]
         args += list(self.extra_args)
-        self.proc = Proc(f"agent-{self.name}", args, self.data_dir / "agent.log", _env()).start()
+        self.proc = Proc(f"agent-{self.name}", args, self.data_dir / "agent.log", _env(self.env))
+        self.proc.start()
         return self
 
     def local_api(self) -> str | None:
@@ -173,3 +175,13 @@ class LocalAgent:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.stop()
+
+    def health(self) -> dict[str, Any] | None:
+        """The agent's /healthz answer, or None while it is not serving."""
+        url = self.local_api()
+        if url is None:
+            return None
+        try:
+            return httpx.get(f"{url}/healthz", timeout=2).json()
+        except httpx.HTTPError:
+            return None
