@@ -16,11 +16,19 @@ class WorkloadState(enum.StrEnum):
     CREATED = "created"  # prepared, never started or stopped since
     RUNNING = "running"
     SUSPENDED = "suspended"
-    STOPPED = "stopped"  # stopped on request
-    FAILED = "failed"  # exited on its own and the restart policy gave up
+    STOPPED = "stopped"  # stopped on request, or exited 0 and the policy does not restart it
+    FAILED = "failed"  # exited on its own and the restart policy gave up (or is NEVER)
 
 
 class RestartPolicy(enum.StrEnum):
+    """What a driver does when a workload exits on its own (never after a stop).
+
+    ALWAYS restarts after any exit, ON_FAILURE after a non-zero or unknown exit
+    code, NEVER not at all; either way at most ``max_restarts`` times since the last
+    start(), with a growing delay. Giving up leaves the workload FAILED; a clean exit
+    that is not restarted leaves it STOPPED.
+    """
+
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
     NEVER = "never"
@@ -50,6 +58,14 @@ class WorkloadSpec:
 
 @dataclass(frozen=True)
 class WorkloadStatus:
+    """One workload as its driver sees it now.
+
+    ``endpoint`` is ``host:port`` while RUNNING with a port. RUNNING with ``pid``
+    None means a restart is pending. ``exit_code`` is the last exit's code: negative
+    for a signal (-9: SIGKILL), None when unknown (e.g. a workload the driver
+    adopted from an earlier agent). ``reason`` says why, in words, for humans.
+    """
+
     workload_id: str
     state: WorkloadState
     endpoint: str | None = None
