@@ -252,9 +252,8 @@ class FakeDriver(ComputeDriver):
         what = f"exited with code {code}"
         w.log.append(what)
         w.pid, w.exit_code = None, code
-        wants = spec.restart is RestartPolicy.ALWAYS or (
-            spec.restart is RestartPolicy.ON_FAILURE and code != 0
-        )
+        policy = RestartPolicy(spec.restart)
+        wants = policy is RestartPolicy.ALWAYS or (policy is RestartPolicy.ON_FAILURE and code != 0)
         if wants and w.restarts < spec.max_restarts:
             w.restarts += 1
             return f"restart {w.restarts} of {spec.max_restarts} after exit code {code}"

@@ -427,8 +427,9 @@ class ProcessDriver(ComputeDriver):
             rt.pid = None
             rt.create_time = None
             rt.exit_code = code
-            wants = spec.restart is RestartPolicy.ALWAYS or (
-                spec.restart is RestartPolicy.ON_FAILURE and code != 0
+            policy = RestartPolicy(spec.restart)
+            wants = policy is RestartPolicy.ALWAYS or (
+                policy is RestartPolicy.ON_FAILURE and code != 0
             )
             if not w.want_running:
                 rt.state, rt.reason = WorkloadState.STOPPED, "stopped"
