@@ -82,7 +82,7 @@ class ControllerClient:
         self.bytes_received += len(response.content) + _header_bytes(response.headers)
         if response.status_code >= 400:
             detail = _problem_detail(response)
-            message = f"{method} {path}: {response.status_code} {detail}"
+            message = f"controller answered {response.status_code} to {method} {path}: {detail}"
             if response.status_code in (401, 403):
                 raise AuthError(message)
             if response.status_code >= 500 or response.status_code in (408, 429):

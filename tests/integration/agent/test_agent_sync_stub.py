@@ -1,0 +1,228 @@
+"""The agent against a stub controller: enrollment, offline autonomy, exactly-once events.
+
+The agent runs in the test's event loop with the real process driver; the stub
+controller runs with uvicorn in a thread on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from agent_stub_controller import TOKEN, ServerThread, StubController
+
+from cloudlet.agent import Store, outbox, run_agent
+from cloudlet.agent.local_api import PORT_FILE
+from cloudlet.agent.store import CREDENTIAL, SITE_NAME
+from cloudlet.errors import AuthError
+from cloudlet.schemas import DesiredInstance
+from cloudlet.settings import AgentSettings
+
+pytestmark = pytest.mark.integration
+
+HTTP_SERVER = [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "$PORT"]
+
+
+def settings(data_dir: Path, url: str, join_token: str | None = TOKEN) -> AgentSettings:
+    return AgentSettings(
+        data_dir=data_dir,
+        controller_url=url,
+        join_token=join_token,
+        driver="process",
+        poll_wait_s=1,
+        report_interval_s=0.2,
+        reconcile_interval_s=0.2,
+        usage_interval_s=0.2,
+        backoff_max_s=0.2,
+    )
+
+
+def web_instance() -> DesiredInstance:
+    return DesiredInstance.model_validate(
+        {
+            "id": "inst1",
+            "name": "web-1",
+            "app": "web",
+            "project": "admin",
+            "desired_state": "running",
+            "components": [{"command": HTTP_SERVER}],
+            "resources": {},
+            "revision": 0,
+        }
+    )
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, tries: int = 400) -> None:
+    """Poll ``check`` a bounded number of times (not a timing assertion)."""
+    for _ in range(tries):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+class LocalApi:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    async def get(self, path: str) -> Any:
+        port = int((self.data_dir / PORT_FILE).read_text())
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            response = await client.get(path)
+            response.raise_for_status()
+            return response.json()
+
+    async def ready(self) -> bool:
+        return (self.data_dir / PORT_FILE).exists()
+
+
+def test_bad_join_token_is_one_auth_error(tmp_path: Path) -> None:
+    stub = StubController()
+    with (
+        ServerThread(stub.app) as server,
+        pytest.raises(AuthError, match="401 to POST /v1/agent/enroll: unknown, used or expired"),
+    ):
+        asyncio.run(asyncio.wait_for(run_agent(settings(tmp_path, server.url, "wrong-token")), 30))
+    assert not (tmp_path / PORT_FILE).exists()
+
+
+def test_offline_events_are_delivered_exactly_once(tmp_path: Path) -> None:
+    stub = StubController()
+    stub.set_instance(web_instance())
+    api = LocalApi(tmp_path)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(settings(tmp_path, server.url), stop=stop))
+
+        async def reported_running() -> bool:
+            return any(i["state"] == "running" for i in stub.last_instances or [])
+
+        await until(reported_running, "the instance reported running")
+        assert stub.enrolled == 1
+        await until(api.ready, "the local API port file")
+        [inst] = await api.get("/v1/local/instances")
+        assert inst["state"] == "running"
+        async with httpx.AsyncClient() as client:  # the workload really serves
+            assert (await client.get(f"http://{inst['endpoint']}/")).status_code == 200
+
+        # The link goes down: the instance keeps running, events pile up locally.
+        stub.offline = True
+
+        async def offline_with_backlog() -> bool:
+            health = await api.get("/healthz")
+            return health["controller_reachable"] is False and health["outbox_depth"] >= 5
+
+        await until(offline_with_backlog, "offline with a backlog of events")
+        assert (await api.get("/v1/local/instances"))[0]["state"] == "running"
+        backlog_top = max(stub.received_seqs) + (await api.get("/healthz"))["outbox_depth"]
+
+        # The link returns, but the first answer is lost after the events were stored.
+        stub.drop_next_report = True
+        stub.offline = False
+
+        async def caught_up() -> bool:
+            return stub.dropped == 1 and stub.acked_seq >= backlog_top
+
+        await until(caught_up, "the backlog delivered after the lost answer")
+        stop.set()
+        await asyncio.wait_for(agent, 30)
+
+    with ServerThread(stub.app) as server:
+        asyncio.run(main())
+
+    # Everything the agent recorded reached the controller, under distinct seqs ...
+    store = Store.open(tmp_path / "agent.db")
+    assert outbox.depth(store) == 0  # the final report at exit went through
+    assert store.get_meta(CREDENTIAL) and store.get_meta(SITE_NAME) == "edge-1"
+    top = int(store.get_meta("next_seq") or 0) - 1
+    store.close()
+    assert sorted(stub.events) == list(range(1, top + 1))
+    # ... some of them twice on the wire (the lost answer), stored once each.
+    assert len(stub.received_seqs) > len(stub.events)
+    # Usage intervals are back to back: no instance-second counted twice or lost.
+    usage = sorted(
+        (e for e in stub.events.values() if e["kind"] == "usage"), key=lambda e: e["data"]["start"]
+    )
+    assert len(usage) >= 5
+    for a, b in itertools.pairwise(usage):
+        assert a["data"]["end"] == b["data"]["start"]
+    kinds = [e["kind"] for e in stub.events.values()]
+    assert kinds.count("agent.started") == 1
+    states = [e["data"]["state"] for e in stub.events.values() if e["kind"] == "instance.state"]
+    assert states == ["pending", "starting", "running", "stopping", "stopped"]
+
+
+def test_restart_offline_runs_from_local_state(tmp_path: Path) -> None:
+    stub = StubController()
+    stub.set_instance(web_instance())
+    api = LocalApi(tmp_path)
+
+    async def first_run() -> None:
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(settings(tmp_path, server.url), stop=stop))
+
+        async def running() -> bool:
+            return any(i["state"] == "running" for i in stub.last_instances or [])
+
+        await until(running, "the instance reported running")
+        stop.set()
+        await asyncio.wait_for(agent, 30)
+
+    async def second_run() -> None:
+        # No join token, controller down: the agent starts what it holds anyway.
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(settings(tmp_path, server.url, None), stop=stop))
+
+        async def running_locally() -> bool:
+            if not await api.ready():
+                return False
+            instances = await api.get("/v1/local/instances")
+            return bool(instances) and instances[0]["state"] == "running"
+
+        await until(running_locally, "the instance running again from local state")
+        health = await api.get("/healthz")
+        assert health["enrolled"] and health["site_name"] == "edge-1"
+        assert health["cursor"] == 1
+        stop.set()
+        await asyncio.wait_for(agent, 30)
+
+    with ServerThread(stub.app) as server:
+        asyncio.run(first_run())
+        stub.offline = True
+        asyncio.run(second_run())
+    assert stub.enrolled == 1
+
+
+def test_revoked_credential_stops_sync_but_not_workloads(tmp_path: Path) -> None:
+    stub = StubController()
+    stub.set_instance(web_instance())
+    api = LocalApi(tmp_path)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(settings(tmp_path, server.url), stop=stop))
+
+        async def running() -> bool:
+            return any(i["state"] == "running" for i in stub.last_instances or [])
+
+        await until(running, "the instance reported running")
+        stub.revoked = True
+
+        async def revoked() -> bool:
+            return (await api.get("/healthz"))["sync_revoked"] is True
+
+        await until(revoked, "sync stopped on 401")
+        assert (await api.get("/v1/local/instances"))[0]["state"] == "running"
+        assert not agent.done()
+        stop.set()
+        await asyncio.wait_for(agent, 30)
+
+    with ServerThread(stub.app) as server:
+        asyncio.run(main())
