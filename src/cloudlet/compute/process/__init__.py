@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from cloudlet.compute.process._driver import INHERITED_ENV, ProcessDriver
+from cloudlet.compute.process._driver import ProcessDriver
+from cloudlet.compute.process._spec import INHERITED_ENV
 
 __all__ = ["INHERITED_ENV", "ProcessDriver"]

@@ -23,6 +23,13 @@ from cloudlet.compute.base import (
 )
 from cloudlet.compute.process._child import Child, SpawnedChild, adopt, process_create_time
 from cloudlet.compute.process._child import terminate as terminate_groups
+from cloudlet.compute.process._spec import (
+    child_env,
+    spec_from_json,
+    spec_to_json,
+    valid_id,
+    validate,
+)
 from cloudlet.compute.process._store import (
     LOG_FILE,
     SPEC_FILE,
@@ -30,18 +37,11 @@ from cloudlet.compute.process._store import (
     WORK_DIR,
     Runtime,
     read_json,
-    spec_from_json,
-    spec_to_json,
-    valid_id,
     write_json,
 )
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 
 logger = logging.getLogger(__name__)
-
-#: Variables a child inherits from the agent's environment; everything else it gets
-#: from its spec, so a workload never sees the agent's credentials or settings.
-INHERITED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 
 #: The console log is moved to ``console.log.1`` at the next (re)start once it is bigger.
 MAX_LOG_BYTES = 8 * 1024 * 1024
@@ -69,7 +69,7 @@ class ProcessDriver(ComputeDriver):
     Each workload lives in ``state_dir/<workload_id>/``: its spec and runtime record
     (JSON, replaced atomically), ``console.log`` (stdout and stderr, appended across
     restarts) and ``work/``, the child's working directory. The child's environment
-    is :data:`INHERITED_ENV` from the agent, then ``spec.env``, then
+    is :data:`~cloudlet.compute.process._spec.INHERITED_ENV` from the agent, then ``spec.env``, then
     ``CLOUDLET_WORKLOAD_ID`` and, when the spec has a port, ``PORT``.
 
     One supervisor thread per driver polls the children every ``poll_interval``
@@ -145,7 +145,7 @@ class ProcessDriver(ComputeDriver):
                 Nothing is left behind.
         """
         self._check_open()
-        _validate(spec, self._child_env(spec))
+        validate(spec)
         workload_id = spec.workload_id
         with self._lock:
             existing = self._workloads.get(workload_id)
@@ -321,14 +321,6 @@ class ProcessDriver(ComputeDriver):
             reason=w.rt.reason,
         )
 
-    def _child_env(self, spec: WorkloadSpec) -> dict[str, str]:
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        env.update(spec.env)
-        env["CLOUDLET_WORKLOAD_ID"] = spec.workload_id
-        if spec.port is not None:
-            env["PORT"] = str(spec.port)
-        return env
-
     def _persist(self, w: _Workload) -> None:
         """Write the runtime record; callers hold op_lock, so writes never interleave."""
         if w.deleted:
@@ -366,7 +358,7 @@ class ProcessDriver(ComputeDriver):
                 popen = subprocess.Popen(
                     list(spec.command),
                     cwd=w.path / WORK_DIR,
-                    env=self._child_env(spec),
+                    env=child_env(spec),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -546,34 +538,3 @@ class ProcessDriver(ComputeDriver):
                 w.rt.state = WorkloadState.FAILED
                 w.rt.reason = str(exc)
             self._persist(w)
-
-
-def _validate(spec: WorkloadSpec, env: dict[str, str]) -> None:
-    """Reject a spec the driver could not run, before anything is written."""
-    workload_id = spec.workload_id
-    if not valid_id(workload_id):
-        raise DriverError(
-            f"invalid workload id {workload_id!r}: use 1-128 letters, digits, '.', '_' or '-',"
-            " starting with a letter or digit"
-        )
-    if not spec.command or not all(isinstance(a, str) and "\0" not in a for a in spec.command):
-        raise DriverError(f"workload {workload_id!r} needs a command (a tuple of strings)")
-    for key, value in spec.env.items():
-        if not (isinstance(key, str) and isinstance(value, str)) or not key or "=" in key:
-            raise DriverError(f"workload {workload_id!r}: bad environment entry {key!r}")
-        if "\0" in key or "\0" in value:
-            raise DriverError(f"workload {workload_id!r}: NUL byte in environment entry {key!r}")
-    if spec.port is not None and not (isinstance(spec.port, int) and 0 < spec.port < 65536):
-        raise DriverError(f"workload {workload_id!r}: bad port {spec.port!r}")
-    program = spec.command[0]
-    if "/" in program:
-        if not os.path.isabs(program):
-            raise DriverError(
-                f"workload {workload_id!r}: command {program!r} must be an absolute path"
-                " or a name on PATH"
-            )
-        found = os.path.isfile(program) and os.access(program, os.X_OK)
-    else:
-        found = shutil.which(program, path=env.get("PATH", os.defpath)) is not None
-    if not found:
-        raise DriverError(f"workload {workload_id!r}: command {program!r} not found")
