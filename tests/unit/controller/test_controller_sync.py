@@ -1,0 +1,108 @@
+"""The controller's side of the sync protocol: cursors, tombstones, idempotent events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from controller_fakes import enrolled_site, sessions, web_app
+from sqlalchemy.orm import Session
+
+from cloudlet.controller.services import instances, sync
+from cloudlet.schemas import AgentReport, InstanceCreate
+
+NOW = datetime(2026, 11, 21, 5, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    maker = sessions(tmp_path)
+    with maker.begin() as s:
+        enrolled_site(s)
+        web_app(s)
+    s = maker()
+    yield s
+    s.close()
+
+
+def _create(session: Session, name: str) -> str:
+    row, _ = instances.create_instance(
+        session, "admin", InstanceCreate(app="web", site="lyon", name=name), grace_s=30
+    )
+    session.flush()
+    return row.id
+
+
+def _site(session: Session):  # type: ignore[no-untyped-def]
+    from cloudlet.controller.services.fleet import get_site
+
+    site = get_site(session, "lyon")
+    session.refresh(site)
+    return site
+
+
+def test_cursor_zero_gets_a_snapshot_of_live_instances(session: Session) -> None:
+    a, b = _create(session, "a"), _create(session, "b")
+    instances.delete_instance(session, instances.get_instance(session, "admin", b))
+    doc = sync.desired_doc(session, _site(session), since=0)
+    assert doc.full and doc.revision == 3
+    assert [i.id for i in doc.instances] == [a]
+
+
+def test_delta_carries_changes_and_deletions_after_the_cursor(session: Session) -> None:
+    a = _create(session, "a")
+    b = _create(session, "b")
+    instances.delete_instance(session, instances.get_instance(session, "admin", a))
+    doc = sync.desired_doc(session, _site(session), since=1)
+    assert not doc.full and doc.since == 1 and doc.revision == 3
+    assert [(i.id, i.desired_state.value, i.revision) for i in doc.instances] == [
+        (b, "running", 2),
+        (a, "deleted", 3),
+    ]
+    assert sync.desired_doc(session, _site(session), since=3).instances == []
+
+
+def test_cursor_older_than_a_purged_tombstone_gets_a_snapshot(session: Session) -> None:
+    a = _create(session, "a")
+    _create(session, "b")
+    instances.delete_instance(session, instances.get_instance(session, "admin", a))
+    site = _site(session)
+    # The agent applied revision 3 and no longer runs `a`: its tombstone goes.
+    sync.ingest_report(session, site, AgentReport(applied_revision=3, instances=[]), NOW)
+    site = _site(session)
+    assert site.tombstone_floor == 3
+    assert sync.desired_doc(session, site, since=1).full  # would miss the deletion of `a`
+    assert not sync.desired_doc(session, site, since=3).full
+
+
+def test_cursor_ahead_of_the_controller_gets_a_snapshot(session: Session) -> None:
+    _create(session, "a")
+    doc = sync.desired_doc(session, _site(session), since=99)  # e.g. DB restored from backup
+    assert doc.full and len(doc.instances) == 1
+
+
+def test_events_are_idempotent_and_acks_never_go_back(session: Session) -> None:
+    site = _site(session)
+
+    def report(*seqs: int) -> int:
+        events = [{"seq": s, "kind": "usage", "at": NOW, "data": {"seconds": 1}} for s in seqs]
+        return sync.ingest_report(
+            session, _site(session), AgentReport(applied_revision=0, events=events), NOW
+        )
+
+    assert report(1, 2, 3) == 3
+    assert report(2, 3, 4) == 4  # a re-sent batch after a lost ack, plus one new
+    assert report(1) == 4  # a very late duplicate does not move the ack back
+    from sqlalchemy import func, select
+
+    from cloudlet.controller.db.models import Event
+
+    count = session.scalar(select(func.count()).select_from(Event).where(Event.site_id == site.id))
+    assert count == 4
+
+
+def test_applied_revision_is_capped_at_the_real_revision(session: Session) -> None:
+    _create(session, "a")
+    sync.ingest_report(session, _site(session), AgentReport(applied_revision=50), NOW)
+    assert _site(session).applied_revision == 1
