@@ -13,8 +13,9 @@ from .format import BASE, CHUNK_SIZE, COPY, DELTA, LITERAL, SAME, ZERO
 from .index import WINDOW_CHUNKS, BaseIndex, fingerprint
 
 # A changed chunk is stored as XOR against the base chunk at its offset when at least this
-# many of its bytes are unchanged: the XOR is then mostly zeros and compresses far better.
-DELTA_MIN_EQUAL_BYTES = 1024
+# many of its 512 8-byte lanes are unchanged: the XOR is then mostly zeros and compresses
+# far better than the chunk itself.
+DELTA_MIN_EQUAL_LANES = 128
 _SUB = 256  # rows per sub-block for the equality pass: temporaries stay in cache
 
 
@@ -143,9 +144,9 @@ class Classifier:
         delta = np.zeros(len(changed), bool)
         if base_win is not None:
             inb = np.flatnonzero(changed < base_stop - start)
-            b = base_win[changed[inb]]
-            equal_bytes = (crow[inb].view(np.uint8) == b.view(np.uint8)).sum(axis=1)
-            delta[inb] = (equal_bytes >= DELTA_MIN_EQUAL_BYTES) & b.any(axis=1)
+            inb = inb[base_win[changed[inb]].any(axis=1)]  # XOR with zeros gains nothing
+            equal = np.count_nonzero(crow[inb] == base_win[changed[inb]], axis=1)
+            delta[inb] = equal >= DELTA_MIN_EQUAL_LANES
         kinds[changed[delta]] = DELTA
         kinds[changed[~delta]] = LITERAL
         res.deltas.append(tidx[delta])
