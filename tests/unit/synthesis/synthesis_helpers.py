@@ -28,14 +28,16 @@ def write(path: Path, data: np.ndarray) -> Path:
     return path
 
 
-def make_pair(d: Path, seed: int = 7, n: int = 1500) -> tuple[Path, Path, np.ndarray]:
+def make_pair(
+    d: Path, seed: int = 7, n: int = 1500, literal: int = 1300
+) -> tuple[Path, Path, np.ndarray]:
     """A base and a modified image with every chunk kind, several segments' worth."""
     rng = np.random.default_rng(seed)
     base = random_image(rng, n, 100)
     mod = base.copy()
     mod[5 * C : 9 * C] = 0  # zero
-    mod[20 * C : 24 * C] = base[1400 * C : 1404 * C]  # moved
-    mod[40 * C : 1340 * C] = rng.integers(0, 256, 1300 * C, dtype=np.uint8)  # literal
-    mod[1350 * C : 1352 * C] = mod[40 * C : 42 * C]  # repeated
-    mod[1360 * C + 17] ^= 1  # small in-place edit (delta)
+    mod[20 * C : 24 * C] = base[(n - 100) * C : (n - 96) * C]  # moved
+    mod[40 * C : (40 + literal) * C] = rng.integers(0, 256, literal * C, dtype=np.uint8)
+    mod[(n - 150) * C : (n - 148) * C] = mod[40 * C : 42 * C]  # repeated
+    mod[(n - 140) * C + 17] ^= 1  # small in-place edit (delta)
     return write(d / "base.img", base), write(d / "mod.img", mod), mod
