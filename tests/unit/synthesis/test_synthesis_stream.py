@@ -90,7 +90,7 @@ def test_failure_mid_stream_removes_output(setup):
     src.fail_at = int(m.seg_offset[1])
     src.gate.set()
     before = {p.name for p in d.iterdir()}
-    ap = StreamingApplier(src, base, d / "out.img", threads=2)
+    ap = StreamingApplier(src, base, d / "fail.img", threads=2)
     ap.start()
     with pytest.raises(IntegrityError):
         ap.wait()
@@ -101,7 +101,7 @@ def test_abort_removes_output(setup):
     d, base, ovl, _, m = setup
     src = GatedSource(ovl, m.seg_offset)
     before = {p.name for p in d.iterdir()}
-    with pytest.raises(RuntimeError), StreamingApplier(src, base, d / "out.img") as ap:
+    with pytest.raises(RuntimeError), StreamingApplier(src, base, d / "abort.img") as ap:
         assert src.first_segment_read.wait(10)
         threading.Timer(0.05, src.gate.set).start()
         raise RuntimeError("caller gave up")
