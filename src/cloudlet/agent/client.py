@@ -35,13 +35,20 @@ def _header_bytes(headers: httpx.Headers) -> int:
 class ControllerClient:
     """Calls the controller on behalf of one site; counts the bytes it exchanges."""
 
-    def __init__(self, base_url: str, *, credential: str | None = None, timeout: float = 15.0):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credential: str | None = None,
+        timeout: float = 15.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.credential = credential
         self.bytes_sent = 0
         self.bytes_received = 0
         self._timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()

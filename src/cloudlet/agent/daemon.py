@@ -152,6 +152,7 @@ class Agent:
             report_interval_s=s.report_interval_s,
             backoff_max_s=s.backoff_max_s,
         )
+        self.reconciler.on_change = syncer.report_soon.set
         if client.credential is None:
             assert s.join_token is not None  # checked in _client
             if not await syncer.enroll(s.join_token, stop):

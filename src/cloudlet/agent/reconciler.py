@@ -82,7 +82,7 @@ class Reconciler:
         self.store = store
         self.driver = driver
         self.workload_host = workload_host
-        self._on_change = on_change
+        self.on_change = on_change
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         alive = store.get_meta(ALIVE_AT)
@@ -136,8 +136,8 @@ class Reconciler:
     # -- helpers ---------------------------------------------------------------------
 
     def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
+        if self.on_change is not None:
+            self.on_change()
 
     def _move(self, row: ActualRow, state: ActualState, **kwargs: object) -> ActualRow:
         if row.state is not state:

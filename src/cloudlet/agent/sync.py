@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 REPORT_BATCH = 500
 #: Pause before re-pulling after an answer that did not move the cursor.
 IDLE_REPOLL_S = 2.0
+#: Shortest time between two reports when state changes hurry them.
+REPORT_MIN_GAP_S = 0.5
 
 
 @dataclass
@@ -77,6 +79,9 @@ class Syncer:
         self.status = SyncStatus()
         self.pull_wake = asyncio.Event()
         self.report_wake = asyncio.Event()
+        #: Set when actual state changed, so the controller hears of it before the
+        #: next interval (at most one report per REPORT_MIN_GAP_S).
+        self.report_soon = asyncio.Event()
         self._capacity: Resources | None = None
         self._acked_version: int | None = None
 
@@ -242,4 +247,6 @@ class Syncer:
             if more:
                 continue
             interval = self.report_interval_s * random.uniform(0.8, 1.2)
-            await sleep_or(stop, interval, self.report_wake)
+            gap = min(interval, REPORT_MIN_GAP_S)
+            await sleep_or(stop, gap)
+            await sleep_or(stop, interval - gap, self.report_soon)

@@ -1,0 +1,101 @@
+"""One report round: what it carries, what its ack drops, what it lets the site forget."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+from agent_fakes import doc, instance
+
+from cloudlet.agent import actual, desired, outbox
+from cloudlet.agent.reconciler import Reconciler
+from cloudlet.agent.store import Store
+from cloudlet.agent.sync import Syncer
+from cloudlet.compute import FakeDriver
+from cloudlet.schemas import AgentReport, EventKind, ReportAck
+
+
+class AckingClient:
+    """Records reports; acknowledges up to ``ack_upto`` (default: all) at ``revision``."""
+
+    def __init__(self) -> None:
+        self.reports: list[AgentReport] = []
+        self.ack_upto: int | None = None
+        self.revision = 0
+        self.bytes_sent = self.bytes_received = 0
+        self.credential = "c"
+
+    async def report(self, report: AgentReport) -> ReportAck:
+        self.reports.append(report)
+        top = max((e.seq for e in report.events), default=0)
+        acked = top if self.ack_upto is None else min(top, self.ack_upto)
+        return ReportAck(acked_seq=acked, revision=self.revision, server_time=datetime.now(UTC))
+
+
+def syncer_for(store: Store, tmp_path: Path, client: AckingClient) -> Syncer:
+    return Syncer(
+        store,
+        client,  # type: ignore[arg-type]
+        Reconciler(store, FakeDriver()),
+        data_dir=tmp_path,
+        poll_wait_s=1,
+        report_interval_s=1,
+        backoff_max_s=1,
+    )
+
+
+def test_ack_drops_only_what_it_covers(store: Store, tmp_path: Path) -> None:
+    for _ in range(4):
+        outbox.record(store, EventKind.ALARM)
+    client = AckingClient()
+    client.ack_upto = 2
+    syncer = syncer_for(store, tmp_path, client)
+    asyncio.run(syncer.report_once())
+    assert [e.seq for e in client.reports[0].events] == [1, 2, 3, 4]
+    assert [e.seq for e in outbox.pending(store)] == [3, 4]
+    client.ack_upto = None
+    asyncio.run(syncer.report_once())
+    assert [e.seq for e in client.reports[1].events] == [3, 4]
+    assert outbox.depth(store) == 0
+    assert syncer.status.last_report_at is not None
+
+
+def test_instances_go_only_when_changed_since_the_last_ack(store: Store, tmp_path: Path) -> None:
+    desired.apply_doc(store, doc(1, [instance("i1")], full=True))
+    client = AckingClient()
+    syncer = syncer_for(store, tmp_path, client)
+    asyncio.run(syncer.reconciler.reconcile_once())
+    asyncio.run(syncer.report_once())
+    asyncio.run(syncer.report_once())
+    first, second = client.reports
+    assert [i.state.value for i in first.instances or []] == ["running"]
+    assert first.applied_revision == 1 and first.capacity is not None
+    assert second.instances is None
+    # A stop changes the list: it goes again.
+    desired.apply_doc(store, doc(2, [instance("i1", state="stopped", revision=2)], since=1))
+    asyncio.run(syncer.reconciler.reconcile_once())
+    asyncio.run(syncer.report_once())
+    assert [i.state.value for i in client.reports[2].instances or []] == ["stopped"]
+
+
+def test_deleted_instances_are_forgotten_after_the_ack(store: Store, tmp_path: Path) -> None:
+    desired.apply_doc(store, doc(1, [instance("i1")], full=True))
+    client = AckingClient()
+    syncer = syncer_for(store, tmp_path, client)
+    asyncio.run(syncer.reconciler.reconcile_once())
+    desired.apply_doc(store, doc(2, [], full=True))
+    asyncio.run(syncer.reconciler.reconcile_once())
+    assert actual.get(store, "i1").state.value == "deleted"  # type: ignore[union-attr]
+    asyncio.run(syncer.report_once())
+    assert [i.state.value for i in client.reports[0].instances or []] == ["deleted"]
+    assert actual.get(store, "i1") is None
+    assert desired.entries(store) == {}
+
+
+def test_ack_revision_ahead_wakes_the_pull_loop(store: Store, tmp_path: Path) -> None:
+    client = AckingClient()
+    client.revision = 5
+    syncer = syncer_for(store, tmp_path, client)
+    asyncio.run(syncer.report_once())
+    assert syncer.pull_wake.is_set()
