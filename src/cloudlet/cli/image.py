@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cloudlet.cli._output import emit_json, err_console
-from cloudlet.cli.overlay import _progress
+from cloudlet.cli.overlay import _progress, one_line_errors
 from cloudlet.synthesis import build_index
 from cloudlet.synthesis.index import index_path
 
@@ -15,6 +15,7 @@ app = typer.Typer(help="Base images.", no_args_is_help=True)
 
 
 @app.command("index")
+@one_line_errors
 def index(
     base: Path = typer.Argument(..., help="Base image (raw or qcow2)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.progress import (
@@ -18,6 +20,7 @@ from rich.progress import (
 )
 
 from cloudlet.cli._output import emit_json, err_console, human_bytes, show_one
+from cloudlet.errors import CloudletError
 from cloudlet.synthesis import (
     DEFAULT_LEVEL,
     apply_overlay,
@@ -28,6 +31,22 @@ from cloudlet.synthesis import (
 from cloudlet.synthesis.format import CHUNK_SIZE
 
 app = typer.Typer(help="Create, inspect, verify and apply VM overlays.", no_args_is_help=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def one_line_errors(fn: F) -> F:
+    """Report a CloudletError as exactly one stderr line, however long (no wrapping)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CloudletError as exc:
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @contextlib.contextmanager
@@ -57,6 +76,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
 
 
 @app.command()
+@one_line_errors
 def create(
     base: Path = typer.Option(..., "--base", help="Base disk image (raw or qcow2)."),
     modified: Path = typer.Option(..., "--modified", help="Modified disk image (raw or qcow2)."),
@@ -104,6 +124,7 @@ def create(
 
 
 @app.command()
+@one_line_errors
 def info(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
@@ -113,6 +134,7 @@ def info(
 
 
 @app.command()
+@one_line_errors
 def verify(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     as_json: bool = typer.Option(False, "--json", help="Print the overlay info as JSON."),
@@ -126,6 +148,7 @@ def verify(
 
 
 @app.command()
+@one_line_errors
 def apply(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     base: Path = typer.Option(..., "--base", help="The raw base disk image."),
