@@ -105,7 +105,10 @@ class Agent:
             # Offline autonomy: local state alone decides what runs, before any network.
             await self.reconciler.reconcile_once()
             self.local_api = LocalApi(
-                create_app(self.store, self.health), s.local_host, s.local_port, s.data_dir
+                create_app(self.store, self.health, self.reconciler.wake),
+                s.local_host,
+                s.local_port,
+                s.data_dir,
             )
             await self.local_api.start()
             tasks.append(asyncio.create_task(self.reconciler.run(s.reconcile_interval_s, stop)))

@@ -15,12 +15,21 @@ Rules (the controller's side is in the sync protocol of ``schemas/sync.py``):
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
+import uuid
 from dataclasses import dataclass
 
+from cloudlet.agent import outbox
 from cloudlet.agent.store import CURSOR, Store, get_meta, set_meta
-from cloudlet.errors import SyncError
-from cloudlet.schemas import DesiredInstance, DesiredState, DesiredStateDoc, InstanceOrigin
+from cloudlet.errors import ConflictError, NotFoundError, SyncError
+from cloudlet.schemas import (
+    DesiredInstance,
+    DesiredState,
+    DesiredStateDoc,
+    EventKind,
+    InstanceOrigin,
+)
 
 
 class CursorGapError(SyncError):
@@ -98,12 +107,17 @@ def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
     return changed
 
 
-def _upsert(conn: sqlite3.Connection, inst: DesiredInstance, body: str) -> None:
+def _upsert(
+    conn: sqlite3.Connection,
+    inst: DesiredInstance,
+    body: str,
+    origin: InstanceOrigin = InstanceOrigin.CONTROLLER,
+) -> None:
     conn.execute(
         "INSERT INTO desired (id, origin, revision, desired_state, doc) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (id) DO UPDATE SET revision = excluded.revision, "
         "desired_state = excluded.desired_state, doc = excluded.doc",
-        (inst.id, InstanceOrigin.CONTROLLER.value, inst.revision, inst.desired_state.value, body),
+        (inst.id, origin.value, inst.revision, inst.desired_state.value, body),
     )
 
 
@@ -124,3 +138,67 @@ def forget(store: Store, instance_ids: list[str]) -> None:
             "DELETE FROM desired WHERE id = ? AND desired_state = ?",
             [(i, DesiredState.DELETED.value) for i in instance_ids],
         )
+
+
+def add_site_instance(store: Store, app: str, name: str | None = None) -> DesiredInstance:
+    """Start an app at this site on a local client's request (works offline).
+
+    The app's definition comes from any instance of it the site holds; the new
+    instance is site-origin (no snapshot removes it) and announced to the controller
+    by an INSTANCE_CREATED event, written in the same transaction.
+
+    Raises:
+        NotFoundError: this site holds no instance of ``app`` to take its definition from.
+    """
+    with store.transaction() as conn:
+        template = None
+        for row in conn.execute("SELECT doc FROM desired ORDER BY origin, revision DESC"):
+            candidate = DesiredInstance.model_validate_json(row["doc"])
+            if candidate.app == app and candidate.components:
+                template = candidate
+                break
+        if template is None:
+            raise NotFoundError(f"this site holds no definition of app {app!r}")
+        instance_id = str(uuid.uuid4())
+        inst = template.model_copy(
+            update={
+                "id": instance_id,
+                "name": name or f"{app}-{secrets.token_hex(3)}",
+                "desired_state": DesiredState.RUNNING,
+                "revision": int(get_meta(conn, CURSOR) or 0),
+            }
+        )
+        _upsert(conn, inst, inst.model_dump_json(), InstanceOrigin.SITE)
+        outbox.append(
+            conn,
+            EventKind.INSTANCE_CREATED,
+            instance=inst.id,
+            data={
+                "name": inst.name,
+                "app": inst.app,
+                "project": inst.project,
+                "origin": InstanceOrigin.SITE.value,
+                "template": template.id,
+            },
+        )
+    return inst
+
+
+def remove_site_instance(store: Store, instance_id: str) -> None:
+    """Mark a site-origin instance deleted (the reconciler removes it).
+
+    Raises:
+        NotFoundError: no such instance.
+        ConflictError: the controller owns it; delete it there.
+    """
+    with store.transaction() as conn:
+        row = conn.execute(
+            "SELECT origin, doc FROM desired WHERE id = ?", (instance_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no instance {instance_id!r} at this site")
+        if row["origin"] != InstanceOrigin.SITE.value:
+            raise ConflictError(f"instance {instance_id!r} belongs to the controller")
+        inst = DesiredInstance.model_validate_json(row["doc"])
+        gone = inst.model_copy(update={"desired_state": DesiredState.DELETED})
+        _upsert(conn, gone, gone.model_dump_json(), InstanceOrigin.SITE)

@@ -1,5 +1,10 @@
 """The site-local HTTP API: health and instance endpoints for clients, served offline too.
 
+``GET /healthz``; ``GET /v1/local/instances[/{id}]`` (state and endpoint, so clients
+find their service with the controller unreachable); ``POST /v1/local/instances``
+``{"app": ...}`` starts an app the site holds a definition of (origin ``site``);
+``DELETE /v1/local/instances/{id}`` removes such a site-origin instance.
+
 It runs inside the agent's event loop (uvicorn without its own signal handling:
 the agent owns SIGTERM/SIGINT) and writes the port it bound to
 ``data_dir/local-api.port`` so that tools can find it when the port was 0.
@@ -13,24 +18,74 @@ import logging
 import os
 import socket
 from collections.abc import Callable, Generator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 
-from cloudlet.agent import actual
+from cloudlet.agent import actual, desired
 from cloudlet.agent.store import Store
-from cloudlet.schemas import ActualInstance
+from cloudlet.errors import CloudletError, ConflictError, NotFoundError
+from cloudlet.schemas import ActualInstance, ActualState, DesiredState, InstanceOrigin
+from cloudlet.schemas.common import Name
 
 log = logging.getLogger(__name__)
 
 PORT_FILE = "local-api.port"
 
 
-def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
-    """The local API over the agent's store; ``health`` builds the /healthz body."""
+PROBLEM_BASE = "https://cloudlet.dev/problems/"
+
+# The same problem types as the controller's API, for the errors the local API raises.
+_ERRORS: list[tuple[type[CloudletError], int, str, str]] = [
+    (NotFoundError, 404, "not-found", "Not found"),
+    (ConflictError, 409, "conflict", "Conflict"),
+]
+
+
+class LocalInstanceCreate(BaseModel):
+    """Start an app this site already holds the definition of."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    app: Name
+    name: Name | None = None
+
+
+async def _problem(request: Request, exc: Exception) -> JSONResponse:
+    status, slug, title = 500, "internal", "Internal error"
+    for cls, code, kind, text in _ERRORS:
+        if isinstance(exc, cls):
+            status, slug, title = code, kind, text
+            break
+    body = {
+        "type": PROBLEM_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": str(exc),
+        "instance": request.url.path,
+    }
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def create_app(
+    store: Store,
+    health: Callable[[], dict[str, Any]],
+    on_desired_change: Callable[[], None] = lambda: None,
+) -> FastAPI:
+    """The local API over the agent's store.
+
+    Args:
+        health: builds the /healthz body.
+        on_desired_change: called (in the event loop) after a local client changed
+            desired state.
+    """
     app = FastAPI(title="Cloudlet site agent", docs_url=None, redoc_url=None)
+    app.add_exception_handler(CloudletError, _problem)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -39,6 +94,45 @@ def create_app(store: Store, health: Callable[[], dict[str, Any]]) -> FastAPI:
     @app.get("/v1/local/instances", response_model=list[ActualInstance])
     def list_instances() -> list[ActualInstance]:
         return [row.to_wire() for row in actual.list_all(store)]
+
+    @app.get("/v1/local/instances/{instance_id}", response_model=ActualInstance)
+    def get_instance(instance_id: str) -> ActualInstance:
+        row = actual.get(store, instance_id)
+        if row is not None:
+            return row.to_wire()
+        entry = desired.entries(store).get(instance_id)
+        if entry is None or entry.state is DesiredState.DELETED:
+            raise NotFoundError(f"no instance {instance_id!r} at this site")
+        inst = entry.instance  # accepted, not yet picked up by the reconciler
+        return ActualInstance(
+            id=inst.id,
+            name=inst.name,
+            app=inst.app,
+            project=inst.project,
+            origin=entry.origin,
+            state=ActualState.PENDING,
+            updated_at=datetime.now(UTC),
+        )
+
+    @app.post("/v1/local/instances", status_code=202, response_model=ActualInstance)
+    async def start_instance(body: LocalInstanceCreate) -> ActualInstance:
+        inst = desired.add_site_instance(store, body.app, body.name)
+        on_desired_change()
+        return ActualInstance(
+            id=inst.id,
+            name=inst.name,
+            app=inst.app,
+            project=inst.project,
+            origin=InstanceOrigin.SITE,
+            state=ActualState.PENDING,
+            updated_at=datetime.now(UTC),
+        )
+
+    @app.delete("/v1/local/instances/{instance_id}", status_code=202)
+    async def delete_instance(instance_id: str) -> Response:
+        desired.remove_site_instance(store, instance_id)
+        on_desired_change()
+        return Response(status_code=202)
 
     return app
 
