@@ -126,7 +126,7 @@ def test_unknown_command_fails_at_create_and_leaves_nothing(
     with pytest.raises(DriverError, match="invalid workload id"):
         driver.create(WorkloadSpec("../escape", command=("sleep", "1")))
     assert driver.list() == []
-    assert list(state_dir.iterdir()) == []
+    assert [p.name for p in state_dir.iterdir()] == [".lock"]
 
 
 def test_command_removed_after_create_fails_at_start(driver: ProcessDriver, tmp_path: Path) -> None:

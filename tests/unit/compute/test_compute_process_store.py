@@ -15,6 +15,11 @@ from cloudlet.compute.process._store import Runtime, write_json
 from cloudlet.errors import DriverError
 
 
+def entries(state_dir: Path) -> list[str]:
+    """What the driver keeps in ``state_dir`` apart from its lock file."""
+    return sorted(p.name for p in state_dir.iterdir() if p.name != ".lock")
+
+
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
@@ -86,7 +91,7 @@ def test_bad_specs_fail_at_create_and_leave_nothing(
     with pytest.raises(DriverError, match=message):
         driver.create(spec)
     assert driver.list() == []
-    assert list(state_dir.iterdir()) == []
+    assert entries(state_dir) == []
 
 
 def test_records_are_reloaded_by_a_new_driver(driver: ProcessDriver, state_dir: Path) -> None:
@@ -116,11 +121,11 @@ def test_unreadable_and_half_made_directories(
     try:
         assert driver.list() == []
         assert "broken" in caplog.text
-        assert sorted(p.name for p in state_dir.iterdir()) == ["broken"]
+        assert entries(state_dir) == ["broken"]
         with pytest.raises(DriverError, match="cannot create"):
             driver.create(WorkloadSpec("broken", command=("sleep", "1")))
         driver.delete("broken")  # removes the unreadable leftover
-        assert list(state_dir.iterdir()) == []
+        assert entries(state_dir) == []
     finally:
         driver.close()
 
@@ -135,3 +140,10 @@ def test_suspend_is_not_offered(driver: ProcessDriver) -> None:
     driver.create(WorkloadSpec("w1", command=("sleep", "1")))
     with pytest.raises(NotImplementedError):
         driver.suspend("w1")
+
+
+def test_one_driver_at_a_time_per_state_dir(driver: ProcessDriver, state_dir: Path) -> None:
+    with pytest.raises(DriverError, match="in use"):
+        ProcessDriver(state_dir)
+    driver.close()
+    ProcessDriver(state_dir).close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import logging
 import os
 import shlex
@@ -69,8 +70,9 @@ class ProcessDriver(ComputeDriver):
     Each workload lives in ``state_dir/<workload_id>/``: its spec and runtime record
     (JSON, replaced atomically), ``console.log`` (stdout and stderr, appended across
     restarts) and ``work/``, the child's working directory. The child's environment
-    is :data:`~cloudlet.compute.process._spec.INHERITED_ENV` from the agent, then ``spec.env``, then
-    ``CLOUDLET_WORKLOAD_ID`` and, when the spec has a port, ``PORT``.
+    is ``INHERITED_ENV`` from the agent, then ``spec.env``, then
+    ``CLOUDLET_WORKLOAD_ID`` and, when the spec has a port, ``PORT``. One driver at a
+    time may use a state dir (an exclusive lock on ``state_dir/.lock``).
 
     One supervisor thread per driver polls the children every ``poll_interval``
     seconds and applies the restart policy with exponential backoff
@@ -120,11 +122,12 @@ class ProcessDriver(ComputeDriver):
         self._workloads: dict[str, _Workload] = {}
         self._closed = False
         self._wake = threading.Event()
+        self._lock_fd = _lock_state_dir(self.state_dir)
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DriverError(f"cannot create state dir {self.state_dir}: {exc}") from exc
-        self._load()
+            self._load()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._thread = threading.Thread(
             target=self._supervise, name="cloudlet-process-supervisor", daemon=True
         )
@@ -287,6 +290,7 @@ class ProcessDriver(ComputeDriver):
         finally:
             for w in workloads:
                 w.op_lock.release()
+            os.close(self._lock_fd)
 
     # -- internals; methods named *_locked expect the callers to hold op_lock ----------------
 
@@ -538,3 +542,23 @@ class ProcessDriver(ComputeDriver):
                 w.rt.state = WorkloadState.FAILED
                 w.rt.reason = str(exc)
             self._persist(w)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    """Create ``state_dir`` and lock it, so two drivers never supervise the same workloads.
+
+    Returns:
+        The descriptor holding the lock; closing it releases the lock. It is not
+        inherited by children, so a workload left running never keeps the dir locked.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DriverError(f"cannot use state dir {state_dir}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise DriverError(f"state dir {state_dir} is in use by another process driver") from exc
+    return fd
