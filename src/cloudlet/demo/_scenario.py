@@ -1,0 +1,311 @@
+"""The demo's story, step by step: a fleet comes up, runs two apps, loses a site and gets it back.
+
+Each step polls the controller (and asks sites and workloads directly) every
+:data:`TICK_S` seconds until its condition holds or its bounded timeout runs
+out; a step that times out raises :class:`CloudletError` with one line saying
+what did not happen. Watching phases last a share of ``duration_s``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from cloudlet.demo._fleet import Fleet
+from cloudlet.demo._plan import CUT_SITE, INSTANCES, SITES, WASTE_ROUTE_APP, app_bodies
+from cloudlet.demo._probe import probe_instance, probe_local_api
+from cloudlet.demo._view import Display
+from cloudlet.demo._world import World
+from cloudlet.errors import CloudletError
+
+_T = TypeVar("_T")
+
+TICK_S = 0.5
+ENROLL_TIMEOUT_S = 60.0
+RUNNING_TIMEOUT_S = 60.0
+CATCH_UP_TIMEOUT_S = 30.0
+#: Time the controller may take past the grace period to give its verdict.
+VERDICT_SLACK_S = 20.0
+
+
+def _parse_time(raw: str) -> datetime:
+    when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@dataclass
+class Scenario:
+    fleet: Fleet
+    display: Display
+    world: World
+    duration_s: float
+
+    def __post_init__(self) -> None:
+        self.http = httpx.Client()  # for direct requests to sites and workloads: no token
+        self.offline_instance: str | None = None
+        self.direct_answers = Counter[bool]()
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def say(self, line: str) -> None:
+        self.world.story.append((self.world.elapsed(), line))
+        self.display.say(self.world, line)
+
+    def phase(self, name: str) -> None:
+        self.world.phase = name
+
+    def _get(self, path: str, **params: Any) -> Any:
+        resp = self.fleet.api.get(path, params=params or None)
+        resp.raise_for_status()
+        return resp.json()
+
+    def tick(self) -> None:
+        """Refresh the world from the controller, the relays, the sites and the workloads."""
+        if dead := self.fleet.dead_agents():
+            agent = self.fleet.agents[dead[0]]
+            tail = agent.proc.log_tail(1) if agent.proc else ""
+            raise CloudletError(f"the agent of site {dead[0]} exited: {tail}")
+        w = self.world
+        w.sites = self._get("/v1/sites")
+        w.instances = self._get("/v1/instances")
+        w.links = {name: relay.stats() for name, relay in self.fleet.relays.items()}
+        for name, agent in self.fleet.agents.items():
+            w.local[name] = probe_local_api(self.http, agent.local_api())
+        cut = CUT_SITE in w.links and w.links[CUT_SITE].cut
+        for inst in w.instances:
+            if inst["actual_state"] == "running":
+                w.probes[inst["id"]] = probe = probe_instance(self.http, inst)
+                if cut and inst["site"] == CUT_SITE:
+                    self.direct_answers[probe.ok] += 1
+        self.display.refresh(w)
+
+    def wait(self, what: str, timeout: float, check: Callable[[], _T | None]) -> _T:
+        """Tick until ``check()`` gives something truthy; raise with ``what`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.tick()
+            result = check()
+            if result:
+                return result
+            if time.monotonic() >= deadline:
+                raise CloudletError(f"{what} did not happen within {timeout:g}s")
+            time.sleep(TICK_S)
+
+    def hold(self, until: float, at_least: float) -> None:
+        """Keep ticking until ``until`` seconds into the demo, and for ``at_least`` seconds."""
+        end = max(self.world.started + until, time.monotonic() + at_least)
+        while time.monotonic() < end:
+            self.tick()
+            time.sleep(min(TICK_S, max(0.0, end - time.monotonic())))
+
+    def site(self, name: str) -> dict[str, Any]:
+        site = self.world.site(name)
+        if site is None:
+            raise CloudletError(f"site {name} is missing from the controller's list")
+        return site
+
+    # -- the story ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.start_fleet()
+        self.deploy()
+        self.phase("steady")
+        self.say("Everything runs. The demo asks each instance directly, as a nearby client would.")
+        self.hold(until=0.3 * self.duration_s, at_least=3)
+        self.display.checkpoint(self.world)
+        cut_at = self.cut()
+        self.change_while_offline()
+        self.phase("offline")
+        self.hold(until=0.65 * self.duration_s, at_least=4)
+        before = self.offline_events(cut_at, datetime.now(UTC))
+        self.say(
+            f"Events {CUT_SITE} recorded since the cut that the controller has: {len(before)}"
+            " (they wait in the site's outbox)."
+        )
+        self.display.checkpoint(self.world)
+        self.restore(cut_at)
+        self.phase("done")
+        self.hold(until=self.duration_s, at_least=2)
+        self.display.checkpoint(self.world)
+
+    def start_fleet(self) -> None:
+        self.phase("starting")
+        self.say(
+            f"Starting a controller in {self.fleet.root} (offline grace"
+            f" {self.fleet.offline_grace_s:g}s, shortened for the demo; the default is 30s)."
+        )
+        self.fleet.start_controller()
+        for spec in SITES:
+            self.fleet.add_site(spec)
+            relay = self.fleet.relays[spec.name]
+            self.say(
+                f"Site {spec.name} ({spec.latitude:.2f}, {spec.longitude:.2f}, region"
+                f" {spec.region}) registered; its agent reaches the controller through relay"
+                f" :{relay.port}, the site's WAN link."
+            )
+        names = [s.name for s in SITES]
+
+        def all_online() -> bool:
+            return all(self.site(n)["availability"] == "online" for n in names)
+
+        self.wait("the three agents enrolling and coming online", ENROLL_TIMEOUT_S, all_online)
+        self.say("All three agents enrolled with their one-time join tokens: sites online.")
+
+    def deploy(self) -> None:
+        self.phase("deploying")
+        for body in app_bodies():
+            resp = self.fleet.api.post("/v1/apps", json=body)
+            _raise_for(resp, f"publishing app {body['name']}")
+            bound = body["latency_bound_ms"]
+            self.say(
+                f"App {body['name']} published: {body['labels']['use-case']}, latency bound"
+                f" {bound:,} ms"
+                + (f", needs {body['constraints'][0]}" if body["constraints"] else "")
+            )
+        for app, site, client in INSTANCES:
+            request: dict[str, Any] = {"app": app}
+            if site:
+                request["site"] = site
+            if client:
+                request["client_latitude"], request["client_longitude"] = client
+            resp = self.fleet.api.post("/v1/instances", json=request)
+            _raise_for(resp, f"creating an instance of {app}")
+            inst = resp.json()
+            how = "asked for" if site else f"chosen by placement for a client at {client}"
+            self.say(f"Instance {inst['name']} of {app} on {inst['site']} ({how}).")
+        self.wait("every instance reaching running", RUNNING_TIMEOUT_S, self._all_running)
+        self.say("All instances running; each site started its own workloads.")
+
+    def _all_running(self) -> bool:
+        for inst in self.world.instances:
+            if inst["actual_state"] == "failed":
+                raise CloudletError(
+                    f"instance {inst['name']} on {inst['site']} failed: {inst.get('reason')}"
+                )
+        return bool(self.world.instances) and all(
+            i["actual_state"] == "running" and i.get("endpoint") for i in self.world.instances
+        )
+
+    def cut(self) -> datetime:
+        self.phase("link cut")
+        cut_at = datetime.now(UTC)
+        self.fleet.relays[CUT_SITE].cut()
+        started = time.monotonic()
+        grace = self.fleet.offline_grace_s
+        self.say(
+            f"CUT: the link between {CUT_SITE} and the controller is down (relay.cut())."
+            f" The controller will call the site offline after {grace:g}s without news."
+        )
+        own = [i for i in self.world.instances_at(CUT_SITE) if i["actual_state"] == "running"]
+
+        def serving() -> bool:
+            local = self.world.local.get(CUT_SITE)
+            probes = [self.world.probes.get(i["id"]) for i in own]
+            return bool(local and local.ok and all(p and p.ok for p in probes))
+
+        self.wait(f"{CUT_SITE} serving while cut off", 10, serving)
+        for inst in own:
+            self.say(
+                f"{CUT_SITE} still serves {inst['app']}: {self.world.probes[inst['id']].text}."
+            )
+        self.say(f"{CUT_SITE}'s own API answers too: {self.world.local[CUT_SITE].text}.")
+        self.wait(
+            f"the controller marking {CUT_SITE} offline",
+            grace + VERDICT_SLACK_S,
+            lambda: self.site(CUT_SITE)["availability"] == "offline",
+        )
+        self.say(
+            f"Controller: {CUT_SITE} is offline, {time.monotonic() - started:.1f}s after the cut"
+            f" (grace {grace:g}s). Its instances stay where they are: the site is autonomous."
+        )
+        return cut_at
+
+    def change_while_offline(self) -> None:
+        resp = self.fleet.api.post("/v1/instances", json={"app": WASTE_ROUTE_APP, "site": CUT_SITE})
+        if resp.is_success:
+            inst = resp.json()
+            self.offline_instance = inst["id"]
+            self.tick()
+            lag = self.site(CUT_SITE)["revision_lag"]
+            self.say(
+                f"While {CUT_SITE} is offline an operator asks for {inst['name']} there: the"
+                f" controller stores the desired state (revision lag {lag}) until the link returns."
+            )
+        else:
+            detail = _problem(resp)
+            self.say(
+                f"The controller refuses new work for {CUT_SITE} while it is offline: {detail}"
+            )
+
+    def restore(self, cut_at: datetime) -> None:
+        self.phase("catching up")
+        restored_at = datetime.now(UTC)
+        self.fleet.relays[CUT_SITE].restore()
+        started = time.monotonic()
+        self.say(f"RESTORE: the link to {CUT_SITE} is back (relay.restore()).")
+        self.wait(
+            f"{CUT_SITE} coming back online",
+            CATCH_UP_TIMEOUT_S,
+            lambda: self.site(CUT_SITE)["availability"] == "online",
+        )
+        self.say(f"{CUT_SITE} online again after {time.monotonic() - started:.1f}s.")
+
+        def caught_up() -> bool:
+            s = self.site(CUT_SITE)
+            if s["sync_status"] != "in-sync" or s["revision_lag"] != 0:
+                return False
+            if self.offline_instance is None:
+                return True
+            return self._all_running()
+
+        self.wait(f"{CUT_SITE} catching up (in-sync, lag 0)", CATCH_UP_TIMEOUT_S, caught_up)
+        if self.offline_instance is not None:
+            self.say(f"{CUT_SITE} pulled the change made while it was away; its new instance runs.")
+        events = self.wait(
+            f"events {CUT_SITE} recorded while cut off reaching the controller",
+            CATCH_UP_TIMEOUT_S,
+            lambda: self.offline_events(cut_at, restored_at),
+        )
+        kinds = Counter(e["kind"] for e in events)
+        seqs = [e["seq"] for e in events]
+        if len(set(seqs)) != len(seqs):
+            raise CloudletError(f"events from {CUT_SITE} were stored twice: seqs {sorted(seqs)}")
+        detail = ", ".join(f"{kind} x{n}" for kind, n in sorted(kinds.items()))
+        self.say(
+            f"CATCH-UP: {CUT_SITE} is in-sync (lag 0) after {time.monotonic() - started:.1f}s;"
+            f" the {len(events)} events it recorded while cut off arrived ({detail}),"
+            f" each once (seq {min(seqs)}..{max(seqs)})."
+        )
+        ok, failed = self.direct_answers[True], self.direct_answers[False]
+        self.say(
+            f"Summary: {CUT_SITE} was cut off for"
+            f" {(restored_at - cut_at).total_seconds():.1f}s and answered {ok} of {ok + failed}"
+            " direct requests meanwhile; nothing it recorded was lost."
+        )
+
+    def offline_events(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """Events the site itself recorded between ``since`` and ``until`` (seq > 0)."""
+        rows = self._get("/v1/events", site=CUT_SITE, since=since.isoformat(), limit=10_000)
+        return [e for e in rows if e["seq"] > 0 and _parse_time(e["at"]) <= until]
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _problem(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+        return str(body.get("detail") or body.get("title") or resp.text)
+    except ValueError:
+        return f"HTTP {resp.status_code}"
+
+
+def _raise_for(resp: httpx.Response, what: str) -> None:
+    if not resp.is_success:
+        raise CloudletError(f"{what} failed: HTTP {resp.status_code}: {_problem(resp)}")

@@ -1,0 +1,159 @@
+"""Two ways to show the demo: a live Rich dashboard, or plain progress lines for CI logs."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cloudlet.demo._world import World, human_bytes, seen_ago
+
+STORY_LINES = 8
+
+_AVAILABILITY = {"online": "green", "offline": "red", "unknown": "yellow"}
+_SYNC = {"in-sync": "green", "syncing": "yellow", "out-of-sync": "red"}
+_STATE = {"running": "green", "failed": "red", "stopped": "dim"}
+
+
+class Display(Protocol):
+    def say(self, world: World, line: str) -> None: ...
+    def refresh(self, world: World) -> None: ...
+    def checkpoint(self, world: World) -> None: ...
+    def close(self, world: World) -> None: ...
+
+
+def _link(world: World, name: str) -> str:
+    stats = world.links.get(name)
+    if stats is None:
+        return "-"
+    return "CUT" if stats.cut else "up"
+
+
+def sites_table(world: World) -> Table:
+    table = Table(title="Sites (controller's view, and the site's own)", title_justify="left")
+    for col in ("site", "region", "link", "availability", "sync", "lag", "last seen"):
+        table.add_column(col)
+    table.add_column("inst", justify="right")
+    table.add_column("bytes in/out", justify="right")
+    table.add_column("site-local API says")
+    for s in world.sites:
+        link = _link(world, s["name"])
+        local = world.local.get(s["name"])
+        table.add_row(
+            s["name"],
+            s["region"],
+            Text(link, style="bold red" if link == "CUT" else "green"),
+            Text(s["availability"], style=_AVAILABILITY.get(s["availability"], "")),
+            Text(s["sync_status"], style=_SYNC.get(s["sync_status"], "")),
+            str(s["revision_lag"]),
+            seen_ago(s),
+            str(s.get("instances", 0)),
+            f"{human_bytes(s['bytes_in'])} / {human_bytes(s['bytes_out'])}",
+            Text(local.text, style="" if local.ok else "red") if local else "",
+        )
+    return table
+
+
+def instances_table(world: World) -> Table:
+    table = Table(title="Instances", title_justify="left")
+    for col in ("instance", "app", "site", "state", "endpoint", "latest answer, asked directly"):
+        table.add_column(col)
+    for i in world.instances:
+        probe = world.probes.get(i["id"])
+        state = i["actual_state"]
+        table.add_row(
+            i["name"],
+            i["app"],
+            i["site"],
+            Text(state, style=_STATE.get(state, "yellow")),
+            i.get("endpoint") or "-",
+            Text(probe.text, style="" if probe.ok else "red") if probe else "",
+        )
+    return table
+
+
+def render(world: World) -> RenderableType:
+    story = Text()
+    for at, line in world.story[-STORY_LINES:]:
+        story.append(f"{at:6.1f}s ", style="dim")
+        story.append(line + "\n")
+    title = f"cloudlet demo · {world.phase} · {world.elapsed():.0f}s"
+    return Group(
+        Panel(story, title=title, title_align="left"),
+        sites_table(world),
+        instances_table(world),
+    )
+
+
+class LiveDisplay:
+    """A dashboard redrawn twice a second from the latest :class:`World`."""
+
+    def __init__(self, console: Console, world: World) -> None:
+        self.live = Live(
+            get_renderable=lambda: render(world),
+            console=console,
+            refresh_per_second=2,
+            redirect_stdout=False,
+            redirect_stderr=False,
+        )
+        self.live.start()
+
+    def say(self, world: World, line: str) -> None:
+        self.live.refresh()
+
+    def refresh(self, world: World) -> None:
+        pass  # Live redraws on its own schedule
+
+    def checkpoint(self, world: World) -> None:
+        self.live.refresh()
+
+    def close(self, world: World) -> None:
+        self.live.refresh()
+        self.live.stop()
+
+
+def site_line(world: World, s: dict[str, Any]) -> str:
+    local = world.local.get(s["name"])
+    return (
+        f"  site {s['name']:<10} link {_link(world, s['name']):<4} {s['availability']:<8}"
+        f" {s['sync_status']:<12} lag {s['revision_lag']:<3} seen {seen_ago(s):<10}"
+        f" inst {s.get('instances', 0)}  bytes {human_bytes(s['bytes_in'])}"
+        f"/{human_bytes(s['bytes_out'])}" + (f"  local API: {local.text}" if local else "")
+    )
+
+
+def instance_line(world: World, i: dict[str, Any]) -> str:
+    probe = world.probes.get(i["id"])
+    return (
+        f"  inst {i['name']:<14} {i['app']:<12} @ {i['site']:<10} {i['actual_state']:<9}"
+        f" {i.get('endpoint') or '-':<16}" + (f"  {probe.text}" if probe else "")
+    )
+
+
+class PlainDisplay:
+    """Timestamped lines, and the state of the fleet at each checkpoint; no terminal needed."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def say(self, world: World, line: str) -> None:
+        at, text = world.story[-1] if world.story else (world.elapsed(), line)
+        self.console.print(f"[{at:6.1f}s] {text}", highlight=False, markup=False, soft_wrap=True)
+
+    def refresh(self, world: World) -> None:
+        pass
+
+    def checkpoint(self, world: World) -> None:
+        for s in world.sites:
+            self.console.print(site_line(world, s), highlight=False, markup=False, soft_wrap=True)
+        for i in world.instances:
+            self.console.print(
+                instance_line(world, i), highlight=False, markup=False, soft_wrap=True
+            )
+
+    def close(self, world: World) -> None:
+        pass
