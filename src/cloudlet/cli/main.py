@@ -29,6 +29,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("event", "event"),
     ("overlay", "overlay"),
     ("image", "image"),
+    ("demo", "demo"),
 ]
 
 for _module, _name in _GROUPS:
