@@ -30,6 +30,7 @@ from cloudlet.schemas import (
     ComponentKind,
     DesiredInstance,
     DesiredState,
+    InstanceOrigin,
 )
 
 log = logging.getLogger(__name__)
@@ -139,30 +140,55 @@ class Reconciler:
         if self.on_change is not None:
             self.on_change()
 
-    def _move(self, row: ActualRow, state: ActualState, **kwargs: object) -> ActualRow:
-        if row.state is not state:
-            log.info("instance %s: %s -> %s", row.id, row.state, state)
-        new = actual.transition(self.store, row, state, **kwargs)  # type: ignore[arg-type]
+    def _move(
+        self,
+        row: ActualRow,
+        state: ActualState,
+        *,
+        reason: str | None = None,
+        endpoint: str | None = None,
+        applied_revision: int | None = None,
+        usage_end: float | None = None,
+    ) -> ActualRow:
+        if (state, reason, endpoint) == (row.state, row.reason, row.endpoint):
+            # Nothing anyone needs to hear about; just remember the revision.
+            if applied_revision is None:
+                return row
+            return actual.set_applied(self.store, row, applied_revision)
+        log.info("instance %s: %s -> %s%s", row.id, row.state, state, f" ({reason})" * bool(reason))
+        new = actual.transition(
+            self.store,
+            row,
+            state,
+            reason=reason,
+            endpoint=endpoint,
+            applied_revision=applied_revision,
+            usage_end=usage_end,
+        )
         self._changed()
         return new
 
     async def _status(self, wid: str) -> WorkloadStatus:
         return await asyncio.to_thread(self.driver.status, wid)
 
-    def _endpoint(self, row: ActualRow, comps: list[Component], st: dict[str, WorkloadStatus]):
+    def _endpoint(
+        self, row: ActualRow, comps: list[Component], st: dict[str, WorkloadStatus]
+    ) -> str | None:
         for comp in comps:
             if comp.name in row.ports:
                 return st[comp.name].endpoint or f"{self.workload_host}:{row.ports[comp.name]}"
         return None
 
-    def _track(self, inst: DesiredInstance, origin: object, state: ActualState) -> ActualRow:
+    def _track(
+        self, inst: DesiredInstance, origin: InstanceOrigin, state: ActualState
+    ) -> ActualRow:
         row = actual.create(
             self.store,
             instance_id=inst.id,
             name=inst.name,
             app=inst.app,
             project=inst.project,
-            origin=origin,  # type: ignore[arg-type]
+            origin=origin,
             state=state,
         )
         self._changed()
