@@ -226,3 +226,46 @@ def test_revoked_credential_stops_sync_but_not_workloads(tmp_path: Path) -> None
 
     with ServerThread(stub.app) as server:
         asyncio.run(main())
+
+
+def test_kept_workloads_are_adopted_by_the_next_agent(tmp_path: Path) -> None:
+    stub = StubController()
+    stub.set_instance(web_instance())
+    api = LocalApi(tmp_path)
+
+    async def run_once(keep: bool, *, expect_reported: bool) -> str:
+        cfg = settings(tmp_path, server.url).model_copy(update={"keep_workloads": keep})
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(cfg, stop=stop))
+
+        async def serving() -> bool:
+            if expect_reported and not any(
+                i["state"] == "running" for i in stub.last_instances or []
+            ):
+                return False
+            if not await api.ready():
+                return False
+            instances = await api.get("/v1/local/instances")
+            return bool(instances) and instances[0]["state"] == "running"
+
+        await until(serving, "the instance serving")
+        [inst] = await api.get("/v1/local/instances")
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"http://{inst['endpoint']}/")).status_code == 200
+        stop.set()
+        await asyncio.wait_for(agent, 30)
+        return str(inst["endpoint"])
+
+    with ServerThread(stub.app) as server:
+        first = asyncio.run(run_once(True, expect_reported=True))
+        stub.offline = True  # the second agent adopts with no controller at all
+        second = asyncio.run(run_once(False, expect_reported=False))
+    assert first == second
+
+    store = Store.open(tmp_path / "agent.db")
+    left = outbox.pending(store, 1000)
+    store.close()
+    # Adoption is silent: the only transitions after the restart are the final stop.
+    states = [e.data["state"] for e in left if e.kind.value == "instance.state"]
+    assert states == ["stopping", "stopped"]
+    assert [e.kind.value for e in left].count("agent.started") == 1
