@@ -97,6 +97,17 @@ class Agent:
         tasks: list[asyncio.Task[None]] = []
         try:
             client = self._client()
+            if client is not None:
+                self.syncer = Syncer(
+                    self.store,
+                    client,
+                    self.reconciler,
+                    data_dir=s.data_dir,
+                    poll_wait_s=s.poll_wait_s,
+                    report_interval_s=s.report_interval_s,
+                    backoff_max_s=s.backoff_max_s,
+                )
+                self.reconciler.on_change = self.syncer.report_soon.set
             outbox.record(
                 self.store,
                 EventKind.AGENT_STARTED,
@@ -115,10 +126,10 @@ class Agent:
             tasks.append(
                 asyncio.create_task(usage.run_usage_loop(self.store, s.usage_interval_s, stop))
             )
-            if client is None:
+            if self.syncer is None:
                 await stop.wait()
                 return
-            sync_task = asyncio.create_task(self._sync(client, stop))
+            sync_task = asyncio.create_task(self._sync(self.syncer, stop))
             tasks.append(sync_task)
             stopper = asyncio.create_task(stop.wait())
             await asyncio.wait({stopper, sync_task}, return_when="FIRST_COMPLETED")
@@ -144,18 +155,9 @@ class Agent:
             raise ConfigError("this agent is not enrolled: give it a join token (--join)")
         return ControllerClient(url, credential=credential)
 
-    async def _sync(self, client: ControllerClient, stop: asyncio.Event) -> None:
+    async def _sync(self, syncer: Syncer, stop: asyncio.Event) -> None:
         s = self.settings
-        self.syncer = syncer = Syncer(
-            self.store,
-            client,
-            self.reconciler,
-            data_dir=s.data_dir,
-            poll_wait_s=s.poll_wait_s,
-            report_interval_s=s.report_interval_s,
-            backoff_max_s=s.backoff_max_s,
-        )
-        self.reconciler.on_change = syncer.report_soon.set
+        client = syncer.client
         if client.credential is None:
             assert s.join_token is not None  # checked in _client
             if not await syncer.enroll(s.join_token, stop):

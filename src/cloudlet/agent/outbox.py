@@ -68,6 +68,19 @@ def ack(store: Store, acked_seq: int) -> int:
         return conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,)).rowcount
 
 
+def skip_past(store: Store, seq: int) -> bool:
+    """Make the next sequence number greater than ``seq``; True if it had to move.
+
+    The controller drops an event whose (site, seq) it already holds, so a counter
+    behind the controller's (a store restored from a backup) would lose events.
+    """
+    with store.transaction() as conn:
+        if int(get_meta(conn, NEXT_SEQ) or 1) > seq:
+            return False
+        set_meta(conn, NEXT_SEQ, seq + 1)
+        return True
+
+
 def depth(store: Store) -> int:
     """How many events wait for an acknowledgement."""
     return int(store.query("SELECT count(*) FROM outbox")[0][0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,8 +154,28 @@ class Syncer:
 
     # -- pull -------------------------------------------------------------------------
 
+    async def _guarded(
+        self, name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        """Run ``loop``; if it dies of a bug, log it and start it again after a pause."""
+        backoff = Backoff(self.backoff_max_s)
+        while not stop.is_set() and not self.status.revoked:
+            try:
+                await loop(stop)
+                return
+            except Exception:
+                log.exception("the %s loop failed unexpectedly; restarting it", name)
+                await sleep_or(stop, backoff.next())
+
     async def pull_loop(self, stop: asyncio.Event) -> None:
         """Long-poll desired state by cursor and store it, until stopped or revoked."""
+        await self._guarded("pull", self._pull_loop, stop)
+
+    async def report_loop(self, stop: asyncio.Event) -> None:
+        """Report every ``report_interval_s`` (jittered) until stopped or revoked."""
+        await self._guarded("report", self._report_loop, stop)
+
+    async def _pull_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)
         force_full = False
         while not stop.is_set() and not self.status.revoked:
@@ -218,6 +239,12 @@ class Syncer:
         ack = await self.client.report(report)
         if ack.acked_seq > 0:
             outbox.ack(self.store, ack.acked_seq)
+            if outbox.skip_past(self.store, ack.acked_seq):
+                log.warning(
+                    "the controller has events up to seq %d, beyond this site's counter "
+                    "(a restored store?); numbering continues after it",
+                    ack.acked_seq,
+                )
         if include:
             self._acked_version = version
         if deleted:
@@ -230,8 +257,7 @@ class Syncer:
         more = len(events) == REPORT_BATCH and ack.acked_seq >= events[-1].seq
         return ack, more
 
-    async def report_loop(self, stop: asyncio.Event) -> None:
-        """Report every ``report_interval_s`` (jittered) until stopped or revoked."""
+    async def _report_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)
         while not stop.is_set() and not self.status.revoked:
             try:

@@ -90,3 +90,10 @@ def test_revoked_credential_stops_syncing(store: Store, tmp_path: Path) -> None:
     syncer, sinces = run_pulls(store, tmp_path, [AuthError("401 revoked")])
     assert sinces == [0]
     assert syncer.status.revoked
+
+
+def test_a_bug_in_the_loop_does_not_end_it(store: Store, tmp_path: Path) -> None:
+    answers = [RuntimeError("bug"), doc(2, [], full=True)]
+    _, sinces = run_pulls(store, tmp_path, answers)
+    assert sinces == [0, 0, 2]
+    assert store.cursor == 2
