@@ -269,3 +269,43 @@ def test_kept_workloads_are_adopted_by_the_next_agent(tmp_path: Path) -> None:
     states = [e.data["state"] for e in left if e.kind.value == "instance.state"]
     assert states == ["stopping", "stopped"]
     assert [e.kind.value for e in left].count("agent.started") == 1
+
+
+def test_sigterm_stops_workloads_and_flushes_a_final_report(tmp_path: Path) -> None:
+    stub = StubController()
+    stub.set_instance(web_instance())
+    cfg = settings(tmp_path, "URL")
+    code = (
+        "import asyncio, sys\n"
+        "from cloudlet.agent import run_agent\n"
+        "from cloudlet.settings import AgentSettings\n"
+        "asyncio.run(run_agent(AgentSettings.model_validate_json(sys.argv[1])))\n"
+    )
+
+    async def main() -> None:
+        cfg.controller_url = server.url
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", code, cfg.model_dump_json(), stderr=asyncio.subprocess.PIPE
+        )
+        try:
+
+            async def running() -> bool:
+                return any(i["state"] == "running" for i in stub.last_instances or [])
+
+            await until(running, "the instance reported running")
+            endpoint = stub.last_instances[0]["endpoint"]  # type: ignore[index]
+            proc.terminate()
+            _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0, stderr.decode()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        # The final report told the controller; no workload outlived the agent.
+        assert [i["state"] for i in stub.last_instances or []] == ["stopped"]
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.ConnectError):
+                await client.get(f"http://{endpoint}/")
+
+    with ServerThread(stub.app) as server:
+        asyncio.run(main())
