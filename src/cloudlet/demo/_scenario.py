@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 import httpx
 
 from cloudlet.demo._fleet import Fleet
-from cloudlet.demo._plan import CUT_SITE, INSTANCES, SITES, WASTE_ROUTE_APP, app_bodies
+from cloudlet.demo._plan import (
+    CUT_SITE,
+    FIRE_WATCH_APP,
+    INSTANCES,
+    SITES,
+    WASTE_ROUTE_APP,
+    app_bodies,
+)
 from cloudlet.demo._probe import probe_instance, probe_local_api
 from cloudlet.demo._view import Display
 from cloudlet.demo._world import World
@@ -30,6 +37,8 @@ TICK_S = 0.5
 ENROLL_TIMEOUT_S = 60.0
 RUNNING_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 30.0
+LOCAL_TIMEOUT_S = 5.0
+ANSWER_TIMEOUT_S = 10.0
 #: Time the controller may take past the grace period to give its verdict.
 VERDICT_SLACK_S = 20.0
 
@@ -49,6 +58,7 @@ class Scenario:
     def __post_init__(self) -> None:
         self.http = httpx.Client()  # for direct requests to sites and workloads: no token
         self.offline_instance: str | None = None
+        self.local_instance: dict[str, Any] | None = None
         self.direct_answers = Counter[bool]()
 
     # -- plumbing -----------------------------------------------------------------------
@@ -120,6 +130,7 @@ class Scenario:
         self.hold(until=0.3 * self.duration_s, at_least=3)
         self.display.checkpoint(self.world)
         cut_at = self.cut()
+        self.start_locally()
         self.change_while_offline()
         self.phase("offline")
         self.hold(until=0.65 * self.duration_s, at_least=4)
@@ -180,7 +191,12 @@ class Scenario:
             how = "asked for" if site else f"chosen by placement for a client at {client}"
             self.say(f"Instance {inst['name']} of {app} on {inst['site']} ({how}).")
         self.wait("every instance reaching running", RUNNING_TIMEOUT_S, self._all_running)
-        self.say("All instances running; each site started its own workloads.")
+        self.wait("every instance answering", ANSWER_TIMEOUT_S, self._all_answering)
+        self.say("All instances running and answering; each site started its own workloads.")
+
+    def _all_answering(self) -> bool:
+        probes = [self.world.probes.get(i["id"]) for i in self.world.instances]
+        return all(p is not None and p.ok for p in probes)
 
     def _all_running(self) -> bool:
         for inst in self.world.instances:
@@ -209,7 +225,7 @@ class Scenario:
             probes = [self.world.probes.get(i["id"]) for i in own]
             return bool(local and local.ok and all(p and p.ok for p in probes))
 
-        self.wait(f"{CUT_SITE} serving while cut off", 10, serving)
+        self.wait(f"{CUT_SITE} serving while cut off", ANSWER_TIMEOUT_S, serving)
         for inst in own:
             self.say(
                 f"{CUT_SITE} still serves {inst['app']}: {self.world.probes[inst['id']].text}."
@@ -225,6 +241,38 @@ class Scenario:
             f" (grace {grace:g}s). Its instances stay where they are: the site is autonomous."
         )
         return cut_at
+
+    def start_locally(self) -> None:
+        """A local client asks the cut-off site itself for another fire-watch."""
+        url = self.fleet.agents[CUT_SITE].local_api()
+        resp = self.http.post(
+            f"{url}/v1/local/instances", json={"app": FIRE_WATCH_APP}, timeout=LOCAL_TIMEOUT_S
+        )
+        _raise_for(resp, f"starting {FIRE_WATCH_APP} through {CUT_SITE}'s local API")
+        inst_id = resp.json()["id"]
+        started = time.monotonic()
+
+        def running() -> dict[str, Any] | None:
+            resp = self.http.get(f"{url}/v1/local/instances/{inst_id}", timeout=LOCAL_TIMEOUT_S)
+            resp.raise_for_status()
+            row = resp.json()
+            if row["state"] == "failed":
+                raise CloudletError(f"{CUT_SITE} could not start {row['name']}: {row['reason']}")
+            return row if row["state"] == "running" and row.get("endpoint") else None
+
+        row = self.wait(f"{CUT_SITE} starting an instance on its own", RUNNING_TIMEOUT_S, running)
+        # Running means its process started; its server may need a moment to listen.
+        probe = self.wait(
+            f"{row['name']}, started offline at {CUT_SITE}, answering",
+            ANSWER_TIMEOUT_S,
+            lambda: (p := probe_instance(self.http, {**row, "app": FIRE_WATCH_APP})).ok and p,
+        )
+        self.local_instance = row
+        self.say(
+            f"A firefighter's tablet near {CUT_SITE} asks the site itself for another"
+            f" {FIRE_WATCH_APP}: {row['name']} runs {time.monotonic() - started:.1f}s later,"
+            f" without the controller, and answers: {probe.text}."
+        )
 
     def change_while_offline(self) -> None:
         resp = self.fleet.api.post("/v1/instances", json={"app": WASTE_ROUTE_APP, "site": CUT_SITE})
@@ -267,6 +315,22 @@ class Scenario:
         self.wait(f"{CUT_SITE} catching up (in-sync, lag 0)", CATCH_UP_TIMEOUT_S, caught_up)
         if self.offline_instance is not None:
             self.say(f"{CUT_SITE} pulled the change made while it was away; its new instance runs.")
+        if self.local_instance is not None:
+            local_id = self.local_instance["id"]
+
+            def reported() -> dict[str, Any] | None:
+                found = [i for i in self.world.instances if i["id"] == local_id]
+                return found[0] if found and found[0]["actual_state"] == "running" else None
+
+            inst = self.wait(
+                f"the controller learning of {self.local_instance['name']}",
+                CATCH_UP_TIMEOUT_S,
+                reported,
+            )
+            self.say(
+                f"The controller now lists {inst['name']} at {inst['site']}"
+                f" (origin: {inst['origin']}), started while the site was cut off."
+            )
         events = self.wait(
             f"events {CUT_SITE} recorded while cut off reaching the controller",
             CATCH_UP_TIMEOUT_S,

@@ -1,0 +1,129 @@
+"""`cloudlet demo` end to end: the story runs, the cut and the catch-up show, nothing is left."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytestmark = pytest.mark.integration
+
+RUN_TIMEOUT_S = 240
+DEMO_DIR = re.compile(r"controller in (\S*cloudlet-demo-\w+)")
+
+
+def demo_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cloudlet.cli", "demo", "--no-live", *args]
+
+
+def demo_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def my_children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def processes_of(root: str) -> list[str]:
+    """Processes whose command line mentions ``root`` or that run inside it."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if any(root in arg for arg in proc.cmdline()) or proc.cwd().startswith(root):
+                found.append(f"{proc.pid}: {' '.join(proc.cmdline())}")
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def demo_dir(output: str) -> str:
+    match = DEMO_DIR.search(output)
+    assert match, f"the demo did not say where it works:\n{output}"
+    return match.group(1)
+
+
+def test_demo_runs_the_story_and_leaves_nothing_behind() -> None:
+    before = my_children()
+    proc = subprocess.run(
+        demo_cmd("--duration", "20"),
+        capture_output=True,
+        text=True,
+        env=demo_env(),
+        timeout=RUN_TIMEOUT_S,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    for expected in (
+        "All three agents enrolled",
+        "All instances running",
+        "CUT: the link between marseille",
+        "marseille still serves fire-watch: fire risk",
+        "Controller: marseille is offline",
+        "without the controller, and answers: fire risk",
+        "RESTORE:",
+        "marseille online again",
+        "(origin: site)",
+        "CATCH-UP: marseille is in-sync (lag 0)",
+        "Demo complete.",
+    ):
+        assert expected in output, f"missing {expected!r} in:\n{output}"
+    arrived = re.search(r"the (\d+) events it recorded while cut off arrived", output)
+    assert arrived and int(arrived.group(1)) > 0, output
+    assert "leftover" not in output, output
+    root = demo_dir(output)
+    assert not Path(root).exists()
+    assert processes_of(root) == []
+    assert my_children() - before == set()
+
+
+def test_ctrl_c_stops_everything() -> None:
+    before = my_children()
+    proc = subprocess.Popen(
+        demo_cmd("--keep-dir"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=demo_env(),
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    running = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "All instances running" in line:
+                running.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert running.wait(RUN_TIMEOUT_S), "".join(lines)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(RUN_TIMEOUT_S) == 130, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        reader.join(RUN_TIMEOUT_S)
+        proc.stdout.close()
+    output = "".join(lines)
+    assert "Stopped the agents" in output
+    assert "leftover" not in output, output
+    root = demo_dir(output)
+    try:
+        assert processes_of(root) == []
+        assert my_children() - before == set()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
