@@ -8,6 +8,7 @@ build a second driver on the same state, as an agent restart would.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,6 +277,16 @@ def test_start_after_failure_resets_restarts(harness: Harness, driver: ComputeDr
     assert settle(driver, "w1").restarts == 1
     driver.start("w1")
     assert settle(driver, "w1").restarts == 1
+
+
+def test_stop_ends_a_crash_loop_for_good(harness: Harness, driver: ComputeDriver) -> None:
+    driver.create(harness.spec("w1", exit_code=1, max_restarts=1000))
+    driver.start("w1")
+    driver.stop("w1")
+    stopped = driver.status("w1")
+    assert (stopped.state, stopped.pid) == (STOPPED, None)
+    time.sleep(0.3)  # several supervisor rounds: nothing may restart it
+    assert driver.status("w1") == stopped
 
 
 # -- suspend ----------------------------------------------------------------------------

@@ -162,6 +162,18 @@ def test_log_returns_the_tail(driver: ProcessDriver) -> None:
     assert "line 0000" not in tail
 
 
+def test_a_big_log_is_rotated_at_restart(
+    driver: ProcessDriver, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cloudlet.compute.process._driver.MAX_LOG_BYTES", 1000)
+    command = script("print('x' * 2000, flush=True); raise SystemExit(1)")
+    driver.create(WorkloadSpec("w1", command=command, max_restarts=1))
+    driver.start("w1")
+    wait_for(lambda: driver.status("w1").state is WorkloadState.FAILED, "w1 to fail")
+    assert "x" * 2000 in (state_dir / "w1" / "console.log.1").read_text()
+    assert "x" * 2000 in driver.log("w1")  # the second run's output
+
+
 def test_sigterm_ignoring_workload_is_killed_after_the_timeout(driver: ProcessDriver) -> None:
     stubborn = script(
         """
