@@ -1,4 +1,4 @@
-"""Handles on one workload's process group: spawn, watch, signal, reap.
+"""Handles on one workload's process group: watch it, signal it, reap its leader.
 
 A workload is its process group: the leader is started in a new session, so its pid
 is also the group id, and every signal goes to the whole group. Two kinds of handle:
@@ -12,6 +12,7 @@ is also the group id, and every signal goes to the whole group. Two kinds of han
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import signal
@@ -67,7 +68,7 @@ def signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-class Child:
+class Child(abc.ABC):
     """A running workload's process group, led by ``pid``."""
 
     pid: int
@@ -75,20 +76,21 @@ class Child:
     #: The leader's exit status once reaped; stays None when it cannot be known.
     returncode: int | None = None
 
+    @abc.abstractmethod
     def exited(self) -> bool:
         """Whether the leader has exited (without reaping it)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def reap(self) -> int | None:
         """Collect the leader's exit status once it has exited; None if unknown."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def detach(self) -> None:
         """Let go of the group, leaving it running for a later driver to adopt."""
 
+    @abc.abstractmethod
     def owns_group(self) -> bool:
         """Whether process group ``pid`` is still this workload's, so it may be signalled."""
-        raise NotImplementedError
 
     def signal(self, sig: int) -> None:
         if self.owns_group():
@@ -145,6 +147,9 @@ class AdoptedChild(Child):
 
     def reap(self) -> int | None:
         return None  # whoever is its parent now collects the status
+
+    def detach(self) -> None:
+        pass  # not our child: a later driver adopts it the same way
 
     def owns_group(self) -> bool:
         # The kernel hands out no pid still in use as a group id. So the group is ours
