@@ -37,6 +37,7 @@ class ActualRow:
     state_since: float = 0.0
     usage_since: float | None = None
     updated_at: float = 0.0
+    spec_digest: str | None = None
 
     def to_wire(self) -> ActualInstance:
         return ActualInstance(
@@ -69,6 +70,7 @@ def _from_row(row: sqlite3.Row) -> ActualRow:
         state_since=row["state_since"],
         usage_since=row["usage_since"],
         updated_at=row["updated_at"],
+        spec_digest=row["spec_digest"],
     )
 
 
@@ -170,6 +172,7 @@ def transition(
         state_since=ts if state != row.state else row.state_since,
         usage_since=usage_since if state is ActualState.RUNNING else None,
         updated_at=ts,
+        spec_digest=row.spec_digest,
     )
     with store.transaction() as conn:
         if row.usage_since is not None and new.usage_since is None:
@@ -200,6 +203,13 @@ def set_ports(store: Store, row: ActualRow, ports: dict[str, int]) -> ActualRow:
     with store.transaction() as conn:
         conn.execute("UPDATE actual SET ports = ? WHERE id = ?", (json.dumps(ports), row.id))
     return replace(row, ports=dict(ports))
+
+
+def set_spec_digest(store: Store, row: ActualRow, digest: str) -> ActualRow:
+    """Remember the fingerprint of the specs the instance's workloads were built from."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE actual SET spec_digest = ? WHERE id = ?", (digest, row.id))
+    return replace(row, spec_digest=digest)
 
 
 def set_applied(store: Store, row: ActualRow, revision: int) -> ActualRow:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cloudlet.agent import actual, desired
 from cloudlet.agent._wait import sleep_or
@@ -48,6 +51,12 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def spec_digest(specs: Iterable[WorkloadSpec]) -> str:
+    """A fingerprint of an instance's workload specs, to notice a changed definition."""
+    body = json.dumps([dataclasses.asdict(s) for s in specs], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def build_spec(inst: DesiredInstance, comp: Component, port: int | None) -> WorkloadSpec:
@@ -196,6 +205,14 @@ class Reconciler:
 
     # -- desired: running ------------------------------------------------------------
 
+    def _assign_ports(self, inst: DesiredInstance, row: ActualRow) -> ActualRow:
+        """Give each component that serves a port one host port, once, persisted."""
+        ports = dict(row.ports)
+        for comp in inst.components:
+            if comp.port and comp.name not in ports:
+                ports[comp.name] = free_port(self.workload_host)
+        return row if ports == row.ports else actual.set_ports(self.store, row, ports)
+
     async def _ensure_running(self, want: DesiredEntry, row: ActualRow | None) -> None:
         inst = want.instance
         if row is None or row.state is ActualState.DELETED:
@@ -211,9 +228,17 @@ class Reconciler:
                 row, ActualState.FAILED, reason=VM_UNSUPPORTED, applied_revision=want.revision
             )
             return
+        row = self._assign_ports(inst, row)
+        specs = {c.name: build_spec(inst, c, row.ports.get(c.name)) for c in inst.components}
+        digest = spec_digest(specs.values())
+        if row.spec_digest is None:  # first start, or a store from before digests
+            row = actual.set_spec_digest(self.store, row, digest)
+        # Only a newer desired entry replaces workloads (an agent upgrade that builds
+        # specs differently must not restart everything).
+        redefined = row.spec_digest != digest and row.applied_revision < want.revision
         comps = inst.components
         st = {c.name: await self._status(workload_id(inst.id, c.name)) for c in comps}
-        if all(s.state is WorkloadState.RUNNING for s in st.values()):
+        if not redefined and all(s.state is WorkloadState.RUNNING for s in st.values()):
             if row.state is not ActualState.RUNNING:
                 if self.passes == 0:
                     log.info("instance %s: adopted running workloads", row.id)
@@ -227,31 +252,38 @@ class Reconciler:
                 actual.set_applied(self.store, row, want.revision)
             return
         gave_up = [s for s in st.values() if s.state is WorkloadState.FAILED]
-        if gave_up and row.state in (ActualState.RUNNING, ActualState.STARTING):
+        if not redefined and gave_up and row.state in (ActualState.RUNNING, ActualState.STARTING):
             reason = gave_up[0].reason or f"workload {gave_up[0].workload_id} failed"
             self._move(row, ActualState.FAILED, reason=reason, applied_revision=want.revision)
             return
-        await self._start(want, row, st)
+        await self._start(want, row, st, specs, digest)
 
     async def _start(
-        self, want: DesiredEntry, row: ActualRow, st: dict[str, WorkloadStatus]
+        self,
+        want: DesiredEntry,
+        row: ActualRow,
+        st: dict[str, WorkloadStatus],
+        specs: dict[str, WorkloadSpec],
+        digest: str,
     ) -> None:
         inst = want.instance
         usage_end = None
         reason = None
-        if row.state is ActualState.RUNNING:
+        replace = row.spec_digest != digest
+        if replace:
+            reason = "definition changed; restarting"
+        elif row.state is ActualState.RUNNING:
             reason = "workload was not running; restarting"
             if self.passes == 0:
                 usage_end = self._boot_alive_at
         if row.state is not ActualState.STARTING:
             row = self._move(row, ActualState.STARTING, reason=reason, usage_end=usage_end)
-        ports = dict(row.ports)
-        for comp in inst.components:
-            if comp.port and comp.name not in ports:
-                ports[comp.name] = free_port(self.workload_host)
-        if ports != row.ports:
-            row = actual.set_ports(self.store, row, ports)
         try:
+            if replace:
+                for comp in inst.components:
+                    await asyncio.to_thread(self.driver.delete, workload_id(inst.id, comp.name))
+                st = {n: WorkloadStatus(s.workload_id, WorkloadState.ABSENT) for n, s in st.items()}
+                row = actual.set_spec_digest(self.store, row, digest)
             for comp in inst.components:
                 wid = workload_id(inst.id, comp.name)
                 state = st[comp.name].state
@@ -261,8 +293,7 @@ class Reconciler:
                     await asyncio.to_thread(self.driver.delete, wid)
                     state = WorkloadState.ABSENT
                 if state is WorkloadState.ABSENT:
-                    spec = build_spec(inst, comp, ports.get(comp.name))
-                    await asyncio.to_thread(self.driver.create, spec)
+                    await asyncio.to_thread(self.driver.create, specs[comp.name])
                 if state is WorkloadState.SUSPENDED and self.driver.capabilities.get("suspend"):
                     st[comp.name] = await asyncio.to_thread(self.driver.resume, wid)
                 else:

@@ -56,6 +56,11 @@ _MIGRATIONS: list[str] = [
         data TEXT NOT NULL
     );
     """,
+    # v2: a fingerprint of the workload specs an instance was created with, so that
+    # a changed definition replaces its workloads.
+    """
+    ALTER TABLE actual ADD COLUMN spec_digest TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -231,3 +231,28 @@ def test_instance_without_desired_entry_is_removed(store: Store) -> None:
     reconcile(store, driver)
     assert row(store).state is ActualState.DELETED
     assert driver.list() == []
+
+
+def test_changed_definition_replaces_the_workloads(store: Store) -> None:
+    driver = FakeDriver()
+    desired.apply_doc(store, doc(1, [instance("i1")], full=True))
+    reconcile(store, driver)
+    pid = driver.status("i1-main").pid
+    # A new revision with the same definition (say, a label change): left alone.
+    desired.apply_doc(store, doc(2, [instance("i1", revision=2)], since=1))
+    reconcile(store, driver)
+    assert driver.status("i1-main").pid == pid
+    new_command = [*COMMAND[:-1], "--bind", "127.0.0.1", "$PORT"]
+    comps = [{"command": new_command}]
+    desired.apply_doc(store, doc(3, [instance("i1", revision=3, components=comps)], since=2))
+    reconcile(store, driver)
+    r = row(store)
+    assert r.state is ActualState.RUNNING
+    assert driver.machine.workloads["i1-main"].spec.command[-3:] == (
+        "--bind",
+        "127.0.0.1",
+        str(r.ports["main"]),
+    )
+    assert state_events(store)[-2:] == [("running", "starting"), ("starting", "running")]
+    starting = [e for e in outbox.pending(store) if e.data.get("state") == "starting"][-1]
+    assert starting.data["reason"] == "definition changed; restarting"

@@ -52,3 +52,22 @@ def test_nested_transaction_joins_the_outer_one(store: Store) -> None:
         raise ValueError("boom")
     assert store.get_meta("a") is None
     assert store.get_meta("b") is None
+
+
+def test_a_v1_store_is_migrated_in_place(tmp_path: Path) -> None:
+    from cloudlet.agent.store import _MIGRATIONS
+
+    conn = sqlite3.connect(tmp_path / "a.db")
+    conn.executescript(_MIGRATIONS[0])
+    conn.execute(
+        "INSERT INTO actual (id, name, app, project, origin, state, state_since, updated_at) "
+        "VALUES ('i1', 'n', 'a', 'p', 'controller', 'running', 0, 0)"
+    )
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    store = Store.open(tmp_path / "a.db")
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 2
+    row = store.query("SELECT state, spec_digest FROM actual WHERE id = 'i1'")[0]
+    assert (row["state"], row["spec_digest"]) == ("running", None)
+    store.close()
