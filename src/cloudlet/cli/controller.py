@@ -68,5 +68,8 @@ def serve(
         access_log=False,
         backlog=4096,
         timeout_keep_alive=75,
+        # Long polls would hold a graceful shutdown for their whole wait; agents
+        # simply poll again, so cut them after a short grace.
+        timeout_graceful_shutdown=2,
     )
     uvicorn.Server(config).run(sockets=[sock])
