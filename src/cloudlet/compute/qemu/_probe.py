@@ -1,0 +1,108 @@
+"""Whether KVM really runs guests here: boot a 512-byte guest under KVM, with a hard timeout.
+
+``/dev/kvm`` existing is not enough: on some hosts (nested virtualisation, odd kernels)
+a KVM guest hangs without output. The probe boots a boot sector that writes 0x2a to
+QEMU's isa-debug-exit port, so QEMU exits with code 0x2a * 2 + 1 = 85 only if guest
+code really ran. Anything else within the timeout, or no exit at all, means "use
+software emulation". The verdict is cached in a JSON file keyed by the QEMU binary
+and the host kernel, so a driver does not probe on every start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cloudlet.compute.process._store import write_json
+
+#: mov al, 0x2a; out 0xf4, al; hlt; jmp $  -- padded to a boot sector.
+_CODE = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE])
+BOOT_SECTOR = _CODE + bytes(510 - len(_CODE)) + b"\x55\xaa"
+EXPECTED_EXIT = 0x2A * 2 + 1
+
+# QEMU processes that survived SIGKILL (a vCPU stuck in the kernel); kept referenced so
+# the subprocess module neither warns about them nor loses track of them.
+_stuck: list[subprocess.Popen[bytes]] = []
+
+
+@dataclass(frozen=True)
+class KvmVerdict:
+    """The outcome of one probe."""
+
+    usable: bool
+    reason: str
+    seconds: float = 0.0
+    key: str = ""
+
+
+def probe_kvm(qemu: str, timeout: float = 5.0) -> KvmVerdict:
+    """Boot the probe guest with ``-accel kvm`` and say whether it ran; never blocks
+    longer than ``timeout`` seconds plus a short grace to reap a killed QEMU."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return KvmVerdict(False, "/dev/kvm is missing or not accessible")
+    with tempfile.TemporaryDirectory(prefix="cloudlet-kvm-probe-") as tmp:
+        image = Path(tmp) / "boot.img"
+        image.write_bytes(BOOT_SECTOR)
+        command = [
+            qemu, "-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults",
+            "-no-user-config", "-display", "none", "-serial", "none", "-monitor", "none",
+            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-drive", f"file={image},format=raw,if=floppy",
+        ]  # fmt: skip
+        started = time.monotonic()
+        try:
+            proc = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return KvmVerdict(False, f"cannot run {qemu}: {exc}")
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.communicate(timeout=5.0)
+            except subprocess.TimeoutExpired:
+                _stuck.append(proc)
+            seconds = time.monotonic() - started
+            return KvmVerdict(False, f"a KVM guest did not finish within {timeout:g}s", seconds)
+        seconds = time.monotonic() - started
+    if proc.returncode == EXPECTED_EXIT:
+        return KvmVerdict(True, "a KVM guest ran", seconds)
+    last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+    return KvmVerdict(False, f"KVM guest failed (exit {proc.returncode}): {last[0]}", seconds)
+
+
+def _cache_key(qemu: str) -> str:
+    try:
+        st = os.stat(qemu)
+        binary = f"{os.path.realpath(qemu)}:{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        binary = qemu
+    return f"{binary}|{os.uname().release}"
+
+
+def kvm_verdict(qemu: str, cache_file: Path, timeout: float = 5.0) -> KvmVerdict:
+    """The cached verdict for this QEMU on this kernel, probing (and caching) if none."""
+    key = _cache_key(qemu)
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        data = json.loads(cache_file.read_text())
+        if data.get("key") == key:
+            return KvmVerdict(**data)
+    verdict = probe_kvm(qemu, timeout)
+    verdict = KvmVerdict(verdict.usable, verdict.reason, round(verdict.seconds, 3), key)
+    with contextlib.suppress(OSError):
+        write_json(cache_file, asdict(verdict))
+    return verdict

@@ -1,0 +1,179 @@
+"""The qemu driver's table of VMs and its supervisor thread, which applies restart policies.
+
+Locking: the driver's ``_lock`` guards the table and every :class:`Vm` field status()
+reads; a VM's ``op_lock`` is held for a whole start/stop/suspend/resume/delete and by
+the supervisor while it acts on that VM, so a restart never races a stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from cloudlet.compute.base import RestartPolicy, WorkloadSpec, WorkloadState
+from cloudlet.compute.process._child import Child
+from cloudlet.compute.qemu import _vm
+from cloudlet.compute.qemu._config import VmOptions
+from cloudlet.compute.qemu._store import STATE_FILE, Runtime, write_json
+from cloudlet.errors import DriverError, WorkloadNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+class Vm:
+    """The driver's view of one workload."""
+
+    def __init__(self, spec: WorkloadSpec, options: VmOptions, path: Path, rt: Runtime) -> None:
+        self.spec = spec
+        self.options = options
+        self.path = path
+        self.rt = rt
+        self.child: Child | None = None
+        self.want_running = rt.state is WorkloadState.RUNNING
+        self.restart_at: float | None = None  # time.monotonic() of a pending restart
+        self.deleted = False
+        self.op_lock = threading.Lock()
+
+
+class Supervisor:
+    """Mixin holding the VM table and the thread that notices QEMUs exiting on their own."""
+
+    def __init__(self, poll_interval: float, restart_backoff: float, max_backoff: float) -> None:
+        self._poll_interval = poll_interval
+        self._backoff = restart_backoff
+        self._max_backoff = max_backoff
+        self._lock = threading.Lock()
+        self._workloads: dict[str, Vm] = {}
+        self._closed = False
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _restart_locked(self, w: Vm, reason: str) -> None:
+        raise NotImplementedError
+
+    def _start_supervisor(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._supervise, name=name, daemon=True)
+        self._thread.start()
+
+    def _stop_supervisor(self) -> list[Vm] | None:
+        """Mark the driver closed and end the thread; the VMs then, or None if closed already."""
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            workloads = sorted(self._workloads.values(), key=lambda w: w.spec.workload_id)
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        return workloads
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DriverError("the qemu driver is closed")
+
+    def _get(self, workload_id: str) -> Vm:
+        self._check_open()
+        with self._lock:
+            w = self._workloads.get(workload_id)
+        if w is None:
+            raise WorkloadNotFoundError(f"no workload {workload_id!r}")
+        return w
+
+    def _check_alive(self, w: Vm) -> None:
+        """Under op_lock: the driver is still open and the workload not deleted meanwhile."""
+        self._check_open()
+        if w.deleted:
+            raise WorkloadNotFoundError(f"no workload {w.spec.workload_id!r}")
+
+    def _persist(self, w: Vm) -> None:
+        """Write the runtime record; callers hold op_lock, so writes never interleave."""
+        if w.deleted:
+            return
+        with self._lock:
+            data = w.rt.to_json()
+        try:
+            write_json(w.path / STATE_FILE, data)
+        except OSError as exc:
+            raise DriverError(f"cannot record the state of {w.spec.workload_id!r}: {exc}") from exc
+
+    def _on_exit_locked(self, w: Vm, code: int | None, what: str) -> None:
+        """Record that QEMU is gone and apply the restart policy."""
+        spec = w.spec
+        with self._lock:
+            w.child = None
+            rt = w.rt
+            rt.pid, rt.create_time, rt.qmp, rt.exit_code = None, None, None, code
+            policy = RestartPolicy(spec.restart)
+            wants = policy is RestartPolicy.ALWAYS or (
+                policy is RestartPolicy.ON_FAILURE and code != 0
+            )
+            if not w.want_running:
+                rt.state, rt.reason = WorkloadState.STOPPED, "stopped"
+            elif wants and rt.restarts < spec.max_restarts:
+                delay = min(self._backoff * 2 ** min(rt.restarts, 30), self._max_backoff)
+                w.restart_at = time.monotonic() + delay
+                rt.state = WorkloadState.RUNNING
+                attempt = f"restart {rt.restarts + 1} of {spec.max_restarts}"
+                rt.reason = f"{what}; {attempt} in {delay:.3g}s"
+            elif wants:
+                w.want_running = False
+                rt.state = WorkloadState.FAILED
+                rt.reason = f"{what}; gave up after {rt.restarts} restarts"
+            else:
+                w.want_running = False
+                rt.state = WorkloadState.STOPPED if code == 0 else WorkloadState.FAILED
+                rt.reason = what
+            reason = rt.reason
+        _vm.mark(w.path, reason)
+        self._persist(w)
+
+    def _supervise(self) -> None:
+        while not self._wake.wait(self._poll_interval):
+            try:
+                self._tick()
+            except Exception:
+                logger.exception("qemu supervisor check failed")
+
+    def _tick(self) -> None:
+        with self._lock:
+            workloads = list(self._workloads.values())
+        for w in workloads:
+            # Busy means an operation owns the VM; look again next tick.
+            if not w.op_lock.acquire(blocking=False):
+                continue
+            try:
+                if w.deleted:
+                    continue
+                if w.child is not None and w.child.exited():
+                    code = w.child.finish()
+                    if code == 0:
+                        what = "the guest powered off"
+                    else:
+                        what = (
+                            f"QEMU exited with code {code}" if code is not None else "QEMU exited"
+                        )
+                    self._on_exit_locked(w, code, what)
+                elif (
+                    w.child is None
+                    and w.restart_at is not None
+                    and time.monotonic() >= w.restart_at
+                ):
+                    self._restart(w)
+            finally:
+                w.op_lock.release()
+
+    def _restart(self, w: Vm) -> None:
+        with self._lock:
+            w.rt.restarts += 1
+            reason = f"restart {w.rt.restarts} of {w.spec.max_restarts}"
+            if w.rt.exit_code is not None:
+                reason += f" after exit code {w.rt.exit_code}"
+        try:
+            self._restart_locked(w, reason)
+        except DriverError as exc:
+            with self._lock:
+                w.want_running, w.restart_at = False, None
+                w.rt.state, w.rt.reason = WorkloadState.FAILED, str(exc)
+            self._persist(w)

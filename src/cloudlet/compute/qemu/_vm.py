@@ -1,0 +1,192 @@
+"""One QEMU process: launch it and wait for QMP, save and load its device state, shut it down.
+
+Device state moves by QEMU migration to or from a file descriptor the driver opens and
+hands over QMP (``getfd``), with the ``x-ignore-shared`` capability: guest RAM is a
+shared file that stays where it is, so the saved state is only the devices (hundreds
+of KiB) and suspend/resume cost milliseconds whatever the guest's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from cloudlet.compute.process._child import Child, SpawnedChild, process_create_time
+from cloudlet.compute.process._child import terminate as terminate_groups
+from cloudlet.compute.qemu._config import QEMU_LOG
+from cloudlet.compute.qemu._qmp import QmpError, QmpSession
+from cloudlet.errors import DriverError
+
+_POLL = 0.02
+_IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
+
+
+def mark(workload_dir: Path, message: str) -> None:
+    """Append a driver line to qemu.log, so the driver's actions show among QEMU's output."""
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    with contextlib.suppress(OSError), (workload_dir / QEMU_LOG).open("a") as f:
+        f.write(f"[cloudlet {now}] {message}\n")
+
+
+def log_tail(workload_dir: Path, lines: int = 3) -> str:
+    """QEMU's last output lines, without the driver's markers, for error messages."""
+    try:
+        text = (workload_dir / QEMU_LOG).read_text(errors="replace")
+    except OSError:
+        return ""
+    kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[cloudlet ")]
+    return " | ".join(kept[-lines:])
+
+
+def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) -> SpawnedChild:
+    """Start QEMU in its own session and wait until its QMP socket answers.
+
+    Raises:
+        DriverError: QEMU could not be executed, exited, or did not answer within
+            ``timeout`` seconds (it is killed then); the message quotes qemu.log.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        qmp.unlink()
+    mark(workload_dir, "starting " + shlex.join(command))
+    try:
+        with (workload_dir / QEMU_LOG).open("ab") as log:
+            popen = subprocess.Popen(
+                command,
+                cwd=workload_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+    except OSError as exc:
+        raise DriverError(f"cannot run {command[0]}: {exc}") from exc
+    child = SpawnedChild(popen, process_create_time(popen.pid) or 0.0)
+    deadline = time.monotonic() + timeout
+    while True:
+        if child.exited():
+            code = child.finish()
+            raise DriverError(f"QEMU exited with code {code}: {log_tail(workload_dir)}")
+        if qmp.exists():
+            try:
+                with QmpSession(qmp, timeout=max(0.5, deadline - time.monotonic())) as session:
+                    session.execute("query-status")
+                return child
+            except QmpError as exc:
+                if time.monotonic() > deadline:
+                    terminate([child])
+                    raise DriverError(f"QEMU did not answer on {qmp}: {exc}") from exc
+        if time.monotonic() > deadline:
+            terminate([child])
+            raise DriverError(f"QEMU did not open {qmp} within {timeout:g}s")
+        time.sleep(_POLL)
+
+
+def _wait_migration(session: QmpSession, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = session.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise DriverError(f"{what} failed: {info.get('error-desc', status)}")
+        if time.monotonic() > deadline:
+            raise DriverError(f"{what} did not finish within {timeout:g}s (status {status})")
+        time.sleep(_POLL)
+
+
+def save_state(qmp: Path, target: Path, timeout: float) -> None:
+    """Pause the guest and write its device state to ``target`` (fsynced).
+
+    On failure the guest is let run again and ``target`` removed.
+
+    Raises:
+        DriverError: QMP failed or the migration failed or timed out.
+    """
+    with QmpSession(qmp, timeout=timeout) as session:
+        session.execute("stop")
+        try:
+            session.execute("migrate-set-capabilities", _IGNORE_SHARED)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                session.send_fd(fd, "vmstate")
+            finally:
+                os.close(fd)
+            session.execute("migrate", {"uri": "fd:vmstate"})
+            _wait_migration(session, timeout, "saving the VM state")
+            fd = os.open(target, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except (DriverError, OSError) as exc:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+            with contextlib.suppress(DriverError):
+                session.execute("migrate_cancel")
+                session.execute("cont")
+            if isinstance(exc, OSError):
+                raise DriverError(f"cannot write {target}: {exc}") from exc
+            raise
+
+
+def load_state(qmp: Path, source: Path, timeout: float) -> None:
+    """Feed ``source`` to a QEMU started with ``-incoming defer -S``, then let it run.
+
+    Raises:
+        DriverError: the file could not be read, or the migration failed.
+    """
+    with QmpSession(qmp, timeout=timeout) as session:
+        session.execute("migrate-set-capabilities", _IGNORE_SHARED)
+        try:
+            fd = os.open(source, os.O_RDONLY)
+        except OSError as exc:
+            raise DriverError(f"cannot read {source}: {exc}") from exc
+        try:
+            session.send_fd(fd, "vmstate")
+        finally:
+            os.close(fd)
+        session.execute("migrate-incoming", {"uri": "fd:vmstate"})
+        _wait_migration(session, timeout, "loading the VM state")
+        session.execute("cont")
+
+
+def command(qmp: Path, name: str, timeout: float = 5.0) -> bool:
+    """Send a best-effort command (``system_powerdown``, ``quit``); False if QEMU did
+    not take it (it is gone, or its monitor is stuck)."""
+    try:
+        with QmpSession(qmp, timeout=timeout) as session:
+            if name == "quit":
+                session.execute_closing(name)
+            else:
+                session.execute(name)
+    except QmpError:
+        return False
+    return True
+
+
+def wait_exit(children: Iterable[Child], timeout: float) -> list[Child]:
+    """Wait up to ``timeout`` seconds for the QEMUs to exit; return those still running."""
+    pending = list(children)
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [c for c in pending if not c.exited()]
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(_POLL)
+
+
+def terminate(children: Iterable[Child], timeout: float = 5.0) -> list[Child]:
+    """SIGTERM (QEMU quits at once), SIGKILL after ``timeout``, then reap.
+
+    Returns:
+        The children still alive after SIGKILL (stuck in the kernel); empty on success.
+    """
+    return terminate_groups(children, timeout)
