@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cloudlet.agent import actual, desired
 from cloudlet.agent.store import Store
-from cloudlet.errors import CloudletError, ConflictError, NotFoundError
+from cloudlet.errors import CloudletError, ConfigError, ConflictError, NotFoundError
 from cloudlet.schemas import ActualInstance, ActualState, DesiredState, InstanceOrigin
 from cloudlet.schemas.common import Name
 
@@ -156,11 +156,21 @@ class LocalApi:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
-        """Bind, start serving and record the bound port; returns it."""
+        """Bind, start serving and record the bound port; returns it.
+
+        Raises:
+            ConfigError: the address cannot be bound (in use, not local).
+        """
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"cannot serve the site-local API on {self.host}:{self.port}: {exc}"
+            ) from exc
         sock.set_inheritable(True)
         self.port = int(sock.getsockname()[1])
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

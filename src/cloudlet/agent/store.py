@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cloudlet.errors import ConfigError
+
 #: Each entry migrates the schema from version ``i`` to ``i + 1``.
 _MIGRATIONS: list[str] = [
     """
@@ -86,18 +88,32 @@ class Store:
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (creating and migrating if needed) the store at ``path``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
-        # spans exactly the statements inside `transaction()`.
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=10000")
-        store = cls(conn, path)
-        store._migrate()
+        """Open (creating and migrating if needed) the store at ``path``.
+
+        Raises:
+            ConfigError: the file cannot be opened or was written by a newer agent.
+        """
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction
+            # spans exactly the statements inside `transaction()`.
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open the agent store {path}: {exc}") from exc
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            store = cls(conn, path)
+            store._migrate()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise ConfigError(f"cannot open the agent store {path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
         return store
 
     def close(self) -> None:
@@ -108,7 +124,7 @@ class Store:
         with self._lock:
             version = self._conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(
+                raise ConfigError(
                     f"agent store {self.path} has schema v{version}, newer than this "
                     f"agent (v{SCHEMA_VERSION})"
                 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from agent_stub_controller import TOKEN, ServerThread, StubController
 from cloudlet.agent import Store, outbox, run_agent
 from cloudlet.agent.local_api import PORT_FILE
 from cloudlet.agent.store import CREDENTIAL, SITE_NAME
-from cloudlet.errors import AuthError
+from cloudlet.errors import AuthError, ConfigError
 from cloudlet.schemas import DesiredInstance
 from cloudlet.settings import AgentSettings
 
@@ -309,3 +310,14 @@ def test_sigterm_stops_workloads_and_flushes_a_final_report(tmp_path: Path) -> N
 
     with ServerThread(stub.app) as server:
         asyncio.run(main())
+
+
+def test_local_port_in_use_is_one_config_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = settings(tmp_path, "http://127.0.0.1:9").model_copy(
+            update={"local_port": taken.getsockname()[1], "driver": "fake"}
+        )
+        with pytest.raises(ConfigError, match="cannot serve the site-local API"):
+            asyncio.run(asyncio.wait_for(run_agent(cfg), 30))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.agent.store import CURSOR, SCHEMA_VERSION, Store
+from cloudlet.errors import ConfigError
 
 
 def test_open_sets_pragmas_and_schema_version(store: Store) -> None:
@@ -33,7 +34,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "a.db")
     conn.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer than this agent"):
+    with pytest.raises(ConfigError, match="newer than this agent"):
         Store.open(tmp_path / "a.db")
 
 
@@ -71,3 +72,9 @@ def test_a_v1_store_is_migrated_in_place(tmp_path: Path) -> None:
     row = store.query("SELECT state, spec_digest FROM actual WHERE id = 'i1'")[0]
     assert (row["state"], row["spec_digest"]) == ("running", None)
     store.close()
+
+
+def test_unusable_path_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a.db").mkdir()  # a directory where the file should be
+    with pytest.raises(ConfigError, match="cannot open the agent store"):
+        Store.open(tmp_path / "a.db")
