@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -10,9 +11,16 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from rich.console import Console
+
+import cloudlet.demo._scenario as scenario
+from cloudlet.demo import run_demo
+from cloudlet.demo._plan import app_bodies
+from cloudlet.errors import CloudletError
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +131,29 @@ def test_ctrl_c_stops_everything() -> None:
     assert "leftover" not in output, output
     root = demo_dir(output)
     try:
+        assert processes_of(root) == []
+        assert my_children() - before == set()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_step_that_fails_stops_the_demo_with_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_apps() -> list[dict[str, Any]]:
+        bodies = app_bodies()
+        bodies[0]["components"][0]["command"] = [sys.executable, "-c", "raise SystemExit(3)"]
+        return bodies
+
+    monkeypatch.setattr(scenario, "app_bodies", broken_apps)
+    out = io.StringIO()
+    before = my_children()
+    with pytest.raises(CloudletError, match=r"fire-watch-\w+ at (marseille|grenoble)") as failure:
+        run_demo(Console(file=out, width=200), duration_s=20, live=False)
+    assert "\n" not in str(failure.value)
+    output = out.getvalue()
+    root = demo_dir(output)
+    try:
+        assert f"Logs and state kept in {root}" in output
+        assert "leftover" not in output, output
         assert processes_of(root) == []
         assert my_children() - before == set()
     finally:

@@ -84,7 +84,12 @@ class Fleet:
         resp.raise_for_status()
         token = resp.json()["join_token"]["token"]
         target = urlsplit(self.controller.url)
-        relay = RelayThread(target.hostname or "127.0.0.1", target.port or 80, name=spec.name)
+        relay = RelayThread(
+            target.hostname or "127.0.0.1",
+            target.port or 80,
+            delay_ms=spec.link_delay_ms,
+            name=spec.name,
+        )
         self.relays[spec.name] = relay.start()
         data_dir = self.root / "sites" / spec.name
         data_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ class SiteSpec:
     latitude: float
     longitude: float
     labels: dict[str, str] = field(default_factory=dict)
+    #: One-way delay the site's relay adds each way, standing for its WAN distance.
+    link_delay_ms: float = 0.0
 
     def body(self) -> dict[str, Any]:
         return {
@@ -27,17 +29,24 @@ class SiteSpec:
         }
 
 
+# The controller stands in Paris; the delays are rough one-way fibre latencies from there.
 SITES = (
-    SiteSpec("lyon", "fr-ara", 45.76, 4.84, {"city": "Lyon", "tier": "metro"}),
+    SiteSpec("lyon", "fr-ara", 45.76, 4.84, {"city": "Lyon", "tier": "metro"}, 4.0),
     SiteSpec(
         "marseille",
         "fr-pac",
         43.30,
         5.37,
         {"city": "Marseille", "tier": "metro", "risk": "wildfire"},
+        7.0,
     ),
     SiteSpec(
-        "grenoble", "fr-ara", 45.19, 5.72, {"city": "Grenoble", "tier": "edge", "risk": "wildfire"}
+        "grenoble",
+        "fr-ara",
+        45.19,
+        5.72,
+        {"city": "Grenoble", "tier": "edge", "risk": "wildfire"},
+        5.0,
     ),
 )
 

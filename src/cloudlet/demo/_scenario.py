@@ -95,8 +95,18 @@ class Scenario:
                     self.direct_answers[probe.ok] += 1
         self.display.refresh(w)
 
-    def wait(self, what: str, timeout: float, check: Callable[[], _T | None]) -> _T:
-        """Tick until ``check()`` gives something truthy; raise with ``what`` after ``timeout``."""
+    def wait(
+        self,
+        what: str,
+        timeout: float,
+        check: Callable[[], _T | None],
+        why: Callable[[], str] | None = None,
+    ) -> _T:
+        """Tick until ``check()`` gives something truthy.
+
+        Raises:
+            CloudletError: not within ``timeout`` seconds; says ``what``, and ``why()``.
+        """
         deadline = time.monotonic() + timeout
         while True:
             self.tick()
@@ -104,7 +114,8 @@ class Scenario:
             if result:
                 return result
             if time.monotonic() >= deadline:
-                raise CloudletError(f"{what} did not happen within {timeout:g}s")
+                detail = f": {why()}" if why is not None else ""
+                raise CloudletError(f"{what} did not happen within {timeout:g}s{detail}")
             time.sleep(TICK_S)
 
     def hold(self, until: float, at_least: float) -> None:
@@ -154,11 +165,12 @@ class Scenario:
         self.fleet.start_controller()
         for spec in SITES:
             self.fleet.add_site(spec)
+            self.world.delays_ms[spec.name] = spec.link_delay_ms
             relay = self.fleet.relays[spec.name]
             self.say(
                 f"Site {spec.name} ({spec.latitude:.2f}, {spec.longitude:.2f}, region"
                 f" {spec.region}) registered; its agent reaches the controller through relay"
-                f" :{relay.port}, the site's WAN link."
+                f" :{relay.port}, the site's WAN link (+{spec.link_delay_ms:g} ms each way)."
             )
         names = [s.name for s in SITES]
 
@@ -190,9 +202,25 @@ class Scenario:
             inst = resp.json()
             how = "asked for" if site else f"chosen by placement for a client at {client}"
             self.say(f"Instance {inst['name']} of {app} on {inst['site']} ({how}).")
-        self.wait("every instance reaching running", RUNNING_TIMEOUT_S, self._all_running)
-        self.wait("every instance answering", ANSWER_TIMEOUT_S, self._all_answering)
+        self.wait(
+            "every instance reaching running", RUNNING_TIMEOUT_S, self._all_running, self._laggards
+        )
+        self.wait("every instance answering", ANSWER_TIMEOUT_S, self._all_answering, self._laggards)
         self.say("All instances running and answering; each site started its own workloads.")
+
+    def _laggards(self) -> str:
+        """The instances not running or not answering, with what is known of why."""
+        out = []
+        for i in self.world.instances:
+            probe = self.world.probes.get(i["id"])
+            if i["actual_state"] == "running" and probe is not None and probe.ok:
+                continue
+            reason = i.get("reason") or (probe.text if probe else None)
+            out.append(
+                f"{i['name']} at {i['site']} is {i['actual_state']}"
+                + (f" ({reason})" if reason else "")
+            )
+        return "; ".join(out) or "no instances listed"
 
     def _all_answering(self) -> bool:
         probes = [self.world.probes.get(i["id"]) for i in self.world.instances]

@@ -30,7 +30,10 @@ def _link(world: World, name: str) -> str:
     stats = world.links.get(name)
     if stats is None:
         return "-"
-    return "CUT" if stats.cut else "up"
+    if stats.cut:
+        return "CUT"
+    delay = world.delays_ms.get(name)
+    return f"up +{delay:g}ms" if delay else "up"
 
 
 def sites_table(world: World) -> Table:
@@ -60,8 +63,9 @@ def sites_table(world: World) -> Table:
 
 def instances_table(world: World) -> Table:
     table = Table(title="Instances", title_justify="left")
-    for col in ("instance", "app", "site", "state", "endpoint", "latest answer, asked directly"):
+    for col in ("instance", "app", "site", "origin", "state", "endpoint"):
         table.add_column(col)
+    table.add_column("latest answer, asked directly")
     for i in world.instances:
         probe = world.probes.get(i["id"])
         state = i["actual_state"]
@@ -69,6 +73,7 @@ def instances_table(world: World) -> Table:
             i["name"],
             i["app"],
             i["site"],
+            i["origin"],
             Text(state, style=_STATE.get(state, "yellow")),
             i.get("endpoint") or "-",
             Text(probe.text, style="" if probe.ok else "red") if probe else "",
@@ -119,7 +124,7 @@ class LiveDisplay:
 def site_line(world: World, s: dict[str, Any]) -> str:
     local = world.local.get(s["name"])
     return (
-        f"  site {s['name']:<10} link {_link(world, s['name']):<4} {s['availability']:<8}"
+        f"  site {s['name']:<10} link {_link(world, s['name']):<9} {s['availability']:<8}"
         f" {s['sync_status']:<12} lag {s['revision_lag']:<3} seen {seen_ago(s):<10}"
         f" inst {s.get('instances', 0)}  bytes {human_bytes(s['bytes_in'])}"
         f"/{human_bytes(s['bytes_out'])}" + (f"  local API: {local.text}" if local else "")
@@ -129,7 +134,8 @@ def site_line(world: World, s: dict[str, Any]) -> str:
 def instance_line(world: World, i: dict[str, Any]) -> str:
     probe = world.probes.get(i["id"])
     return (
-        f"  inst {i['name']:<14} {i['app']:<12} @ {i['site']:<10} {i['actual_state']:<9}"
+        f"  inst {i['name']:<18} {i['app']:<11} @ {i['site']:<9} {i['origin']:<10}"
+        f" {i['actual_state']:<8}"
         f" {i.get('endpoint') or '-':<16}" + (f"  {probe.text}" if probe else "")
     )
 

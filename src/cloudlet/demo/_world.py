@@ -28,6 +28,8 @@ class World:
     sites: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
     links: dict[str, RelayStats] = field(default_factory=dict)
+    #: By site name: the one-way delay its link adds each way.
+    delays_ms: dict[str, float] = field(default_factory=dict)
     #: By instance id: what its endpoint answered when the demo asked it directly.
     probes: dict[str, Probe] = field(default_factory=dict)
     #: By site name: what the site's own local API says it runs.
