@@ -18,7 +18,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 
 from cloudlet.agent import actual, desired
 from cloudlet.agent._wait import sleep_or
@@ -46,11 +46,19 @@ def workload_id(instance_id: str, component: str) -> str:
     return f"{instance_id}-{component}"
 
 
-def free_port(host: str) -> int:
-    """A port the OS considers free on ``host`` right now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str, taken: Container[int] = ()) -> int:
+    """A port the OS considers free on ``host`` right now, and not in ``taken``.
+
+    ``taken`` holds the ports already given to other instances: their workloads may
+    be stopped, so the OS could hand the same port out again.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+    raise DriverError(f"no free port on {host} outside the {len(taken)} already assigned")
 
 
 def spec_digest(specs: Iterable[WorkloadSpec]) -> str:
@@ -208,10 +216,14 @@ class Reconciler:
     def _assign_ports(self, inst: DesiredInstance, row: ActualRow) -> ActualRow:
         """Give each component that serves a port one host port, once, persisted."""
         ports = dict(row.ports)
-        for comp in inst.components:
-            if comp.port and comp.name not in ports:
-                ports[comp.name] = free_port(self.workload_host)
-        return row if ports == row.ports else actual.set_ports(self.store, row, ports)
+        missing = [c for c in inst.components if c.port and c.name not in ports]
+        if not missing:
+            return row
+        taken = {p for other in actual.list_all(self.store) for p in other.ports.values()}
+        for comp in missing:
+            ports[comp.name] = free_port(self.workload_host, taken)
+            taken.add(ports[comp.name])
+        return actual.set_ports(self.store, row, ports)
 
     async def _ensure_running(self, want: DesiredEntry, row: ActualRow | None) -> None:
         inst = want.instance

@@ -8,7 +8,7 @@ from pathlib import Path
 from agent_fakes import COMMAND, doc, instance
 
 from cloudlet.agent import actual, desired, outbox
-from cloudlet.agent.reconciler import VM_UNSUPPORTED, Reconciler
+from cloudlet.agent.reconciler import VM_UNSUPPORTED, Reconciler, free_port
 from cloudlet.agent.store import ALIVE_AT, Store
 from cloudlet.compute import FakeDriver, FakeMachine, WorkloadState
 from cloudlet.schemas import ActualState, EventKind
@@ -256,3 +256,15 @@ def test_changed_definition_replaces_the_workloads(store: Store) -> None:
     assert state_events(store)[-2:] == [("running", "starting"), ("starting", "running")]
     starting = [e for e in outbox.pending(store) if e.data.get("state") == "starting"][-1]
     assert starting.data["reason"] == "definition changed; restarting"
+
+
+def test_free_port_avoids_ports_given_to_other_instances() -> None:
+    first = free_port("127.0.0.1")
+    assert free_port("127.0.0.1", {first}) != first
+
+
+def test_instances_get_distinct_ports(store: Store) -> None:
+    desired.apply_doc(store, doc(1, [instance(f"i{n}") for n in range(5)], full=True))
+    reconcile(store, FakeDriver())
+    ports = [row(store, f"i{n}").ports["main"] for n in range(5)]
+    assert len(set(ports)) == 5
