@@ -129,11 +129,6 @@ class StubController:
         return app
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # older uvicorn; harmless otherwise
-        pass
-
-
 class ServerThread:
     """Runs an ASGI app with uvicorn on a free loopback port in a thread."""
 
@@ -144,7 +139,7 @@ class ServerThread:
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off", ws="none"
         )
-        self.server = _Server(config)
+        self.server = uvicorn.Server(config)  # in a thread: it leaves signals alone
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -122,6 +122,9 @@ def test_offline_events_are_delivered_exactly_once(tmp_path: Path) -> None:
 
         await until(offline_with_backlog, "offline with a backlog of events")
         assert (await api.get("/v1/local/instances"))[0]["state"] == "running"
+        health = await api.get("/healthz")
+        assert health["last_pull_at"] and health["last_report_at"] and health["cursor"] == 1
+        assert health["bytes_sent"] > 0 and health["bytes_received"] > 0
         backlog_top = max(stub.received_seqs) + (await api.get("/healthz"))["outbox_depth"]
 
         # The link returns, but the first answer is lost after the events were stored.
