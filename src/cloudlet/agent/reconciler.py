@@ -108,6 +108,8 @@ class Reconciler:
         # first pass died no later than that, so its usage ends there.
         self._boot_alive_at: float | None = float(alive) if alive else None
         self.passes = 0
+        #: The desired revision the last complete pass acted on (what reports claim).
+        self.applied_revision = 0
 
     def wake(self) -> None:
         """Ask for a pass soon (desired state changed)."""
@@ -126,6 +128,7 @@ class Reconciler:
     async def reconcile_once(self) -> None:
         """One pass over every instance the site knows of."""
         async with self._lock:
+            cursor = self.store.cursor
             wanted = desired.entries(self.store)
             held = {row.id: row for row in actual.list_all(self.store)}
             for instance_id in sorted(set(wanted) | set(held)):
@@ -135,6 +138,7 @@ class Reconciler:
                     log.exception("reconciling instance %s failed", instance_id)
             self.store.set_meta(ALIVE_AT, time.time())
             self.passes += 1
+            self.applied_revision = cursor
 
     async def _reconcile(self, want: DesiredEntry | None, row: ActualRow | None) -> None:
         if want is None:

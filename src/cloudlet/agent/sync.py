@@ -230,7 +230,7 @@ class Syncer:
         deleted = [r.id for r in rows if r.state is ActualState.DELETED]
         report = AgentReport(
             agent_version=__version__,
-            applied_revision=self.store.cursor,
+            applied_revision=self.reconciler.applied_revision,
             capacity=self.capacity,
             utilization=await asyncio.to_thread(resources.utilization, self.data_dir),
             instances=[r.to_wire() for r in rows] if include else None,

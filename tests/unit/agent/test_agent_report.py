@@ -112,3 +112,13 @@ def test_counter_behind_the_controller_skips_past_its_ack(store: Store, tmp_path
     asyncio.run(syncer_for(store, tmp_path, client).report_once())
     assert outbox.depth(store) == 0
     assert outbox.record(store, EventKind.ALARM) == 41
+
+
+def test_applied_revision_is_what_the_reconciler_acted_on(store: Store, tmp_path: Path) -> None:
+    client = AckingClient()
+    syncer = syncer_for(store, tmp_path, client)
+    desired.apply_doc(store, doc(3, [instance("i1")], full=True))
+    asyncio.run(syncer.report_once())  # stored, not yet acted on
+    asyncio.run(syncer.reconciler.reconcile_once())
+    asyncio.run(syncer.report_once())
+    assert [r.applied_revision for r in client.reports] == [0, 3]
