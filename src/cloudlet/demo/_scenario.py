@@ -30,8 +30,11 @@ from cloudlet.demo._probe import probe_instance, probe_local_api
 from cloudlet.demo._view import Display
 from cloudlet.demo._world import World
 from cloudlet.errors import CloudletError
+from cloudlet.settings import ControllerSettings
 
 _T = TypeVar("_T")
+
+DEFAULT_GRACE_S = ControllerSettings.model_fields["offline_grace_s"].default
 
 TICK_S = 0.5
 ENROLL_TIMEOUT_S = 60.0
@@ -160,7 +163,8 @@ class Scenario:
         self.phase("starting")
         self.say(
             f"Starting a controller in {self.fleet.root} (offline grace"
-            f" {self.fleet.offline_grace_s:g}s, shortened for the demo; the default is 30s)."
+            f" {self.fleet.offline_grace_s:g}s, shortened for the demo; the default is"
+            f" {DEFAULT_GRACE_S:g}s)."
         )
         self.fleet.start_controller()
         for spec in SITES:

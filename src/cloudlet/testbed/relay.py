@@ -327,6 +327,11 @@ class RelayThread:
             try:
                 loop.run_forever()
             finally:
+                # As asyncio.run does: no task may outlive its loop (they would warn).
+                pending = asyncio.all_tasks(loop)
+                for task in pending:
+                    task.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
