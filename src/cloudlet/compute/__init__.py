@@ -3,10 +3,14 @@
 Drivers are looked up by name in :data:`DRIVERS`; :func:`get_driver` builds one::
 
     driver = get_driver("process", state_dir=Path("/var/lib/cloudlet/workloads"))
+
+Drivers in ``_LAZY_DRIVERS`` (qemu) are imported only when asked for, so importing this
+package never needs their backend.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from cloudlet.compute.base import (
@@ -26,18 +30,25 @@ DRIVERS: dict[str, type[ComputeDriver]] = {
     "process": ProcessDriver,
 }
 
+#: Drivers imported on first use, by name: (module, class).
+_LAZY_DRIVERS: dict[str, tuple[str, str]] = {
+    "qemu": ("cloudlet.compute.qemu", "QemuDriver"),
+}
+
 
 def get_driver(name: str, **kwargs: Any) -> ComputeDriver:
     """Build the driver registered as ``name``, passing ``kwargs`` to its constructor.
 
     Raises:
-        DriverUnavailableError: no driver has that name.
+        DriverUnavailableError: no driver has that name, or its backend is missing here.
     """
-    try:
-        cls = DRIVERS[name]
-    except KeyError:
-        known = ", ".join(sorted(DRIVERS))
-        raise DriverUnavailableError(f"no compute driver {name!r} (known: {known})") from None
+    cls = DRIVERS.get(name)
+    if cls is None and name in _LAZY_DRIVERS:
+        module, attr = _LAZY_DRIVERS[name]
+        cls = getattr(importlib.import_module(module), attr)
+    if cls is None:
+        known = ", ".join(sorted({*DRIVERS, *_LAZY_DRIVERS}))
+        raise DriverUnavailableError(f"no compute driver {name!r} (known: {known})")
     return cls(**kwargs)
 
 
