@@ -104,6 +104,9 @@ def _event(conn: sqlite3.Connection, row: ActualRow, previous: ActualState | Non
             "reason": row.reason,
             "endpoint": row.endpoint,
             "timings": row.timings,
+            # So the controller can file the event under its tenant.
+            "app": row.app,
+            "project": row.project,
         },
     )
 
