@@ -178,3 +178,30 @@ def test_listening_on_a_taken_port_fails_clearly(relay: RelayThread, echo_port: 
         RelayThread("127.0.0.1", echo_port, listen_port=relay.port).start()
     with pytest.raises(CloudletError):
         RelayThread("127.0.0.1", echo_port, delay_ms=-5)
+
+
+def test_half_close_passes_through(relay: RelayThread) -> None:
+    payload = b"last words" * 1000
+    with connect(relay.port) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)  # the far end sees EOF, answers, then closes
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    assert received == payload
+
+
+def test_connections_are_independent(relay: RelayThread) -> None:
+    results: dict[int, bytes] = {}
+
+    def client(i: int) -> None:
+        payload = f"client {i} ".encode() * 500
+        results[i] = echo(relay.port, payload)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    assert results == {i: f"client {i} ".encode() * 500 for i in range(10)}
+    wait_for(lambda: relay.stats().connections == 10, TIMEOUT, "ten connections counted")
