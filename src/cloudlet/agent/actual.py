@@ -157,30 +157,29 @@ def transition(
     timings = dict(row.timings)
     if row.state in _TIMED and state != row.state:
         timings[row.state.value] = round(ts - row.state_since, 3)
-    usage_since = row.usage_since
-    if state is ActualState.RUNNING and row.state is not ActualState.RUNNING:
-        usage_since = ts
-    new = ActualRow(
-        id=row.id,
-        name=row.name,
-        app=row.app,
-        project=row.project,
-        origin=row.origin,
-        state=state,
-        endpoint=endpoint,
-        reason=reason,
-        timings=timings,
-        ports=row.ports,
-        applied_revision=row.applied_revision if applied_revision is None else applied_revision,
-        state_since=ts if state != row.state else row.state_since,
-        usage_since=usage_since if state is ActualState.RUNNING else None,
-        updated_at=ts,
-        spec_digest=row.spec_digest,
-    )
     with store.transaction() as conn:
-        if row.usage_since is not None and new.usage_since is None:
-            end = ts if usage_end is None else max(row.usage_since, min(ts, usage_end))
-            usage.append_interval(conn, row.id, row.app, row.project, row.usage_since, end)
+        # The usage loop moves usage_since concurrently: trust the database, not
+        # the caller's copy of the row, or an interval would be counted twice.
+        current = conn.execute("SELECT usage_since FROM actual WHERE id = ?", (row.id,)).fetchone()
+        since = current["usage_since"] if current else None
+        if state is not ActualState.RUNNING:
+            usage_since = None
+            if since is not None:
+                end = ts if usage_end is None else max(since, min(ts, usage_end))
+                usage.append_interval(conn, row.id, row.app, row.project, since, end)
+        else:
+            usage_since = ts if since is None else since
+        new = replace(
+            row,
+            state=state,
+            endpoint=endpoint,
+            reason=reason,
+            timings=timings,
+            applied_revision=row.applied_revision if applied_revision is None else applied_revision,
+            state_since=ts if state != row.state else row.state_since,
+            usage_since=usage_since,
+            updated_at=ts,
+        )
         conn.execute(
             "UPDATE actual SET state = ?, endpoint = ?, reason = ?, timings = ?, "
             "applied_revision = ?, state_since = ?, usage_since = ?, updated_at = ? WHERE id = ?",

@@ -38,3 +38,20 @@ def test_usage_is_recorded_once_per_interval(store: Store) -> None:
     for a, b in itertools.pairwise(recs):
         assert a["end"] == b["start"]
     assert datetime.fromisoformat(str(recs[0]["start"])).timestamp() == 1000.0
+
+
+def test_a_stale_row_does_not_count_flushed_usage_twice(store: Store) -> None:
+    row = actual.create(
+        store,
+        instance_id="i1",
+        name="n",
+        app="web",
+        project="p",
+        origin=InstanceOrigin.CONTROLLER,
+        now=1000.0,
+    )
+    stale = actual.transition(store, row, ActualState.RUNNING, now=1000.0)
+    # The usage loop records 1000..1060 while the reconciler still holds `stale`.
+    usage.flush(store, now=1060.0)
+    actual.transition(store, stale, ActualState.STOPPING, now=1080.0)
+    assert [r["seconds"] for r in records(store)] == [60.0, 20.0]
