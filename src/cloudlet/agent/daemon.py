@@ -184,14 +184,17 @@ class Agent:
         syncer = self.syncer
         if syncer is not None and not syncer.status.revoked and syncer.client.credential:
             try:
-                await asyncio.wait_for(self.syncer.report_once(), FINAL_REPORT_S)
+                await asyncio.wait_for(syncer.report_once(), FINAL_REPORT_S)
             except Exception as exc:  # best effort: the outbox keeps what was not sent
                 log.info("final report not delivered (%s); it will go at next start", exc)
-        if self.syncer is not None:
-            await self.syncer.client.aclose()
+        if syncer is not None:
+            await syncer.client.aclose()
         if self.local_api is not None:
             await self.local_api.stop()
-        await asyncio.to_thread(self.driver.close, self.settings.keep_workloads)
+        try:
+            await asyncio.to_thread(self.driver.close, self.settings.keep_workloads)
+        except Exception:
+            log.exception("closing the %s driver failed", self.driver.name)
 
 
 async def run_agent(
@@ -212,12 +215,14 @@ async def run_agent(
 
     Raises:
         AuthError: the controller refused the join token (unknown, used or expired).
-        ConfigError: not enrolled and nothing to enroll with, or an unknown driver.
+        ConfigError: not enrolled and nothing to enroll with; the store cannot be
+            opened; the local API address cannot be bound.
+        DriverError: the compute driver cannot be built (unknown name, unavailable
+            backend, state directory held by another agent).
     """
     loop = asyncio.get_running_loop()
     own_signals = stop is None and threading.current_thread() is threading.main_thread()
     stop = stop or asyncio.Event()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = await asyncio.to_thread(Store.open, settings.data_dir / STORE_FILE)
     try:
         if driver is None:
