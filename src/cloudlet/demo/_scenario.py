@@ -17,6 +17,14 @@ from typing import Any, TypeVar
 
 import httpx
 
+from cloudlet.demo._checks import (
+    all_answering,
+    all_running,
+    laggards,
+    parse_time,
+    problem,
+    raise_for,
+)
 from cloudlet.demo._fleet import Fleet
 from cloudlet.demo._plan import (
     CUT_SITE,
@@ -44,11 +52,6 @@ LOCAL_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 10.0
 #: Time the controller may take past the grace period to give its verdict.
 VERDICT_SLACK_S = 20.0
-
-
-def _parse_time(raw: str) -> datetime:
-    when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -188,7 +191,7 @@ class Scenario:
         self.phase("deploying")
         for body in app_bodies():
             resp = self.fleet.api.post("/v1/apps", json=body)
-            _raise_for(resp, f"publishing app {body['name']}")
+            raise_for(resp, f"publishing app {body['name']}")
             bound = body["latency_bound_ms"]
             self.say(
                 f"App {body['name']} published: {body['labels']['use-case']}, latency bound"
@@ -202,43 +205,24 @@ class Scenario:
             if client:
                 request["client_latitude"], request["client_longitude"] = client
             resp = self.fleet.api.post("/v1/instances", json=request)
-            _raise_for(resp, f"creating an instance of {app}")
+            raise_for(resp, f"creating an instance of {app}")
             inst = resp.json()
             how = "asked for" if site else f"chosen by placement for a client at {client}"
             self.say(f"Instance {inst['name']} of {app} on {inst['site']} ({how}).")
+        w = self.world
         self.wait(
-            "every instance reaching running", RUNNING_TIMEOUT_S, self._all_running, self._laggards
+            "every instance reaching running",
+            RUNNING_TIMEOUT_S,
+            lambda: all_running(w),
+            lambda: laggards(w),
         )
-        self.wait("every instance answering", ANSWER_TIMEOUT_S, self._all_answering, self._laggards)
+        self.wait(
+            "every instance answering",
+            ANSWER_TIMEOUT_S,
+            lambda: all_answering(w),
+            lambda: laggards(w),
+        )
         self.say("All instances running and answering; each site started its own workloads.")
-
-    def _laggards(self) -> str:
-        """The instances not running or not answering, with what is known of why."""
-        out = []
-        for i in self.world.instances:
-            probe = self.world.probes.get(i["id"])
-            if i["actual_state"] == "running" and probe is not None and probe.ok:
-                continue
-            reason = i.get("reason") or (probe.text if probe else None)
-            out.append(
-                f"{i['name']} at {i['site']} is {i['actual_state']}"
-                + (f" ({reason})" if reason else "")
-            )
-        return "; ".join(out) or "no instances listed"
-
-    def _all_answering(self) -> bool:
-        probes = [self.world.probes.get(i["id"]) for i in self.world.instances]
-        return all(p is not None and p.ok for p in probes)
-
-    def _all_running(self) -> bool:
-        for inst in self.world.instances:
-            if inst["actual_state"] == "failed":
-                raise CloudletError(
-                    f"instance {inst['name']} on {inst['site']} failed: {inst.get('reason')}"
-                )
-        return bool(self.world.instances) and all(
-            i["actual_state"] == "running" and i.get("endpoint") for i in self.world.instances
-        )
 
     def cut(self) -> datetime:
         self.phase("link cut")
@@ -280,7 +264,7 @@ class Scenario:
         resp = self.http.post(
             f"{url}/v1/local/instances", json={"app": FIRE_WATCH_APP}, timeout=LOCAL_TIMEOUT_S
         )
-        _raise_for(resp, f"starting {FIRE_WATCH_APP} through {CUT_SITE}'s local API")
+        raise_for(resp, f"starting {FIRE_WATCH_APP} through {CUT_SITE}'s local API")
         inst_id = resp.json()["id"]
         started = time.monotonic()
 
@@ -318,7 +302,7 @@ class Scenario:
                 f" controller stores the desired state (revision lag {lag}) until the link returns."
             )
         else:
-            detail = _problem(resp)
+            detail = problem(resp)
             self.say(
                 f"The controller refuses new work for {CUT_SITE} while it is offline: {detail}"
             )
@@ -342,7 +326,7 @@ class Scenario:
                 return False
             if self.offline_instance is None:
                 return True
-            return self._all_running()
+            return all_running(self.world)
 
         self.wait(f"{CUT_SITE} catching up (in-sync, lag 0)", CATCH_UP_TIMEOUT_S, caught_up)
         if self.offline_instance is not None:
@@ -388,20 +372,7 @@ class Scenario:
     def offline_events(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
         """Events the site itself recorded between ``since`` and ``until`` (seq > 0)."""
         rows = self._get("/v1/events", site=CUT_SITE, since=since.isoformat(), limit=10_000)
-        return [e for e in rows if e["seq"] > 0 and _parse_time(e["at"]) <= until]
+        return [e for e in rows if e["seq"] > 0 and parse_time(e["at"]) <= until]
 
     def close(self) -> None:
         self.http.close()
-
-
-def _problem(resp: httpx.Response) -> str:
-    try:
-        body = resp.json()
-        return str(body.get("detail") or body.get("title") or resp.text)
-    except ValueError:
-        return f"HTTP {resp.status_code}"
-
-
-def _raise_for(resp: httpx.Response, what: str) -> None:
-    if not resp.is_success:
-        raise CloudletError(f"{what} failed: HTTP {resp.status_code}: {_problem(resp)}")
