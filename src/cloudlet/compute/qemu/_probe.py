@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +27,10 @@ from cloudlet.compute.process._store import write_json
 _CODE = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE])
 BOOT_SECTOR = _CODE + bytes(510 - len(_CODE)) + b"\x55\xaa"
 EXPECTED_EXIT = 0x2A * 2 + 1
+
+# Verdicts by cache key, so the drivers of one process probe once whatever their state dirs.
+_verdicts: dict[str, KvmVerdict] = {}
+_verdicts_lock = threading.Lock()
 
 # QEMU processes that survived SIGKILL (a vCPU stuck in the kernel); kept referenced so
 # the subprocess module neither warns about them nor loses track of them.
@@ -95,14 +100,21 @@ def _cache_key(qemu: str) -> str:
 
 
 def kvm_verdict(qemu: str, cache_file: Path, timeout: float = 5.0) -> KvmVerdict:
-    """The cached verdict for this QEMU on this kernel, probing (and caching) if none."""
+    """The verdict for this QEMU on this kernel: remembered in this process, else read
+    from ``cache_file``, else probed (and written there)."""
     key = _cache_key(qemu)
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        data = json.loads(cache_file.read_text())
-        if data.get("key") == key:
-            return KvmVerdict(**data)
-    verdict = probe_kvm(qemu, timeout)
-    verdict = KvmVerdict(verdict.usable, verdict.reason, round(verdict.seconds, 3), key)
-    with contextlib.suppress(OSError):
-        write_json(cache_file, asdict(verdict))
-    return verdict
+    with _verdicts_lock:
+        if key in _verdicts:
+            return _verdicts[key]
+        verdict = None
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            data = json.loads(cache_file.read_text())
+            if data.get("key") == key:
+                verdict = KvmVerdict(**data)
+        if verdict is None:
+            probed = probe_kvm(qemu, timeout)
+            verdict = KvmVerdict(probed.usable, probed.reason, round(probed.seconds, 3), key)
+            with contextlib.suppress(OSError):
+                write_json(cache_file, asdict(verdict))
+        _verdicts[key] = verdict
+        return verdict

@@ -1,0 +1,57 @@
+"""The KVM probe: a verdict within its timeout, and cached so a driver probes once."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cloudlet.compute.qemu import KvmVerdict, QemuDriver, _probe, kvm_verdict, probe_kvm
+
+QEMU = shutil.which("qemu-system-x86_64")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.qemu,
+    pytest.mark.skipif(
+        QEMU is None,
+        reason="qemu-system-x86_64 is not installed"
+        " (apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils)",
+    ),
+]
+
+
+def test_the_probe_gives_a_verdict() -> None:
+    assert QEMU is not None
+    verdict = probe_kvm(QEMU, timeout=5.0)
+    assert isinstance(verdict.usable, bool)
+    assert verdict.reason
+    print(f"KVM probe: usable={verdict.usable} ({verdict.reason}, {verdict.seconds:.2f}s)")
+
+
+def test_the_verdict_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert QEMU is not None
+    calls: list[str] = []
+
+    def fake_probe(qemu: str, timeout: float = 5.0) -> KvmVerdict:
+        calls.append(qemu)
+        return KvmVerdict(False, "pretend KVM hangs", 0.1)
+
+    monkeypatch.setattr(_probe, "probe_kvm", fake_probe)
+    monkeypatch.setattr(_probe, "_verdicts", {})
+    cache = tmp_path / "kvm.json"
+    first = kvm_verdict(QEMU, cache)
+    assert kvm_verdict(QEMU, cache) == first
+    assert (first.usable, first.reason, len(calls)) == (False, "pretend KVM hangs", 1)
+
+    monkeypatch.setattr(_probe, "_verdicts", {})  # as in a new process: only the file is left
+    assert kvm_verdict(QEMU, cache) == first
+    assert len(calls) == 1
+
+    driver = QemuDriver(tmp_path / "state", accel="auto")
+    try:
+        assert driver.accelerator() == "tcg"
+        assert driver.kvm == first
+        assert len(calls) == 1
+    finally:
+        driver.close()
