@@ -40,8 +40,8 @@ FINAL_REPORT_S = 2.0
 def make_driver(settings: AgentSettings) -> ComputeDriver:
     """Build the compute driver named in settings, keeping its state under data_dir."""
     kwargs: dict[str, Any] = {"host": settings.workload_host}
-    if settings.driver == "process":
-        kwargs["state_dir"] = settings.data_dir / "workloads"
+    if settings.driver != "fake":  # the fake keeps everything in memory
+        kwargs["state_dir"] = settings.data_dir / "workloads" / settings.driver
     return get_driver(settings.driver, **kwargs)
 
 
