@@ -22,15 +22,13 @@ def summarize(app: str, body: dict[str, Any]) -> str:
     if app == FIRE_WATCH_APP:
         worst = min(body["sensors"], key=lambda r: r["index"])
         return (
-            f"fire risk {body['level']} (Angström {body['min_index']:.2f}:"
-            f" {worst['temp_c']}°C, {worst['humidity_pct']}% RH)"
+            f"risk {body['level']}, Angström {body['min_index']:.2f}"
+            f" ({worst['temp_c']}°C, {worst['humidity_pct']:.0f}% RH)"
         )
     if app == WASTE_ROUTE_APP:
         if "km" not in body:
-            return "first round not computed yet"
-        return (
-            f"round {body['round']}: {body['bins_full']}/{body['bins_total']} bins, {body['km']} km"
-        )
+            return "first round not planned yet"
+        return f"round {body['round']}: {body['bins_full']} full bins, {body['km']} km"
     return "answered"
 
 
@@ -46,7 +44,7 @@ def probe_instance(http: httpx.Client, instance: dict[str, Any]) -> Probe:
         text = summarize(instance["app"], resp.json())
     except (httpx.HTTPError, ValueError, KeyError) as exc:
         return Probe(False, f"no answer ({type(exc).__name__})")
-    return Probe(True, f"{text} in {(time.perf_counter() - start) * 1000:.1f} ms")
+    return Probe(True, f"{text}, {(time.perf_counter() - start) * 1000:.1f} ms")
 
 
 def probe_local_api(http: httpx.Client, url: str | None) -> Probe:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cloudlet.demo._world import World, human_bytes, seen_ago
+from cloudlet.demo._world import World, human_bytes, seen_ago, short_bytes
 
-STORY_LINES = 8
+STORY_LINES = 7
 
 _AVAILABILITY = {"online": "green", "offline": "red", "unknown": "yellow"}
 _SYNC = {"in-sync": "green", "syncing": "yellow", "out-of-sync": "red"}
@@ -36,13 +37,25 @@ def _link(world: World, name: str) -> str:
     return f"up +{delay:g}ms" if delay else "up"
 
 
+def _table(title: str) -> Table:
+    # The last column takes what the others leave (ratio); the others keep their width.
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        expand=True,
+    )
+
+
 def sites_table(world: World) -> Table:
-    table = Table(title="Sites (controller's view, and the site's own)", title_justify="left")
-    for col in ("site", "region", "link", "availability", "sync", "lag", "last seen"):
-        table.add_column(col)
-    table.add_column("inst", justify="right")
-    table.add_column("bytes in/out", justify="right")
-    table.add_column("site-local API says")
+    table = _table("Sites: the controller's view, and what each site's own API says")
+    for col in ("site", "region", "link", "avail", "sync"):
+        table.add_column(col, no_wrap=True)
+    for col in ("lag", "seen", "inst", "in/out"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("site-local API", no_wrap=True, overflow="ellipsis", ratio=1)
     for s in world.sites:
         link = _link(world, s["name"])
         local = world.local.get(s["name"])
@@ -53,29 +66,29 @@ def sites_table(world: World) -> Table:
             Text(s["availability"], style=_AVAILABILITY.get(s["availability"], "")),
             Text(s["sync_status"], style=_SYNC.get(s["sync_status"], "")),
             str(s["revision_lag"]),
-            seen_ago(s),
+            seen_ago(s).removesuffix(" ago"),
             str(s.get("instances", 0)),
-            f"{human_bytes(s['bytes_in'])} / {human_bytes(s['bytes_out'])}",
+            f"{short_bytes(s['bytes_in'])}/{short_bytes(s['bytes_out'])}",
             Text(local.text, style="" if local.ok else "red") if local else "",
         )
     return table
 
 
 def instances_table(world: World) -> Table:
-    table = Table(title="Instances", title_justify="left")
-    for col in ("instance", "app", "site", "origin", "state", "endpoint"):
-        table.add_column(col)
-    table.add_column("latest answer, asked directly")
+    table = _table("Instances, and their latest answer to the demo asking them directly")
+    for col in ("instance", "site", "origin", "state", "port"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("answer", no_wrap=True, overflow="ellipsis", ratio=1)
     for i in world.instances:
         probe = world.probes.get(i["id"])
         state = i["actual_state"]
+        endpoint = i.get("endpoint") or ""
         table.add_row(
             i["name"],
-            i["app"],
             i["site"],
             i["origin"],
             Text(state, style=_STATE.get(state, "yellow")),
-            i.get("endpoint") or "-",
+            ":" + endpoint.rpartition(":")[2] if endpoint else "-",
             Text(probe.text, style="" if probe.ok else "red") if probe else "",
         )
     return table

@@ -64,3 +64,13 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{value:.1f} GB"
+
+
+def short_bytes(n: int) -> str:
+    """``12345`` as ``12.3k``: for narrow table cells."""
+    value = float(n)
+    for unit in ("", "k", "M"):
+        if value < 1000:
+            return f"{value:.0f}{unit}" if not unit else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{value:.1f}G"
