@@ -9,6 +9,7 @@ boot sector where QEMU merely has to run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -200,6 +201,29 @@ def test_a_new_driver_adopts_a_running_vm(
     after.stop("idle")  # the idle guest ignores ACPI: quit after the timeout
     assert after.status("idle").state is WorkloadState.STOPPED
     assert gone(pid)
+
+
+def test_a_suspended_vm_survives_the_agent_and_an_interrupted_suspend_is_settled(
+    make_driver: Callable[..., QemuDriver], tmp_path: Path
+) -> None:
+    driver = make_driver(stop_timeout=1.0)
+    driver.create(idle_spec(tmp_path, "idle"))
+    pid = driver.start("idle").pid
+    driver.suspend("idle")
+    driver.close()
+    # As if the agent died after the state was saved but before the record said so.
+    state_file = tmp_path / "state" / "idle" / "state.json"
+    record = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**record, "state": "running", "pid": pid}))
+
+    after = make_driver(stop_timeout=1.0)
+    assert after.status("idle").state is WorkloadState.SUSPENDED
+    resumed = after.start("idle")  # start() of a suspended VM resumes it
+    assert resumed.state is WorkloadState.RUNNING
+    assert "resumed" in (resumed.reason or "")
+    assert not (tmp_path / "state" / "idle" / "vmstate").exists()
+    after.stop("idle")
+    assert after.status("idle").state is WorkloadState.STOPPED
 
 
 def test_a_crashed_qemu_is_restarted_by_policy(

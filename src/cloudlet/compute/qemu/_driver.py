@@ -9,25 +9,23 @@ import shutil
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 from cloudlet.compute.base import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
-from cloudlet.compute.process._child import Child, adopt
-from cloudlet.compute.process._spec import spec_from_json, spec_to_json
+from cloudlet.compute.process._child import Child
+from cloudlet.compute.process._spec import spec_to_json
 from cloudlet.compute.qemu import _vm
 from cloudlet.compute.qemu._config import (
     CONSOLE_LOG,
     MEMORY_FILE,
     VMSTATE_FILE,
     command_line,
-    options_of,
     socket_path,
     valid_id,
     validate,
 )
 from cloudlet.compute.qemu._probe import KvmVerdict, kvm_verdict
-from cloudlet.compute.qemu._store import SPEC_FILE, STATE_FILE, Runtime, read_json, write_json
+from cloudlet.compute.qemu._store import SPEC_FILE, STATE_FILE, Runtime, write_json
 from cloudlet.compute.qemu._supervise import Supervisor, Vm
 from cloudlet.errors import DriverError, DriverUnavailableError
 
@@ -106,7 +104,7 @@ class QemuDriver(Supervisor, ComputeDriver):
         except OSError as exc:
             raise DriverError(f"cannot create state dir {self.state_dir}: {exc}") from exc
         super().__init__(poll_interval, restart_backoff, max_backoff)
-        self._load()
+        self._load(self.state_dir)
         self._start_supervisor("cloudlet-qemu-supervisor")
 
     def accelerator(self) -> str:
@@ -248,14 +246,14 @@ class QemuDriver(Supervisor, ComputeDriver):
         with self._lock:
             w = self._workloads.get(workload_id)
             if w is None and valid_id(workload_id):
-                trash = self._move_aside(workload_id)
+                trash = self._move_aside(self.state_dir, workload_id)
         if w is not None:
             with w.op_lock:
                 if w.deleted:
                     return
                 self._stop_locked([w], self.stop_timeout)
                 with self._lock:
-                    trash = self._move_aside(workload_id)
+                    trash = self._move_aside(self.state_dir, workload_id)
                     w.deleted = True
                     del self._workloads[workload_id]
         if trash is not None:
@@ -290,17 +288,7 @@ class QemuDriver(Supervisor, ComputeDriver):
         Raises:
             WorkloadNotFoundError: unknown workload.
         """
-        w = self._get(workload_id)
-        try:
-            with (w.path / CONSOLE_LOG).open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - max(0, tail_bytes)))
-                data = f.read()
-        except FileNotFoundError:
-            return ""
-        except OSError as exc:
-            raise DriverError(f"cannot read the console of {workload_id!r}: {exc}") from exc
-        return data.decode("utf-8", errors="replace")
+        return _vm.read_tail(self._get(workload_id).path / CONSOLE_LOG, tail_bytes)
 
     def close(self, keep_running: bool = False) -> None:
         """Stop supervising. Unless ``keep_running``, stop every VM first (all at once, one
@@ -338,7 +326,9 @@ class QemuDriver(Supervisor, ComputeDriver):
         started = time.monotonic()
         child = self._launch_locked(w, w.rt.accel or self.accelerator(), None, incoming=True)
         try:
-            _vm.load_state(socket_path(w.path), vmstate, self.migrate_timeout)
+            # Once the guest runs, its RAM moves on and the saved device state no longer
+            # fits it: the state goes first, so a crash never resumes it twice.
+            _vm.load_state(socket_path(w.path), vmstate, self.migrate_timeout, vmstate.unlink)
         except DriverError as exc:
             _vm.terminate([child])
             with self._lock:
@@ -347,8 +337,6 @@ class QemuDriver(Supervisor, ComputeDriver):
                 w.rt.reason = f"resume failed: {exc}"
             self._persist(w)
             raise
-        # The guest now changes its RAM file, so the saved device state no longer fits it.
-        vmstate.unlink()
         _vm.mark(w.path, f"resumed in {time.monotonic() - started:.2f}s")
         with self._lock:
             w.rt.restarts = 0
@@ -409,44 +397,3 @@ class QemuDriver(Supervisor, ComputeDriver):
 
     def _restart_locked(self, w: Vm, reason: str) -> None:
         self._boot_locked(w, reason)
-
-    def _move_aside(self, workload_id: str) -> Path | None:
-        trash = self.state_dir / f".delete-{workload_id}-{uuid.uuid4().hex[:8]}"
-        try:
-            os.rename(self.state_dir / workload_id, trash)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise DriverError(f"cannot delete workload {workload_id!r}: {exc}") from exc
-        return trash
-
-    def _load(self) -> None:
-        """Read every workload recorded under state_dir; adopt the QEMUs still running."""
-        for entry in sorted(self.state_dir.iterdir()):
-            if entry.name.startswith((".create-", ".delete-")) and entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-                continue
-            if not entry.is_dir() or not valid_id(entry.name):
-                continue
-            try:
-                spec = spec_from_json(read_json(entry / SPEC_FILE))
-                rt = Runtime.from_json(read_json(entry / STATE_FILE))
-                if spec.workload_id != entry.name:
-                    raise DriverError(f"spec names {spec.workload_id!r}")
-            except (DriverError, KeyError, TypeError, ValueError) as exc:
-                logger.warning("ignoring unreadable workload directory %s: %s", entry, exc)
-                continue
-            w = Vm(spec, options_of(spec), entry, rt)
-            self._workloads[spec.workload_id] = w
-            if rt.state is SUSPENDED and not (entry / VMSTATE_FILE).is_file():
-                rt.state, rt.reason = STOPPED, "the saved state is missing"
-            if rt.state is not RUNNING:
-                continue
-            child = adopt(rt.pid, rt.create_time) if rt.pid and rt.create_time else None
-            if child is not None:
-                w.child = child
-            elif rt.pid is None:
-                w.restart_at = time.monotonic()  # it was waiting for a restart
-            else:
-                with w.op_lock:
-                    self._on_exit_locked(w, None, f"QEMU {rt.pid} was gone when the driver started")

@@ -1,4 +1,5 @@
-"""The qemu driver's table of VMs and its supervisor thread, which applies restart policies.
+"""The qemu driver's table of VMs: read back from disk (adopting running QEMUs), and
+watched by a supervisor thread that applies restart policies.
 
 Locking: the driver's ``_lock`` guards the table and every :class:`Vm` field status()
 reads; a VM's ``op_lock`` is held for a whole start/stop/suspend/resume/delete and by
@@ -7,16 +8,21 @@ the supervisor while it acts on that VM, so a restart never races a stop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import threading
 import time
+import uuid
 from pathlib import Path
 
 from cloudlet.compute.base import RestartPolicy, WorkloadSpec, WorkloadState
-from cloudlet.compute.process._child import Child
+from cloudlet.compute.process._child import Child, adopt
+from cloudlet.compute.process._spec import spec_from_json
 from cloudlet.compute.qemu import _vm
-from cloudlet.compute.qemu._config import VmOptions
-from cloudlet.compute.qemu._store import STATE_FILE, Runtime, write_json
+from cloudlet.compute.qemu._config import VMSTATE_FILE, VmOptions, options_of, valid_id
+from cloudlet.compute.qemu._store import SPEC_FILE, STATE_FILE, Runtime, read_json, write_json
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -128,6 +134,73 @@ class Supervisor:
             reason = rt.reason
         _vm.mark(w.path, reason)
         self._persist(w)
+
+    def _move_aside(self, state_dir: Path, workload_id: str) -> Path | None:
+        """Rename the workload's directory to a trash name for removal; None if absent.
+
+        The id is gone at once even if the removal is cut short; _load sweeps leftovers.
+        """
+        trash = state_dir / f".delete-{workload_id}-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(state_dir / workload_id, trash)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DriverError(f"cannot delete workload {workload_id!r}: {exc}") from exc
+        return trash
+
+    def _load(self, state_dir: Path) -> None:
+        """Read every workload recorded under ``state_dir``; adopt the QEMUs still running."""
+        for entry in sorted(state_dir.iterdir()):
+            if entry.name.startswith((".create-", ".delete-")) and entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+                continue
+            if not entry.is_dir() or not valid_id(entry.name):
+                continue
+            try:
+                spec = spec_from_json(read_json(entry / SPEC_FILE))
+                rt = Runtime.from_json(read_json(entry / STATE_FILE))
+                if spec.workload_id != entry.name:
+                    raise DriverError(f"spec names {spec.workload_id!r}")
+            except (DriverError, KeyError, TypeError, ValueError) as exc:
+                logger.warning("ignoring unreadable workload directory %s: %s", entry, exc)
+                continue
+            w = Vm(spec, options_of(spec), entry, rt)
+            self._workloads[spec.workload_id] = w
+            with w.op_lock:
+                self._recover_locked(w)
+
+    def _recover_locked(self, w: Vm) -> None:
+        """Bring a record read back from disk in line with what is left of its QEMU,
+        finishing or undoing a suspend or resume an earlier driver was cut short in."""
+        rt, vmstate = w.rt, w.path / VMSTATE_FILE
+        saved = vmstate.is_file()
+        if rt.state is WorkloadState.SUSPENDED and not saved:
+            rt.state, rt.reason = WorkloadState.STOPPED, "the saved state is missing"
+        if rt.state is not WorkloadState.RUNNING:
+            return
+        child = adopt(rt.pid, rt.create_time) if rt.pid and rt.create_time else None
+        if saved:
+            # resume() deletes the saved state before the guest runs again, and suspend()
+            # renames it into place only once QEMU is gone: so it is still valid.
+            if child is not None:
+                _vm.terminate([child])
+            rt.state, rt.pid, rt.create_time, rt.qmp = WorkloadState.SUSPENDED, None, None, None
+            rt.reason = "suspended (an interrupted suspend or resume was settled)"
+            w.want_running = False
+            self._persist(w)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (w.path / (VMSTATE_FILE + ".tmp")).unlink()  # a suspend cut short
+        if child is not None:
+            w.child = child
+            # A guest left paused by a suspend or resume cut short runs on.
+            if rt.qmp and _vm.run_state(Path(rt.qmp)) in ("paused", "postmigrate"):
+                _vm.command(Path(rt.qmp), "cont")
+        elif rt.pid is None:
+            w.restart_at = time.monotonic()  # it was waiting for a restart
+        else:
+            self._on_exit_locked(w, None, f"QEMU {rt.pid} was gone when the driver started")
 
     def _supervise(self) -> None:
         while not self._wake.wait(self._poll_interval):

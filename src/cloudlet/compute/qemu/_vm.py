@@ -14,7 +14,7 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cloudlet.compute.process._child import Child, SpawnedChild, process_create_time
@@ -42,6 +42,24 @@ def log_tail(workload_dir: Path, lines: int = 3) -> str:
         return ""
     kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[cloudlet ")]
     return " | ".join(kept[-lines:])
+
+
+def read_tail(path: Path, tail_bytes: int) -> str:
+    """The last ``tail_bytes`` of ``path`` as text (bad UTF-8 replaced); "" if absent.
+
+    Raises:
+        DriverError: the file exists but cannot be read.
+    """
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - max(0, tail_bytes)))
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        raise DriverError(f"cannot read {path}: {exc}") from exc
+    return data.decode("utf-8", errors="replace")
 
 
 def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) -> SpawnedChild:
@@ -137,8 +155,9 @@ def save_state(qmp: Path, target: Path, timeout: float) -> None:
             raise
 
 
-def load_state(qmp: Path, source: Path, timeout: float) -> None:
-    """Feed ``source`` to a QEMU started with ``-incoming defer -S``, then let it run.
+def load_state(qmp: Path, source: Path, timeout: float, on_loaded: Callable[[], None]) -> None:
+    """Feed ``source`` to a QEMU started with ``-incoming defer -S``, call ``on_loaded``
+    (the guest is still paused, its RAM untouched), then let the guest run.
 
     Raises:
         DriverError: the file could not be read, or the migration failed.
@@ -155,7 +174,18 @@ def load_state(qmp: Path, source: Path, timeout: float) -> None:
             os.close(fd)
         session.execute("migrate-incoming", {"uri": "fd:vmstate"})
         _wait_migration(session, timeout, "loading the VM state")
+        on_loaded()
         session.execute("cont")
+
+
+def run_state(qmp: Path, timeout: float = 5.0) -> str | None:
+    """QEMU's run state (``running``, ``paused``, ``postmigrate``, ...); None if it does
+    not answer."""
+    try:
+        with QmpSession(qmp, timeout=timeout) as session:
+            return str(session.execute("query-status").get("status"))
+    except QmpError:
+        return None
 
 
 def command(qmp: Path, name: str, timeout: float = 5.0) -> bool:
