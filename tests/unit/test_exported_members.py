@@ -15,7 +15,8 @@ PUBLIC = {
         "DesiredStateDoc", "EnrollRequest", "EnrollResponse", "Event", "EventKind", "Instance",
         "InstanceCreate", "InstanceOrigin", "JoinToken", "JoinTokenCreate", "OutboxEvent",
         "Problem", "ReportAck", "Resources", "Site", "SiteCreate", "SiteCreated", "SiteState",
-        "SiteUpdate", "SyncStatus", "Utilization",
+        "SiteUpdate", "SyncStatus", "Utilization", "ArtifactKind", "CachedImage", "Image",
+        "Overlay", "PrestageRequest", "Upload", "UploadCreate",
     },
     "cloudlet.agent": {"Agent", "Store", "run_agent"},
 }  # fmt: skip

@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from cloudlet.schemas.apps import App, AppCreate, Component, ComponentKind
+from cloudlet.schemas.artifacts import (
+    ArtifactKind,
+    CachedImage,
+    Image,
+    Overlay,
+    PrestageRequest,
+    Upload,
+    UploadCreate,
+)
 from cloudlet.schemas.common import DEFAULT_PROJECT, Problem, Resources, Utilization
 from cloudlet.schemas.events import Event, EventKind
 from cloudlet.schemas.instances import (
@@ -41,7 +50,9 @@ __all__ = [
     "AgentReport",
     "App",
     "AppCreate",
+    "ArtifactKind",
     "Availability",
+    "CachedImage",
     "Component",
     "ComponentKind",
     "DesiredInstance",
@@ -51,12 +62,15 @@ __all__ = [
     "EnrollResponse",
     "Event",
     "EventKind",
+    "Image",
     "Instance",
     "InstanceCreate",
     "InstanceOrigin",
     "JoinToken",
     "JoinTokenCreate",
     "OutboxEvent",
+    "Overlay",
+    "PrestageRequest",
     "Problem",
     "ReportAck",
     "Resources",
@@ -66,5 +80,7 @@ __all__ = [
     "SiteState",
     "SiteUpdate",
     "SyncStatus",
+    "Upload",
+    "UploadCreate",
     "Utilization",
 ]

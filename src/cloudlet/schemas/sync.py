@@ -16,6 +16,7 @@ from pydantic import Field
 
 from cloudlet.schemas._base import Input, Model
 from cloudlet.schemas.apps import Component
+from cloudlet.schemas.artifacts import CachedImage
 from cloudlet.schemas.common import Resources, Utilization
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
@@ -58,6 +59,10 @@ class DesiredStateDoc(Model):
         description="Full: every live instance. Delta: every entry changed after `since`; "
         "deleted ones carry desired_state=deleted."
     )
+    images: list[str] = Field(
+        default_factory=list,
+        description="Digests of the base images the site should hold (always the full list).",
+    )
 
 
 class OutboxEvent(Input):
@@ -92,6 +97,9 @@ class AgentReport(Input):
         None, description="The full actual state; omitted when unchanged since the last ack."
     )
     events: list[OutboxEvent] = Field(default_factory=list, max_length=1000)
+    cache: list[CachedImage] | None = Field(
+        None, description="The site's artifact cache; omitted when unchanged."
+    )
 
 
 class ReportAck(Model):

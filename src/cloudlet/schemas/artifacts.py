@@ -1,0 +1,79 @@
+"""Artifacts: content-addressed base images and the overlays built on them.
+
+Bytes travel through resumable uploads (``POST /v1/uploads``, ``PUT
+/v1/uploads/{id}?offset=N``, ``POST /v1/uploads/{id}/complete``) and are read
+back by HTTP range from ``GET /v1/images/{digest}/blob`` and
+``GET /v1/overlays/{id}/blob``, which agents use to pre-stage bases and fetch
+the overlay segments they lack.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from pydantic import Field
+
+from cloudlet.schemas._base import Input, Model
+from cloudlet.schemas.common import Name, Project
+
+#: blake3 hex digest of a whole file: the id of a base image.
+Digest = str
+
+
+class ArtifactKind(enum.StrEnum):
+    IMAGE = "image"
+    OVERLAY = "overlay"
+
+
+class UploadCreate(Input):
+    kind: ArtifactKind
+    name: Name = Field(description="Human name of the image or overlay.")
+    size: int = Field(gt=0, description="Total bytes that will be sent.")
+    digest: str | None = Field(
+        None, min_length=64, max_length=64, description="Expected blake3 hex digest, if known."
+    )
+    project: Project | None = None
+
+
+class Upload(Model):
+    id: str
+    kind: ArtifactKind
+    name: str
+    size: int
+    received: int = Field(description="Bytes stored so far: resume from here.")
+    created_at: datetime
+
+
+class Image(Model):
+    digest: Digest
+    name: str
+    project: str
+    size: int
+    created_at: datetime
+
+
+class Overlay(Model):
+    id: str = Field(description="The overlay's root digest (hex).")
+    name: str
+    project: str
+    base: Digest = Field(description="Digest of the base image it applies to.")
+    size: int
+    disk_size: int
+    memory_size: int | None
+    created_at: datetime
+
+
+class PrestageRequest(Input):
+    image: str = Field(description="Image digest or name.")
+
+
+class CachedImage(Model):
+    """One artifact held in a site's cache, as its agent reports it."""
+
+    digest: str
+    kind: ArtifactKind
+    size: int
+    complete: bool = Field(description="False while it is still being fetched.")
+    fetched: int = Field(0, description="Bytes fetched so far.")
+    last_used: datetime | None = None
