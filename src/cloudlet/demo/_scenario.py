@@ -50,6 +50,8 @@ RUNNING_TIMEOUT_S = 60.0
 CATCH_UP_TIMEOUT_S = 30.0
 LOCAL_TIMEOUT_S = 5.0
 ANSWER_TIMEOUT_S = 10.0
+#: How often the narrative reports on the cut-off site.
+OFFLINE_NEWS_S = 4.0
 #: Time the controller may take past the grace period to give its verdict.
 VERDICT_SLACK_S = 20.0
 
@@ -131,6 +133,19 @@ class Scenario:
             self.tick()
             time.sleep(min(TICK_S, max(0.0, end - time.monotonic())))
 
+    def watch_offline(self, until: float, at_least: float) -> None:
+        """Hold, saying every few seconds how the cut-off site is doing."""
+        end = max(self.world.started + until, time.monotonic() + at_least)
+        while (left := end - time.monotonic()) > 0:
+            # A short remainder joins the last slice rather than making its own line.
+            self.hold(until=0, at_least=left if left < 1.5 * OFFLINE_NEWS_S else OFFLINE_NEWS_S)
+            ok, total = self.direct_answers[True], sum(self.direct_answers.values())
+            local = self.world.local.get(CUT_SITE)
+            self.say(
+                f"{CUT_SITE} still cut off: {ok}/{total} direct requests answered so far;"
+                f" its own API says {local.text if local else 'nothing'}."
+            )
+
     def site(self, name: str) -> dict[str, Any]:
         site = self.world.site(name)
         if site is None:
@@ -150,7 +165,7 @@ class Scenario:
         self.start_locally()
         self.change_while_offline()
         self.phase("offline")
-        self.hold(until=0.65 * self.duration_s, at_least=4)
+        self.watch_offline(until=0.65 * self.duration_s, at_least=4)
         before = self.offline_events(cut_at, datetime.now(UTC))
         self.say(
             f"Events {CUT_SITE} recorded since the cut that the controller has: {len(before)}"

@@ -40,13 +40,13 @@ def level(index: float) -> str:
 
 
 class Sensors:
-    """A random walk per sensor around a hot, dry, windy afternoon."""
+    """A random walk per sensor around a summer afternoon, somewhere in the south-east."""
 
     def __init__(self, seed: str) -> None:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.state = [
-            {"temp_c": self.rng.uniform(22, 34), "humidity_pct": self.rng.uniform(20, 70)}
+            {"temp_c": self.rng.uniform(16, 31), "humidity_pct": self.rng.uniform(30, 85)}
             for _ in range(SENSORS)
         ]
 
