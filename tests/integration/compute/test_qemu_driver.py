@@ -9,6 +9,8 @@ boot sector where QEMU merely has to run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -114,6 +116,11 @@ def busy_port() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+def digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def fetch(endpoint: str, path: str = "") -> str:
     return wait_for(lambda: http_get(f"http://{endpoint}/{path}"), f"{endpoint}/{path}", BOOT_WAIT)
 
@@ -158,6 +165,37 @@ def test_guest_serves_its_page_and_suspend_resume_keeps_its_ram(
     assert (tmp_path / "web.img").exists()  # the disk image is the caller's
 
 
+def test_a_vm_starts_from_a_saved_memory_image(
+    make_driver: Callable[..., QemuDriver], guest: GuestImage, tmp_path: Path
+) -> None:
+    driver = make_driver()
+    original = guest_spec(guest, tmp_path, "original")
+    driver.create(original)
+    token = fetch(driver.start("original").endpoint or "", "token").strip()
+    driver.suspend("original")
+    # What synthesis will hand over: a disk, a RAM image and the device state beside it.
+    saved = tmp_path / "state" / "original"
+    disk, memory = tmp_path / "app.img", tmp_path / "app.ram"
+    shutil.copyfile(original.disk_image or "", disk)
+    shutil.copyfile(saved / "memory.ram", memory)
+    shutil.copyfile(saved / "vmstate", tmp_path / "app.ram.vmstate")
+    image_digest = digest(memory)
+    driver.delete("original")
+
+    spec = dataclasses.replace(
+        original, workload_id="clone", port=free_port(), disk_image=disk, memory_image=memory
+    )
+    driver.create(spec)
+    assert driver.status("clone").state is WorkloadState.CREATED
+    first = driver.start("clone")
+    assert fetch(first.endpoint or "", "token").strip() == token  # no boot: the same RAM
+    driver.stop("clone")
+    again = driver.start("clone")  # every start begins from the image again
+    assert fetch(again.endpoint or "", "token").strip() == token
+    driver.delete("clone")
+    assert digest(memory) == image_digest  # the guest ran on copies
+
+
 def test_stop_powers_the_guest_off_and_start_boots_afresh(
     make_driver: Callable[..., QemuDriver], guest: GuestImage, tmp_path: Path
 ) -> None:
@@ -168,7 +206,7 @@ def test_stop_powers_the_guest_off_and_start_boots_afresh(
         ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(spec.disk_image), str(qcow2)],
         check=True,
     )
-    spec = WorkloadSpec(**{**spec.__dict__, "disk_image": qcow2})
+    spec = dataclasses.replace(spec, disk_image=qcow2)
     driver.create(spec)
     first = driver.start("web")
     token = fetch(first.endpoint or "", "token").strip()

@@ -7,6 +7,11 @@ VM options the spec has no field for travel in ``spec.env`` under ``CLOUDLET_VM_
 ``CLOUDLET_VM_APPEND``  its command line (``-append``); needs a kernel
 ``CLOUDLET_VM_DISK_FORMAT``  ``raw`` or ``qcow2``; by default read from the image's header
 
+``spec.memory_image``, if set, is a guest RAM file saved by suspend() (``memory.ram``) with
+its device state beside it as ``<memory_image>.vmstate`` (the ``vmstate`` file). Every
+boot then resumes copies of the two instead of booting: the VM starts where the saved
+one was suspended. The spec must match the saved VM's (memory_mib, vcpus, devices).
+
 Other ``spec.env`` entries mean nothing to a VM and are ignored; an unknown
 ``CLOUDLET_VM_*`` key is refused, so a typo fails at create.
 """
@@ -93,8 +98,19 @@ def validate(spec: WorkloadSpec) -> VmOptions:
     if disk is not None and disk_format is None:
         disk_format = sniff_format(disk)
     if spec.memory_image is not None:
-        raise DriverError(f"workload {wid!r}: memory_image is not supported yet")
+        image = _file(wid, str(spec.memory_image), "memory image")
+        assert image is not None
+        if image.stat().st_size != spec.memory_mib * 1024 * 1024:
+            raise DriverError(
+                f"workload {wid!r}: memory image {image} is not {spec.memory_mib} MiB"
+            )
+        _file(wid, str(device_state_of(image)), "device state")
     return VmOptions(kernel, initrd, env.get(APPEND), disk_format)
+
+
+def device_state_of(memory_image: Path) -> Path:
+    """Where the device state that goes with a memory image lives: beside it, ``.vmstate``."""
+    return memory_image.with_name(memory_image.name + ".vmstate")
 
 
 def options_of(spec: WorkloadSpec) -> VmOptions:

@@ -20,6 +20,7 @@ from cloudlet.compute.qemu._config import (
     MEMORY_FILE,
     VMSTATE_FILE,
     command_line,
+    device_state_of,
     socket_path,
     valid_id,
     validate,
@@ -166,11 +167,11 @@ class QemuDriver(Supervisor, ComputeDriver):
                 return self.status(workload_id)
             if w.child is not None:
                 raise DriverError(f"workload {workload_id!r} is still stopping")
+            with self._lock:
+                w.rt.restarts = 0
             if w.rt.state is SUSPENDED:
                 self._resume_locked(w)
             else:
-                with self._lock:
-                    w.rt.restarts = 0
                 self._boot_locked(w)
             return self.status(workload_id)
 
@@ -235,6 +236,8 @@ class QemuDriver(Supervisor, ComputeDriver):
             if not w.want_running:
                 if w.rt.state is not SUSPENDED:
                     raise DriverError(f"workload {workload_id!r} is not suspended")
+                with self._lock:
+                    w.rt.restarts = 0
                 self._resume_locked(w)
             return self.status(workload_id)
 
@@ -313,37 +316,59 @@ class QemuDriver(Supervisor, ComputeDriver):
     # -- internals; *_locked methods expect the caller to hold the workloads' op_lock ------
 
     def _boot_locked(self, w: Vm, reason: str | None = None) -> None:
-        """Boot afresh: no saved state, a new (sparse) RAM file."""
+        """Boot afresh on a new (sparse) RAM file, or from copies of ``spec.memory_image``
+        and its device state when the spec has one."""
         for name in (VMSTATE_FILE, MEMORY_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (w.path / name).unlink()
-        self._launch_locked(w, self.accelerator(), reason, incoming=False)
+        image = w.spec.memory_image
+        if image is None:
+            self._launch_locked(w, self.accelerator(), reason, incoming=False)
+            return
+        _vm.copy_sparse(image, w.path / MEMORY_FILE)
+        _vm.copy_sparse(device_state_of(image), w.path / VMSTATE_FILE)
+        reason = reason or "started from its memory image"
+        self._resume_locked(w, reason, fallback=w.rt.state, accel=self.accelerator())
 
-    def _resume_locked(self, w: Vm) -> None:
+    def _resume_locked(
+        self,
+        w: Vm,
+        reason: str = "resumed",
+        *,
+        fallback: WorkloadState = SUSPENDED,
+        accel: str | None = None,
+    ) -> None:
+        """Start QEMU on the workload's RAM file and load its saved device state. On
+        failure the state is ``fallback``; the files are kept only if that is SUSPENDED."""
         vmstate = w.path / VMSTATE_FILE
         if not vmstate.is_file() or not (w.path / MEMORY_FILE).is_file():
             raise DriverError(f"workload {w.spec.workload_id!r} has no saved state to resume")
         started = time.monotonic()
-        child = self._launch_locked(w, w.rt.accel or self.accelerator(), None, incoming=True)
         try:
+            self._launch_locked(w, accel or w.rt.accel or self.accelerator(), reason)
             # Once the guest runs, its RAM moves on and the saved device state no longer
             # fits it: the state goes first, so a crash never resumes it twice.
             _vm.load_state(socket_path(w.path), vmstate, self.migrate_timeout, vmstate.unlink)
         except DriverError as exc:
-            _vm.terminate([child])
+            if w.child is not None:
+                _vm.terminate([w.child])
+            if not vmstate.is_file():
+                fallback = STOPPED  # it failed after the saved state was consumed
+            if fallback is not SUSPENDED:
+                for name in (VMSTATE_FILE, MEMORY_FILE):
+                    with contextlib.suppress(FileNotFoundError):
+                        (w.path / name).unlink()
             with self._lock:
                 w.child, w.want_running = None, False
-                w.rt.state, w.rt.pid, w.rt.create_time, w.rt.qmp = SUSPENDED, None, None, None
+                w.rt.state, w.rt.pid, w.rt.create_time, w.rt.qmp = fallback, None, None, None
                 w.rt.reason = f"resume failed: {exc}"
             self._persist(w)
             raise
-        _vm.mark(w.path, f"resumed in {time.monotonic() - started:.2f}s")
-        with self._lock:
-            w.rt.restarts = 0
-            w.rt.reason = "resumed"
-        self._persist(w)
+        _vm.mark(w.path, f"{reason} in {time.monotonic() - started:.2f}s")
 
-    def _launch_locked(self, w: Vm, accel: str, reason: str | None, *, incoming: bool) -> Child:
+    def _launch_locked(
+        self, w: Vm, accel: str, reason: str | None, *, incoming: bool = True
+    ) -> Child:
         qmp = socket_path(w.path)
         command = command_line(
             self.qemu, w.spec, w.options, w.path, accel=accel, host=self.host, qmp=qmp,
@@ -363,37 +388,6 @@ class QemuDriver(Supervisor, ComputeDriver):
             w.rt.qmp, w.rt.accel, w.rt.exit_code, w.rt.reason = str(qmp), accel, None, reason
         self._persist(w)
         return child
-
-    def _stop_locked(self, workloads: list[Vm], timeout: float) -> None:
-        with self._lock:
-            for w in workloads:
-                w.want_running, w.restart_at = False, None
-        live = {w.child: w for w in workloads if w.child is not None and w.rt.qmp}
-        for w in live.values():
-            _vm.command(Path(w.rt.qmp or ""), "system_powerdown", timeout=2.0)
-        pending = _vm.wait_exit(live, timeout)
-        for child in pending:
-            _vm.command(Path(live[child].rt.qmp or ""), "quit", timeout=2.0)
-        pending = _vm.wait_exit(pending, 5.0)
-        stuck = set(_vm.terminate(pending)) if pending else set()
-        for w in workloads:
-            if w.child in stuck:
-                continue
-            code = w.child.finish() if w.child is not None else None
-            if w.rt.state is SUSPENDED:
-                with contextlib.suppress(FileNotFoundError):
-                    (w.path / VMSTATE_FILE).unlink()
-            with self._lock:
-                if w.child is not None:
-                    w.rt.exit_code = code
-                if w.rt.state in (RUNNING, SUSPENDED):
-                    w.rt.reason = "stopped"
-                w.child = None
-                w.rt.state, w.rt.pid, w.rt.create_time, w.rt.qmp = STOPPED, None, None, None
-            self._persist(w)
-        if stuck:
-            ids = ", ".join(live[c].spec.workload_id for c in stuck)
-            raise DriverError(f"QEMU of {ids} survived SIGKILL")
 
     def _restart_locked(self, w: Vm, reason: str) -> None:
         self._boot_locked(w, reason)

@@ -135,6 +135,44 @@ class Supervisor:
         _vm.mark(w.path, reason)
         self._persist(w)
 
+    def _stop_locked(self, workloads: list[Vm], timeout: float) -> None:
+        """Power the VMs off together: the ACPI button, ``timeout`` seconds, quit, kill.
+        Each is recorded STOPPED; a suspended one loses its saved state."""
+        with self._lock:
+            for w in workloads:
+                w.want_running, w.restart_at = False, None
+        live = {w.child: w for w in workloads if w.child is not None and w.rt.qmp}
+        for w in live.values():
+            _vm.command(Path(w.rt.qmp or ""), "system_powerdown", timeout=2.0)
+        pending = _vm.wait_exit(live, timeout)
+        for child in pending:
+            _vm.command(Path(live[child].rt.qmp or ""), "quit", timeout=2.0)
+        pending = _vm.wait_exit(pending, 5.0)
+        stuck = set(_vm.terminate(pending)) if pending else set()
+        for w in workloads:
+            if w.child in stuck:
+                continue
+            code = w.child.finish() if w.child is not None else None
+            if w.rt.state is WorkloadState.SUSPENDED:
+                with contextlib.suppress(FileNotFoundError):
+                    (w.path / VMSTATE_FILE).unlink()
+            with self._lock:
+                if w.child is not None:
+                    w.rt.exit_code = code
+                if w.rt.state in (WorkloadState.RUNNING, WorkloadState.SUSPENDED):
+                    w.rt.reason = "stopped"
+                w.child = None
+                w.rt.state, w.rt.pid, w.rt.create_time, w.rt.qmp = (
+                    WorkloadState.STOPPED,
+                    None,
+                    None,
+                    None,
+                )
+            self._persist(w)
+        if stuck:
+            ids = ", ".join(live[c].spec.workload_id for c in stuck)
+            raise DriverError(f"QEMU of {ids} survived SIGKILL")
+
     def _move_aside(self, state_dir: Path, workload_id: str) -> Path | None:
         """Rename the workload's directory to a trash name for removal; None if absent.
 

@@ -62,6 +62,26 @@ def read_tail(path: Path, tail_bytes: int) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def copy_sparse(source: Path, target: Path) -> None:
+    """Copy an image, keeping holes (and sharing blocks where the filesystem can).
+
+    Raises:
+        DriverError: the copy failed; no partial ``target`` is left.
+    """
+    try:
+        subprocess.run(
+            ["cp", "--sparse=always", "--reflink=auto", str(source), str(target)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        raise DriverError(f"cannot copy {source}: {detail}") from exc
+
+
 def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) -> SpawnedChild:
     """Start QEMU in its own session and wait until its QMP socket answers.
 
