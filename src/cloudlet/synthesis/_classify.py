@@ -68,21 +68,28 @@ class Classifier:
         self.result = Classification(kinds=np.zeros(n_total, np.uint8))
         self.progress = progress
 
-    def target_rows(self, idx: np.ndarray) -> np.ndarray:
-        """Rows for target-space indices, from whichever image holds them."""
-        return self._gather(idx, [(t.first, t.image) for t in self.targets])
+    def target_rows(self, idx: np.ndarray, runs: bool = False) -> np.ndarray:
+        """Rows for target-space indices, from whichever image holds them.
 
-    def base_rows(self, idx: np.ndarray) -> np.ndarray:
-        return self._gather(idx, self.base_readers)
+        runs=True reads runs of consecutive chunks with pread (for long ascending
+        lists); otherwise rows are gathered through the mmap (for scattered ones).
+        """
+        return self._gather(idx, [(t.first, t.image) for t in self.targets], runs)
+
+    def base_rows(self, idx: np.ndarray, runs: bool = False) -> np.ndarray:
+        return self._gather(idx, self.base_readers, runs)
 
     @staticmethod
-    def _gather(idx: np.ndarray, parts: list[tuple[int, ImageReader]]) -> np.ndarray:
+    def _gather(
+        idx: np.ndarray, parts: list[tuple[int, ImageReader]], runs: bool = False
+    ) -> np.ndarray:
         out = np.empty((len(idx), LANES), np.uint64)
         for i, (first, reader) in enumerate(parts):
             upper = parts[i + 1][0] if i + 1 < len(parts) else None
             sel = idx >= first if upper is None else (idx >= first) & (idx < upper)
             if sel.any():
-                out[sel] = reader.gather(idx[sel] - first)
+                sub = idx[sel] - first
+                out[sel] = reader.rows(sub) if runs else reader.gather(sub)
         return out
 
     def run(self) -> Classification:

@@ -140,15 +140,15 @@ class Plan:
         targets = self.users[a:b]
         if not len(targets):
             return targets
-        slots = self.slot_of[targets]
-        rows = np.frombuffer(data, np.uint64).reshape(-1, LANES)
-        out = rows[slots - self.seg_first[seg]]
-        xor = self.slot_xor[slots]
+        local = self.slot_of[targets] - self.seg_first[seg]
+        xor = self.slot_xor[local + self.seg_first[seg]]
+        src = memoryview(data)
         dsel = np.flatnonzero(xor >= 0)
         if len(dsel):
-            out[dsel] ^= self.base_rows(xor[dsel])
+            rows = np.frombuffer(data, np.uint64).reshape(-1, LANES).copy()
+            rows[local[dsel]] ^= self.base_rows(xor[dsel])
             self.base.drop_pages()
-        buf = memoryview(out.view(np.uint8).reshape(-1))
+            src = memoryview(rows.view(np.uint8).reshape(-1))
         split = int(np.searchsorted(targets, self.n_disk))
         for fd, lo, hi, first in (
             (self.disk_fd, 0, split, 0),
@@ -156,12 +156,15 @@ class Plan:
         ):
             if fd is None or lo == hi:
                 continue
-            t = targets[lo:hi]
-            for s, e in zip(*runs(t), strict=True):
+            t, s = targets[lo:hi], local[lo:hi]
+            # a run: consecutive targets fed by consecutive slots, written straight
+            # from the decompressed buffer
+            brk = np.flatnonzero((np.diff(t) != 1) | (np.diff(s) != 1)) + 1
+            for a, b in zip(np.r_[0, brk], np.r_[brk, len(t)], strict=True):
                 pwrite_all(
                     fd,
-                    buf[(lo + s) * CHUNK_SIZE : (lo + e) * CHUNK_SIZE],
-                    (int(t[s]) - first) * CHUNK_SIZE,
+                    src[int(s[a]) * CHUNK_SIZE : (int(s[a]) + int(b - a)) * CHUNK_SIZE],
+                    (int(t[a]) - first) * CHUNK_SIZE,
                 )
         return targets
 

@@ -67,10 +67,10 @@ def write_segments(
 
     def build(a: int, b: int) -> tuple[bytes, bytes, int]:
         tidx = slot_targets[a:b]
-        rows = classifier.target_rows(tidx)
+        rows = classifier.target_rows(tidx, runs=True)
         dsel = np.flatnonzero(is_delta[a:b])
         if len(dsel):
-            rows[dsel] ^= classifier.base_rows(same_offset_base(tidx[dsel], targets))
+            rows[dsel] ^= classifier.base_rows(same_offset_base(tidx[dsel], targets), runs=True)
         data = rows.view(np.uint8).reshape(-1)
         comp = getattr(local, "comp", None)
         if comp is None:
