@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,9 @@ import psutil
 from cloudlet.demo._plan import AGENT_CONFIG, SiteSpec
 from cloudlet.testbed.local import LocalAgent, LocalController, Proc
 from cloudlet.testbed.relay import RelayThread
+
+#: How long an agent may take to stop its workloads and send its last report.
+AGENT_STOP_S = 15.0
 
 
 def _agent_env() -> dict[str, str]:
@@ -107,9 +112,17 @@ class Fleet:
         if self._api is not None:
             self._api.close()
             self._api = None
+        # Signal every agent first so that they stop their workloads in parallel.
         for agent in self.agents.values():
-            with contextlib.suppress(Exception):
-                agent.stop()
+            if agent.proc is not None and agent.proc.popen is not None and agent.proc.alive:
+                with contextlib.suppress(OSError):
+                    agent.proc.popen.send_signal(signal.SIGTERM)
+        for agent in self.agents.values():
+            if agent.proc is not None and agent.proc.popen is not None:
+                try:
+                    agent.proc.popen.wait(AGENT_STOP_S)
+                except subprocess.TimeoutExpired:
+                    agent.proc.kill()
         for relay in self.relays.values():
             with contextlib.suppress(Exception):
                 relay.stop()
