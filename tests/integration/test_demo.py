@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -13,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 from rich.console import Console
@@ -158,3 +161,73 @@ def test_a_step_that_fails_stops_the_demo_with_one_line(monkeypatch: pytest.Monk
         assert my_children() - before == set()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_public_names() -> None:
+    import cloudlet.demo
+    import cloudlet.testbed.relay
+
+    assert cloudlet.demo.__all__ == ["DEFAULT_DURATION_S", "DEFAULT_OFFLINE_GRACE_S", "run_demo"]
+    assert cloudlet.testbed.relay.__all__ == ["Relay", "RelayStats", "RelayThread"]
+
+
+def test_waste_route_plans_a_closed_round_no_longer_than_nearest_neighbour() -> None:
+    from cloudlet.demo.apps import waste_route as wr
+
+    rng = random.Random(7)
+    points = [
+        (45.76 + rng.uniform(-0.05, 0.05), 4.84 + rng.uniform(-0.05, 0.05)) for _ in range(25)
+    ]
+    order = wr.plan(points)
+    assert order[0] == order[-1] == 0
+    assert sorted(order[:-1]) == list(range(len(points)))
+    greedy = [0]
+    todo = set(range(1, len(points)))
+    while todo:
+        nxt = min(todo, key=lambda i: wr.haversine_km(points[greedy[-1]], points[i]))
+        greedy.append(nxt)
+        todo.remove(nxt)
+    greedy.append(0)
+    assert wr.tour_km(points, order) <= wr.tour_km(points, greedy) + 1e-9
+
+
+def test_fire_watch_levels_follow_the_angstrom_index() -> None:
+    from cloudlet.demo.apps import fire_watch as fw
+
+    assert fw.angstrom(27, 40) == pytest.approx(2.0)
+    assert fw.level(fw.angstrom(35, 10)) == "very-high"
+    assert fw.level(2.2) == "high"
+    assert fw.level(3.5) == "low"
+    assert fw.level(fw.angstrom(15, 80)) == "very-low"
+
+
+def test_waste_route_writes_and_serves_its_latest_round(tmp_path: Path) -> None:
+    from cloudlet.demo.apps import WASTE_ROUTE
+    from cloudlet.testbed.local import free_port, wait_for
+
+    port = free_port()
+    env = {**demo_env(), "PORT": str(port), "WASTE_ROUTE_INTERVAL_S": "0.5"}
+    proc = subprocess.Popen(
+        [sys.executable, str(WASTE_ROUTE)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        served = wait_for(
+            lambda: (
+                (r := httpx.get(f"http://127.0.0.1:{port}/", timeout=2)).json()["round"] >= 2
+                and r.json()
+            ),
+            30,
+            "two rounds planned",
+        )
+        written = json.loads((tmp_path / "route.json").read_text())
+        assert written["round"] >= 1
+        assert served["route"][0] == served["route"][-1] == "depot"
+        assert len(served["route"]) == served["bins_full"] + 2
+        assert httpx.get(f"http://127.0.0.1:{port}/nope", timeout=2).status_code == 404
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0  # SIGTERM is a clean stop
