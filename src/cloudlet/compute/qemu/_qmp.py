@@ -2,7 +2,8 @@
 
 qemu.qmp is asyncio-only, and the driver may be called from threads that run their own
 event loop, so every session runs on one private loop in a daemon thread and callers
-block on the result with a timeout. Failures become :class:`QmpError`.
+block on the result with a timeout. Failures become :class:`~cloudlet.errors.DriverError`
+with the qemu.qmp (or OS) error as the cause.
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ _loop: asyncio.AbstractEventLoop | None = None
 _loop_lock = threading.Lock()
 
 
-class QmpError(DriverError):
-    """A QMP session could not be opened, or QEMU refused or never answered a command."""
-
-
 def _get_loop() -> asyncio.AbstractEventLoop:
     global _loop
     with _loop_lock:
@@ -47,11 +44,11 @@ def _run(coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
         return future.result(timeout)
     except FutureTimeout as exc:
         future.cancel()
-        raise QmpError(f"QMP {what}: no answer within {timeout:g}s") from exc
+        raise DriverError(f"QMP {what}: no answer within {timeout:g}s") from exc
     except ExecuteError as exc:
-        raise QmpError(f"QMP {what}: {exc.error.desc}") from exc
+        raise DriverError(f"QMP {what}: {exc.error.desc}") from exc
     except (QMPError, OSError, EOFError) as exc:
-        raise QmpError(f"QMP {what}: {exc or type(exc).__name__}") from exc
+        raise DriverError(f"QMP {what}: {exc or type(exc).__name__}") from exc
 
 
 class QmpSession:
@@ -105,7 +102,7 @@ class QmpSession:
         client = self._require()
         try:
             _run(client.execute(command), self.timeout, command)
-        except QmpError as exc:
+        except DriverError as exc:
             if not isinstance(exc.__cause__, ExecInterruptedError | EOFError | ConnectionError):
                 raise
 
@@ -125,5 +122,5 @@ class QmpSession:
 
     def _require(self) -> QMPClient:
         if self._client is None:
-            raise QmpError("QMP session is not open")
+            raise DriverError("QMP session is not open")
         return self._client

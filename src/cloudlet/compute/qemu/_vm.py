@@ -20,7 +20,7 @@ from pathlib import Path
 from cloudlet.compute.process._child import Child, SpawnedChild, process_create_time
 from cloudlet.compute.process._child import terminate as terminate_groups
 from cloudlet.compute.qemu._config import QEMU_LOG
-from cloudlet.compute.qemu._qmp import QmpError, QmpSession
+from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.errors import DriverError
 
 _POLL = 0.02
@@ -116,7 +116,7 @@ def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) ->
                 with QmpSession(qmp, timeout=max(0.5, deadline - time.monotonic())) as session:
                     session.execute("query-status")
                 return child
-            except QmpError as exc:
+            except DriverError as exc:
                 if time.monotonic() > deadline:
                     terminate([child])
                     raise DriverError(f"QEMU did not answer on {qmp}: {exc}") from exc
@@ -204,7 +204,7 @@ def run_state(qmp: Path, timeout: float = 5.0) -> str | None:
     try:
         with QmpSession(qmp, timeout=timeout) as session:
             return str(session.execute("query-status").get("status"))
-    except QmpError:
+    except DriverError:
         return None
 
 
@@ -217,7 +217,7 @@ def command(qmp: Path, name: str, timeout: float = 5.0) -> bool:
                 session.execute_closing(name)
             else:
                 session.execute(name)
-    except QmpError:
+    except DriverError:
         return False
     return True
 
