@@ -68,7 +68,7 @@ def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
 
     def update(phase: str, advance: int, total: int) -> None:
         if phase not in tasks:
-            tasks[phase] = bars.add_task(phase, total=total)
+            tasks[phase] = bars.add_task(phase, total=total or None)
         bars.update(tasks[phase], advance=advance)
 
     with bars:

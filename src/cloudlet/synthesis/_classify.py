@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import blake3
@@ -92,7 +92,8 @@ class Classifier:
                 out[sel] = reader.rows(sub) if runs else reader.gather(sub)
         return out
 
-    def run(self) -> Classification:
+    def run(self) -> Iterator[Classification]:
+        """Classify window by window, yielding the growing result after each window."""
         buf = np.empty((WINDOW_CHUNKS, LANES), np.uint64)
         bbuf = np.empty((WINDOW_CHUNKS, LANES), np.uint64)
         for t in self.targets:
@@ -108,7 +109,7 @@ class Classifier:
                 t.image.drop_pages()
                 if self.progress:
                     self.progress(nbytes)
-        return self.result
+                yield self.result
 
     def _window(self, t: Target, start: int, rows: np.ndarray, bbuf: np.ndarray) -> None:
         res = self.result

@@ -15,7 +15,7 @@ import numpy as np
 from cloudlet.errors import SynthesisError
 
 from . import _segments
-from ._classify import Classification, Classifier, Target
+from ._classify import Classifier, Target
 from ._fs import AtomicFile, os_error, pwrite_all
 from ._image import ImageReader, raw_view
 from .format import (
@@ -34,7 +34,7 @@ DEFAULT_LEVEL = 3
 MAX_LEVEL = 22
 
 Progress = Callable[[str, int, int], None]
-"""progress(phase, advance_bytes, phase_total_bytes)."""
+"""progress(phase, advance_bytes, phase_total_bytes or 0 when not known in advance)."""
 
 
 @dataclass
@@ -173,22 +173,31 @@ def _create(
             n_total,
             phase("compare", total_bytes),
         )
-        cls = classifier.run()
-        literals, deltas = _slot_order(cls)
-        slot_targets = np.concatenate((literals, deltas))
-        is_delta = np.concatenate((np.zeros(len(literals), bool), np.ones(len(deltas), bool)))
-        fd = target.fd
-        seg = _segments.write_segments(
-            fd,
+        writer = _segments.SegmentWriter(
+            target.fd,
             HEADER_SIZE,
-            slot_targets,
-            is_delta,
             classifier,
             targets,
             level,
             threads or os.cpu_count() or 1,
-            phase("compress", len(slot_targets) * CHUNK_SIZE),
+            phase("compress", 0),
         )
+        try:
+            # literal slots go to the compressors while later windows are compared
+            done = 0
+            cls = classifier.result
+            for cls in classifier.run():
+                for lit in cls.literals[done:]:
+                    writer.add(lit, is_delta=False)
+                done = len(cls.literals)
+            deltas = np.concatenate(cls.deltas) if cls.deltas else np.zeros(0, np.int64)
+            writer.add(deltas, is_delta=True)
+            seg = writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        fd = target.fd
+        slot_targets = np.concatenate([*cls.literals, deltas])
         slot = np.empty(n_total, np.int64)
         slot[slot_targets] = np.arange(len(slot_targets))
         has_slot = (cls.kinds == LITERAL) | (cls.kinds == DELTA)
@@ -230,13 +239,6 @@ def _create(
             segments=len(seg.offsets),
             seconds=0.0,
         )
-
-
-def _slot_order(cls: Classification) -> tuple[np.ndarray, np.ndarray]:
-    """Literal slots in target order, then XOR-delta slots: like data sits together."""
-    lit = np.concatenate(cls.literals) if cls.literals else np.zeros(0, np.int64)
-    dlt = np.concatenate(cls.deltas) if cls.deltas else np.zeros(0, np.int64)
-    return np.sort(lit), np.sort(dlt)
 
 
 __all__ = ["DEFAULT_LEVEL", "MAX_LEVEL", "CreateSummary", "Progress", "create_overlay"]
