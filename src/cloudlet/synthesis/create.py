@@ -31,7 +31,7 @@ from .format import (
 from .index import BaseIndex, build_index
 
 DEFAULT_LEVEL = 3
-MAX_LEVEL = 22
+MAX_LEVEL = 19
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, advance_bytes, phase_total_bytes or 0 when not known in advance)."""
@@ -91,7 +91,7 @@ def create_overlay(
         base, modified: disk images, raw or qcow2.
         out: overlay path; written atomically (temp file, fsync, rename).
         memory_base, memory: optional raw memory images; memory_base needs memory.
-        level: 1..22, the zstd level; higher levels also use larger segments and windows.
+        level: 1..19, the zstd level; higher levels also use larger segments and windows.
         threads: compression threads (default: all cores).
         force: replace an existing `out`.
         progress: called as progress(phase, advance, total).
