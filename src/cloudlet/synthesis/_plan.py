@@ -146,7 +146,8 @@ class Plan:
         dsel = np.flatnonzero(xor >= 0)
         if len(dsel):
             rows = np.frombuffer(data, np.uint64).reshape(-1, LANES).copy()
-            rows[local[dsel]] ^= self.base_rows(xor[dsel])
+            ds = np.unique(local[dsel])  # a slot may feed several chunks: XOR it once
+            rows[ds] ^= self.base_rows(self.slot_xor[ds + self.seg_first[seg]])
             self.base.drop_pages()
             src = memoryview(rows.view(np.uint8).reshape(-1))
         split = int(np.searchsorted(targets, self.n_disk))

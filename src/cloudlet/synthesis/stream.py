@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from cloudlet.errors import BaseMismatchError, CloudletError, SynthesisError
+from cloudlet.errors import BaseMismatchError, ConflictError, SynthesisError
 
 from ._fs import AtomicFile, os_error
-from ._image import ImageReader
+from ._image import ImageReader, is_qcow2
 from ._plan import Plan
 from .format import Manifest
 from .index import base_digest
@@ -104,7 +104,7 @@ class StreamingApplier:
                 )
         for path in (self.out, self.memory_out):
             if path is not None and path.exists() and not self.force:
-                AtomicFile(path, force=False)  # raises ConflictError
+                raise ConflictError(f"{path} exists (use --force to overwrite)")
         self.manifest = m
         return m
 
@@ -112,6 +112,10 @@ class StreamingApplier:
     def _check_base(path: Path, size: int, digest: bytes, what: str) -> None:
         if not path.is_file():
             raise SynthesisError(f"no such {what}: {path}")
+        if is_qcow2(path):
+            raise SynthesisError(
+                f"the {what} must be a raw image: qemu-img convert -O raw {path} BASE.raw"
+            )
         actual = path.stat().st_size
         if actual != size:
             raise BaseMismatchError(
@@ -283,7 +287,7 @@ class StreamingApplier:
             except OSError as exc:
                 self._fail(os_error(exc, f"writing {self.out}"))
                 return
-            except (CloudletError, Exception) as exc:
+            except Exception as exc:
                 self._fail(exc)
                 return
             with self._cond:
