@@ -10,7 +10,7 @@ from cloudlet.synthesis.format import BASE, COPY, DELTA, LITERAL, SAME, ZERO
 
 
 def test_kinds(tmp_path):
-    base, mod, data = make_pair(tmp_path, n=1500, literal=1300)
+    base, mod, _data = make_pair(tmp_path, n=1500, literal=1300)
     ovl = tmp_path / "o.ovl"
     create_overlay(base, mod, ovl, level=1)
     m = read_manifest(ovl)
