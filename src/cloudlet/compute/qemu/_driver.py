@@ -212,6 +212,8 @@ class QemuDriver(Supervisor, ComputeDriver):
                 raise DriverError(f"QEMU of {workload_id!r} survived SIGKILL")
             child.finish()
             try:
+                # RAM reaches the disk before the state that makes it resumable appears.
+                _vm.fsync(w.path / MEMORY_FILE)
                 os.replace(tmp, w.path / VMSTATE_FILE)
             except OSError as exc:
                 raise DriverError(f"cannot keep the state of {workload_id!r}: {exc}") from exc

@@ -19,11 +19,13 @@ from pathlib import Path
 
 from cloudlet.compute.process._child import Child, SpawnedChild, process_create_time
 from cloudlet.compute.process._child import terminate as terminate_groups
-from cloudlet.compute.qemu._config import QEMU_LOG
+from cloudlet.compute.qemu._config import CONSOLE_LOG, QEMU_LOG
 from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.errors import DriverError
 
 _POLL = 0.02
+#: A log bigger than this is moved to ``<name>.1`` when QEMU next starts.
+MAX_LOG_BYTES = 8 * 1024 * 1024
 _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 
@@ -42,6 +44,15 @@ def log_tail(workload_dir: Path, lines: int = 3) -> str:
         return ""
     kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[cloudlet ")]
     return " | ".join(kept[-lines:])
+
+
+def fsync(path: Path) -> None:
+    """Flush ``path``'s data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_tail(path: Path, tail_bytes: int) -> str:
@@ -91,6 +102,11 @@ def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) ->
     """
     with contextlib.suppress(FileNotFoundError):
         qmp.unlink()
+    for name in (CONSOLE_LOG, QEMU_LOG):
+        log_path = workload_dir / name
+        with contextlib.suppress(OSError):
+            if log_path.stat().st_size > MAX_LOG_BYTES:
+                os.replace(log_path, log_path.with_name(name + ".1"))
     mark(workload_dir, "starting " + shlex.join(command))
     try:
         with (workload_dir / QEMU_LOG).open("ab") as log:
@@ -159,11 +175,7 @@ def save_state(qmp: Path, target: Path, timeout: float) -> None:
                 os.close(fd)
             session.execute("migrate", {"uri": "fd:vmstate"})
             _wait_migration(session, timeout, "saving the VM state")
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync(target)
         except (DriverError, OSError) as exc:
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
