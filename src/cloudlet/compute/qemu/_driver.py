@@ -49,7 +49,8 @@ class QemuDriver(Supervisor, ComputeDriver):
     the guest, saves its device state to ``vmstate`` and ends QEMU; resume() starts a
     new QEMU on the same RAM file and loads the state: the same guest runs on, with a
     new pid. start() of a suspended workload resumes it; stop() of one discards its
-    saved state, so the next start boots afresh.
+    saved state, so the next start boots afresh. With ``spec.memory_image`` (a RAM file
+    with its ``.vmstate`` beside it) every boot resumes copies of that saved VM instead.
 
     stop() presses the ACPI power button, waits ``timeout`` seconds for the guest to
     power off, then quits QEMU. A QEMU that exits on its own is handled by the restart
