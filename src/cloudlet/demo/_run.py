@@ -62,7 +62,7 @@ def run_demo(
         CloudletError: a step did not happen in time; the directory is kept for its logs.
     """
     root = Path(tempfile.mkdtemp(prefix="cloudlet-demo-")).resolve()
-    world = World(offline_grace_s=offline_grace_s)
+    world = World()
     fleet = Fleet(root, offline_grace_s)
     display: Display = LiveDisplay(console, world) if live else PlainDisplay(console)
     scenario = Scenario(fleet, display, world, duration_s)
@@ -73,10 +73,12 @@ def run_demo(
             _stay(scenario)
         succeeded = True
     finally:
-        display.close(world)
-        with _sigint_ignored():
-            scenario.close()
-            leftovers = fleet.stop()
+        try:
+            display.close(world)
+        finally:
+            with _sigint_ignored():
+                scenario.close()
+                leftovers = fleet.stop()
         console.print(
             "Stopped the agents (and their workloads), the relays and the controller.",
             highlight=False,

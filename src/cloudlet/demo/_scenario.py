@@ -64,7 +64,8 @@ class Scenario:
     duration_s: float
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client()  # for direct requests to sites and workloads: no token
+        # Direct requests to sites and workloads: no token, and never through a proxy.
+        self.http = httpx.Client(trust_env=False)
         self.offline_instance: str | None = None
         self.local_instance: dict[str, Any] | None = None
         self.direct_answers = Counter[bool]()

@@ -24,7 +24,6 @@ class World:
 
     started: float = field(default_factory=time.monotonic)
     phase: str = "starting"
-    offline_grace_s: float = 0.0
     sites: list[dict[str, Any]] = field(default_factory=list)
     instances: list[dict[str, Any]] = field(default_factory=list)
     links: dict[str, RelayStats] = field(default_factory=dict)
