@@ -53,6 +53,33 @@ class AgentSettings(BaseModel):
         False, description="Leave workloads running when the agent stops (default: stop them)."
     )
     log_level: str = Field("info", description="Python log level.")
+    cache_dir: Path | None = Field(
+        None, description="Artifact cache: base images and overlays (default: data_dir/cache)."
+    )
+    cache_budget_gib: float = Field(
+        20.0,
+        gt=0,
+        description="Cache size beyond which least recently used, unpinned artifacts go.",
+    )
+    prestage_interval_s: float = Field(
+        30.0, gt=0, description="How often to check for desired images missing from the cache."
+    )
+    vm_accel: str = Field(
+        "auto",
+        pattern="^(auto|kvm|tcg)$",
+        description="VM accelerator for the qemu driver: kvm, tcg or auto (KVM if it works).",
+    )
+    vm_answer_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for a started VM's service to answer HTTP."
+    )
+    announce: bool = Field(
+        True, description="Announce the site-local API by DNS-SD (_cloudlet._tcp) on the LAN."
+    )
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where the artifact cache lives."""
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "cache"
 
 
 class Settings(BaseSettings):

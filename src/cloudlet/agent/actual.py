@@ -145,6 +145,7 @@ def transition(
     endpoint: str | None = None,
     applied_revision: int | None = None,
     usage_end: float | None = None,
+    timings: dict[str, float] | None = None,
     now: float | None = None,
 ) -> ActualRow:
     """Move an instance to ``state``, with its event and any usage, in one transaction.
@@ -152,9 +153,11 @@ def transition(
     Args:
         usage_end: when the workload stopped, if known to be earlier than now (a
             workload found dead after the agent itself was down).
+        timings: phase durations (seconds) measured by the caller, merged into the
+            row's (e.g. ``fetch``, ``synthesize`` of a VM start).
     """
     ts = time.time() if now is None else now
-    timings = dict(row.timings)
+    timings = {**row.timings, **(timings or {})}
     if row.state in _TIMED and state != row.state:
         timings[row.state.value] = round(ts - row.state_since, 3)
     with store.transaction() as conn:

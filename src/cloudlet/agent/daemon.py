@@ -1,10 +1,14 @@
 """The site agent's entry point: wires store, driver, reconciler, sync loops and local API.
 
 Start order follows the offline-autonomy rule: record AGENT_STARTED, reconcile from
-the local store alone (adopting or restarting workloads), serve the local API, and
-only then enroll (first start) and sync. Stop order: stop the loops, stop the
-instances (unless ``keep_workloads``), record usage, send a last report within a
-couple of seconds if the controller answers, close the driver.
+the local store alone (adopting or restarting workloads), serve the local API (and
+announce it by DNS-SD), and only then enroll (first start), sync and pre-stage
+images. Stop order: stop the loops, stop the instances (unless ``keep_workloads``),
+record usage, send a last report within a couple of seconds if the controller
+answers, withdraw the announcement, close the drivers.
+
+Process components run on ``settings.driver``; vm components on the qemu driver,
+built on first use (the same one when ``settings.driver`` is qemu).
 """
 
 from __future__ import annotations
@@ -14,17 +18,23 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
 from cloudlet import __version__
 from cloudlet.agent import outbox, usage
+from cloudlet.agent._specs import DriverSet
+from cloudlet.agent.artifacts import GIB, ArtifactCache
 from cloudlet.agent.client import ControllerClient
+from cloudlet.agent.discovery import Announcer, service_info
 from cloudlet.agent.local_api import LocalApi, create_app
 from cloudlet.agent.reconciler import Reconciler
+from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME, Store
 from cloudlet.agent.sync import Syncer
+from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import ComputeDriver, get_driver
 from cloudlet.errors import ConfigError
 from cloudlet.schemas import EventKind
@@ -37,12 +47,16 @@ STORE_FILE = "agent.db"
 FINAL_REPORT_S = 2.0
 
 
-def make_driver(settings: AgentSettings) -> ComputeDriver:
-    """Build the compute driver named in settings, keeping its state under data_dir."""
+def make_driver(settings: AgentSettings, name: str | None = None) -> ComputeDriver:
+    """Build the compute driver ``name`` (default: the one in settings), keeping its
+    state under data_dir."""
+    name = name or settings.driver
     kwargs: dict[str, Any] = {"host": settings.workload_host}
-    if settings.driver != "fake":  # the fake keeps everything in memory
-        kwargs["state_dir"] = settings.data_dir / "workloads" / settings.driver
-    return get_driver(settings.driver, **kwargs)
+    if name != "fake":  # the fake keeps everything in memory
+        kwargs["state_dir"] = settings.data_dir / "workloads" / name
+    if name == "qemu":
+        kwargs["accel"] = settings.vm_accel
+    return get_driver(name, **kwargs)
 
 
 class Agent:
@@ -52,10 +66,47 @@ class Agent:
         self.settings = settings
         self.store = store
         self.driver = driver
-        self.reconciler = Reconciler(store, driver, workload_host=settings.workload_host)
+        self.cache = ArtifactCache(
+            store,
+            settings.artifact_dir,
+            int(settings.cache_budget_gib * GIB),
+            on_change=self._cache_changed,
+        )
+        self.stager = Stager(self.cache, self._remote, backoff_max_s=settings.backoff_max_s)
+        self.drivers = DriverSet(driver, lambda: make_driver(settings, "qemu"))
+        self.reconciler = Reconciler(
+            store,
+            self.drivers,
+            workload_host=settings.workload_host,
+            vm=VmBuilder(self.stager, settings.data_dir / "vms"),
+            answer_timeout_s=settings.vm_answer_timeout_s,
+        )
         self.syncer: Syncer | None = None
         self.local_api: LocalApi | None = None
+        self.announcer = Announcer()
         self.started_at = datetime.now(UTC)
+
+    def _remote(self) -> tuple[str, str] | None:
+        """The controller's URL and this site's credential, once both are known."""
+        url = self.settings.controller_url or self.store.get_meta(CONTROLLER_URL)
+        credential = self.store.get_meta(CREDENTIAL)
+        return (url, credential) if url and credential else None
+
+    def _cache_changed(self) -> None:
+        if self.syncer is not None:
+            self.syncer.report_soon.set()
+
+    async def _announce(self) -> None:
+        assert self.local_api is not None
+        name = self.store.get_meta(SITE_NAME) or f"cloudlet-{socket.gethostname()}"
+        info = service_info(
+            name,
+            self.local_api.port,
+            self.settings.local_host,
+            site_id=self.store.get_meta(SITE_ID),
+            version=__version__,
+        )
+        await self.announcer.start(info)
 
     # -- health -------------------------------------------------------------------------
 
@@ -82,6 +133,8 @@ class Agent:
             "outbox_depth": outbox.depth(self.store),
             "bytes_sent": client.bytes_sent if client else 0,
             "bytes_received": client.bytes_received if client else 0,
+            "artifact_bytes_received": self.stager.bytes_received,
+            "announced": self.announcer.announced,
         }
 
     # -- run ----------------------------------------------------------------------------
@@ -106,6 +159,8 @@ class Agent:
                     poll_wait_s=s.poll_wait_s,
                     report_interval_s=s.report_interval_s,
                     backoff_max_s=s.backoff_max_s,
+                    cache=self.cache,
+                    on_desired=self.stager.wake.set,
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
             outbox.record(
@@ -122,7 +177,10 @@ class Agent:
                 s.data_dir,
             )
             await self.local_api.start()
+            if s.announce:
+                tasks.append(asyncio.create_task(self._announce()))
             tasks.append(asyncio.create_task(self.reconciler.run(s.reconcile_interval_s, stop)))
+            tasks.append(asyncio.create_task(self.stager.run(s.prestage_interval_s, stop)))
             tasks.append(
                 asyncio.create_task(usage.run_usage_loop(self.store, s.usage_interval_s, stop))
             )
@@ -162,6 +220,9 @@ class Agent:
             assert s.join_token is not None  # checked in _client
             if not await syncer.enroll(s.join_token, stop):
                 return
+            self.stager.wake.set()
+            if s.announce:  # now under the site's own name
+                await self._announce()
         elif s.join_token:
             log.info(
                 "already enrolled as %s; ignoring the join token", self.store.get_meta(SITE_NAME)
@@ -189,12 +250,15 @@ class Agent:
                 log.info("final report not delivered (%s); it will go at next start", exc)
         if syncer is not None:
             await syncer.client.aclose()
+        await self.stager.aclose()
+        await self.announcer.stop()
         if self.local_api is not None:
             await self.local_api.stop()
-        try:
-            await asyncio.to_thread(self.driver.close, self.settings.keep_workloads)
-        except Exception:
-            log.exception("closing the %s driver failed", self.driver.name)
+        for driver in self.drivers.built():
+            try:
+                await asyncio.to_thread(driver.close, self.settings.keep_workloads)
+            except Exception:
+                log.exception("closing the %s driver failed", driver.name)
 
 
 async def run_agent(

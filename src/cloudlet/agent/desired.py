@@ -9,8 +9,8 @@ Rules (the controller's side is in the sync protocol of ``schemas/sync.py``):
 - A delta must start at the cursor the agent holds (``since == cursor``). If it
   does not, a change may have been missed: :class:`CursorGapError` is raised, the
   document is not applied, and the caller re-pulls with ``since=0`` for a snapshot.
-- The document and the new cursor are stored in one transaction before anyone
-  acts on them.
+- The document (with its ``images`` list, always complete) and the new cursor are
+  stored in one transaction before anyone acts on them.
 """
 
 from __future__ import annotations
@@ -103,8 +103,19 @@ def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
                 )
                 _upsert(conn, gone, gone.model_dump_json())
                 changed = True
+        # The images list is always complete: replace what the site held.
+        conn.execute("DELETE FROM desired_images")
+        conn.executemany(
+            "INSERT OR IGNORE INTO desired_images (digest) VALUES (?)",
+            [(d,) for d in doc.images],
+        )
         set_meta(conn, CURSOR, doc.revision)
     return changed
+
+
+def images(store: Store) -> list[str]:
+    """Digests of the base images the controller wants this site to hold."""
+    return [r["digest"] for r in store.query("SELECT digest FROM desired_images ORDER BY digest")]
 
 
 def _upsert(

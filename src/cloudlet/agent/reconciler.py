@@ -5,104 +5,66 @@ pass is also how crashed workloads are noticed (``driver.status``). It reads onl
 the local store, so it works the same with the controller unreachable, and its
 first pass after an agent start adopts workloads that kept running or restarts
 those that did not. Each instance becomes one workload per component, named
-``<instance-id>-<component>``.
+``<instance-id>-<component>``, on the driver for its kind (see ``DriverSet``).
+
+An instance with a vm component starts in a background task, since fetching,
+synthesis and boot take a while: ``pending`` -> ``fetching`` -> ``synthesizing`` ->
+``starting`` -> ``running`` once its service answers, each phase timed in the row
+(``fetch``, ``synthesize``, ``boot_or_resume``, ``first_answer`` seconds). Passes
+leave such an instance alone while its task runs, unless its desired entry changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import hashlib
-import json
 import logging
-import socket
 import time
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable
 
 from cloudlet.agent import actual, desired
+from cloudlet.agent._instance_ops import ACTIVE, InstanceOps
+from cloudlet.agent._specs import (
+    VM_UNSUPPORTED,
+    DriverSet,
+    build_spec,
+    free_port,
+    spec_digest,
+    workload_id,
+)
 from cloudlet.agent._wait import sleep_or
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import ALIVE_AT, Store
+from cloudlet.agent.vm import VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
-from cloudlet.errors import DriverError, WorkloadNotFoundError
-from cloudlet.schemas import (
-    ActualState,
-    Component,
-    ComponentKind,
-    DesiredInstance,
-    DesiredState,
-    InstanceOrigin,
-)
+from cloudlet.errors import CloudletError, DriverError
+from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
 
 log = logging.getLogger(__name__)
 
-VM_UNSUPPORTED = "vm components need the qemu driver"
-_ACTIVE = {ActualState.PENDING, ActualState.STARTING, ActualState.RUNNING}
+__all__ = ["VM_UNSUPPORTED", "Reconciler", "build_spec", "free_port", "spec_digest", "workload_id"]
 
 
-def workload_id(instance_id: str, component: str) -> str:
-    return f"{instance_id}-{component}"
-
-
-def free_port(host: str, taken: Container[int] = ()) -> int:
-    """A port the OS considers free on ``host`` right now, and not in ``taken``.
-
-    ``taken`` holds the ports already given to other instances: their workloads may
-    be stopped, so the OS could hand the same port out again.
-    """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in taken:
-            return port
-    raise DriverError(f"no free port on {host} outside the {len(taken)} already assigned")
-
-
-def spec_digest(specs: Iterable[WorkloadSpec]) -> str:
-    """A fingerprint of an instance's workload specs, to notice a changed definition."""
-    body = json.dumps([dataclasses.asdict(s) for s in specs], sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
-def build_spec(inst: DesiredInstance, comp: Component, port: int | None) -> WorkloadSpec:
-    """The driver's view of one component of one instance."""
-    env = dict(comp.env)
-    env.update({"CLOUDLET_INSTANCE": inst.id, "CLOUDLET_APP": inst.app})
-    command = list(comp.command)
-    if port is not None:
-        env["PORT"] = str(port)
-        command = [a.replace("${PORT}", str(port)).replace("$PORT", str(port)) for a in command]
-    return WorkloadSpec(
-        workload_id=workload_id(inst.id, comp.name),
-        command=tuple(command),
-        env=env,
-        port=port,
-        guest_port=comp.guest_port,
-        vcpus=inst.resources.vcpus,
-        memory_mib=inst.resources.memory_mib,
-    )
-
-
-class Reconciler:
+class Reconciler(InstanceOps):
     """Drives one site's instances toward their desired state, one pass at a time."""
 
     def __init__(
         self,
         store: Store,
-        driver: ComputeDriver,
+        driver: ComputeDriver | DriverSet,
         *,
         workload_host: str = "127.0.0.1",
         on_change: Callable[[], None] | None = None,
+        vm: VmBuilder | None = None,
+        answer_timeout_s: float = 120.0,
     ) -> None:
-        self.store = store
-        self.driver = driver
-        self.workload_host = workload_host
-        self.on_change = on_change
+        super().__init__(store, driver, workload_host=workload_host, on_change=on_change, vm=vm)
+        self.answer_timeout_s = answer_timeout_s
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: VM instances starting in the background: instance id -> (revision, task).
+        self._starting: dict[str, tuple[int, asyncio.Task[None]]] = {}
         alive = store.get_meta(ALIVE_AT)
         # When the previous agent was last seen alive: a workload found dead at the
         # first pass died no later than that, so its usage ends there.
@@ -132,13 +94,35 @@ class Reconciler:
             wanted = desired.entries(self.store)
             held = {row.id: row for row in actual.list_all(self.store)}
             for instance_id in sorted(set(wanted) | set(held)):
+                want = wanted.get(instance_id)
+                if await self._still_starting(instance_id, want):
+                    continue
                 try:
-                    await self._reconcile(wanted.get(instance_id), held.get(instance_id))
+                    await self._reconcile(want, actual.get(self.store, instance_id))
                 except Exception:
                     log.exception("reconciling instance %s failed", instance_id)
             self.store.set_meta(ALIVE_AT, time.time())
             self.passes += 1
             self.applied_revision = cursor
+
+    async def _still_starting(self, instance_id: str, want: DesiredEntry | None) -> bool:
+        """True while a start task runs for the same desired entry; else end the task."""
+        entry = self._starting.get(instance_id)
+        if entry is None:
+            return False
+        revision, task = entry
+        if not task.done():
+            if (
+                want is not None
+                and want.state is DesiredState.RUNNING
+                and (want.revision == revision)
+            ):
+                return True
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        self._starting.pop(instance_id, None)
+        return False
 
     async def _reconcile(self, want: DesiredEntry | None, row: ActualRow | None) -> None:
         if want is None:
@@ -155,80 +139,6 @@ class Reconciler:
             if row is None:
                 desired.forget(self.store, [want.id])
 
-    # -- helpers ---------------------------------------------------------------------
-
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change()
-
-    def _move(
-        self,
-        row: ActualRow,
-        state: ActualState,
-        *,
-        reason: str | None = None,
-        endpoint: str | None = None,
-        applied_revision: int | None = None,
-        usage_end: float | None = None,
-    ) -> ActualRow:
-        if (state, reason, endpoint) == (row.state, row.reason, row.endpoint):
-            # Nothing anyone needs to hear about; just remember the revision.
-            if applied_revision is None:
-                return row
-            return actual.set_applied(self.store, row, applied_revision)
-        log.info("instance %s: %s -> %s%s", row.id, row.state, state, f" ({reason})" * bool(reason))
-        new = actual.transition(
-            self.store,
-            row,
-            state,
-            reason=reason,
-            endpoint=endpoint,
-            applied_revision=applied_revision,
-            usage_end=usage_end,
-        )
-        self._changed()
-        return new
-
-    async def _status(self, wid: str) -> WorkloadStatus:
-        return await asyncio.to_thread(self.driver.status, wid)
-
-    def _endpoint(
-        self, row: ActualRow, comps: list[Component], st: dict[str, WorkloadStatus]
-    ) -> str | None:
-        for comp in comps:
-            if comp.name in row.ports:
-                return st[comp.name].endpoint or f"{self.workload_host}:{row.ports[comp.name]}"
-        return None
-
-    def _track(
-        self, inst: DesiredInstance, origin: InstanceOrigin, state: ActualState
-    ) -> ActualRow:
-        row = actual.create(
-            self.store,
-            instance_id=inst.id,
-            name=inst.name,
-            app=inst.app,
-            project=inst.project,
-            origin=origin,
-            state=state,
-        )
-        self._changed()
-        return row
-
-    # -- desired: running ------------------------------------------------------------
-
-    def _assign_ports(self, inst: DesiredInstance, row: ActualRow) -> ActualRow:
-        """Give each component that serves a port one host port, once, persisted."""
-        ports = dict(row.ports)
-        missing = [c for c in inst.components if c.port and c.name not in ports]
-        if not missing:
-            return row
-        taken = {p for other in actual.list_all(self.store) for p in other.ports.values()}
-        for comp in missing:
-            ports[comp.name] = free_port(self.workload_host, taken)
-            taken.add(ports[comp.name])
-        return actual.set_ports(self.store, row, ports)
-
     async def _ensure_running(self, want: DesiredEntry, row: ActualRow | None) -> None:
         inst = want.instance
         if row is None or row.state is ActualState.DELETED:
@@ -237,15 +147,17 @@ class Reconciler:
             row = self._track(inst, want.origin, ActualState.PENDING)
         if row.state is ActualState.FAILED and row.applied_revision >= want.revision:
             return  # stays failed until the desired entry changes
-        if any(c.kind is ComponentKind.VM for c in inst.components) and not (
-            self.driver.capabilities.get("vm", False)
-        ):
-            self._move(
-                row, ActualState.FAILED, reason=VM_UNSUPPORTED, applied_revision=want.revision
-            )
-            return
+        has_vm = any(c.kind is ComponentKind.VM for c in inst.components)
+        if has_vm:
+            try:
+                self.drivers.for_kind(ComponentKind.VM)
+                if self.vm is None:
+                    raise DriverError(VM_UNSUPPORTED)
+            except DriverError as exc:
+                self._move(row, ActualState.FAILED, reason=str(exc), applied_revision=want.revision)
+                return
         row = self._assign_ports(inst, row)
-        specs = {c.name: build_spec(inst, c, row.ports.get(c.name)) for c in inst.components}
+        specs = self._specs(inst, row)
         digest = spec_digest(specs.values())
         if row.spec_digest is None:  # first start, or a store from before digests
             row = actual.set_spec_digest(self.store, row, digest)
@@ -253,7 +165,7 @@ class Reconciler:
         # specs differently must not restart everything).
         redefined = row.spec_digest != digest and row.applied_revision < want.revision
         comps = inst.components
-        st = {c.name: await self._status(workload_id(inst.id, c.name)) for c in comps}
+        st = {c.name: await self._status(c, inst.id) for c in comps}
         if not redefined and all(s.state is WorkloadState.RUNNING for s in st.values()):
             if row.state is not ActualState.RUNNING:
                 if self.passes == 0:
@@ -272,7 +184,58 @@ class Reconciler:
             reason = gave_up[0].reason or f"workload {gave_up[0].workload_id} failed"
             self._move(row, ActualState.FAILED, reason=reason, applied_revision=want.revision)
             return
+        if has_vm:
+            task = asyncio.create_task(self._start_guarded(want, row, st, specs, digest))
+            task.add_done_callback(lambda _: self.wake())
+            self._starting[inst.id] = (want.revision, task)
+            return
         await self._start(want, row, st, specs, digest)
+
+    async def _start_guarded(
+        self,
+        want: DesiredEntry,
+        row: ActualRow,
+        st: dict[str, WorkloadStatus],
+        specs: dict[str, WorkloadSpec],
+        digest: str,
+    ) -> None:
+        try:
+            await self._start(want, row, st, specs, digest)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("starting instance %s failed", want.id)
+            current = actual.get(self.store, want.id)
+            if current is not None:
+                self._move(current, ActualState.FAILED, reason=f"start failed: {exc}")
+
+    async def _prepare_vms(
+        self, want: DesiredEntry, row: ActualRow, st: dict[str, WorkloadStatus]
+    ) -> tuple[ActualRow, dict[str, float]]:
+        """Fetch and synthesize the disks of vm components that have no workload yet."""
+        assert self.vm is not None
+        todo = [
+            c
+            for c in want.instance.components
+            if c.kind is ComponentKind.VM and st[c.name].state is WorkloadState.ABSENT
+        ]
+        timings: dict[str, float] = {}
+        if not todo:
+            return row, timings
+        row = self._move(row, ActualState.FETCHING, reason=None)
+        t0 = time.monotonic()
+        opened = {}
+        for comp in todo:
+            if not self.vm.disk_path(want.id, comp).is_file():
+                opened[comp.name] = await self.vm.fetch(comp)
+        timings["fetch"] = round(time.monotonic() - t0, 3)
+        row = self._move(row, ActualState.SYNTHESIZING, timings=timings)
+        t0 = time.monotonic()
+        for comp in todo:
+            if comp.name in opened:
+                await self.vm.synthesize(want.id, comp, opened.pop(comp.name))
+        timings["synthesize"] = round(time.monotonic() - t0, 3)
+        return row, timings
 
     async def _start(
         self,
@@ -285,6 +248,7 @@ class Reconciler:
         inst = want.instance
         usage_end = None
         reason = None
+        timings: dict[str, float] = {}
         replace = row.spec_digest != digest
         if replace:
             reason = "definition changed; restarting"
@@ -292,29 +256,43 @@ class Reconciler:
             reason = "workload was not running; restarting"
             if self.passes == 0:
                 usage_end = self._boot_alive_at
-        if row.state is not ActualState.STARTING:
-            row = self._move(row, ActualState.STARTING, reason=reason, usage_end=usage_end)
         try:
             if replace:
                 for comp in inst.components:
-                    await asyncio.to_thread(self.driver.delete, workload_id(inst.id, comp.name))
+                    wid = workload_id(inst.id, comp.name)
+                    await asyncio.to_thread(self._drv(comp).delete, wid)
                 st = {n: WorkloadStatus(s.workload_id, WorkloadState.ABSENT) for n, s in st.items()}
                 row = actual.set_spec_digest(self.store, row, digest)
+            if self.vm is not None and any(c.kind is ComponentKind.VM for c in inst.components):
+                if replace:
+                    self.vm.remove_instance(inst.id)
+                row, timings = await self._prepare_vms(want, row, st)
+            if row.state is not ActualState.STARTING:
+                row = self._move(
+                    row, ActualState.STARTING, reason=reason, usage_end=usage_end, timings=timings
+                )
+            t0 = time.monotonic()
             for comp in inst.components:
                 wid = workload_id(inst.id, comp.name)
+                driver = self._drv(comp)
                 state = st[comp.name].state
                 if state is WorkloadState.RUNNING:
                     continue
                 if state is WorkloadState.FAILED:
-                    await asyncio.to_thread(self.driver.delete, wid)
+                    await asyncio.to_thread(driver.delete, wid)
                     state = WorkloadState.ABSENT
                 if state is WorkloadState.ABSENT:
-                    await asyncio.to_thread(self.driver.create, specs[comp.name])
-                if state is WorkloadState.SUSPENDED and self.driver.capabilities.get("suspend"):
-                    st[comp.name] = await asyncio.to_thread(self.driver.resume, wid)
+                    await asyncio.to_thread(driver.create, specs[comp.name])
+                if state is WorkloadState.SUSPENDED and driver.capabilities.get("suspend"):
+                    st[comp.name] = await asyncio.to_thread(driver.resume, wid)
                 else:
-                    st[comp.name] = await asyncio.to_thread(self.driver.start, wid)
-        except DriverError as exc:
+                    st[comp.name] = await asyncio.to_thread(driver.start, wid)
+            if any(c.kind is ComponentKind.VM for c in inst.components):
+                timings["boot_or_resume"] = round(time.monotonic() - t0, 3)
+                answer = await self._first_answer(inst.id, inst.components, st)
+                if answer is not None:
+                    timings["first_answer"] = round(time.monotonic() - t0, 3)
+        except (CloudletError, OSError) as exc:
             log.warning("instance %s failed to start: %s", inst.id, exc)
             self._move(row, ActualState.FAILED, reason=str(exc), applied_revision=want.revision)
             return
@@ -324,72 +302,52 @@ class Reconciler:
                 ActualState.RUNNING,
                 endpoint=self._endpoint(row, inst.components, st),
                 applied_revision=want.revision,
+                timings=timings,
             )
         elif failed := [s for s in st.values() if s.state is WorkloadState.FAILED]:
             reason = failed[0].reason or f"workload {failed[0].workload_id} failed"
             self._move(row, ActualState.FAILED, reason=reason, applied_revision=want.revision)
 
-    # -- desired: stopped / deleted --------------------------------------------------
-
-    async def _stop_workloads(self, instance_id: str, comps: list[Component]) -> None:
+    async def _first_answer(
+        self, instance_id: str, comps: list[Component], st: dict[str, WorkloadStatus]
+    ) -> float | None:
+        """Wait until every vm component's service answers; seconds, or raise on timeout."""
+        waited = None
         for comp in comps:
-            with contextlib.suppress(WorkloadNotFoundError):
-                await asyncio.to_thread(self.driver.stop, workload_id(instance_id, comp.name))
+            endpoint = st[comp.name].endpoint
+            if comp.kind is not ComponentKind.VM or endpoint is None:
+                continue
 
-    async def _ensure_stopped(self, want: DesiredEntry, row: ActualRow | None) -> None:
-        inst = want.instance
-        if row is None or row.state is ActualState.DELETED:
-            if row is not None:
-                actual.forget(self.store, [row.id])
-            self._track(inst, want.origin, ActualState.STOPPED)
-            return
-        if row.state is ActualState.STOPPED:
-            # Catch a workload started behind our back (or left over by a crash).
-            for comp in inst.components:
-                s = await self._status(workload_id(inst.id, comp.name))
-                if s.state is WorkloadState.RUNNING:
-                    await self._stop_workloads(inst.id, inst.components)
-                    break
-            actual.set_applied(self.store, row, want.revision)
-            return
-        if row.state in _ACTIVE:
-            row = self._move(row, ActualState.STOPPING)
-        try:
-            await self._stop_workloads(inst.id, inst.components)
-        except DriverError as exc:
-            self._move(row, ActualState.FAILED, reason=f"stop failed: {exc}")
-            return
-        self._move(row, ActualState.STOPPED, applied_revision=want.revision)
+            async def alive(comp: Component = comp) -> bool:
+                s = await self._status(comp, instance_id)
+                st[comp.name] = s
+                return s.state is WorkloadState.RUNNING
 
-    async def _ensure_deleted(
-        self, instance_id: str, comps: list[Component], row: ActualRow | None
-    ) -> None:
-        if row is not None and row.state is ActualState.DELETED:
-            return  # forgotten once the controller acknowledges the report
-        if row is not None and row.state in _ACTIVE:
-            row = self._move(row, ActualState.STOPPING)
-        # The desired entry may be gone (or carry no components): ask the driver too.
-        wids = {workload_id(instance_id, c.name) for c in comps}
-        prefix = f"{instance_id}-"
-        wids |= {w for w in await asyncio.to_thread(self.driver.list) if w.startswith(prefix)}
-        try:
-            for wid in sorted(wids):
-                await asyncio.to_thread(self.driver.delete, wid)
-        except DriverError as exc:
-            if row is not None:
-                self._move(row, ActualState.FAILED, reason=f"delete failed: {exc}")
-            return
-        if row is not None:
-            self._move(row, ActualState.DELETED)
+            waited = await wait_for_answer(endpoint, self.answer_timeout_s, alive)
+            if waited is None:
+                if st[comp.name].state is not WorkloadState.RUNNING:
+                    return None  # the caller reports the failed workload
+                await self._stop_workloads(instance_id, comps)
+                raise DriverError(
+                    f"the service of {comp.name} did not answer on {endpoint} "
+                    f"within {self.answer_timeout_s:g}s"
+                )
+        return waited
 
     # -- agent stop ------------------------------------------------------------------
 
     async def shutdown(self, keep_workloads: bool) -> None:
-        """Before the agent exits: stop instances (unless kept), closing their usage."""
+        """Before the agent exits: end start tasks, stop instances (unless kept)."""
+        for _, task in self._starting.values():
+            task.cancel()
+        for _, task in self._starting.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._starting.clear()
         async with self._lock:
             if keep_workloads:
                 return
-            rows = [r for r in actual.list_all(self.store) if r.state in _ACTIVE]
+            rows = [r for r in actual.list_all(self.store) if r.state in ACTIVE]
             wanted = desired.entries(self.store)
 
             async def stop_one(row: ActualRow) -> None:

@@ -1,4 +1,4 @@
-"""The agent's local store: one SQLite file holding meta, desired state, actual state, outbox.
+"""The agent's local store: one SQLite file: meta, desired and actual state, outbox, cache.
 
 Durability: WAL with ``synchronous=FULL``. NORMAL would be enough to keep the file
 consistent, but a power cut could then roll back the last commits, and with them
@@ -63,6 +63,22 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE actual ADD COLUMN spec_digest TEXT;
     """,
+    # v3: the artifact cache (base images by digest, overlays by id) and the base
+    # images the controller wants this site to hold.
+    """
+    CREATE TABLE artifacts (
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        size INTEGER,
+        fetched INTEGER NOT NULL DEFAULT 0,
+        complete INTEGER NOT NULL DEFAULT 0,
+        last_used REAL NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE TABLE desired_images (
+        digest TEXT PRIMARY KEY
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -76,6 +92,7 @@ CURSOR = "desired_cursor"
 NEXT_SEQ = "next_seq"
 ACTUAL_VERSION = "actual_version"
 ALIVE_AT = "alive_at"
+CACHE_VERSION = "cache_version"
 
 
 class Store:

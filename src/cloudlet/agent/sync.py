@@ -1,5 +1,8 @@
 """The sync client's loops: enrollment, desired-state pull (long-poll) and report (heartbeat).
 
+A report carries the instances and the artifact cache only when they changed since
+the last acknowledged report.
+
 Pull and report are separate loops, each with its own bounded, jittered backoff, so
 a slow long-poll never delays a heartbeat. Network failures and 5xx answers only
 back off; a 401 means the site was decommissioned or its credential revoked, and
@@ -21,6 +24,7 @@ from pydantic import ValidationError
 from cloudlet import __version__
 from cloudlet.agent import actual, desired, outbox, resources
 from cloudlet.agent._wait import Backoff, sleep_or
+from cloudlet.agent.artifacts import ArtifactCache
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import CursorGapError
 from cloudlet.agent.reconciler import Reconciler
@@ -69,6 +73,8 @@ class Syncer:
         poll_wait_s: float,
         report_interval_s: float,
         backoff_max_s: float,
+        cache: ArtifactCache | None = None,
+        on_desired: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.client = client
@@ -83,8 +89,12 @@ class Syncer:
         #: Set when actual state changed, so the controller hears of it before the
         #: next interval (at most one report per REPORT_MIN_GAP_S).
         self.report_soon = asyncio.Event()
+        self.cache = cache
+        #: Called after every stored desired document (the images list may have changed).
+        self.on_desired = on_desired
         self._capacity: Resources | None = None
         self._acked_version: int | None = None
+        self._acked_cache: int | None = None
 
     @property
     def capacity(self) -> Resources:
@@ -206,6 +216,8 @@ class Syncer:
                 continue
             force_full = False
             log.debug("desired state now at revision %d (full=%s)", doc.revision, doc.full)
+            if self.on_desired is not None:
+                self.on_desired()
             if changed:
                 self.reconciler.wake()
             if doc.revision == since:
@@ -225,6 +237,8 @@ class Syncer:
         version = actual.version(self.store)
         rows = actual.list_all(self.store)
         include = version != self._acked_version
+        cache_version = self.cache.version() if self.cache is not None else None
+        with_cache = self.cache is not None and cache_version != self._acked_cache
         # Deleted rows go once more in this report (or went in the last acked one, if
         # the list is unchanged since); after this ack the site can forget them.
         deleted = [r.id for r in rows if r.state is ActualState.DELETED]
@@ -235,6 +249,7 @@ class Syncer:
             utilization=await asyncio.to_thread(resources.utilization, self.data_dir),
             instances=[r.to_wire() for r in rows] if include else None,
             events=events,
+            cache=self.cache.listing() if self.cache is not None and with_cache else None,
         )
         ack = await self.client.report(report)
         if ack.acked_seq > 0:
@@ -247,6 +262,8 @@ class Syncer:
                 )
         if include:
             self._acked_version = version
+        if with_cache:
+            self._acked_cache = cache_version
         if deleted:
             actual.forget(self.store, deleted)
             desired.forget(self.store, deleted)

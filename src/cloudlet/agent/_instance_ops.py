@@ -1,0 +1,222 @@
+"""Instance operations the reconciler builds on: state moves, ports, specs, stop and delete.
+
+Split from :mod:`cloudlet.agent.reconciler` to keep each module small; only the
+reconciler uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from cloudlet.agent import actual
+from cloudlet.agent._specs import DriverSet, build_spec, free_port, workload_id
+from cloudlet.agent.actual import ActualRow
+from cloudlet.agent.desired import DesiredEntry
+from cloudlet.agent.store import Store
+from cloudlet.agent.vm import VmBuilder
+from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
+from cloudlet.errors import DriverError, WorkloadNotFoundError
+from cloudlet.schemas import (
+    ActualState,
+    Component,
+    ComponentKind,
+    DesiredInstance,
+    InstanceOrigin,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIVE = {
+    ActualState.PENDING,
+    ActualState.FETCHING,
+    ActualState.SYNTHESIZING,
+    ActualState.STARTING,
+    ActualState.RUNNING,
+}
+
+
+class InstanceOps:
+    """Shared state and per-instance steps of the :class:`~cloudlet.agent.reconciler.Reconciler`."""
+
+    def __init__(
+        self,
+        store: Store,
+        driver: ComputeDriver | DriverSet,
+        *,
+        workload_host: str = "127.0.0.1",
+        on_change: Callable[[], None] | None = None,
+        vm: VmBuilder | None = None,
+    ) -> None:
+        self.store = store
+        self.drivers = driver if isinstance(driver, DriverSet) else DriverSet(driver)
+        self.workload_host = workload_host
+        self.on_change = on_change
+        self.vm = vm
+
+    @property
+    def driver(self) -> ComputeDriver:
+        """The default driver (process components)."""
+        return self.drivers.default
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _drv(self, comp: Component) -> ComputeDriver:
+        return self.drivers.for_kind(comp.kind)
+
+    def _move(
+        self,
+        row: ActualRow,
+        state: ActualState,
+        *,
+        reason: str | None = None,
+        endpoint: str | None = None,
+        applied_revision: int | None = None,
+        usage_end: float | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> ActualRow:
+        if (state, reason, endpoint) == (row.state, row.reason, row.endpoint) and not timings:
+            # Nothing anyone needs to hear about; just remember the revision.
+            if applied_revision is None:
+                return row
+            return actual.set_applied(self.store, row, applied_revision)
+        log.info("instance %s: %s -> %s%s", row.id, row.state, state, f" ({reason})" * bool(reason))
+        new = actual.transition(
+            self.store,
+            row,
+            state,
+            reason=reason,
+            endpoint=endpoint,
+            applied_revision=applied_revision,
+            usage_end=usage_end,
+            timings=timings,
+        )
+        self._changed()
+        return new
+
+    async def _status(self, comp: Component, instance_id: str) -> WorkloadStatus:
+        wid = workload_id(instance_id, comp.name)
+        try:
+            driver = self._drv(comp)
+        except DriverError:
+            return WorkloadStatus(wid, WorkloadState.ABSENT)
+        return await asyncio.to_thread(driver.status, wid)
+
+    def _endpoint(
+        self, row: ActualRow, comps: list[Component], st: dict[str, WorkloadStatus]
+    ) -> str | None:
+        for comp in comps:
+            if comp.name in row.ports:
+                return st[comp.name].endpoint or f"{self.workload_host}:{row.ports[comp.name]}"
+        return None
+
+    def _track(
+        self, inst: DesiredInstance, origin: InstanceOrigin, state: ActualState
+    ) -> ActualRow:
+        row = actual.create(
+            self.store,
+            instance_id=inst.id,
+            name=inst.name,
+            app=inst.app,
+            project=inst.project,
+            origin=origin,
+            state=state,
+        )
+        self._changed()
+        return row
+
+    # -- desired: running ------------------------------------------------------------
+
+    def _assign_ports(self, inst: DesiredInstance, row: ActualRow) -> ActualRow:
+        """Give each component that serves a port one host port, once, persisted."""
+        ports = dict(row.ports)
+        missing = [c for c in inst.components if c.port and c.name not in ports]
+        if not missing:
+            return row
+        taken = {p for other in actual.list_all(self.store) for p in other.ports.values()}
+        for comp in missing:
+            ports[comp.name] = free_port(self.workload_host, taken)
+            taken.add(ports[comp.name])
+        return actual.set_ports(self.store, row, ports)
+
+    def _specs(self, inst: DesiredInstance, row: ActualRow) -> dict[str, WorkloadSpec]:
+        specs = {}
+        for c in inst.components:
+            disk = None
+            if c.kind is ComponentKind.VM and self.vm is not None:
+                disk = self.vm.disk_path(inst.id, c)
+            specs[c.name] = build_spec(inst, c, row.ports.get(c.name), disk)
+        return specs
+
+    # -- desired: stopped / deleted --------------------------------------------------
+
+    async def _stop_workloads(self, instance_id: str, comps: list[Component]) -> None:
+        for comp in comps:
+            with contextlib.suppress(WorkloadNotFoundError):
+                wid = workload_id(instance_id, comp.name)
+                try:
+                    driver = self._drv(comp)
+                except DriverError:
+                    continue  # no driver for its kind: nothing of it can run
+                await asyncio.to_thread(driver.stop, wid)
+
+    async def _ensure_stopped(self, want: DesiredEntry, row: ActualRow | None) -> None:
+        inst = want.instance
+        if row is None or row.state is ActualState.DELETED:
+            if row is not None:
+                actual.forget(self.store, [row.id])
+            self._track(inst, want.origin, ActualState.STOPPED)
+            return
+        if row.state is ActualState.STOPPED:
+            # Catch a workload started behind our back (or left over by a crash).
+            for comp in inst.components:
+                s = await self._status(comp, inst.id)
+                if s.state is WorkloadState.RUNNING:
+                    await self._stop_workloads(inst.id, inst.components)
+                    break
+            actual.set_applied(self.store, row, want.revision)
+            return
+        if row.state in ACTIVE:
+            row = self._move(row, ActualState.STOPPING)
+        try:
+            await self._stop_workloads(inst.id, inst.components)
+        except DriverError as exc:
+            self._move(row, ActualState.FAILED, reason=f"stop failed: {exc}")
+            return
+        self._move(row, ActualState.STOPPED, applied_revision=want.revision)
+
+    async def _ensure_deleted(
+        self, instance_id: str, comps: list[Component], row: ActualRow | None
+    ) -> None:
+        if row is not None and row.state is ActualState.DELETED:
+            return  # forgotten once the controller acknowledges the report
+        if row is not None and row.state in ACTIVE:
+            row = self._move(row, ActualState.STOPPING)
+        # The desired entry may be gone (or carry no components): ask the drivers too.
+        prefix = f"{instance_id}-"
+        try:
+            for driver in self.drivers.built():
+                wids = {workload_id(instance_id, c.name) for c in comps if self._owns(driver, c)}
+                wids |= {w for w in await asyncio.to_thread(driver.list) if w.startswith(prefix)}
+                for wid in sorted(wids):
+                    await asyncio.to_thread(driver.delete, wid)
+        except DriverError as exc:
+            if row is not None:
+                self._move(row, ActualState.FAILED, reason=f"delete failed: {exc}")
+            return
+        if self.vm is not None:
+            await asyncio.to_thread(self.vm.remove_instance, instance_id)
+        if row is not None:
+            self._move(row, ActualState.DELETED)
+
+    def _owns(self, driver: ComputeDriver, comp: Component) -> bool:
+        try:
+            return self._drv(comp) is driver
+        except DriverError:
+            return False

@@ -1,0 +1,101 @@
+"""From desired instances to workload specs: ids, host ports, fingerprints, one driver per kind."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import socket
+from collections.abc import Callable, Container, Iterable
+from pathlib import Path
+
+from cloudlet.compute import ComputeDriver, WorkloadSpec
+from cloudlet.errors import DriverError
+from cloudlet.schemas import Component, ComponentKind, DesiredInstance
+
+VM_UNSUPPORTED = "vm components need the qemu driver"
+
+
+def workload_id(instance_id: str, component: str) -> str:
+    return f"{instance_id}-{component}"
+
+
+def free_port(host: str, taken: Container[int] = ()) -> int:
+    """A port the OS considers free on ``host`` right now, and not in ``taken``.
+
+    ``taken`` holds the ports already given to other instances: their workloads may
+    be stopped, so the OS could hand the same port out again.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if port not in taken:
+            return port
+    raise DriverError(f"no free port on {host} outside the {len(taken)} already assigned")
+
+
+def spec_digest(specs: Iterable[WorkloadSpec]) -> str:
+    """A fingerprint of an instance's workload specs, to notice a changed definition."""
+    body = json.dumps([dataclasses.asdict(s) for s in specs], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def build_spec(
+    inst: DesiredInstance, comp: Component, port: int | None, disk_image: Path | None = None
+) -> WorkloadSpec:
+    """The driver's view of one component of one instance (``disk_image``: vm kind)."""
+    env = dict(comp.env)
+    env.update({"CLOUDLET_INSTANCE": inst.id, "CLOUDLET_APP": inst.app})
+    command = list(comp.command)
+    if port is not None:
+        env["PORT"] = str(port)
+        command = [a.replace("${PORT}", str(port)).replace("$PORT", str(port)) for a in command]
+    return WorkloadSpec(
+        workload_id=workload_id(inst.id, comp.name),
+        command=tuple(command),
+        env=env,
+        port=port,
+        guest_port=comp.guest_port,
+        vcpus=inst.resources.vcpus,
+        memory_mib=inst.resources.memory_mib,
+        disk_image=disk_image,
+    )
+
+
+class DriverSet:
+    """One compute driver per component kind: processes on the default driver, VMs on
+    the VM driver, built on first use by ``vm_factory``.
+
+    Without a factory, VMs go to the default driver if it declares the ``vm``
+    capability (or is the qemu driver itself).
+    """
+
+    def __init__(
+        self, default: ComputeDriver, vm_factory: Callable[[], ComputeDriver] | None = None
+    ) -> None:
+        self.default = default
+        self._vm_factory = vm_factory
+        self._vm: ComputeDriver | None = None
+
+    def _default_runs_vms(self) -> bool:
+        return self.default.name == "qemu" or bool(self.default.capabilities.get("vm", False))
+
+    def for_kind(self, kind: ComponentKind) -> ComputeDriver:
+        """The driver for ``kind``.
+
+        Raises:
+            DriverError: no driver here runs VMs (``VM_UNSUPPORTED``), or building the
+                VM driver failed (its own message: e.g. QEMU is not installed).
+        """
+        if kind is not ComponentKind.VM or self._default_runs_vms():
+            return self.default
+        if self._vm is None:
+            if self._vm_factory is None:
+                raise DriverError(VM_UNSUPPORTED)
+            self._vm = self._vm_factory()
+        return self._vm
+
+    def built(self) -> list[ComputeDriver]:
+        """Every driver in use so far (the default first)."""
+        return [self.default] + ([self._vm] if self._vm is not None else [])

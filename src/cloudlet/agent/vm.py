@@ -1,0 +1,213 @@
+"""VM synthesis for the agent: a vm component's disk rebuilt from its cached base and overlay.
+
+Phases, each timed by the reconciler: **fetch** makes sure the base is cached
+(downloading it if not) and opens the overlay: from the cache, or as an
+:class:`~cloudlet.agent.fetch.HttpRangeSource` on the controller's blob URL whose
+bytes are kept so that the next start works offline; **synthesize** applies it
+with :class:`~cloudlet.synthesis.StreamingApplier` into the instance's directory
+``vms/<instance>/<component>-<overlay>.img``. The VM starts once the disk is
+complete (starting it earlier, with missing chunks fetched on demand, is a later
+improvement). Memory images in overlays are not used yet: VMs cold-boot, because an
+overlay carries guest RAM but not the device state QEMU needs to resume from it.
+
+:func:`wait_for_answer` is the last phase: the service answering an HTTP GET.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from cloudlet.agent.artifacts import ArtifactCache
+from cloudlet.agent.fetch import HttpRangeSource, blob_url
+from cloudlet.agent.staging import Stager, verify_artifact
+from cloudlet.errors import ControllerUnreachableError, IntegrityError, SynthesisError
+from cloudlet.schemas import Component
+from cloudlet.schemas.artifacts import ArtifactKind
+from cloudlet.synthesis import ByteSource, FileSource, StreamingApplier, read_manifest
+
+log = logging.getLogger(__name__)
+
+#: Tries to reach the controller for a base image a VM is waiting for.
+FETCH_ATTEMPTS = 4
+
+
+@dataclass
+class Opened:
+    """What the fetch phase hands the synthesize phase."""
+
+    base: Path
+    source: ByteSource | None  # None: no overlay, the disk is a copy of the base
+    remote: HttpRangeSource | None = None  # set when the overlay streams from the controller
+    has_memory: bool = False
+
+
+class VmBuilder:
+    """Builds vm components' disks under ``vms_dir`` from artifacts the stager provides."""
+
+    def __init__(self, stager: Stager, vms_dir: Path) -> None:
+        self.stager = stager
+        self.vms_dir = Path(vms_dir)
+
+    @property
+    def cache(self) -> ArtifactCache:
+        return self.stager.cache
+
+    def disk_path(self, instance_id: str, comp: Component) -> Path:
+        """Where the component's disk is built; named after the overlay it came from."""
+        tag = (comp.overlay or comp.image or "base")[:16]
+        return self.vms_dir / instance_id / f"{comp.name}-{tag}.img"
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Delete the instance's disks (its workloads are gone)."""
+        shutil.rmtree(self.vms_dir / instance_id, ignore_errors=True)
+
+    # -- fetch ---------------------------------------------------------------------------
+
+    async def fetch(self, comp: Component) -> Opened:
+        """Cache the base and open the overlay, checking its manifest.
+
+        Raises:
+            ControllerUnreachableError: something is not cached and the controller is
+                unreachable.
+            SynthesisError: the overlay is corrupt or not made for this base.
+        """
+        assert comp.image is not None
+        base = await self.stager.ensure(ArtifactKind.IMAGE, comp.image, attempts=FETCH_ATTEMPTS)
+        if comp.overlay is None:
+            return Opened(base, None)
+        cached = self.cache.complete_path(ArtifactKind.OVERLAY, comp.overlay)
+        if cached is not None:
+            self.cache.touch(ArtifactKind.OVERLAY, comp.overlay)
+            source: ByteSource = FileSource(cached)
+            remote = None
+        else:
+            where = self.stager.remote()
+            if where is None:
+                raise ControllerUnreachableError(
+                    f"overlay {comp.overlay} is not cached and no controller is known"
+                )
+            url = blob_url(where[0], ArtifactKind.OVERLAY, comp.overlay)
+            self.cache.begin(ArtifactKind.OVERLAY, comp.overlay, None)
+            self.cache.busy.add((ArtifactKind.OVERLAY, comp.overlay))
+            part = self.cache.part_path(ArtifactKind.OVERLAY, comp.overlay)
+            remote = HttpRangeSource(url, where[1], tee=part)
+            source = remote
+        try:
+            manifest = await asyncio.to_thread(read_manifest, source)
+        except BaseException:
+            _close(source)
+            if remote is not None:
+                self.cache.busy.discard((ArtifactKind.OVERLAY, comp.overlay))
+                self.cache.remove(ArtifactKind.OVERLAY, comp.overlay)
+            raise
+        if manifest.root_digest.hex() != comp.overlay.lower():
+            _close(source)
+            raise SynthesisError(f"overlay {comp.overlay} has root digest of another overlay")
+        return Opened(base, source, remote, manifest.memory_size is not None)
+
+    # -- synthesize ----------------------------------------------------------------------
+
+    async def synthesize(self, instance_id: str, comp: Component, opened: Opened) -> Path:
+        """Build the component's disk from ``opened``; returns its path.
+
+        Raises:
+            SynthesisError: the apply failed (nothing is left behind).
+            ControllerUnreachableError: the link failed while segments were streaming.
+        """
+        out = self.disk_path(instance_id, comp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if opened.has_memory:
+                log.info(
+                    "overlay %s has a memory image; cold-booting (resume needs device state)",
+                    comp.overlay,
+                )
+            if opened.source is None:
+                await asyncio.to_thread(_copy_sparse, opened.base, out)
+            else:
+                await _apply(opened.source, opened.base, out)
+            if opened.remote is not None:
+                await asyncio.to_thread(self._keep_overlay, comp, opened.remote)
+        except BaseException:
+            if opened.remote is not None and comp.overlay is not None:
+                self.cache.remove(ArtifactKind.OVERLAY, comp.overlay)
+            raise
+        finally:
+            if opened.source is not None:
+                _close(opened.source)
+            if comp.overlay is not None:
+                self.cache.busy.discard((ArtifactKind.OVERLAY, comp.overlay))
+        if comp.overlay is not None:
+            self.cache.touch(ArtifactKind.OVERLAY, comp.overlay)
+        self.cache.touch(ArtifactKind.IMAGE, comp.image or "")
+        return out
+
+    def _keep_overlay(self, comp: Component, remote: HttpRangeSource) -> None:
+        """Complete the overlay's local copy from what synthesis read, verify, cache it."""
+        assert comp.overlay is not None and remote.tee is not None
+        try:
+            remote.fill_gaps()
+            size = remote.size or 0
+            verify_artifact(ArtifactKind.OVERLAY, comp.overlay, remote.tee)
+        except (IntegrityError, ControllerUnreachableError, OSError) as exc:
+            # The disk is fine (every segment was checked); only the offline copy is lost.
+            log.warning("could not cache overlay %s: %s", comp.overlay, exc)
+            self.cache.remove(ArtifactKind.OVERLAY, comp.overlay)
+            return
+        os.replace(remote.tee, self.cache.path(ArtifactKind.OVERLAY, comp.overlay))
+        self.cache.mark_complete(ArtifactKind.OVERLAY, comp.overlay, size)
+
+
+async def _apply(source: ByteSource, base: Path, out: Path) -> None:
+    applier = StreamingApplier(source, base, out, force=True, threads=4)
+    await asyncio.to_thread(applier.start)
+    try:
+        await asyncio.to_thread(applier.wait)
+    except asyncio.CancelledError:
+        await asyncio.to_thread(applier.abort)
+        raise
+
+
+def _copy_sparse(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _close(source: object) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            close()
+
+
+async def wait_for_answer(
+    endpoint: str, timeout: float, alive: Callable[[], Awaitable[bool]] | None = None
+) -> float | None:
+    """GET ``http://endpoint/`` until anything answers; seconds waited, None on timeout.
+
+    Any HTTP answer counts (the service is up, whatever it says). ``alive``, if given,
+    is an async callable returning False when the workload died: waiting stops then.
+    """
+    start = time.monotonic()
+    async with httpx.AsyncClient(timeout=2.0) as http:
+        while time.monotonic() - start < timeout:
+            try:
+                await http.get(f"http://{endpoint}/")
+                return time.monotonic() - start
+            except httpx.HTTPError:
+                pass
+            if alive is not None and not await alive():
+                return None
+            await asyncio.sleep(0.2)
+    return None
