@@ -13,6 +13,7 @@ from sqlalchemy import text
 from cloudlet import __version__
 from cloudlet.controller import tasks
 from cloudlet.controller.api import agent, apps, events, instances, problems, sites
+from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
@@ -58,7 +59,10 @@ def open_state(settings: ControllerSettings) -> ControllerState:
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
         bootstrap(session, settings.data_dir)
-    return ControllerState(settings=settings, engine=engine, sessions=sessions)
+    loop_connection = engine.connect() if is_sqlite(engine) else None
+    return ControllerState(
+        settings=settings, engine=engine, sessions=sessions, loop_connection=loop_connection
+    )
 
 
 def create_app(settings: ControllerSettings) -> FastAPI:
@@ -74,6 +78,9 @@ def create_app(settings: ControllerSettings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             tasks.flush_traffic(state)
+            tasks.flush_heartbeats(state)
+            if state.loop_connection is not None:
+                state.loop_connection.close()
             state.engine.dispose()
 
     app = FastAPI(

@@ -1,5 +1,5 @@
 """What one controller process holds besides its database: sessions, settings,
-long-poll waiters and traffic counters."""
+long-poll waiters, traffic counters and unwritten heartbeats."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudlet.settings import ControllerSettings
@@ -76,9 +76,29 @@ class TrafficCounters:
 
 
 @dataclass
+class Heartbeats:
+    """The latest heartbeat (see ``sync.is_heartbeat``) of each site, kept in memory
+    and written in batches: the newest report of a site replaces an unwritten one.
+    Only the event loop adds and takes, so no lock is needed."""
+
+    pending: dict[str, dict[str, object]] = field(default_factory=dict)
+
+    def add(self, site_id: str, values: dict[str, object]) -> None:
+        self.pending[site_id] = values
+
+    def take(self) -> dict[str, dict[str, object]]:
+        taken, self.pending = self.pending, {}
+        return taken
+
+
+@dataclass
 class ControllerState:
     settings: ControllerSettings
     engine: Engine
     sessions: sessionmaker[Session]
     watcher: RevisionWatcher = field(default_factory=RevisionWatcher)
     traffic: TrafficCounters = field(default_factory=TrafficCounters)
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)
+    #: With SQLite, a connection the event loop reads through itself (see
+    #: ``api.agent``); None with a database across the network.
+    loop_connection: Connection | None = None

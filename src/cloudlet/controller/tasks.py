@@ -1,5 +1,5 @@
 """Background loops of a controller process: liveness verdicts, waking long polls
-for changes made by other replicas, flushing traffic counters."""
+for changes made by other replicas, flushing traffic counters and heartbeats."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from cloudlet.controller.db.models import Site
+from cloudlet.controller.services import sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.state import ControllerState
@@ -56,6 +57,35 @@ def flush_traffic(st: ControllerState) -> None:
         )
 
 
+#: Seconds between heartbeat writes: small against the offline grace period (30 s).
+HEARTBEAT_FLUSH_S = 1.0
+
+
+def write_heartbeats(st: ControllerState, pending: dict[str, dict[str, object]]) -> None:
+    if not pending:
+        return
+    with st.sessions.begin() as session:
+        sync.write_heartbeats(session.connection(), pending)
+
+
+def flush_heartbeats(st: ControllerState) -> None:
+    """Write every buffered heartbeat now (at shutdown; call from the event loop)."""
+    write_heartbeats(st, st.heartbeats.take())
+
+
+async def _flush_heartbeats(st: ControllerState, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        # Taken on the event loop, where reports add them, so none slips between.
+        pending = st.heartbeats.take()
+        try:
+            await asyncio.to_thread(write_heartbeats, st, pending)
+        except Exception:
+            log.exception("writing %d heartbeats failed; will retry", len(pending))
+            for site_id, values in pending.items():
+                st.heartbeats.pending.setdefault(site_id, values)
+
+
 def changed_sites(st: ControllerState, since_s: float) -> list[str]:
     cutoff = utcnow() - timedelta(seconds=since_s)
     with st.sessions() as session:
@@ -90,4 +120,5 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_every(liveness_every, judge_liveness, st)),
         asyncio.create_task(_every(2.0, flush_traffic, st)),
         asyncio.create_task(_watch_revisions(st, 1.0)),
+        asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
     ]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.dialect import insert_ignore
 from cloudlet.controller.db.models import App, Event, Instance, Site
 from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
 from cloudlet.schemas import (
     ActualInstance,
@@ -60,6 +62,11 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
         since=0 if full else since,
         instances=[_desired(i, a) for i, a in rows],
     )
+
+
+def site_revision(connection: Connection, site_id: str) -> int:
+    """A site's current desired-state revision, as one Core query."""
+    return connection.execute(select(Site.revision).where(Site.id == site_id)).scalar_one()
 
 
 def store_events(session: Session, site: Site, report: AgentReport) -> int:
@@ -144,16 +151,52 @@ def _name_taken(session: Session, r: ActualInstance) -> bool:
     )
 
 
-def ingest_report(session: Session, site: Site, report: AgentReport, now: datetime) -> int:
-    """Apply one agent report; returns the acknowledged sequence number."""
-    acked = store_events(session, site, report)
-    if report.instances is not None:
-        _apply_actual(session, site, report.instances)
+def is_heartbeat(site: SiteBrief, report: AgentReport) -> bool:
+    """True for the common report that changes nothing but liveness and gauges: no
+    events, no instance list, no newly applied revision. Its values may be written
+    later, in a batch (:func:`heartbeat_values`, :func:`write_heartbeats`)."""
+    return (
+        not report.events
+        and report.instances is None
+        and min(report.applied_revision, site.revision) <= site.applied_revision
+    )
+
+
+def heartbeat_values(report: AgentReport, now: datetime) -> dict[str, object]:
+    """The site columns every report sets: last seen, agent version, gauges."""
     values: dict[str, object] = {"last_seen": now, "agent_version": report.agent_version}
     if report.capacity is not None:
         values["capacity"] = report.capacity.model_dump()
     if report.utilization is not None:
         values["utilization"] = report.utilization.model_dump()
+    return values
+
+
+def write_heartbeats(connection: Connection, pending: dict[str, dict[str, object]]) -> None:
+    """Write buffered heartbeats, one executemany per set of columns. A row that
+    holds a newer ``last_seen`` already (a full report written meanwhile, maybe by
+    another replica) keeps its values."""
+    table = Site.__table__
+    groups: dict[tuple[str, ...], list[dict[str, object]]] = defaultdict(list)
+    for site_id, values in pending.items():
+        groups[tuple(values)].append({"b_id": site_id, **{f"b_{k}": v for k, v in values.items()}})
+    for columns, rows in groups.items():
+        newer = bindparam("b_last_seen")
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .where(or_(table.c.last_seen.is_(None), table.c.last_seen < newer))
+            .values({name: bindparam(f"b_{name}") for name in columns})
+        )
+        connection.execute(statement, rows)
+
+
+def ingest_report(session: Session, site: Site, report: AgentReport, now: datetime) -> int:
+    """Apply one agent report; returns the acknowledged sequence number."""
+    acked = store_events(session, site, report)
+    if report.instances is not None:
+        _apply_actual(session, site, report.instances)
+    values = heartbeat_values(report, now)
     applied = min(report.applied_revision, site.revision)
     if applied > site.applied_revision:
         values["applied_revision"] = applied

@@ -1,0 +1,426 @@
+"""Fleet bench: how many site agents one controller process keeps in sync on this machine.
+
+Starts a real controller (SQLite in a fresh data dir, or ``--database-url``), registers
+and enrolls N sites through the API, then runs N simulated agents (bench/_fleet_agents.py,
+in ``--load-workers`` child processes) that each do one sync round (report + desired
+pull) every ``--interval`` seconds, while a fraction also hold long-polls open. Over a
+steady-state window it measures syncs per second against the target N/interval, sync
+latency percentiles, errors, and the controller's CPU and peak RSS; prints a table and
+writes bench/results/fleet.json.
+
+    .venv/bin/python bench/fleet.py --sites 1000,5000,10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _fleet_agents import Plan, run_worker
+from cloudlet.controller.db.engine import default_url
+from cloudlet.testbed.local import LocalController, Proc, _cli, _env, wait_for
+
+RESULTS = Path(__file__).resolve().parent / "results" / "fleet.json"
+#: File descriptors the controller keeps for itself (database, logs, listeners).
+FD_RESERVE = 300
+
+console = Console(width=180)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The bench's command line."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sites", default="10000", help="site count, or a comma list: 1000,5000")
+    p.add_argument("--interval", type=float, default=15.0, help="seconds between sync rounds")
+    p.add_argument("--jitter", type=float, default=0.2, help="uniform jitter, +- this fraction")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds measured per run")
+    p.add_argument(
+        "--warmup", type=float, default=None, help="seconds before measuring [interval + 15]"
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="a scratch PostgreSQL database (emptied before each run) instead of SQLite",
+    )
+    p.add_argument(
+        "--long-poll-fraction",
+        type=float,
+        default=1.0,
+        help="agents that also hold a wait=25 long-poll open (capped by the fd limit)",
+    )
+    p.add_argument(
+        "--start-revision",
+        type=int,
+        default=1,
+        help="set every enrolled site's revision to this in the database (not via the API; "
+        "0 keeps fresh sites, whose every pull is a full snapshot)",
+    )
+    p.add_argument("--events-fraction", type=float, default=0.05, help="reports with events")
+    p.add_argument(
+        "--instances-fraction", type=float, default=0.02, help="reports with an instance list"
+    )
+    p.add_argument(
+        "--no-keepalive",
+        dest="keepalive",
+        action="store_false",
+        help="open a new connection per sync round (as httpx does after 5 s idle)",
+    )
+    p.add_argument("--load-workers", type=int, default=2, help="load generator processes")
+    p.add_argument("--workers", type=int, default=1, help="controller worker processes")
+    p.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args(argv)
+    args.sizes = [int(s) for s in args.sites.split(",") if s.strip()]
+    if args.warmup is None:
+        args.warmup = args.interval + 15.0
+    return args
+
+
+@dataclass
+class BenchController(LocalController):
+    """LocalController with the serve flags this bench varies."""
+
+    workers: int = 1
+
+    def start(self, timeout: float = 60.0) -> BenchController:
+        args = _cli(
+            "controller", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            "--offline-grace", str(self.offline_grace_s), "--log-level", "warning",
+        )  # fmt: skip
+        if self.workers != 1:
+            args += ["--workers", str(self.workers)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        self.proc = Proc("controller", args, self.data_dir / "controller.log", _env()).start()
+        wait_for(self._healthy, timeout, f"controller on {self.url}\n{self.proc.log_tail()}")
+        return self
+
+    def kill_group(self) -> None:
+        """Make sure nothing of the controller (workers included) outlives the run."""
+        popen = self.proc.popen if self.proc else None
+        if popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(popen.pid, signal.SIGKILL)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def peak_rss_mb(procs: list[psutil.Process]) -> float:
+    """Sum of each process's high-water RSS (VmHWM), in MB."""
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(OSError, psutil.NoSuchProcess):
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+    return total / 1e6
+
+
+def reset_database(url: str) -> None:
+    """Empty a scratch PostgreSQL database so each run starts from zero sites."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+def set_revision(url: str, revision: int) -> None:
+    """Put every site at ``revision`` directly in the database (labelled a shortcut).
+
+    A fleet in steady state holds some desired state, so agents pull by a cursor
+    and mostly hear "nothing changed". Placing one instance per site through the
+    API costs a placement snapshot of every site per call (quadratic in sites),
+    so the bench bumps the revision column instead.
+    """
+    from sqlalchemy import create_engine, update
+
+    from cloudlet.controller.db.models import Site
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        # revision_changed_at stays: stamping it now would make the controller wake
+        # every long poll at once, and they would stay in step from then on.
+        conn.execute(update(Site).values(revision=revision))
+    engine.dispose()
+
+
+def fd_budget() -> int:
+    """Connections the controller can hold: its fd limit (raised to the hard one)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard - FD_RESERVE
+
+
+def split(n: int, parts: int) -> list[tuple[int, int]]:
+    """(first, count) slices of range(n), as even as possible."""
+    out, first = [], 0
+    for i in range(parts):
+        count = n // parts + (1 if i < n % parts else 0)
+        out.append((first, count))
+        first += count
+    return out
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    a = np.asarray(values)
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {
+        "p50": round(float(p50), 2),
+        "p90": round(float(p90), 2),
+        "p99": round(float(p99), 2),
+        "max": round(float(a.max()), 2),
+    }
+
+
+def slow_seconds(timeline: list[tuple[float, float]], t0: float, over_ms: float = 200) -> str:
+    """When slow syncs started, as "second:count" of the window, to spot stalls."""
+    counts: dict[int, int] = {}
+    for started, ms in timeline:
+        if ms > over_ms:
+            counts[int(started - t0)] = counts.get(int(started - t0), 0) + 1
+    return " ".join(f"{s}:{n}" for s, n in sorted(counts.items()))
+
+
+def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
+    """Start a controller, enroll ``sites`` agents, measure one steady-state window."""
+    conns_per_agent = 1 if args.keepalive else 0
+    budget = fd_budget()
+    room = budget - sites * conns_per_agent
+    long_poll_fraction = max(0.0, min(args.long_poll_fraction, room / sites))
+    if long_poll_fraction < args.long_poll_fraction:
+        console.print(
+            f"[yellow]{sites} sites: fd limit {budget + FD_RESERVE} allows long-polls for "
+            f"{long_poll_fraction:.0%} of agents, not {args.long_poll_fraction:.0%}[/]"
+        )
+    if args.database_url:
+        reset_database(args.database_url)
+    data_dir = Path(tempfile.mkdtemp(prefix="cloudlet-fleet-"))
+    ctrl = BenchController(data_dir=data_dir, database_url=args.database_url, workers=args.workers)
+    ctx = mp.get_context("spawn")
+    children: list[tuple[Any, Any]] = []
+    try:
+        console.print(f"[bold]{sites} sites[/]: starting controller in {data_dir}")
+        ctrl.start()
+        assert ctrl.proc is not None and ctrl.proc.popen is not None
+        started = time.time()
+        for i, (first, count) in enumerate(split(sites, args.load_workers)):
+            plan = Plan(
+                host="127.0.0.1",
+                port=ctrl.port,
+                admin_token=ctrl.token,
+                first=first,
+                count=count,
+                interval=args.interval,
+                jitter=args.jitter,
+                long_poll_fraction=long_poll_fraction,
+                events_fraction=args.events_fraction,
+                instances_fraction=args.instances_fraction,
+                keepalive=args.keepalive,
+                seed=args.seed * 1000 + i,
+            )
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=run_worker, args=(plan, child), daemon=True)
+            proc.start()
+            children.append((proc, parent))
+        ready = [_recv(proc, pipe, 1800, ctrl) for proc, pipe in children]
+        setup_s = time.time() - started
+        enrolled = sum(r["enrolled"] for r in ready)
+        enroll_retries = sum(r["retries"] for r in ready)
+        console.print(
+            f"  enrolled {enrolled} sites in {setup_s:.1f}s through the API "
+            f"({enroll_retries} enrollments retried: join token not committed yet)"
+        )
+        if args.start_revision > 0:
+            set_revision(args.database_url or default_url(data_dir), args.start_revision)
+        window_start = time.time() + args.warmup
+        window_end = window_start + args.duration
+        for _, pipe in children:
+            pipe.send((window_start, window_end, window_end + 2.0))
+        time.sleep(max(0.0, window_start - time.time()))
+        ctrl_procs = process_tree(ctrl.proc.popen.pid)
+        load_procs = [psutil.Process(p.pid) for p, _ in children]
+        ctrl_cpu0, load_cpu0, t0 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
+        console.print(f"  measuring for {args.duration:g}s (after {args.warmup:g}s warm-up)")
+        time.sleep(max(0.0, window_end - time.time()))
+        ctrl_cpu1, load_cpu1, t1 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
+        rss = peak_rss_mb(ctrl_procs)
+        stats = [_recv(proc, pipe, 120, ctrl) for proc, pipe in children]
+        for proc, _ in children:
+            proc.join(10)
+    finally:
+        for proc, _ in children:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        ctrl.stop()
+        ctrl.kill_group()
+        log = data_dir / "controller.log"
+        if log.exists() and log.stat().st_size > 200:
+            kept = Path(tempfile.gettempdir()) / f"cloudlet-fleet-{sites}-controller.log"
+            shutil.copyfile(log, kept)
+            console.print(f"  [yellow]the controller logged errors: {kept}[/]")
+        shutil.rmtree(data_dir, ignore_errors=True)
+    wall = t1 - t0
+    sync_ms = [v for s in stats for v in s["sync_ms"]]
+    errors: dict[str, int] = {}
+    for s in stats:
+        for kind, n in s["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    return {
+        "sites": sites,
+        "interval_s": args.interval,
+        "database": "postgresql" if args.database_url else "sqlite",
+        "controller_workers": args.workers,
+        "keepalive": args.keepalive,
+        "setup_s": round(setup_s, 1),
+        "enroll_retries": enroll_retries,
+        "window_s": round(wall, 1),
+        "target_syncs_per_s": round(sites / args.interval, 1),
+        "syncs_per_s": round(len(sync_ms) / wall, 1),
+        "sync_ms": percentiles(sync_ms),
+        "report_ms": percentiles([v for s in stats for v in s["report_ms"]]),
+        "desired_ms": percentiles([v for s in stats for v in s["desired_ms"]]),
+        "full_report_ms": percentiles([v for s in stats for v in s["full_report_ms"]]),
+        "slow_syncs_per_s": slow_seconds([t for s in stats for t in s["timeline"]], t0),
+        "load_average": os.getloadavg(),
+        "errors": sum(errors.values()),
+        "errors_by_kind": errors,
+        "events_sent": sum(s["events_sent"] for s in stats),
+        "long_pollers": sum(s["long_pollers"] for s in stats),
+        "long_polls_open_peak": sum(s["long_polls_open_peak"] for s in stats),
+        "long_polls_per_s": round(sum(s["long_polls"] for s in stats) / wall, 1),
+        "controller_cpu_pct": round(100 * (ctrl_cpu1 - ctrl_cpu0) / wall, 1),
+        "controller_peak_rss_mb": round(rss, 1),
+        "loadgen_cpu_pct": round(100 * (load_cpu1 - load_cpu0) / wall, 1),
+    }
+
+
+def _recv(proc: Any, pipe: Any, timeout: float, ctrl: BenchController) -> dict[str, Any]:
+    """The next message from a load worker, failing fast if it or the controller died."""
+    deadline = time.time() + timeout
+    while not pipe.poll(1.0):
+        if not proc.is_alive():
+            raise RuntimeError(f"load worker exited with {proc.exitcode}")
+        if ctrl.proc is not None and not ctrl.proc.alive:
+            raise RuntimeError(f"controller exited:\n{ctrl.proc.log_tail()}")
+        if time.time() > deadline:
+            raise RuntimeError("load worker did not answer in time")
+    return pipe.recv()
+
+
+def render(runs: list[dict[str, Any]]) -> Table:
+    table = Table(title="Fleet sync: one controller, simulated agents (sync = report + desired)")
+    for col in (
+        "sites", "db", "interval s", "target/s", "syncs/s", "p50 ms", "p99 ms",
+        "report p99", "desired p99", "errors", "long-polls open", "ctrl CPU %",
+        "ctrl RSS MB", "loadgen CPU %",
+    ):  # fmt: skip
+        table.add_column(col, justify="right")
+    for r in runs:
+        table.add_row(
+            str(r["sites"]),
+            r["database"] + (f" x{r['controller_workers']}" if r["controller_workers"] > 1 else ""),
+            f"{r['interval_s']:g}",
+            f"{r['target_syncs_per_s']:.0f}",
+            f"{r['syncs_per_s']:.0f}",
+            _ms(r["sync_ms"]["p50"]),
+            _ms(r["sync_ms"]["p99"]),
+            _ms(r["report_ms"]["p99"]),
+            _ms(r["desired_ms"]["p99"]),
+            str(r["errors"]),
+            str(r["long_polls_open_peak"]),
+            f"{r['controller_cpu_pct']:.0f}",
+            f"{r['controller_peak_rss_mb']:.0f}",
+            f"{r['loadgen_cpu_pct']:.0f}",
+        )
+    return table
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the finally blocks stop the controller.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    runs = [run_one(args, n) for n in args.sizes]
+    console.print(render(runs))
+    params = {k: v for k, v in vars(args).items() if k not in ("out", "sites")}
+    params["database_url"] = "<given>" if args.database_url else None
+    results = {
+        "bench": "fleet",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine_info(),
+        "parameters": params,
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(args.out)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
