@@ -142,8 +142,9 @@ class Supervisor:
             for w in workloads:
                 w.want_running, w.restart_at = False, None
         live = {w.child: w for w in workloads if w.child is not None and w.rt.qmp}
-        for w in live.values():
-            _vm.command(Path(w.rt.qmp or ""), "system_powerdown", timeout=2.0)
+        for child, w in live.items():
+            if not child.exited():
+                _vm.command(Path(w.rt.qmp or ""), "system_powerdown", timeout=2.0)
         pending = _vm.wait_exit(live, timeout)
         for child in pending:
             _vm.command(Path(live[child].rt.qmp or ""), "quit", timeout=2.0)

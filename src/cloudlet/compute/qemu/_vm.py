@@ -127,7 +127,7 @@ def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) ->
         if child.exited():
             code = child.finish()
             raise DriverError(f"QEMU exited with code {code}: {log_tail(workload_dir)}")
-        if qmp.exists():
+        if _listening(qmp):
             try:
                 with QmpSession(qmp, timeout=max(0.5, deadline - time.monotonic())) as session:
                     session.execute("query-status")
@@ -140,6 +140,23 @@ def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) ->
             terminate([child])
             raise DriverError(f"QEMU did not open {qmp} within {timeout:g}s")
         time.sleep(_POLL)
+
+
+def _listening(path: Path) -> bool:
+    """Whether a socket listens on ``path`` yet, read from /proc/net/unix without
+    connecting: QEMU binds before it listens, and qemu.qmp logs an error for every
+    refused attempt, while a probing connection would take QEMU's one monitor slot."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return path.exists()
+    target = str(path)
+    for line in lines:
+        fields = line.split(None, 7)
+        # Num RefCount Protocol Flags Type St Inode Path; flag 0x10000 is __SO_ACCEPTCON.
+        if len(fields) == 8 and fields[7] == target and int(fields[3], 16) & 0x10000:
+            return True
+    return False
 
 
 def _wait_migration(session: QmpSession, timeout: float, what: str) -> None:
