@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from compute_helpers import gone
 
 from cloudlet.compute.qemu import KvmVerdict, QemuDriver, _probe, kvm_verdict, probe_kvm
 
@@ -27,6 +29,20 @@ def test_the_probe_gives_a_verdict() -> None:
     assert isinstance(verdict.usable, bool)
     assert verdict.reason
     print(f"KVM probe: usable={verdict.usable} ({verdict.reason}, {verdict.seconds:.2f}s)")
+
+
+@pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm to probe"
+)
+def test_a_hanging_guest_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    hanging = tmp_path / "qemu-that-hangs"
+    hanging.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
+    hanging.chmod(0o755)
+    verdict = probe_kvm(str(hanging), timeout=1.0)
+    assert not verdict.usable
+    assert "did not finish within 1s" in verdict.reason
+    assert gone(int(pid_file.read_text()))
 
 
 def test_the_verdict_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

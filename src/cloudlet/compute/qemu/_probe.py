@@ -4,8 +4,10 @@
 a KVM guest hangs without output. The probe boots a boot sector that writes 0x2a to
 QEMU's isa-debug-exit port, so QEMU exits with code 0x2a * 2 + 1 = 85 only if guest
 code really ran. Anything else within the timeout, or no exit at all, means "use
-software emulation". The verdict is cached in a JSON file keyed by the QEMU binary
-and the host kernel, so a driver does not probe on every start.
+software emulation". The probe uses ``-cpu host`` like the driver's KVM VMs. (Asking
+QMP ``query-kvm`` is not enough: it says enabled and running while the vCPU is stuck.)
+The verdict is cached in a JSON file keyed by the QEMU binary and the host kernel, so
+a driver does not probe on every start.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def probe_kvm(qemu: str, timeout: float = 5.0) -> KvmVerdict:
         image = Path(tmp) / "boot.img"
         image.write_bytes(BOOT_SECTOR)
         command = [
-            qemu, "-accel", "kvm", "-machine", "pc", "-m", "16", "-nodefaults",
+            qemu, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-m", "16", "-nodefaults",
             "-no-user-config", "-display", "none", "-serial", "none", "-monitor", "none",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-drive", f"file={image},format=raw,if=floppy",
