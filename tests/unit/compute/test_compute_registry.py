@@ -51,5 +51,5 @@ def test_get_driver_builds_a_process_driver(tmp_path: Path) -> None:
 
 
 def test_unknown_driver_names_the_known_ones() -> None:
-    with pytest.raises(DriverUnavailableError, match=r"'qemu'.*fake, process"):
-        get_driver("qemu")
+    with pytest.raises(DriverUnavailableError, match=r"'xen'.*fake, process, qemu"):
+        get_driver("xen")
