@@ -48,4 +48,7 @@ SYSTEM_BASE=(
 SYSTEM_TEST=(
   "ls /usr/lib/postgresql/*/bin/initdb|postgresql"
   "command -v debugfs|e2fsprogs"
+  "command -v qemu-system-x86_64|qemu-system-x86"
+  "ls /boot/vmlinuz-*|linux-image-amd64"
+  "test -x /bin/busybox|busybox-static"
 )
