@@ -23,6 +23,7 @@ ERROR_TABLE: list[tuple[type[errors.CloudletError], int, str, str]] = [
     (errors.ConflictError, 409, "conflict", "Conflict"),
     (errors.PlacementError, 409, "no-placement", "No site fits"),
     (errors.InvalidInputError, 422, "invalid-input", "Invalid input"),
+    (errors.IntegrityError, 422, "digest-mismatch", "Digest mismatch"),
     (errors.ConfigError, 422, "invalid-input", "Invalid input"),
 ]
 _HTTP_SLUGS = {404: "not-found", 405: "method-not-allowed", 401: "auth", 413: "too-large"}

@@ -168,3 +168,72 @@ class ControllerEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(index=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Image(Base):
+    """A base image, content-addressed: its digest (blake3 of its raw bytes) is its id."""
+
+    __tablename__ = "images"
+    __table_args__ = (UniqueConstraint("project", "name"),)
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"))
+    name: Mapped[str] = mapped_column(String(63))
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class Overlay(Base):
+    """A VM overlay, identified by its manifest's root digest, on a registered base."""
+
+    __tablename__ = "overlays"
+    __table_args__ = (UniqueConstraint("project", "name"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"))
+    name: Mapped[str] = mapped_column(String(63))
+    base_digest: Mapped[str] = mapped_column(ForeignKey("images.digest"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    disk_size: Mapped[int] = mapped_column(BigInteger)
+    memory_size: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime]
+
+
+class Upload(Base):
+    """A resumable upload in progress; its bytes live in DATA_DIR/uploads/<id>."""
+
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"))
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(63))
+    size: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    received: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class SiteImage(Base):
+    """A base image a site should hold (pre-staged): part of its desired state."""
+
+    __tablename__ = "site_images"
+
+    site_id: Mapped[str] = mapped_column(
+        ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True
+    )
+    digest: Mapped[str] = mapped_column(ForeignKey("images.digest"), primary_key=True, index=True)
+    requested_at: Mapped[datetime]
+
+
+class SiteCache(Base):
+    """What a site's agent last reported holding in its artifact cache."""
+
+    __tablename__ = "site_caches"
+
+    site_id: Mapped[str] = mapped_column(
+        ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True
+    )
+    entries: Mapped[list[Any]]
+    reported_at: Mapped[datetime]
