@@ -70,3 +70,7 @@ class Client:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def put_bytes(self, path: str, content: Any, params: dict[str, Any] | None = None) -> Any:
+        """PUT raw bytes: a bytes object, or an iterator of them (sent chunked)."""
+        return self.request("PUT", path, content=content, params=params)
