@@ -1,12 +1,18 @@
-"""`cloudlet image ...`: base images (index for overlay dedup)."""
+"""`cloudlet image ...`: base images (index for overlay dedup; upload, list, pre-stage)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from cloudlet.cli._output import emit_json, err_console
+from cloudlet.cli._client import Client
+from cloudlet.cli._context import JsonOpt, ctx_of
+from cloudlet.cli._output import ago, emit_json, err_console, human_bytes, show, show_one
+from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, file_digest, upload_file
 from cloudlet.cli.overlay import _progress, one_line_errors
 from cloudlet.synthesis import build_index
 from cloudlet.synthesis.index import index_path
@@ -37,3 +43,140 @@ def index(
     else:
         err_console.print(f"{base}: blake3 {data['digest']}", highlight=False)
         print(data["digest"])
+
+
+IMAGE_COLUMNS = [
+    ("NAME", lambda i: i["name"]),
+    ("DIGEST", lambda i: i["digest"][:16]),
+    ("SIZE", lambda i: human_bytes(i["size"])),
+    ("PROJECT", lambda i: i["project"]),
+    ("CREATED", lambda i: ago(i["created_at"])),
+]
+
+
+@app.command("upload")
+@one_line_errors
+def upload(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Base image file."),
+    name: str = typer.Option(..., "--name", "-n", help="Image name in the catalog."),
+    project: str | None = typer.Option(None, "--project", help="Project (default: yours)."),
+    chunk_mib: int = typer.Option(
+        DEFAULT_CHUNK >> 20, "--chunk-size", min=1, max=1024, help="MiB per request."
+    ),
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Upload a base image in resumable chunks: re-run the same command to resume."""
+    client = ctx_of(ctx).client()
+    with _progress(quiet) as progress:
+        digest = file_digest(file)
+        image, resumed = upload_file(
+            client,
+            file,
+            "image",
+            name,
+            digest=digest,
+            project=project,
+            chunk_size=chunk_mib << 20,
+            progress=as_bar(progress),
+        )
+    if as_json:
+        emit_json(image)
+        return
+    note = f" (resumed at {human_bytes(resumed)})" if resumed else ""
+    err_console.print(
+        f"image {image['name']}: {human_bytes(image['size'])}, digest {image['digest']}{note}",
+        highlight=False,
+    )
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    project: str | None = typer.Option(None, "--project", help="Only this project."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Base images in the catalog."""
+    show(ctx_of(ctx).client().get("/v1/images", project=project), IMAGE_COLUMNS, as_json)
+
+
+@app.command("show")
+def show_(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., help="Digest, name or digest prefix."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """One base image."""
+    show_one(ctx_of(ctx).client().get(f"/v1/images/{image}"), as_json)
+
+
+@app.command("prestage")
+def prestage(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., help="Digest, name or digest prefix."),
+    site: str = typer.Option(..., "--site", "-s", help="Site that should hold the image."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the fetch to the end."),
+    timeout: float = typer.Option(
+        3600.0, "--timeout", min=0, help="Give up waiting after this many seconds."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Ask a site to hold a base image ahead of need, and follow its agent's fetch."""
+    client = ctx_of(ctx).client()
+    entry = client.post(f"/v1/sites/{site}/images", {"image": image})
+    if wait and not entry["complete"]:
+        entry = _follow(client, site, entry, timeout)
+    if as_json:
+        emit_json(entry)
+    elif entry["complete"]:
+        err_console.print(f"site {site} holds {entry['name']} ({entry['digest'][:16]})")
+    else:
+        err_console.print(
+            f"site {site} will fetch {entry['name']} ({entry['digest'][:16]}); "
+            f"follow with: cloudlet image prestage --site {site} {entry['digest'][:16]}",
+            highlight=False,
+        )
+
+
+def _follow(client: Client, site: str, entry: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Poll the site's images until the agent reports this one complete."""
+    digest, deadline = entry["digest"], time.monotonic() + timeout
+    bars = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    with bars:
+        task = bars.add_task(f"{site}: {entry['name']}", total=entry["size"] or None)
+        warned = False
+        while not entry["complete"]:
+            if time.monotonic() >= deadline:
+                raise _fail(
+                    f"timed out after {timeout:.0f}s: site {site} has "
+                    f"{human_bytes(entry['fetched'])} of {human_bytes(entry['size'])}"
+                )
+            if entry["reported_at"] is None and not warned:
+                avail = client.get(f"/v1/sites/{site}")["availability"]
+                err_console.print(
+                    f"waiting for site {site}'s agent to report its cache "
+                    f"(availability: {avail}); --no-wait returns at once",
+                    highlight=False,
+                )
+                warned = True
+            time.sleep(1.0)
+            found = [e for e in client.get(f"/v1/sites/{site}/images") if e["digest"] == digest]
+            if not found:
+                raise _fail(f"image {digest[:16]} is no longer staged at site {site}")
+            entry = found[0]
+            bars.update(task, completed=entry["fetched"])
+    return entry
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)

@@ -19,13 +19,16 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from cloudlet.cli._output import emit_json, err_console, human_bytes, show_one
+from cloudlet.cli._context import JsonOpt, ctx_of
+from cloudlet.cli._output import ago, emit_json, err_console, human_bytes, show, show_one
+from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, upload_file
 from cloudlet.errors import CloudletError
 from cloudlet.synthesis import (
     DEFAULT_LEVEL,
     apply_overlay,
     create_overlay,
     overlay_info,
+    read_manifest,
     verify_overlay,
 )
 from cloudlet.synthesis.format import CHUNK_SIZE
@@ -194,3 +197,62 @@ def _chunk_progress(
         last[0] = done
 
     return update
+
+
+OVERLAY_COLUMNS = [
+    ("NAME", lambda o: o["name"]),
+    ("ID", lambda o: o["id"][:16]),
+    ("BASE", lambda o: o["base"][:16]),
+    ("SIZE", lambda o: human_bytes(o["size"])),
+    ("DISK", lambda o: human_bytes(o["disk_size"])),
+    ("MEMORY", lambda o: human_bytes(o["memory_size"]) if o["memory_size"] else "-"),
+    ("PROJECT", lambda o: o["project"]),
+    ("CREATED", lambda o: ago(o["created_at"])),
+]
+
+
+@app.command("upload")
+@one_line_errors
+def upload(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Overlay file."),
+    name: str = typer.Option(..., "--name", "-n", help="Overlay name in the catalog."),
+    project: str | None = typer.Option(None, "--project", help="Project (default: yours)."),
+    chunk_mib: int = typer.Option(
+        DEFAULT_CHUNK >> 20, "--chunk-size", min=1, max=1024, help="MiB per request."
+    ),
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+) -> None:
+    """Upload an overlay (its base image first) in resumable chunks."""
+    root = read_manifest(file).root_digest.hex()
+    with _progress(quiet) as progress:
+        overlay, resumed = upload_file(
+            ctx_of(ctx).client(),
+            file,
+            "overlay",
+            name,
+            digest=root,
+            project=project,
+            chunk_size=chunk_mib << 20,
+            progress=as_bar(progress),
+        )
+    if as_json:
+        emit_json(overlay)
+        return
+    note = f" (resumed at {human_bytes(resumed)})" if resumed else ""
+    err_console.print(
+        f"overlay {overlay['name']}: {human_bytes(overlay['size'])}, id {overlay['id']}, "
+        f"base {overlay['base'][:16]}{note}",
+        highlight=False,
+    )
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    project: str | None = typer.Option(None, "--project", help="Only this project."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Overlays in the catalog."""
+    show(ctx_of(ctx).client().get("/v1/overlays", project=project), OVERLAY_COLUMNS, as_json)
