@@ -126,7 +126,7 @@ async def download(
             with open(part, "r+b") as f:
                 f.seek(offset)
                 try:
-                    async for chunk in response.aiter_bytes(1 << 20):
+                    async for chunk in response.aiter_bytes():
                         f.write(chunk)
                         offset += len(chunk)
                         if offset - durable >= PERSIST_EVERY:

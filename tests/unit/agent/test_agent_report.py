@@ -122,3 +122,22 @@ def test_applied_revision_is_what_the_reconciler_acted_on(store: Store, tmp_path
     asyncio.run(syncer.reconciler.reconcile_once())
     asyncio.run(syncer.report_once())
     assert [r.applied_revision for r in client.reports] == [0, 3]
+
+
+def test_the_cache_goes_only_when_it_changed(store: Store, tmp_path: Path) -> None:
+    from cloudlet.agent.artifacts import ArtifactCache
+    from cloudlet.schemas.artifacts import ArtifactKind
+
+    cache = ArtifactCache(store, tmp_path / "cache", budget_bytes=1 << 20)
+    client = AckingClient()
+    syncer = syncer_for(store, tmp_path, client)
+    syncer.cache = cache
+    asyncio.run(syncer.report_once())
+    assert client.reports[-1].cache == []
+    asyncio.run(syncer.report_once())
+    assert client.reports[-1].cache is None
+    cache.begin(ArtifactKind.IMAGE, "a" * 64, 100)
+    cache.progress(ArtifactKind.IMAGE, "a" * 64, 40)
+    asyncio.run(syncer.report_once())
+    [held] = client.reports[-1].cache or []
+    assert (held.digest, held.fetched, held.size, held.complete) == ("a" * 64, 40, 100, False)

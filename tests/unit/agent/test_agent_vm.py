@@ -1,0 +1,212 @@
+"""VM components without QEMU: a fake VM driver whose 'guest' serves its disk over HTTP.
+
+The agent's whole VM path runs for real around it: the base fetched from a stub blob
+server into the cache, the overlay streamed by HTTP range and kept, the disk
+synthesized, the workload created from it, the service probed, phases timed; then a
+second start with the blob server gone, from the cache alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from agent_blob_server import CREDENTIAL, BlobServer
+from agent_fakes import doc, instance
+
+from cloudlet.agent import actual, desired, outbox
+from cloudlet.agent._specs import DriverSet
+from cloudlet.agent.artifacts import ArtifactCache
+from cloudlet.agent.reconciler import Reconciler
+from cloudlet.agent.staging import Stager
+from cloudlet.agent.store import Store
+from cloudlet.agent.vm import VmBuilder
+from cloudlet.compute import FakeDriver, WorkloadSpec
+from cloudlet.errors import DriverError, DriverUnavailableError
+from cloudlet.schemas import ActualState, DesiredInstance
+from cloudlet.schemas.artifacts import ArtifactKind
+from cloudlet.synthesis import base_digest, create_overlay, read_manifest
+
+PAGE_AT = 200 * 4096  # where the modified image holds its "page"
+
+
+class FakeVmDriver(FakeDriver):
+    """A FakeDriver taking VM specs: each started 'VM' serves bytes of its disk on its port."""
+
+    name = "fake-vm"
+
+    def __init__(self) -> None:
+        super().__init__(program=self._boot)
+        self.servers: list[http.server.HTTPServer] = []
+
+    def create(self, spec: WorkloadSpec) -> None:
+        if spec.disk_image is None or not spec.disk_image.is_file():
+            raise DriverError(f"workload {spec.workload_id!r}: no disk image")
+        super().create(dataclasses.replace(spec, command=("fake-qemu",)))
+
+    def _boot(self, spec: WorkloadSpec) -> int | None:
+        assert spec.disk_image is not None and spec.port is not None
+        with open(spec.disk_image, "rb") as f:
+            f.seek(PAGE_AT)
+            page = f.read(32)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.HTTPServer(("127.0.0.1", spec.port), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.servers.append(server)
+        return None
+
+    def shutdown(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@pytest.fixture
+def vm_driver() -> Iterator[FakeVmDriver]:
+    driver = FakeVmDriver()
+    yield driver
+    driver.shutdown()
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path) -> dict[str, object]:
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 256, 400 * 4096, dtype=np.uint8)
+    mod = base.copy()
+    mod[PAGE_AT : PAGE_AT + 32] = np.frombuffer(b"the modified page of the app!!\n\n", np.uint8)
+    (tmp_path / "base.img").write_bytes(base.tobytes())
+    (tmp_path / "mod.img").write_bytes(mod.tobytes())
+    create_overlay(tmp_path / "base.img", tmp_path / "mod.img", tmp_path / "o.ovl", threads=2)
+    return {
+        "base": tmp_path / "base.img",
+        "ovl": tmp_path / "o.ovl",
+        "digest": base_digest(tmp_path / "base.img").hex(),
+        "overlay": read_manifest(tmp_path / "o.ovl").root_digest.hex(),
+    }
+
+
+def vm_instance(iid: str, a: dict[str, object], revision: int = 1) -> DesiredInstance:
+    comp = {"kind": "vm", "image": a["digest"], "overlay": a["overlay"], "guest_port": 80}
+    return instance(iid, components=[comp], revision=revision, app="vmapp")
+
+
+def reconciler(
+    store: Store, tmp_path: Path, driver: FakeDriver, remote: object
+) -> tuple[Reconciler, Stager]:
+    cache = ArtifactCache(store, tmp_path / "cache", budget_bytes=1 << 30)
+    stager = Stager(cache, remote, backoff_max_s=0.05)  # type: ignore[arg-type]
+    rec = Reconciler(
+        store,
+        DriverSet(FakeDriver(), lambda: driver),
+        vm=VmBuilder(stager, tmp_path / "vms"),
+        answer_timeout_s=10,
+    )
+    return rec, stager
+
+
+async def settle(rec: Reconciler, store: Store, iid: str) -> actual.ActualRow:
+    """Run passes until the instance leaves the starting phases (bounded)."""
+    for _ in range(200):
+        await rec.reconcile_once()
+        row = actual.get(store, iid)
+        if row is not None and row.state in (ActualState.RUNNING, ActualState.FAILED):
+            return row
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"instance {iid} did not settle: {actual.get(store, iid)}")
+
+
+def test_a_vm_app_is_fetched_synthesized_started_and_probed(
+    store: Store, tmp_path: Path, vm_driver: FakeVmDriver, artifacts: dict[str, object]
+) -> None:
+    with BlobServer() as server:
+        server.add_image(str(artifacts["digest"]), Path(str(artifacts["base"])))
+        server.add_overlay(str(artifacts["overlay"]), Path(str(artifacts["ovl"])))
+        desired.apply_doc(store, doc(1, [vm_instance("i1", artifacts)], full=True))
+        rec, stager = reconciler(store, tmp_path, vm_driver, lambda: (server.url, CREDENTIAL))
+
+        async def go() -> actual.ActualRow:
+            try:
+                return await settle(rec, store, "i1")
+            finally:
+                await stager.aclose()
+
+        row = asyncio.run(go())
+    assert row.state is ActualState.RUNNING, row.reason
+    assert {"fetch", "synthesize", "boot_or_resume", "first_answer"} <= set(row.timings)
+    assert httpx.get(f"http://{row.endpoint}/").content.startswith(b"the modified page")
+    states = [e.data["state"] for e in outbox.pending(store) if e.instance == "i1"]
+    assert states == ["pending", "fetching", "synthesizing", "starting", "running"]
+    cache = stager.cache
+    assert cache.complete_path(ArtifactKind.OVERLAY, str(artifacts["overlay"])) is not None
+    assert cache.complete_path(ArtifactKind.IMAGE, str(artifacts["digest"])) is not None
+
+    # The blob server is gone: a site-local start of the same app works from the cache.
+    site = desired.add_site_instance(store, "vmapp")
+    rec2, stager2 = reconciler(store, tmp_path, vm_driver, lambda: None)
+
+    async def offline() -> actual.ActualRow:
+        try:
+            return await settle(rec2, store, site.id)
+        finally:
+            await stager2.aclose()
+
+    row2 = asyncio.run(offline())
+    assert row2.state is ActualState.RUNNING, row2.reason
+    assert httpx.get(f"http://{row2.endpoint}/").content.startswith(b"the modified page")
+
+
+def test_an_uncached_vm_app_fails_clearly_when_offline(
+    store: Store, tmp_path: Path, vm_driver: FakeVmDriver, artifacts: dict[str, object]
+) -> None:
+    desired.apply_doc(store, doc(1, [vm_instance("i1", artifacts)], full=True))
+    rec, stager = reconciler(store, tmp_path, vm_driver, lambda: None)
+
+    async def go() -> actual.ActualRow:
+        try:
+            return await settle(rec, store, "i1")
+        finally:
+            await stager.aclose()
+
+    row = asyncio.run(go())
+    assert row.state is ActualState.FAILED
+    assert "not cached" in (row.reason or "")
+
+
+def test_without_qemu_a_vm_instance_fails_with_the_drivers_message(
+    store: Store, tmp_path: Path, artifacts: dict[str, object]
+) -> None:
+    def no_qemu() -> FakeDriver:
+        raise DriverUnavailableError("qemu-system-x86_64 is not installed (apt-get ...)")
+
+    cache = ArtifactCache(store, tmp_path / "cache", budget_bytes=1 << 30)
+    stager = Stager(cache, lambda: None)
+    rec = Reconciler(store, DriverSet(FakeDriver(), no_qemu), vm=VmBuilder(stager, tmp_path))
+    desired.apply_doc(store, doc(1, [vm_instance("i1", artifacts)], full=True))
+
+    async def go() -> None:
+        try:
+            await rec.reconcile_once()
+        finally:
+            await stager.aclose()
+
+    asyncio.run(go())
+    row = actual.get(store, "i1")
+    assert row is not None and row.state is ActualState.FAILED
+    assert row.reason == "qemu-system-x86_64 is not installed (apt-get ...)"
