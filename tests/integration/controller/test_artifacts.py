@@ -99,6 +99,18 @@ def _cut_short(ctl: LocalController, uid: str, offset: int, declared: int, sent:
         time.sleep(1.0)  # let the controller take in what was sent before the hang-up
 
 
+def _report_cache(
+    ctl: LocalController, database_url: str | None, site: str, cache: list[CachedImage]
+) -> None:
+    """Store a cache report as the sync path does, straight into the controller's database."""
+    engine = make_engine(database_url or default_url(ctl.data_dir))
+    try:
+        with make_sessionmaker(engine).begin() as session:
+            record_cache(session, session.query(Site).filter_by(name=site).one(), cache)
+    finally:
+        engine.dispose()
+
+
 def _files(ctl: LocalController) -> list[str]:
     return sorted(
         str(p.relative_to(ctl.data_dir))
@@ -257,17 +269,11 @@ def test_overlay_needs_its_base_and_must_verify_then_prestage(
     _problem(api.post("/v1/sites/nowhere/images", json={"image": "prestaged"}), 404, "not-found")
 
     # What record_cache() stores (the sync path calls it) shows as fetch progress.
-    engine = make_engine(database_url or default_url(controller.data_dir))
-    try:
-        with make_sessionmaker(engine).begin() as session:
-            site = session.query(Site).filter_by(name="lyon").one()
-            half = CachedImage(
-                digest=digest, kind=ArtifactKind.IMAGE, size=MiB, complete=False, fetched=MiB // 2
-            )
-            extra = CachedImage(digest="a" * 64, kind=ArtifactKind.OVERLAY, size=5, complete=True)
-            record_cache(session, site, [half, extra])
-    finally:
-        engine.dispose()
+    half = CachedImage(
+        digest=digest, kind=ArtifactKind.IMAGE, size=MiB, complete=False, fetched=MiB // 2
+    )
+    extra = CachedImage(digest="a" * 64, kind=ArtifactKind.OVERLAY, size=5, complete=True)
+    _report_cache(controller, database_url, "lyon", [half, extra])
     listed = {e["digest"]: e for e in api.get("/v1/sites/lyon/images").json()}
     assert listed[digest]["cached"] and listed[digest]["fetched"] == MiB // 2
     assert not listed[digest]["complete"] and listed[digest]["reported_at"]
@@ -281,25 +287,32 @@ def test_overlay_needs_its_base_and_must_verify_then_prestage(
     _problem(api.delete(f"/v1/sites/lyon/images/{digest}"), 404, "not-found")
 
 
-def _cli(ctl: LocalController, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _environ(ctl: LocalController, tmp: Path) -> dict[str, str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
-    environ |= {
+    return environ | {
         "CLOUDLET_URL": ctl.url,
         "CLOUDLET_TOKEN_FILE": str(ctl.data_dir / "admin.token"),
         "XDG_CACHE_HOME": str(tmp / "cache"),
         "COLUMNS": "200",
     }
+
+
+def _argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cloudlet.cli", *args]
+
+
+def _cli(ctl: LocalController, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cloudlet.cli", *args],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
+        _argv(*args), capture_output=True, text=True, env=_environ(ctl, tmp), timeout=60
     )
 
 
 def test_cli_upload_list_and_prestage(
-    api: httpx.Client, controller: LocalController, images: tuple[Path, Path, Path], tmp_path: Path
+    api: httpx.Client,
+    controller: LocalController,
+    images: tuple[Path, Path, Path],
+    tmp_path: Path,
+    database_url: str | None,
 ) -> None:
     base, _modified, overlay = images
     digest = blake3.blake3(base.read_bytes()).hexdigest()
@@ -326,7 +339,23 @@ def test_cli_upload_list_and_prestage(
     waited = _cli(controller, tmp_path, "image", "prestage", "--site", "lyon", "base",
                   "--timeout", "1")  # fmt: skip
     assert waited.returncode == 1
-    assert "agent" in waited.stderr and "timed out" in waited.stderr
-    quick = _cli(controller, tmp_path, "image", "prestage", "-s", "lyon", "base", "--no-wait",
-                 "--json")  # fmt: skip
-    assert quick.returncode == 0 and json.loads(quick.stdout)["staged"]
+    assert "waiting for site lyon's agent" in waited.stderr and "timed out" in waited.stderr
+
+    # It follows the agent's reports until the image is complete at the site.
+    follow = subprocess.Popen(
+        _argv("image", "prestage", "--site", "lyon", digest[:12], "--json"),
+        env=_environ(controller, tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)
+        _report_cache(controller, database_url, "lyon", [
+            CachedImage(digest=digest, kind=ArtifactKind.IMAGE, size=size, complete=True),
+        ])  # fmt: skip
+        out, err = follow.communicate(timeout=30)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    assert json.loads(out)["complete"] and json.loads(out)["fetched"] == size
