@@ -250,6 +250,9 @@ def test_overlay_needs_its_base_and_must_verify_then_prestage(
     assert sorted(_files(controller)) == sorted(
         [f"artifacts/images/{image.json()['digest']}", f"artifacts/overlays/{body['id']}"]
     )
+    assert api.delete(f"/v1/overlays/{body['id']}").status_code == 204
+    assert api.delete("/v1/images/base").status_code == 204
+    assert _files(controller) == [] and api.get("/v1/images").json() == []
 
     # Pre-staging a second image at a site, and the site's cache report.
     data = os.urandom(MiB)

@@ -150,8 +150,8 @@ def list_uploads(session: DB, user: User) -> list[Upload]:
     return [Upload.model_validate(u) for u in artifacts.list_uploads(session, scope_project(user))]
 
 
-def _load_upload(session: DB, user: ApiToken, upload_id: str) -> UploadRow:
-    upload = artifacts.get_upload(session, scope_project(user), upload_id)
+def _load_upload(session: DB, user: ApiToken, upload_id: str, lock: bool = False) -> UploadRow:
+    upload = artifacts.get_upload(session, scope_project(user), upload_id, lock)
     if upload is None:
         raise NotFoundError(f"upload {upload_id!r} not found (completed, aborted or expired)")
     return upload
@@ -233,7 +233,7 @@ def complete_upload(
 ) -> Image | Overlay:
     """Check the bytes and register the image or overlay: 201 when new, 200 when it
     existed already (idempotent)."""
-    upload = _load_upload(session, user, upload_id)
+    upload = _load_upload(session, user, upload_id, lock=True)
     try:
         row, created = artifacts.complete_upload(
             session, _store(st), upload, admin=user.role == "admin"
@@ -298,6 +298,18 @@ def show_overlay(ref: str, session: DB, user: User, project: str | None = Query(
     if overlay is None:
         raise NotFoundError(f"overlay {ref!r} not found")
     return _overlay(overlay)
+
+
+@router.delete("/overlays/{ref}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_overlay(ref: str, session: DB, user: User, st: State) -> Response:
+    """Refused (409) while apps refer to the overlay."""
+    overlay = artifacts.get_overlay(session, scope_project(user), ref)
+    if overlay is None:
+        raise NotFoundError(f"overlay {ref!r} not found")
+    path = artifacts.delete_overlay(session, _store(st), overlay)
+    session.commit()
+    discard(path)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def _blob(path: Path, etag: str) -> FileResponse:

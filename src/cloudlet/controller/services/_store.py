@@ -128,8 +128,17 @@ def image_digest(path: Path) -> str:
 
 
 def publish(src: Path, dst: Path) -> None:
-    """Move a checked upload into place atomically and durably."""
-    fd = os.open(src, os.O_RDONLY)
+    """Move a checked upload into place atomically and durably.
+
+    A source already gone while the destination exists means a concurrent completion
+    of the same upload published it first: the same bytes, so nothing to do.
+    """
+    try:
+        fd = os.open(src, os.O_RDONLY)
+    except FileNotFoundError:
+        if dst.is_file():
+            return
+        raise
     try:
         os.fsync(fd)
     finally:

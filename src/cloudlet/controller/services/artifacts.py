@@ -43,6 +43,7 @@ __all__ = [
     "complete_upload",
     "create_upload",
     "delete_image",
+    "delete_overlay",
     "delete_upload",
     "get_image",
     "get_overlay",
@@ -67,8 +68,12 @@ STALE_UPLOAD = timedelta(days=7)
 # --- uploads -------------------------------------------------------------------------
 
 
-def get_upload(session: Session, project: str | None, upload_id: str) -> Upload | None:
-    upload = session.get(Upload, upload_id)
+def get_upload(
+    session: Session, project: str | None, upload_id: str, lock: bool = False
+) -> Upload | None:
+    """The upload, if it is in `project` (None: any). `lock` holds its row until the
+    transaction ends (PostgreSQL), so that two completions of it do not overlap."""
+    upload = session.get(Upload, upload_id, with_for_update=lock)
     if upload is None or (project is not None and upload.project != project):
         return None
     return upload
@@ -365,3 +370,21 @@ def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[
     session.delete(image)
     session.flush()
     return store.image_path(image.digest), sites
+
+
+def delete_overlay(session: Session, store: ArtifactStore, overlay: Overlay) -> Path:
+    """Remove an overlay from the catalog; returns its file, to be removed after commit.
+
+    Raises:
+        ConflictError: apps still refer to it.
+    """
+    apps = [
+        a.name
+        for a in session.scalars(select(App))
+        if any(c.get("overlay") == overlay.id for c in a.components)
+    ]
+    if apps:
+        raise ConflictError(f"overlay {overlay.name!r} is used by app(s) {', '.join(sorted(apps))}")
+    session.delete(overlay)
+    session.flush()
+    return store.overlay_path(overlay.id)
