@@ -24,6 +24,7 @@ from cloudlet.errors import ControllerUnreachableError
 DEFAULT_CHUNK = 16 << 20
 _PIECE = 1 << 20
 QCOW2_MAGIC = b"QFI\xfb"
+HASH_BUFFER = 16 << 20
 
 Progress = Callable[[int, int], None]
 
@@ -146,15 +147,21 @@ def _resume(client: Client, upload_id: str | None) -> dict[str, Any] | None:
         raise
 
 
-def file_digest(file: Path) -> str | None:
+def file_digest(file: Path, progress: Progress | None = None) -> str | None:
     """The digest the controller will give a raw image (blake3 of its bytes); None for
     a qcow2 image, whose id is the digest of its raw conversion (computed there)."""
-    with open(file, "rb") as f:
-        if f.read(4) == QCOW2_MAGIC:
-            return None
+    size = file.stat().st_size
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if file.stat().st_size:
-        hasher.update_mmap(file)
+    buf = bytearray(HASH_BUFFER)
+    done = 0
+    with open(file, "rb") as f:
+        while n := f.readinto(buf):
+            if done == 0 and buf[:4] == QCOW2_MAGIC:
+                return None
+            hasher.update(memoryview(buf)[:n])
+            done += n
+            if progress:
+                progress(done, size)
     return hasher.hexdigest()
 
 
