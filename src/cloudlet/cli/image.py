@@ -70,7 +70,7 @@ def upload(
     """Upload a base image in resumable chunks: re-run the same command to resume."""
     client = ctx_of(ctx).client()
     with _progress(quiet) as progress:
-        digest = file_digest(file)
+        digest = file_digest(file, as_bar(progress, "hash"))
         image, resumed = upload_file(
             client,
             file,
