@@ -142,6 +142,7 @@ def prestage(
 def _follow(client: Client, site: str, entry: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Poll the site's images until the agent reports this one complete."""
     digest, deadline = entry["digest"], time.monotonic() + timeout
+    failure, warned = None, False
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -153,13 +154,13 @@ def _follow(client: Client, site: str, entry: dict[str, Any], timeout: float) ->
     )
     with bars:
         task = bars.add_task(f"{site}: {entry['name']}", total=entry["size"] or None)
-        warned = False
         while not entry["complete"]:
             if time.monotonic() >= deadline:
-                raise _fail(
+                failure = (
                     f"timed out after {timeout:.0f}s: site {site} has "
                     f"{human_bytes(entry['fetched'])} of {human_bytes(entry['size'])}"
                 )
+                break
             if entry["reported_at"] is None and not warned:
                 avail = client.get(f"/v1/sites/{site}")["availability"]
                 err_console.print(
@@ -171,12 +172,11 @@ def _follow(client: Client, site: str, entry: dict[str, Any], timeout: float) ->
             time.sleep(1.0)
             found = [e for e in client.get(f"/v1/sites/{site}/images") if e["digest"] == digest]
             if not found:
-                raise _fail(f"image {digest[:16]} is no longer staged at site {site}")
+                failure = f"image {digest[:16]} is no longer staged at site {site}"
+                break
             entry = found[0]
             bars.update(task, completed=entry["fetched"])
+    if failure is not None:
+        err_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     return entry
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
