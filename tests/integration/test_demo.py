@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,10 @@ def test_ctrl_c_stops_everything() -> None:
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert running.wait(RUN_TIMEOUT_S), "".join(lines)
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while not running.wait(0.5) and proc.poll() is None and time.monotonic() < deadline:
+            pass
+        assert running.is_set(), f"exit code {proc.poll()}:\n{''.join(lines)}"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(RUN_TIMEOUT_S) == 130, "".join(lines)
     finally:

@@ -22,6 +22,7 @@ import httpx
 import psutil
 
 from cloudlet.demo._plan import AGENT_CONFIG, SiteSpec
+from cloudlet.errors import CloudletError
 from cloudlet.testbed.local import LocalAgent, LocalController, Proc
 from cloudlet.testbed.relay import RelayThread
 
@@ -67,12 +68,19 @@ class Fleet:
     agents: dict[str, DemoAgent] = field(default_factory=dict)
     _api: httpx.Client | None = None
 
-    def start_controller(self) -> LocalController:
-        self.controller = LocalController(
-            self.root / "controller", offline_grace_s=self.offline_grace_s
-        )
-        self.controller.start()
-        return self.controller
+    def start_controller(self, attempts: int = 3) -> LocalController:
+        """Start the controller on a free port, trying another if that one was taken meanwhile."""
+        for attempt in range(attempts):
+            self.controller = LocalController(
+                self.root / "controller", offline_grace_s=self.offline_grace_s
+            )
+            try:
+                return self.controller.start()
+            except CloudletError as exc:
+                self.controller.stop()
+                if "address already in use" not in str(exc).lower() or attempt == attempts - 1:
+                    raise
+        raise CloudletError(f"no free port for the controller after {attempts} attempts")
 
     @property
     def api(self) -> httpx.Client:

@@ -47,9 +47,9 @@ DEFAULT_GRACE_S = ControllerSettings.model_fields["offline_grace_s"].default
 TICK_S = 0.5
 ENROLL_TIMEOUT_S = 60.0
 RUNNING_TIMEOUT_S = 60.0
-CATCH_UP_TIMEOUT_S = 30.0
+CATCH_UP_TIMEOUT_S = 60.0
 LOCAL_TIMEOUT_S = 5.0
-ANSWER_TIMEOUT_S = 10.0
+ANSWER_TIMEOUT_S = 20.0
 #: How often the narrative reports on the cut-off site.
 OFFLINE_NEWS_S = 4.0
 #: Time the controller may take past the grace period to give its verdict.

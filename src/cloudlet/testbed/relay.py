@@ -113,7 +113,7 @@ class _Conn:
     ) -> None:
         while True:
             due, data = await queue.get()
-            # A fixed delay keeps due times in queue order, so waiting per chunk keeps order.
+            # Chunks leave in the order they came, each no sooner than its own due time.
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
