@@ -200,6 +200,9 @@ class InstanceOps:
             row = self._move(row, ActualState.STOPPING)
         # The desired entry may be gone (or carry no components): ask the drivers too.
         prefix = f"{instance_id}-"
+        for comp in comps:
+            with contextlib.suppress(DriverError):
+                self._drv(comp)  # build the VM driver if its VMs may exist
         try:
             for driver in self.drivers.built():
                 wids = {workload_id(instance_id, c.name) for c in comps if self._owns(driver, c)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -77,9 +78,19 @@ class ArtifactCache:
         self.budget_bytes = budget_bytes
         self.on_change = on_change
         #: Artifacts being fetched or applied right now: never evicted.
-        self.busy: set[tuple[ArtifactKind, str]] = set()
+        self._busy: set[tuple[ArtifactKind, str]] = set()
+        self._busy_lock = threading.Lock()
         for sub in _DIRS.values():
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def hold(self, kind: ArtifactKind, artifact_id: str) -> None:
+        """Pin an artifact while it is fetched or applied (any thread)."""
+        with self._busy_lock:
+            self._busy.add((kind, artifact_id))
+
+    def release(self, kind: ArtifactKind, artifact_id: str) -> None:
+        with self._busy_lock:
+            self._busy.discard((kind, artifact_id))
 
     # -- paths and rows ------------------------------------------------------------------
 
@@ -197,7 +208,8 @@ class ArtifactCache:
                     keep.add((ArtifactKind.IMAGE, comp.image))
                 if comp.overlay:
                     keep.add((ArtifactKind.OVERLAY, comp.overlay))
-        return keep | set(self.busy)
+        with self._busy_lock:
+            return keep | self._busy
 
     def evict(self, extra_pins: Iterable[tuple[ArtifactKind, str]] = ()) -> list[Artifact]:
         """Remove least recently used, unpinned artifacts until the cache fits its budget.

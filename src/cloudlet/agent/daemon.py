@@ -36,8 +36,8 @@ from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME,
 from cloudlet.agent.sync import Syncer
 from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import ComputeDriver, get_driver
-from cloudlet.errors import ConfigError
-from cloudlet.schemas import EventKind
+from cloudlet.errors import ConfigError, DriverError
+from cloudlet.schemas import ComponentKind, EventKind
 from cloudlet.settings import AgentSettings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ class Agent:
         self.local_api: LocalApi | None = None
         self.announcer = Announcer()
         self.started_at = datetime.now(UTC)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _remote(self) -> tuple[str, str] | None:
         """The controller's URL and this site's credential, once both are known."""
@@ -93,8 +94,20 @@ class Agent:
         return (url, credential) if url and credential else None
 
     def _cache_changed(self) -> None:
-        if self.syncer is not None:
-            self.syncer.report_soon.set()
+        # Called from worker threads too (evictions, overlays cached after synthesis).
+        if self.syncer is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.syncer.report_soon.set)
+
+    async def _adopt_vm_driver(self) -> None:
+        """Build the VM driver now if VMs of an earlier run may exist, so that the first
+        pass can adopt or stop them."""
+        state = self.settings.data_dir / "workloads" / "qemu"
+        if self.settings.driver == "qemu" or not state.is_dir() or not any(state.iterdir()):
+            return
+        try:
+            await asyncio.to_thread(self.drivers.for_kind, ComponentKind.VM)
+        except DriverError as exc:
+            log.warning("VMs of an earlier run cannot be managed: %s", exc)
 
     async def _announce(self) -> None:
         assert self.local_api is not None
@@ -148,6 +161,7 @@ class Agent:
         """
         s = self.settings
         tasks: list[asyncio.Task[None]] = []
+        self._loop = asyncio.get_running_loop()
         try:
             client = self._client()
             if client is not None:
@@ -169,6 +183,7 @@ class Agent:
                 data={"agent_version": __version__, "driver": self.driver.name, "pid": os.getpid()},
             )
             # Offline autonomy: local state alone decides what runs, before any network.
+            await self._adopt_vm_driver()
             await self.reconciler.reconcile_once()
             self.local_api = LocalApi(
                 create_app(self.store, self.health, self.reconciler.wake),

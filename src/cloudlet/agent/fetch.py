@@ -15,6 +15,7 @@ once for synthesis is cached for later, offline starts.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import os
@@ -131,7 +132,7 @@ async def download(
                         offset += len(chunk)
                         if offset - durable >= PERSIST_EVERY:
                             f.flush()
-                            os.fsync(f.fileno())
+                            await asyncio.to_thread(os.fsync, f.fileno())
                             durable = offset
                             on_progress(durable, total)
                 finally:

@@ -124,7 +124,7 @@ class Stager:
         key = (kind, aid)
         art = self.cache.begin(kind, aid, None)
         part, final = self.cache.part_path(kind, aid), self.cache.path(kind, aid)
-        self.cache.busy.add(key)
+        self.cache.hold(*key)
         try:
             log.info("fetching %s %s from byte %d", kind, aid, art.fetched)
             before = art.fetched
@@ -153,7 +153,7 @@ class Stager:
             self.cache.mark_complete(kind, aid, size)
             log.info("%s %s is cached (%d bytes)", kind, aid, size)
         finally:
-            self.cache.busy.discard(key)
+            self.cache.release(*key)
         await asyncio.to_thread(self.cache.evict)
         return final
 

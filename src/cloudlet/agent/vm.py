@@ -98,7 +98,7 @@ class VmBuilder:
                 )
             url = blob_url(where[0], ArtifactKind.OVERLAY, comp.overlay)
             self.cache.begin(ArtifactKind.OVERLAY, comp.overlay, None)
-            self.cache.busy.add((ArtifactKind.OVERLAY, comp.overlay))
+            self.cache.hold(ArtifactKind.OVERLAY, comp.overlay)
             part = self.cache.part_path(ArtifactKind.OVERLAY, comp.overlay)
             remote = HttpRangeSource(url, where[1], tee=part)
             source = remote
@@ -107,7 +107,7 @@ class VmBuilder:
         except BaseException:
             _close(source)
             if remote is not None:
-                self.cache.busy.discard((ArtifactKind.OVERLAY, comp.overlay))
+                self.cache.release(ArtifactKind.OVERLAY, comp.overlay)
                 self.cache.remove(ArtifactKind.OVERLAY, comp.overlay)
             raise
         if manifest.root_digest.hex() != comp.overlay.lower():
@@ -146,7 +146,7 @@ class VmBuilder:
             if opened.source is not None:
                 _close(opened.source)
             if comp.overlay is not None:
-                self.cache.busy.discard((ArtifactKind.OVERLAY, comp.overlay))
+                self.cache.release(ArtifactKind.OVERLAY, comp.overlay)
         if comp.overlay is not None:
             self.cache.touch(ArtifactKind.OVERLAY, comp.overlay)
         self.cache.touch(ArtifactKind.IMAGE, comp.image or "")

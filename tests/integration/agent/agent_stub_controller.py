@@ -48,6 +48,7 @@ class StubController:
         self.lock = threading.Lock()
         self.revision = 0
         self.instances: dict[str, DesiredInstance] = {}
+        self.images: list[str] = []
         self.events: dict[int, dict[str, Any]] = {}
         self.received_seqs: list[int] = []
         self.reports: list[AgentReport] = []
@@ -64,6 +65,11 @@ class StubController:
         with self.lock:
             self.revision += 1
             self.instances[inst.id] = inst.model_copy(update={"revision": self.revision})
+
+    def set_images(self, digests: list[str]) -> None:
+        with self.lock:
+            self.revision += 1
+            self.images = list(digests)
 
     def _check(self, request: Request) -> JSONResponse | None:
         if self.offline:
@@ -102,6 +108,7 @@ class StubController:
                     full=full,
                     since=0 if full else since,
                     instances=listed,
+                    images=list(self.images),
                 )
 
         @app.post("/v1/agent/report")

@@ -1,6 +1,8 @@
 """A VM app end to end on real QEMU: base and overlay from a stub blob server, the disk
 synthesized at the site, the guest booted with its port forwarded, the modified page
-served, every phase timed. The agent's reconciler and VM path run in-process.
+served, every phase timed. First the reconciler's VM path alone, then a whole agent
+(stub controller): pre-staging reported, the app started, then started again by a
+site-local client with the controller gone.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from agent_stub_controller import CREDENTIAL as STUB_CREDENTIAL
+from agent_stub_controller import TOKEN, ServerThread, StubController
 
-from cloudlet.agent import actual, desired
+from cloudlet.agent import actual, desired, run_agent
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import ArtifactCache
+from cloudlet.agent.local_api import PORT_FILE
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import Store
@@ -28,6 +33,7 @@ from cloudlet.compute.qemu import QemuDriver
 from cloudlet.errors import DriverUnavailableError
 from cloudlet.schemas import ActualState, DesiredInstance, DesiredStateDoc
 from cloudlet.schemas.artifacts import ArtifactKind
+from cloudlet.settings import AgentSettings
 from cloudlet.synthesis import base_digest, create_overlay, read_manifest
 from cloudlet.testbed.guest import GuestImage, build_guest
 from unit.agent.agent_blob_server import CREDENTIAL, BlobServer
@@ -75,13 +81,8 @@ def app_images(guest: GuestImage, work: Path) -> tuple[Path, Path]:
     return base, overlay
 
 
-def test_a_vm_app_is_synthesized_booted_and_served(
-    guest: GuestImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    base, overlay = app_images(guest, tmp_path)
-    digest = base_digest(base).hex()
-    overlay_id = read_manifest(overlay).root_digest.hex()
-    inst = DesiredInstance.model_validate(
+def vm_app(guest: GuestImage, digest: str, overlay_id: str) -> DesiredInstance:
+    return DesiredInstance.model_validate(
         {
             "id": "vm1",
             "name": "edge-web",
@@ -101,6 +102,15 @@ def test_a_vm_app_is_synthesized_booted_and_served(
             "revision": 1,
         }
     )
+
+
+def test_a_vm_app_is_synthesized_booted_and_served(
+    guest: GuestImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, overlay = app_images(guest, tmp_path)
+    digest = base_digest(base).hex()
+    overlay_id = read_manifest(overlay).root_digest.hex()
+    inst = vm_app(guest, digest, overlay_id)
     store = Store.open(tmp_path / "agent.db")
     qemu: list[QemuDriver] = []
 
@@ -151,6 +161,86 @@ def test_a_vm_app_is_synthesized_booted_and_served(
             for driver in qemu:
                 driver.close()
             store.close()
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ], "QEMU left running"
+
+
+def test_a_whole_agent_prestages_serves_and_starts_offline_from_its_cache(
+    guest: GuestImage, tmp_path: Path
+) -> None:
+    base, overlay = app_images(guest, tmp_path)
+    digest = base_digest(base).hex()
+    overlay_id = read_manifest(overlay).root_digest.hex()
+    stub = StubController()
+    blobs = BlobServer(credential=STUB_CREDENTIAL)
+    blobs.add_image(digest, base)
+    blobs.add_overlay(overlay_id, overlay)
+    stub.app.add_route("/v1/{noun}/{aid}/blob", blobs.handle)
+    stub.set_images([digest])
+    stub.set_instance(vm_app(guest, digest, overlay_id))
+    data = tmp_path / "agent"
+    conf = AgentSettings(
+        data_dir=data,
+        join_token=TOKEN,
+        driver="process",
+        poll_wait_s=1,
+        report_interval_s=0.2,
+        reconcile_interval_s=0.2,
+        backoff_max_s=0.2,
+        announce=False,
+        vm_answer_timeout_s=90,
+    )
+
+    async def local(method: str, path: str, **kwargs: object) -> httpx.Response:
+        port = int((data / PORT_FILE).read_text())
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            return await c.request(method, path, **kwargs)  # type: ignore[arg-type]
+
+    async def running(instance_id: str | None = None) -> dict[str, object]:
+        for _ in range(1200):  # bounded; a hung guest fails the agent's own probe first
+            if (data / PORT_FILE).exists():
+                for i in (await local("GET", "/v1/local/instances")).json():
+                    if instance_id in (None, i["id"]) and i["state"] in ("running", "failed"):
+                        return i
+            await asyncio.sleep(0.1)
+        raise AssertionError("the VM instance never settled")
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        agent = asyncio.create_task(run_agent(conf.model_copy(update={"controller_url": url}),
+                                              stop=stop))  # fmt: skip
+        try:
+            first = await running("vm1")
+            assert first["state"] == "running", first["reason"]
+            async with httpx.AsyncClient(timeout=10) as c:
+                assert (await c.get(f"http://{first['endpoint']}/")).text == PAGE
+            # The controller heard of the cache: the desired image, complete.
+            for _ in range(100):
+                caches = [r.cache for r in stub.reports if r.cache]
+                if caches and any(c.digest == digest and c.complete for c in caches[-1]):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError(f"no complete image in the reported cache: {caches}")
+            # The controller and its blobs are gone: a local client starts the app anyway.
+            stub.offline = blobs.offline = True
+            answer = await local("POST", "/v1/local/instances", json={"app": "edge-web"})
+            assert answer.status_code == 202, answer.text
+            second = await running(answer.json()["id"])
+            assert second["state"] == "running", second["reason"]
+            assert second["timings"]["fetch"] < 60  # from the cache: no network wait
+            async with httpx.AsyncClient(timeout=10) as c:
+                assert (await c.get(f"http://{second['endpoint']}/")).text == PAGE
+        finally:
+            stop.set()
+            await agent
+
+    with ServerThread(stub.app) as server:
+        url = server.url
+        asyncio.run(scenario())
     assert not [
         p
         for p in psutil.process_iter(["cmdline"])

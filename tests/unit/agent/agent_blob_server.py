@@ -38,7 +38,7 @@ class BlobServer:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
-        app = Starlette(routes=[Route("/v1/{noun}/{aid}/blob", self._blob)])
+        app = Starlette(routes=[Route("/v1/{noun}/{aid}/blob", self.handle)])
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_config=None, lifespan="off", ws="none"
         )
@@ -57,7 +57,8 @@ class BlobServer:
             data if isinstance(data, bytes) else data.read_bytes()
         )
 
-    async def _blob(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:
+        """The blob endpoint; mount it into another app to serve blobs from there."""
         noun, aid = request.path_params["noun"], request.path_params["aid"]
         rng = request.headers.get("range")
         with self.lock:

@@ -58,7 +58,7 @@ def test_pinned_artifacts_are_never_evicted(cache: ArtifactCache, store: Store) 
     d = doc(1, [instance("i1", components=vm)], full=True)
     d.images.append("a" * 64)
     desired.apply_doc(store, d)
-    cache.busy.add((IMAGE, "c" * 64))
+    cache.hold(IMAGE, "c" * 64)
     assert [a.id for a in cache.evict()] == ["d" * 64]
     # Still over budget (150 > 100) but everything left is pinned: it stays.
     assert cache.evict() == []
@@ -66,7 +66,7 @@ def test_pinned_artifacts_are_never_evicted(cache: ArtifactCache, store: Store) 
     # Once the instance is deleted and the image no longer desired, they may go.
     gone = instance("i1", state="deleted", revision=2, components=vm)
     desired.apply_doc(store, doc(2, [gone], since=1))
-    cache.busy.clear()
+    cache.release(IMAGE, "c" * 64)
     assert [a.id for a in cache.evict()] == ["a" * 64]  # the oldest; then 100 fits
 
 
