@@ -159,6 +159,12 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
 def peak_rss_mb(procs: list[psutil.Process]) -> float:
     """Sum of each process's high-water RSS (VmHWM), in MB."""
     total = 0
@@ -299,9 +305,11 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         ctrl_procs = process_tree(ctrl.proc.popen.pid)
         load_procs = [psutil.Process(p.pid) for p, _ in children]
         ctrl_cpu0, load_cpu0, t0 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
+        busy0 = machine_busy_seconds()
         console.print(f"  measuring for {args.duration:g}s (after {args.warmup:g}s warm-up)")
         time.sleep(max(0.0, window_end - time.time()))
         ctrl_cpu1, load_cpu1, t1 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
+        busy1 = machine_busy_seconds()
         rss = peak_rss_mb(ctrl_procs)
         stats = [_recv(proc, pipe, 120, ctrl) for proc, pipe in children]
         for proc, _ in children:
@@ -351,6 +359,10 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         "controller_cpu_pct": round(100 * (ctrl_cpu1 - ctrl_cpu0) / wall, 1),
         "controller_peak_rss_mb": round(rss, 1),
         "loadgen_cpu_pct": round(100 * (load_cpu1 - load_cpu0) / wall, 1),
+        # Everything else the machine ran meanwhile (other benches, test suites).
+        "other_processes_cpu_pct": round(
+            100 * ((busy1 - busy0) - (ctrl_cpu1 - ctrl_cpu0) - (load_cpu1 - load_cpu0)) / wall, 1
+        ),
     }
 
 
@@ -372,7 +384,7 @@ def render(runs: list[dict[str, Any]]) -> Table:
     for col in (
         "sites", "db", "interval s", "target/s", "syncs/s", "p50 ms", "p99 ms",
         "report p99", "desired p99", "errors", "long-polls open", "ctrl CPU %",
-        "ctrl RSS MB", "loadgen CPU %",
+        "ctrl RSS MB", "loadgen CPU %", "others CPU %",
     ):  # fmt: skip
         table.add_column(col, justify="right")
     for r in runs:
@@ -391,6 +403,7 @@ def render(runs: list[dict[str, Any]]) -> Table:
             f"{r['controller_cpu_pct']:.0f}",
             f"{r['controller_peak_rss_mb']:.0f}",
             f"{r['loadgen_cpu_pct']:.0f}",
+            f"{r['other_processes_cpu_pct']:.0f}",
         )
     return table
 

@@ -8,9 +8,10 @@ from typing import Any, TypeVar
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from cloudlet.controller.api.deps import DB, State
+from cloudlet.controller.api.deps import DB
 from cloudlet.controller.services import auth, fleet, sync
 from cloudlet.controller.services._util import utcnow
+from cloudlet.controller.state import ControllerState
 from cloudlet.schemas import AgentReport, DesiredStateDoc, EnrollRequest, EnrollResponse, ReportAck
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
@@ -29,13 +30,13 @@ def enroll(body: EnrollRequest, session: DB) -> EnrollResponse:
 )
 async def desired(
     request: Request,
-    st: State,
     since: int = Query(0, ge=0, description="The revision the agent holds."),
     wait: float = Query(0, ge=0, le=300, description="Seconds to wait for a change."),
 ) -> DesiredStateDoc | Response:
     """Long-poll for desired state: answers at once when the agent is behind,
     otherwise waits up to ``wait`` seconds for a change (204 if none)."""
     # since=0 means "I hold nothing": always answer with a snapshot.
+    st = _state(request)
     site = await _authenticate(request, st)
     site_id, revision = site.id, site.revision
     if 0 < since == revision and wait > 0:
@@ -46,7 +47,13 @@ async def desired(
     return await run_in_threadpool(_doc, st, site_id, since)
 
 
-async def _authenticate(request: Request, st: State) -> auth.SiteBrief:
+def _state(request: Request) -> ControllerState:
+    # Not the State dependency: FastAPI runs a plain-function dependency in a
+    # worker thread, a hop that costs more than these handlers' own work.
+    return request.app.state.cloudlet
+
+
+async def _authenticate(request: Request, st: ControllerState) -> auth.SiteBrief:
     """The calling agent's site; also tells the traffic counters whose bytes these are."""
     credential = auth.bearer_secret(request.headers.get("authorization"))
     site = await _read(st, auth.authenticate_site_brief, credential)
@@ -54,7 +61,7 @@ async def _authenticate(request: Request, st: State) -> auth.SiteBrief:
     return site
 
 
-async def _read(st: State, query: Callable[..., T], *args: Any) -> T:
+async def _read(st: ControllerState, query: Callable[..., T], *args: Any) -> T:
     """Run one short read, holding no connection afterwards (a long poll must not
     pin one while it waits).
 
@@ -72,21 +79,22 @@ async def _read(st: State, query: Callable[..., T], *args: Any) -> T:
         connection.rollback()
 
 
-def _read_in_thread(st: State, query: Callable[..., T], *args: Any) -> T:
+def _read_in_thread(st: ControllerState, query: Callable[..., T], *args: Any) -> T:
     with st.engine.connect() as connection:
         return query(connection, *args)
 
 
-def _doc(st: State, site_id: str, since: int) -> DesiredStateDoc:
+def _doc(st: ControllerState, site_id: str, since: int) -> DesiredStateDoc:
     with st.sessions() as session:
         return sync.desired_doc(session, session.get_one(fleet.Site, site_id), since)
 
 
 @router.post("/report", response_model=ReportAck)
-async def report(body: AgentReport, request: Request, st: State) -> Response:
+async def report(body: AgentReport, request: Request) -> Response:
     """Store a report. A heartbeat (no events, no instance list, nothing newly
     applied: most reports) is acknowledged at once and written with others within
     a second; anything else is stored in its own transaction before the answer."""
+    st = _state(request)
     site = await _authenticate(request, st)
     if sync.is_heartbeat(site, body):
         now = utcnow()
@@ -98,7 +106,7 @@ async def report(body: AgentReport, request: Request, st: State) -> Response:
     return Response(ack.model_dump_json(), media_type="application/json")
 
 
-def _ingest(st: State, site_id: str, body: AgentReport) -> ReportAck:
+def _ingest(st: ControllerState, site_id: str, body: AgentReport) -> ReportAck:
     with st.sessions.begin() as session:
         site = session.get_one(fleet.Site, site_id)
         acked = sync.ingest_report(session, site, body, utcnow())
