@@ -47,18 +47,23 @@ def probe_instance(http: httpx.Client, instance: dict[str, Any]) -> Probe:
     return Probe(True, f"{text}, {(time.perf_counter() - start) * 1000:.1f} ms")
 
 
-def probe_local_api(http: httpx.Client, url: str | None) -> Probe:
-    """What the site's own API says: "2/2 running, outbox 3" (events not yet delivered)."""
+def probe_local_api(http: httpx.Client, url: str | None) -> tuple[Probe, dict[str, Any]]:
+    """What the site's own API says: "2/2 running, outbox 3" (events not yet delivered).
+
+    Returns:
+        The summary, and the agent's /healthz body ({} when it did not answer).
+    """
     if url is None:
-        return Probe(False, "not up yet")
+        return Probe(False, "not up yet"), {}
     try:
         resp = http.get(f"{url}/v1/local/instances", timeout=TIMEOUT_S)
         resp.raise_for_status()
         rows = resp.json()
-        health = http.get(f"{url}/healthz", timeout=TIMEOUT_S)
-        health.raise_for_status()
-        depth = health.json().get("outbox_depth")
+        answer = http.get(f"{url}/healthz", timeout=TIMEOUT_S)
+        answer.raise_for_status()
+        health = answer.json()
     except (httpx.HTTPError, ValueError) as exc:
-        return Probe(False, f"no answer ({type(exc).__name__})")
+        return Probe(False, f"no answer ({type(exc).__name__})"), {}
     running = sum(1 for r in rows if r.get("state") == "running")
-    return Probe(True, f"{running}/{len(rows)} running, outbox {depth}")
+    depth = health.get("outbox_depth")
+    return Probe(True, f"{running}/{len(rows)} running, outbox {depth}"), health

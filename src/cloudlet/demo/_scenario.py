@@ -95,7 +95,13 @@ class Scenario:
         w.instances = self._get("/v1/instances")
         w.links = {name: relay.stats() for name, relay in self.fleet.relays.items()}
         for name, agent in self.fleet.agents.items():
-            w.local[name] = probe_local_api(self.http, agent.local_api())
+            w.local[name], health = probe_local_api(self.http, agent.local_api())
+            if health.get("sync_revoked"):
+                # The agent stops syncing for good: no point waiting for it to catch up.
+                raise CloudletError(
+                    f"the agent of site {name} stopped syncing: the controller refused its"
+                    f" credential ({health.get('last_error')})"
+                )
         cut = CUT_SITE in w.links and w.links[CUT_SITE].cut
         for inst in w.instances:
             if inst["actual_state"] == "running":
