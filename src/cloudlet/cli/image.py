@@ -11,7 +11,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from cloudlet.cli._client import Client
 from cloudlet.cli._context import JsonOpt, ctx_of
-from cloudlet.cli._output import ago, emit_json, err_console, human_bytes, show, show_one
+from cloudlet.cli._output import ago, emit_json, err_console, human_bytes, pct, show, show_one
 from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, file_digest, upload_file
 from cloudlet.cli.overlay import _progress, one_line_errors
 from cloudlet.synthesis import build_index
@@ -91,14 +91,40 @@ def upload(
     )
 
 
+SITE_IMAGE_COLUMNS = [
+    ("NAME", lambda e: e["name"]),
+    ("DIGEST", lambda e: e["digest"][:16]),
+    ("KIND", lambda e: e["kind"]),
+    ("SIZE", lambda e: human_bytes(e["size"])),
+    ("STAGED", lambda e: "yes" if e["staged"] else "no"),
+    ("CACHED", lambda e: _cached(e)),
+    ("LAST USED", lambda e: ago(e["last_used"]) if e["last_used"] else "-"),
+]
+
+
+def _cached(entry: dict[str, Any]) -> str:
+    if entry["complete"]:
+        return "complete"
+    if not entry["cached"]:
+        return "no" if entry["reported_at"] else "not reported"
+    return f"{human_bytes(entry['fetched'])} ({pct(entry['fetched'] / (entry['size'] or 1))})"
+
+
 @app.command("list")
 def list_(
     ctx: typer.Context,
     project: str | None = typer.Option(None, "--project", help="Only this project."),
+    site: str | None = typer.Option(
+        None, "--site", "-s", help="What this site should hold and holds, instead."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Base images in the catalog."""
-    show(ctx_of(ctx).client().get("/v1/images", project=project), IMAGE_COLUMNS, as_json)
+    """Base images in the catalog, or a site's pre-staged images and cache (--site)."""
+    client = ctx_of(ctx).client()
+    if site is not None:
+        show(client.get(f"/v1/sites/{site}/images"), SITE_IMAGE_COLUMNS, as_json)
+        return
+    show(client.get("/v1/images", project=project), IMAGE_COLUMNS, as_json)
 
 
 @app.command("show")
