@@ -362,3 +362,5 @@ def test_cli_upload_list_and_prestage(
         follow.kill()
     assert follow.returncode == 0, err
     assert json.loads(out)["complete"] and json.loads(out)["fetched"] == size
+    at_site = json.loads(_cli(controller, tmp_path, "image", "list", "-s", "lyon", "--json").stdout)
+    assert [(e["name"], e["staged"], e["complete"]) for e in at_site] == [("base", True, True)]
