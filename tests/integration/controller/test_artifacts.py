@@ -282,9 +282,14 @@ def test_overlay_needs_its_base_and_must_verify_then_prestage(
     assert not listed[digest]["complete"] and listed[digest]["reported_at"]
     assert listed["a" * 64]["kind"] == "overlay" and not listed["a" * 64]["staged"]
 
-    in_use = api.delete(f"/v1/images/{digest}")
-    assert in_use.status_code == 204  # staged images are dropped from sites, with a bump
+    assert api.delete(f"/v1/sites/lyon/images/{digest[:12]}").status_code == 204
     assert api.get("/v1/sites/lyon").json()["revision"] == before + 2
+    assert api.post("/v1/sites/lyon/images", json={"image": digest}).status_code == 202
+    assert api.get("/v1/sites/lyon").json()["revision"] == before + 3
+
+    deleted = api.delete(f"/v1/images/{digest}")
+    assert deleted.status_code == 204  # staged images are dropped from sites, with a bump
+    assert api.get("/v1/sites/lyon").json()["revision"] == before + 4
     after = {e["digest"]: e for e in api.get("/v1/sites/lyon/images").json()}
     assert not after[digest]["staged"] and after[digest]["cached"]  # until the agent evicts it
     _problem(api.delete(f"/v1/sites/lyon/images/{digest}"), 404, "not-found")
