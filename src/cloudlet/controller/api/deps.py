@@ -18,7 +18,8 @@ def state(request: Request) -> ControllerState:
 
 
 def db(request: Request) -> Iterator[Session]:
-    """One transaction per request: committed when the handler returns normally."""
+    """One transaction per request: committed when the handler returns normally,
+    before the response is sent (see ``_DB``), so a client's next request sees it."""
     session = request.app.state.cloudlet.sessions()
     try:
         yield session
@@ -36,11 +37,15 @@ def _bearer(request: Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def current_user(request: Request, session: Annotated[Session, Depends(db)]) -> ApiToken:
+# scope="function": the commit happens before the answer leaves, not after it.
+_DB = Depends(db, scope="function")
+
+
+def current_user(request: Request, session: Annotated[Session, _DB]) -> ApiToken:
     return authenticate_user(session, _bearer(request))
 
 
-def agent_site(request: Request, session: Annotated[Session, Depends(db)]) -> Site:
+def agent_site(request: Request, session: Annotated[Session, _DB]) -> Site:
     site = authenticate_site(session, _bearer(request))
     request.scope.setdefault("state", {})["site_id"] = site.id
     return site
@@ -64,7 +69,7 @@ def scope_project(user: ApiToken, requested: str | None = None) -> str | None:
     return user.project
 
 
-DB = Annotated[Session, Depends(db)]
+DB = Annotated[Session, _DB]
 User = Annotated[ApiToken, Depends(current_user)]
 AgentSite = Annotated[Site, Depends(agent_site)]
 AgentSiteBrief = Annotated[Site, Depends(agent_site_brief)]
