@@ -118,14 +118,23 @@ class Classifier:
         base_stop = min(start + n, t.base.n_chunks if t.base else 0)
         same = np.zeros(n, bool)
         base_win = None
+        base_data = np.zeros(n, bool)
+        mod_data = t.image.data_mask(start, start + n)
         if base_stop > start:
             base_win = t.base.window(start, base_stop, bbuf)
-            same[: base_stop - start] = _unchanged(rows[: base_stop - start], base_win)
+            base_data[: base_stop - start] = t.base.data_mask(start, base_stop)
+            # over base holes a chunk is unchanged iff it is zero; compare only the rest
+            cmp = np.flatnonzero(base_data & mod_data)
+            same[cmp] = _unchanged(rows[cmp], base_win[cmp])
+        within = np.arange(n) < base_stop - start
+        same |= ~mod_data & ~base_data & within  # hole in both
         kinds[same] = SAME
         changed = np.flatnonzero(~same)
         crow = rows[changed]
         nonzero = crow.any(axis=1)
-        kinds[changed[~nonzero]] = ZERO
+        zero = ~nonzero
+        zc = changed[zero]
+        kinds[zc] = np.where(within[zc] & ~base_data[zc], SAME, ZERO)
         changed, crow = changed[nonzero], crow[nonzero]
         if not len(changed):
             return
@@ -151,7 +160,7 @@ class Classifier:
         # 3. literal, or XOR-delta against the base at the same offset
         delta = np.zeros(len(changed), bool)
         if base_win is not None:
-            inb = np.flatnonzero(changed < base_stop - start)
+            inb = np.flatnonzero(base_data[changed])
             inb = inb[base_win[changed[inb]].any(axis=1)]  # XOR with zeros gains nothing
             equal = np.count_nonzero(crow[inb] == base_win[changed[inb]], axis=1)
             delta[inb] = equal >= DELTA_MIN_EQUAL_LANES

@@ -90,7 +90,8 @@ class ImageReader:
         Only data extents are read; holes (most of a fresh image) become zeros for free.
         """
         rows = out[: stop - start]
-        buf = memoryview(rows.view(np.uint8).reshape(-1))
+        flat = rows.view(np.uint8).reshape(-1)
+        buf = memoryview(flat)
         lo, hi = start * CHUNK_SIZE, min(self.size, stop * CHUNK_SIZE)
         first = int(np.searchsorted(self._ext_end, lo, side="right"))
         last = int(np.searchsorted(self._ext_start, hi, side="left"))
@@ -98,12 +99,23 @@ class ImageReader:
         for i in range(first, last):
             a, b = max(lo, int(self._ext_start[i])), min(hi, int(self._ext_end[i]))
             if a > pos:
-                buf[pos - lo : a - lo] = bytes(a - pos)
+                flat[pos - lo : a - lo] = 0
             self._read_into(buf[a - lo : b - lo], a)
             pos = b
-        if pos - lo < len(buf):
-            buf[pos - lo :] = bytes(len(buf) - (pos - lo))
+        flat[pos - lo :] = 0
         return rows
+
+    def data_mask(self, start: int, stop: int) -> np.ndarray:
+        """Which chunks in [start, stop) overlap a data extent (the others are holes)."""
+        mask = np.zeros(stop - start, bool)
+        lo, hi = start * CHUNK_SIZE, stop * CHUNK_SIZE
+        first = int(np.searchsorted(self._ext_end, lo, side="right"))
+        last = int(np.searchsorted(self._ext_start, hi, side="left"))
+        for i in range(first, last):
+            a = max(lo, int(self._ext_start[i])) // CHUNK_SIZE
+            b = -(-min(hi, int(self._ext_end[i])) // CHUNK_SIZE)
+            mask[a - start : b - start] = True
+        return mask
 
     def _read_into(self, view: memoryview, offset: int) -> None:
         got = 0

@@ -41,3 +41,15 @@ def make_pair(
     mod[(n - 150) * C : (n - 148) * C] = mod[40 * C : 42 * C]  # repeated
     mod[(n - 140) * C + 17] ^= 1  # small in-place edit (delta)
     return write(d / "base.img", base), write(d / "mod.img", mod), mod
+
+
+def write_sparse(path: Path, data: np.ndarray) -> Path:
+    """Write only the non-zero 4 KiB blocks, so zero blocks are holes (like real images)."""
+    with open(path, "wb") as f:
+        f.truncate(len(data))
+        for off in range(0, len(data), C):
+            block = data[off : off + C]
+            if block.any():
+                f.seek(off)
+                f.write(block.tobytes())
+    return path

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from synthesis_helpers import C, random_image, write
+from synthesis_helpers import C, random_image, write, write_sparse
 
 from cloudlet.synthesis import apply_overlay, create_overlay, overlay_info, verify_overlay
 
@@ -52,7 +52,7 @@ op_strategy = st.lists(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     n_chunks=st.integers(0, 48),
@@ -63,9 +63,10 @@ op_strategy = st.lists(
     memory_base=st.booleans(),
     memory_ops=op_strategy,
     level=st.sampled_from([1, 3, 19]),
+    sparse=st.booleans(),
 )
 def test_apply_of_create_is_identity(
-    seed, n_chunks, tail, new_size, disk_ops, memory, memory_base, memory_ops, level
+    seed, n_chunks, tail, new_size, disk_ops, memory, memory_base, memory_ops, level, sparse
 ):
     rng = np.random.default_rng(seed)
     base = random_image(rng, n_chunks, tail)
@@ -77,6 +78,7 @@ def test_apply_of_create_is_identity(
         mod = mutate(rng, grown, base, disk_ops[:3])
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
+        put = write_sparse if sparse else write
         kw: dict = {}
         mem1 = None
         if memory:
@@ -85,11 +87,11 @@ def test_apply_of_create_is_identity(
             mem1 = mutate(rng, mem0 if memory_base else random_image(rng, 12), base, memory_ops)
             if len(mem1) >= 2 * C and len(mod) >= C:
                 mem1[C : 2 * C] = mod[:C]
-            kw["memory"] = write(d / "m1", mem1)
+            kw["memory"] = put(d / "m1", mem1)
             if memory_base:
-                kw["memory_base"] = write(d / "m0", mem0)
-        write(d / "base", base)
-        write(d / "mod", mod)
+                kw["memory_base"] = put(d / "m0", mem0)
+        put(d / "base", base)
+        put(d / "mod", mod)
         summary = create_overlay(d / "base", d / "mod", d / "ovl", level=level, **kw)
         assert summary.overlay_size == (d / "ovl").stat().st_size
         verify_overlay(d / "ovl")
