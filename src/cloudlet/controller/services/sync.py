@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from cloudlet.controller.db.dialect import insert_ignore
 from cloudlet.controller.db.models import App, Event, Instance, Site
 from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.artifacts import record_cache, site_image_digests
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
 from cloudlet.schemas import (
@@ -61,6 +62,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
         full=full,
         since=0 if full else since,
         instances=[_desired(i, a) for i, a in rows],
+        images=site_image_digests(session, site.id),
     )
 
 
@@ -158,6 +160,7 @@ def is_heartbeat(site: SiteBrief, report: AgentReport) -> bool:
     return (
         not report.events
         and report.instances is None
+        and report.cache is None
         and min(report.applied_revision, site.revision) <= site.applied_revision
     )
 
@@ -196,6 +199,8 @@ def ingest_report(session: Session, site: Site, report: AgentReport, now: dateti
     acked = store_events(session, site, report)
     if report.instances is not None:
         _apply_actual(session, site, report.instances)
+    if report.cache is not None:
+        record_cache(session, site, report.cache)
     values = heartbeat_values(report, now)
     applied = min(report.applied_revision, site.revision)
     if applied > site.applied_revision:

@@ -1,0 +1,70 @@
+"""Pre-staging a base image at a site through real controller and agent processes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloudlet.synthesis import base_digest
+from cloudlet.testbed.local import LocalAgent, LocalController, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _upload(api: httpx.Client, path: Path, name: str) -> dict[str, object]:
+    size = path.stat().st_size
+    upload = api.post("/v1/uploads", json={"kind": "image", "name": name, "size": size}).json()
+    with path.open("rb") as f:
+        offset = 0
+        while chunk := f.read(3 << 20):
+            r = api.put(
+                f"/v1/uploads/{upload['id']}",
+                params={"offset": offset},
+                content=chunk,
+                headers={"content-type": "application/octet-stream"},
+            )
+            r.raise_for_status()
+            offset += len(chunk)
+    done = api.post(f"/v1/uploads/{upload['id']}/complete")
+    assert done.status_code == 201, done.text
+    return done.json()
+
+
+def test_prestaged_image_reaches_the_site_cache(tmp_path: Path) -> None:
+    image = tmp_path / "base.raw"
+    with image.open("wb") as f:
+        f.write(os.urandom(5 << 20))
+        f.truncate(16 << 20)  # a zero tail, as real images have
+    ctl = LocalController(tmp_path / "ctl").start()
+    api = ctl.client()
+    agent = None
+    try:
+        token = api.post("/v1/sites", json={"name": "lyon"}).json()["join_token"]["token"]
+        agent = LocalAgent("lyon", tmp_path / "lyon", ctl.url, join_token=token).start()
+        registered = _upload(api, image, "debian-tiny")
+        assert registered["digest"] == base_digest(image).hex()
+
+        staged = api.post("/v1/sites/lyon/images", json={"image": "debian-tiny"})
+        assert staged.status_code == 202, staged.text
+
+        def complete() -> dict[str, object] | None:
+            for entry in api.get("/v1/sites/lyon/images").json():
+                if entry["digest"] == registered["digest"] and entry["complete"]:
+                    return entry
+            return None
+
+        entry = wait_for(complete, 60, f"the image cached at lyon\n{agent.proc.log_tail()}")
+        assert entry["fetched"] == image.stat().st_size
+        cached = list((tmp_path / "lyon").rglob(str(registered["digest"])))
+        assert cached and base_digest(cached[0]).hex() == registered["digest"]
+        wait_for(
+            lambda: api.get("/v1/sites/lyon").json()["sync_status"] == "in-sync", 30, "in-sync"
+        )
+    finally:
+        if agent is not None:
+            agent.stop()
+        ctl.stop()
+        api.close()
