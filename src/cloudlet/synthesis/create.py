@@ -179,7 +179,7 @@ def _create(
             classifier,
             targets,
             level,
-            threads or os.cpu_count() or 1,
+            _threads(threads, level),
             phase("compress", 0),
         )
         try:
@@ -239,6 +239,12 @@ def _create(
             segments=len(seg.offsets),
             seconds=0.0,
         )
+
+
+def _threads(threads: int | None, level: int) -> int:
+    n = threads or os.cpu_count() or 1
+    # 32 MiB segments at high levels need ~250 MB of zstd state per thread: stay < 1 GB
+    return min(n, 2) if level >= 16 else n
 
 
 __all__ = ["DEFAULT_LEVEL", "MAX_LEVEL", "CreateSummary", "Progress", "create_overlay"]
