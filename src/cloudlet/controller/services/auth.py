@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import ApiToken, Project, Site
@@ -90,7 +90,11 @@ class SiteBrief(NamedTuple):
     acked_seq: int
 
 
-_SITE_BRIEF = select(Site.id, Site.revision, Site.applied_revision, Site.acked_seq)
+# Built once: constructing and cache-keying a statement per call costs more than
+# running it.
+_SITE_BRIEF = select(Site.id, Site.revision, Site.applied_revision, Site.acked_seq).where(
+    Site.credential_hash == bindparam("credential_hash")
+)
 
 
 def bearer_secret(authorization: str | None) -> str | None:
@@ -108,9 +112,7 @@ def authenticate_site_brief(connection: Connection, credential: str | None) -> S
     """
     if not credential:
         raise AuthError("missing site credential")
-    row = connection.execute(
-        _SITE_BRIEF.where(Site.credential_hash == hash_secret(credential))
-    ).first()
+    row = connection.execute(_SITE_BRIEF, {"credential_hash": hash_secret(credential)}).first()
     if row is None:
         raise AuthError("invalid or revoked site credential")
     return SiteBrief(*row)

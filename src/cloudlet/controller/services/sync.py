@@ -66,9 +66,12 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     )
 
 
+_SITE_REVISION = select(Site.revision).where(Site.id == bindparam("site_id"))
+
+
 def site_revision(connection: Connection, site_id: str) -> int:
-    """A site's current desired-state revision, as one Core query."""
-    return connection.execute(select(Site.revision).where(Site.id == site_id)).scalar_one()
+    """A site's current desired-state revision, as one prebuilt Core query."""
+    return connection.execute(_SITE_REVISION, {"site_id": site_id}).scalar_one()
 
 
 def store_events(session: Session, site: Site, report: AgentReport) -> int:
