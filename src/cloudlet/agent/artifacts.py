@@ -120,7 +120,7 @@ class ArtifactCache:
         return None
 
     def all(self) -> list[Artifact]:
-        return [_from_row(r) for r in self.store.query("SELECT * FROM artifacts ORDER BY kind, id")]
+        return all_artifacts(self.store)
 
     def listing(self) -> list[CachedImage]:
         """The cache as the report carries it."""
@@ -239,6 +239,11 @@ class ArtifactCache:
                 self.budget_bytes,
             )
         return removed
+
+
+def all_artifacts(store: Store) -> list[Artifact]:
+    """Every cache row, complete or not (readable without the cache's files)."""
+    return [_from_row(r) for r in store.query("SELECT * FROM artifacts ORDER BY kind, id")]
 
 
 def _from_row(row: sqlite3.Row) -> Artifact:

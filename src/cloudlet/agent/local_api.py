@@ -3,7 +3,8 @@
 ``GET /healthz``; ``GET /v1/local/instances[/{id}]`` (state and endpoint, so clients
 find their service with the controller unreachable); ``POST /v1/local/instances``
 ``{"app": ...}`` starts an app the site holds a definition of (origin ``site``);
-``DELETE /v1/local/instances/{id}`` removes such a site-origin instance.
+``DELETE /v1/local/instances/{id}`` removes such a site-origin instance;
+``GET /v1/local/cache`` lists the artifacts the site holds (complete or being fetched).
 
 It runs inside the agent's event loop (uvicorn without its own signal handling:
 the agent owns SIGTERM/SIGINT) and writes the port it bound to
@@ -27,10 +28,16 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from cloudlet.agent import actual, desired
+from cloudlet.agent import actual, artifacts, desired
 from cloudlet.agent.store import Store
 from cloudlet.errors import CloudletError, ConfigError, ConflictError, NotFoundError
-from cloudlet.schemas import ActualInstance, ActualState, DesiredState, InstanceOrigin
+from cloudlet.schemas import (
+    ActualInstance,
+    ActualState,
+    CachedImage,
+    DesiredState,
+    InstanceOrigin,
+)
 from cloudlet.schemas.common import Name
 
 log = logging.getLogger(__name__)
@@ -113,6 +120,10 @@ def create_app(
             state=ActualState.PENDING,
             updated_at=datetime.now(UTC),
         )
+
+    @app.get("/v1/local/cache", response_model=list[CachedImage])
+    def list_cache() -> list[CachedImage]:
+        return [a.to_wire() for a in artifacts.all_artifacts(store)]
 
     @app.post("/v1/local/instances", status_code=202, response_model=ActualInstance)
     async def start_instance(body: LocalInstanceCreate) -> ActualInstance:

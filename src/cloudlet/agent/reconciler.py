@@ -36,7 +36,7 @@ from cloudlet.agent._wait import sleep_or
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import ALIVE_AT, Store
-from cloudlet.agent.vm import VmBuilder, wait_for_answer
+from cloudlet.agent.vm import Opened, VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
 from cloudlet.errors import CloudletError, DriverError
 from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
@@ -150,7 +150,7 @@ class Reconciler(InstanceOps):
         has_vm = any(c.kind is ComponentKind.VM for c in inst.components)
         if has_vm:
             try:
-                self.drivers.for_kind(ComponentKind.VM)
+                await asyncio.to_thread(self.drivers.for_kind, ComponentKind.VM)
                 if self.vm is None:
                     raise DriverError(VM_UNSUPPORTED)
             except DriverError as exc:
@@ -224,17 +224,21 @@ class Reconciler(InstanceOps):
             return row, timings
         row = self._move(row, ActualState.FETCHING, reason=None)
         t0 = time.monotonic()
-        opened = {}
-        for comp in todo:
-            if not self.vm.disk_path(want.id, comp).is_file():
-                opened[comp.name] = await self.vm.fetch(comp)
-        timings["fetch"] = round(time.monotonic() - t0, 3)
-        row = self._move(row, ActualState.SYNTHESIZING, timings=timings)
-        t0 = time.monotonic()
-        for comp in todo:
-            if comp.name in opened:
-                await self.vm.synthesize(want.id, comp, opened.pop(comp.name))
-        timings["synthesize"] = round(time.monotonic() - t0, 3)
+        opened: dict[str, Opened] = {}
+        try:
+            for comp in todo:
+                if not self.vm.disk_path(want.id, comp).is_file():
+                    opened[comp.name] = await self.vm.fetch(comp)
+            timings["fetch"] = round(time.monotonic() - t0, 3)
+            row = self._move(row, ActualState.SYNTHESIZING, timings=timings)
+            t0 = time.monotonic()
+            for comp in todo:
+                if comp.name in opened:
+                    await self.vm.synthesize(want.id, comp, opened.pop(comp.name))
+            timings["synthesize"] = round(time.monotonic() - t0, 3)
+        finally:
+            for left in opened.values():  # not synthesized: a later one failed
+                self.vm.discard(left)
         return row, timings
 
     async def _start(

@@ -49,6 +49,7 @@ class Opened:
     source: ByteSource | None  # None: no overlay, the disk is a copy of the base
     remote: HttpRangeSource | None = None  # set when the overlay streams from the controller
     has_memory: bool = False
+    overlay: str | None = None
 
 
 class VmBuilder:
@@ -102,18 +103,24 @@ class VmBuilder:
             part = self.cache.part_path(ArtifactKind.OVERLAY, comp.overlay)
             remote = HttpRangeSource(url, where[1], tee=part)
             source = remote
+        opened = Opened(base, source, remote, overlay=comp.overlay)
         try:
             manifest = await asyncio.to_thread(read_manifest, source)
+            if manifest.root_digest.hex() != comp.overlay.lower():
+                raise SynthesisError(f"overlay {comp.overlay} has another overlay's root digest")
         except BaseException:
-            _close(source)
-            if remote is not None:
-                self.cache.release(ArtifactKind.OVERLAY, comp.overlay)
-                self.cache.remove(ArtifactKind.OVERLAY, comp.overlay)
+            self.discard(opened)
             raise
-        if manifest.root_digest.hex() != comp.overlay.lower():
-            _close(source)
-            raise SynthesisError(f"overlay {comp.overlay} has root digest of another overlay")
-        return Opened(base, source, remote, manifest.memory_size is not None)
+        opened.has_memory = manifest.memory_size is not None
+        return opened
+
+    def discard(self, opened: Opened) -> None:
+        """Release what :meth:`fetch` opened when it will not be synthesized."""
+        if opened.source is not None:
+            _close(opened.source)
+        if opened.remote is not None and opened.overlay is not None:
+            self.cache.release(ArtifactKind.OVERLAY, opened.overlay)
+            self.cache.remove(ArtifactKind.OVERLAY, opened.overlay)
 
     # -- synthesize ----------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ class BlobServer:
         self.requests: list[tuple[str, str | None]] = []
         self.cut_next: int | None = None
         self.offline = False
+        #: False: answer every request with the whole blob (200), as a plain server would.
+        self.ranges = True
         self.lock = threading.Lock()
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -74,7 +76,7 @@ class BlobServer:
         total = len(data)
         status, headers = 200, {"accept-ranges": "bytes"}
         first, last = 0, total - 1
-        if rng and (m := _RANGE.fullmatch(rng.strip())):
+        if self.ranges and rng and (m := _RANGE.fullmatch(rng.strip())):
             first = int(m.group(1))
             last = min(int(m.group(2)), total - 1) if m.group(2) else total - 1
             if first >= total:

@@ -199,3 +199,25 @@ def test_synthesis_streams_through_http_and_keeps_a_whole_copy(
         assert src.gaps() == []
     assert out.read_bytes() == Path(overlay["mod"]).read_bytes()
     assert (tmp_path / "copy.part").read_bytes() == blob
+
+
+def test_a_server_without_ranges_makes_the_download_start_over(
+    store: Store, tmp_path: Path, server: BlobServer, image: tuple[str, bytes]
+) -> None:
+    digest, data = image
+    server.add_image(digest, data)
+    server.cut_next = 500_000
+
+    async def go() -> Path:
+        stager = stager_for(store, tmp_path / "cache", server)
+        try:
+            with pytest.raises(ControllerUnreachableError):
+                await stager.ensure(IMAGE, digest)
+            server.ranges = False
+            return await stager.ensure(IMAGE, digest)
+        finally:
+            await stager.aclose()
+
+    path = asyncio.run(go())
+    assert path.read_bytes() == data
+    assert server.requests[1][1] is not None  # it asked to resume, got everything

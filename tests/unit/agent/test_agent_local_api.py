@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
 from agent_fakes import doc, instance
 
 from cloudlet.agent import actual, desired, outbox
+from cloudlet.agent.artifacts import ArtifactCache
 from cloudlet.agent.local_api import create_app
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.store import Store
 from cloudlet.compute import FakeDriver
 from cloudlet.schemas import EventKind
+from cloudlet.schemas.artifacts import ArtifactKind
 
 
 def call(store: Store, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -70,3 +73,12 @@ def test_site_origin_instance_lifecycle(store: Store) -> None:
     asyncio.run(Reconciler(store, driver).reconcile_once())
     assert actual.get(store, new["id"]).state.value == "deleted"  # type: ignore[union-attr]
     assert driver.list() == []
+
+
+def test_the_cache_is_listed(store: Store, tmp_path: Path) -> None:
+    assert call(store, "GET", "/v1/local/cache").json() == []
+    cache = ArtifactCache(store, tmp_path / "cache", budget_bytes=1 << 20)
+    cache.begin(ArtifactKind.IMAGE, "a" * 64, 10)
+    cache.progress(ArtifactKind.IMAGE, "a" * 64, 4)
+    [held] = call(store, "GET", "/v1/local/cache").json()
+    assert (held["digest"], held["fetched"], held["complete"]) == ("a" * 64, 4, False)
