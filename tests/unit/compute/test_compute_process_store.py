@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from cloudlet.compute import ProcessDriver, RestartPolicy, WorkloadSpec, WorkloadState
-from cloudlet.compute.process._spec import spec_from_json, spec_to_json, valid_id
-from cloudlet.compute.process._store import Runtime, write_json
+from cloudlet.compute._records import Runtime, spec_from_json, spec_to_json, valid_id, write_json
 from cloudlet.errors import DriverError
 
 

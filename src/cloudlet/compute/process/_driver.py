@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-import datetime
 import fcntl
 import logging
 import os
 import shlex
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
+from cloudlet.compute._logfiles import MAX_LOG_BYTES, mark, read_tail, rotate
+from cloudlet.compute._proc import Child, adopt, spawn
+from cloudlet.compute._proc import terminate as terminate_groups
+from cloudlet.compute._records import (
+    SPEC_FILE,
+    STATE_FILE,
+    Runtime,
+    read_json,
+    spec_from_json,
+    spec_to_json,
+    valid_id,
+    write_json,
+)
 from cloudlet.compute.base import (
     ComputeDriver,
     RestartPolicy,
@@ -22,30 +33,11 @@ from cloudlet.compute.base import (
     WorkloadState,
     WorkloadStatus,
 )
-from cloudlet.compute.process._child import Child, SpawnedChild, adopt, process_create_time
-from cloudlet.compute.process._child import terminate as terminate_groups
-from cloudlet.compute.process._spec import (
-    child_env,
-    spec_from_json,
-    spec_to_json,
-    valid_id,
-    validate,
-)
-from cloudlet.compute.process._store import (
-    LOG_FILE,
-    SPEC_FILE,
-    STATE_FILE,
-    WORK_DIR,
-    Runtime,
-    read_json,
-    write_json,
-)
+from cloudlet.compute.process._spec import child_env, validate
+from cloudlet.compute.process._store import LOG_FILE, WORK_DIR
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 
 logger = logging.getLogger(__name__)
-
-#: The console log is moved to ``console.log.1`` at the next (re)start once it is bigger.
-MAX_LOG_BYTES = 8 * 1024 * 1024
 
 
 class _Workload:
@@ -251,16 +243,7 @@ class ProcessDriver(ComputeDriver):
             WorkloadNotFoundError: unknown workload.
         """
         w = self._get(workload_id)
-        try:
-            with (w.path / LOG_FILE).open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(max(0, size - max(0, tail_bytes)))
-                data = f.read()
-        except FileNotFoundError:
-            return ""
-        except OSError as exc:
-            raise DriverError(f"cannot read the log of {workload_id!r}: {exc}") from exc
-        return data.decode("utf-8", errors="replace")
+        return read_tail(w.path / LOG_FILE, tail_bytes, f"the log of {workload_id!r}")
 
     def close(self, keep_running: bool = False) -> None:
         """Stop supervising. Unless ``keep_running``, stop every workload first (all
@@ -338,10 +321,8 @@ class ProcessDriver(ComputeDriver):
 
     def _mark(self, w: _Workload, message: str) -> None:
         """Append a driver line to the console log, so restarts show up among the output."""
-        now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         try:
-            with (w.path / LOG_FILE).open("a", encoding="utf-8") as f:
-                f.write(f"[cloudlet {now}] {message}\n")
+            mark(w.path / LOG_FILE, message)
         except OSError:
             logger.warning("cannot write the log of %s", w.spec.workload_id, exc_info=True)
 
@@ -349,8 +330,7 @@ class ProcessDriver(ComputeDriver):
         spec = w.spec
         log_path = w.path / LOG_FILE
         try:
-            if log_path.exists() and log_path.stat().st_size > MAX_LOG_BYTES:
-                os.replace(log_path, log_path.with_name(LOG_FILE + ".1"))
+            rotate(log_path, MAX_LOG_BYTES)
         except OSError:
             logger.warning("cannot rotate %s", log_path, exc_info=True)
         command = shlex.join(spec.command).replace("\n", "\\n")
@@ -358,17 +338,9 @@ class ProcessDriver(ComputeDriver):
             command = command[:299] + "…"
         self._mark(w, f"starting {command}")
         try:
-            with log_path.open("ab") as log:
-                popen = subprocess.Popen(
-                    list(spec.command),
-                    cwd=w.path / WORK_DIR,
-                    env=child_env(spec),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                )
+            child = spawn(
+                spec.command, cwd=w.path / WORK_DIR, log_path=log_path, env=child_env(spec)
+            )
         except (OSError, ValueError) as exc:
             message = f"cannot start workload {spec.workload_id!r}: {exc}"
             self._mark(w, message)
@@ -376,15 +348,13 @@ class ProcessDriver(ComputeDriver):
                 w.rt.reason = message
             self._persist(w)
             raise DriverError(message) from exc
-        # Not reaped yet, so even an instantly exited child still has a create time.
-        create_time = process_create_time(popen.pid) or 0.0
         with self._lock:
-            w.child = SpawnedChild(popen, create_time)
+            w.child = child
             w.want_running = True
             w.restart_at = None
             w.rt.state = WorkloadState.RUNNING
-            w.rt.pid = popen.pid
-            w.rt.create_time = create_time
+            w.rt.pid = child.pid
+            w.rt.create_time = child.create_time
             w.rt.exit_code = None
             w.rt.reason = reason
         self._persist(w)

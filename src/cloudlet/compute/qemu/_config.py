@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudlet.compute._records import check_id
 from cloudlet.compute.base import WorkloadSpec
 from cloudlet.errors import DriverError
 
@@ -40,15 +40,9 @@ MEMORY_FILE = "memory.ram"
 VMSTATE_FILE = "vmstate"
 PID_FILE = "qemu.pid"
 
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _QCOW2_MAGIC = b"QFI\xfb"
 # sun_path holds 108 bytes; longer socket paths move to a short per-host directory.
 _MAX_SOCKET_PATH = 100
-
-
-def valid_id(workload_id: str) -> bool:
-    """Whether ``workload_id`` is usable as a directory name under the state dir."""
-    return isinstance(workload_id, str) and _ID_RE.fullmatch(workload_id) is not None
 
 
 @dataclass(frozen=True)
@@ -68,11 +62,7 @@ def validate(spec: WorkloadSpec) -> VmOptions:
         DriverError: bad id, port, size or VM option, a missing file, or nothing to boot.
     """
     wid = spec.workload_id
-    if not valid_id(wid):
-        raise DriverError(
-            f"invalid workload id {wid!r}: use 1-128 letters, digits, '.', '_' or '-',"
-            " starting with a letter or digit"
-        )
+    check_id(wid)
     for name in ("port", "guest_port"):
         value = getattr(spec, name)
         if value is not None and not (isinstance(value, int) and 0 < value < 65536):

@@ -11,9 +11,10 @@ import threading
 import time
 from pathlib import Path
 
+from cloudlet.compute._logfiles import read_tail
+from cloudlet.compute._proc import Child
+from cloudlet.compute._records import SPEC_FILE, STATE_FILE, spec_to_json, valid_id, write_json
 from cloudlet.compute.base import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
-from cloudlet.compute.process._child import Child
-from cloudlet.compute.process._spec import spec_to_json
 from cloudlet.compute.qemu import _vm
 from cloudlet.compute.qemu._config import (
     CONSOLE_LOG,
@@ -22,11 +23,10 @@ from cloudlet.compute.qemu._config import (
     command_line,
     device_state_of,
     socket_path,
-    valid_id,
     validate,
 )
 from cloudlet.compute.qemu._probe import KvmVerdict, kvm_verdict
-from cloudlet.compute.qemu._store import SPEC_FILE, STATE_FILE, Runtime, write_json
+from cloudlet.compute.qemu._store import VmRuntime
 from cloudlet.compute.qemu._supervise import Supervisor, Vm
 from cloudlet.errors import DriverError, DriverUnavailableError
 
@@ -146,13 +146,13 @@ class QemuDriver(Supervisor, ComputeDriver):
             try:
                 tmp = Path(tempfile.mkdtemp(prefix=f".create-{wid}-", dir=self.state_dir))
                 write_json(tmp / SPEC_FILE, spec_to_json(spec))
-                write_json(tmp / STATE_FILE, Runtime().to_json())
+                write_json(tmp / STATE_FILE, VmRuntime().to_json())
                 os.rename(tmp, self.state_dir / wid)
             except OSError as exc:
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
                 raise DriverError(f"cannot create workload {wid!r}: {exc}") from exc
-            self._workloads[wid] = Vm(spec, options, self.state_dir / wid, Runtime())
+            self._workloads[wid] = Vm(spec, options, self.state_dir / wid, VmRuntime())
 
     def start(self, workload_id: str) -> WorkloadStatus:
         """Boot the VM (resume it if suspended); a running one is left alone.
@@ -294,7 +294,7 @@ class QemuDriver(Supervisor, ComputeDriver):
         Raises:
             WorkloadNotFoundError: unknown workload.
         """
-        return _vm.read_tail(self._get(workload_id).path / CONSOLE_LOG, tail_bytes)
+        return read_tail(self._get(workload_id).path / CONSOLE_LOG, tail_bytes)
 
     def close(self, keep_running: bool = False) -> None:
         """Stop supervising. Unless ``keep_running``, stop every VM first (all at once, one

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cloudlet.compute.process._store import write_json
+from cloudlet.compute._records import write_json
 
 #: mov al, 0x2a; out 0xf4, al; hlt; jmp $  -- padded to a boot sector.
 _CODE = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE])

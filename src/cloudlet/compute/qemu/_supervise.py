@@ -17,12 +17,19 @@ import time
 import uuid
 from pathlib import Path
 
+from cloudlet.compute._proc import Child, adopt
+from cloudlet.compute._records import (
+    SPEC_FILE,
+    STATE_FILE,
+    read_json,
+    spec_from_json,
+    valid_id,
+    write_json,
+)
 from cloudlet.compute.base import RestartPolicy, WorkloadSpec, WorkloadState
-from cloudlet.compute.process._child import Child, adopt
-from cloudlet.compute.process._spec import spec_from_json
 from cloudlet.compute.qemu import _vm
-from cloudlet.compute.qemu._config import VMSTATE_FILE, VmOptions, options_of, valid_id
-from cloudlet.compute.qemu._store import SPEC_FILE, STATE_FILE, Runtime, read_json, write_json
+from cloudlet.compute.qemu._config import VMSTATE_FILE, VmOptions, options_of
+from cloudlet.compute.qemu._store import VmRuntime
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +38,7 @@ logger = logging.getLogger(__name__)
 class Vm:
     """The driver's view of one workload."""
 
-    def __init__(self, spec: WorkloadSpec, options: VmOptions, path: Path, rt: Runtime) -> None:
+    def __init__(self, spec: WorkloadSpec, options: VmOptions, path: Path, rt: VmRuntime) -> None:
         self.spec = spec
         self.options = options
         self.path = path
@@ -198,7 +205,7 @@ class Supervisor:
                 continue
             try:
                 spec = spec_from_json(read_json(entry / SPEC_FILE))
-                rt = Runtime.from_json(read_json(entry / STATE_FILE))
+                rt = VmRuntime.from_json(read_json(entry / STATE_FILE))
                 if spec.workload_id != entry.name:
                     raise DriverError(f"spec names {spec.workload_id!r}")
             except (DriverError, KeyError, TypeError, ValueError) as exc:

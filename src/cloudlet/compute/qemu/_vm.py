@@ -9,7 +9,6 @@ of KiB) and suspend/resume cost milliseconds whatever the guest's size.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import shlex
 import subprocess
@@ -17,23 +16,22 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from cloudlet.compute.process._child import Child, SpawnedChild, process_create_time
-from cloudlet.compute.process._child import terminate as terminate_groups
+from cloudlet.compute import _logfiles
+from cloudlet.compute._logfiles import MARK_PREFIX, MAX_LOG_BYTES, rotate
+from cloudlet.compute._proc import Child, SpawnedChild, spawn
+from cloudlet.compute._proc import terminate as terminate_groups
 from cloudlet.compute.qemu._config import CONSOLE_LOG, QEMU_LOG
 from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.errors import DriverError
 
 _POLL = 0.02
-#: A log bigger than this is moved to ``<name>.1`` when QEMU next starts.
-MAX_LOG_BYTES = 8 * 1024 * 1024
 _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 
 def mark(workload_dir: Path, message: str) -> None:
     """Append a driver line to qemu.log, so the driver's actions show among QEMU's output."""
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    with contextlib.suppress(OSError), (workload_dir / QEMU_LOG).open("a") as f:
-        f.write(f"[cloudlet {now}] {message}\n")
+    with contextlib.suppress(OSError):
+        _logfiles.mark(workload_dir / QEMU_LOG, message)
 
 
 def log_tail(workload_dir: Path, lines: int = 3) -> str:
@@ -42,7 +40,7 @@ def log_tail(workload_dir: Path, lines: int = 3) -> str:
         text = (workload_dir / QEMU_LOG).read_text(errors="replace")
     except OSError:
         return ""
-    kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("[cloudlet ")]
+    kept = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith(MARK_PREFIX)]
     return " | ".join(kept[-lines:])
 
 
@@ -53,24 +51,6 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def read_tail(path: Path, tail_bytes: int) -> str:
-    """The last ``tail_bytes`` of ``path`` as text (bad UTF-8 replaced); "" if absent.
-
-    Raises:
-        DriverError: the file exists but cannot be read.
-    """
-    try:
-        with path.open("rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - max(0, tail_bytes)))
-            data = f.read()
-    except FileNotFoundError:
-        return ""
-    except OSError as exc:
-        raise DriverError(f"cannot read {path}: {exc}") from exc
-    return data.decode("utf-8", errors="replace")
 
 
 def copy_sparse(source: Path, target: Path) -> None:
@@ -103,25 +83,13 @@ def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) ->
     with contextlib.suppress(FileNotFoundError):
         qmp.unlink()
     for name in (CONSOLE_LOG, QEMU_LOG):
-        log_path = workload_dir / name
         with contextlib.suppress(OSError):
-            if log_path.stat().st_size > MAX_LOG_BYTES:
-                os.replace(log_path, log_path.with_name(name + ".1"))
+            rotate(workload_dir / name, MAX_LOG_BYTES)
     mark(workload_dir, "starting " + shlex.join(command))
     try:
-        with (workload_dir / QEMU_LOG).open("ab") as log:
-            popen = subprocess.Popen(
-                command,
-                cwd=workload_dir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
+        child = spawn(command, cwd=workload_dir, log_path=workload_dir / QEMU_LOG)
     except OSError as exc:
         raise DriverError(f"cannot run {command[0]}: {exc}") from exc
-    child = SpawnedChild(popen, process_create_time(popen.pid) or 0.0)
     deadline = time.monotonic() + timeout
     while True:
         if child.exited():

@@ -1,4 +1,5 @@
-"""Handles on one workload's process group: watch it, signal it, reap its leader.
+"""Process groups for every driver that runs a local program (process, qemu): start
+one, watch it, signal it, reap its leader.
 
 A workload is its process group: the leader is started in a new session, so its pid
 is also the group id, and every signal goes to the whole group. Two kinds of handle:
@@ -19,7 +20,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import psutil
 
@@ -66,6 +68,32 @@ def group_alive(pgid: int) -> bool:
 def signal_group(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def spawn(
+    command: Sequence[str], *, cwd: Path, log_path: Path, env: Mapping[str, str] | None = None
+) -> SpawnedChild:
+    """Start ``command`` as the leader of a new session (so a new process group), stdin
+    from /dev/null, stdout and stderr appended to ``log_path``.
+
+    ``env`` None inherits this process's environment.
+
+    Raises:
+        OSError, ValueError: the log could not be opened or the command not executed.
+    """
+    with log_path.open("ab") as log:
+        popen = subprocess.Popen(
+            list(command),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    # Not reaped yet, so even an instantly exited child still has a create time.
+    return SpawnedChild(popen, process_create_time(popen.pid) or 0.0)
 
 
 class Child(abc.ABC):
