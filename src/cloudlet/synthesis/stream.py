@@ -85,6 +85,7 @@ class StreamingApplier:
         self._error: BaseException | None = None
         self._workers: list[threading.Thread] = []
         self._done = 0
+        self._dict: zstandard.ZstdCompressionDict | None = None
 
     # -- checks -----------------------------------------------------------------------
 
@@ -132,8 +133,7 @@ class StreamingApplier:
         """Check everything, prepare outputs from the base, then start the workers."""
         m = self.check() if self.manifest is None else self.manifest
         try:
-            dctx_dict = load_dictionary(self.source, m)
-            self._dict = dctx_dict
+            self._dict = load_dictionary(self.source, m)
             base_r = self._open(self.base)
             mbase_r = (
                 self._open(self.memory_base)
