@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cloudlet.agent import desired
 from cloudlet.agent.store import CACHE_VERSION, Store, get_meta, set_meta
+from cloudlet.errors import ConfigError
 from cloudlet.schemas import CachedImage, ComponentKind, DesiredState
 from cloudlet.schemas.artifacts import ArtifactKind
 
@@ -80,13 +81,23 @@ class ArtifactCache:
         #: Artifacts being fetched or applied right now: never evicted.
         self._busy: set[tuple[ArtifactKind, str]] = set()
         self._busy_lock = threading.Lock()
-        for sub in _DIRS.values():
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in _DIRS.values():
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.root} as the artifact cache: {exc}") from exc
 
-    def hold(self, kind: ArtifactKind, artifact_id: str) -> None:
-        """Pin an artifact while it is fetched or applied (any thread)."""
+    def hold(self, kind: ArtifactKind, artifact_id: str) -> bool:
+        """Pin an artifact while it is fetched or applied (any thread).
+
+        Returns:
+            False if someone holds it already (and so writes its ``.part`` file).
+        """
         with self._busy_lock:
+            if (kind, artifact_id) in self._busy:
+                return False
             self._busy.add((kind, artifact_id))
+            return True
 
     def release(self, kind: ArtifactKind, artifact_id: str) -> None:
         with self._busy_lock:

@@ -170,6 +170,7 @@ class HttpRangeSource:
         self.bytes_fetched = 0
         self._http = httpx.Client(
             timeout=timeout,
+            follow_redirects=True,
             headers={"Authorization": f"Bearer {credential}"},
             transport=transport,
         )

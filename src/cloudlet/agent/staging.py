@@ -74,7 +74,9 @@ class Stager:
         self.backoff_max_s = backoff_max_s
         self.wake = asyncio.Event()
         self.bytes_received = 0
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=60.0), transport=transport)
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, read=60.0), transport=transport, follow_redirects=True
+        )
         self._locks: dict[tuple[ArtifactKind, str], asyncio.Lock] = {}
 
     async def aclose(self) -> None:

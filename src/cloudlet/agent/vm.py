@@ -47,7 +47,8 @@ class Opened:
 
     base: Path
     source: ByteSource | None  # None: no overlay, the disk is a copy of the base
-    remote: HttpRangeSource | None = None  # set when the overlay streams from the controller
+    #: Set when the overlay streams from the controller into the cache (owned part file).
+    remote: HttpRangeSource | None = None
     has_memory: bool = False
     overlay: str | None = None
 
@@ -98,11 +99,14 @@ class VmBuilder:
                     f"overlay {comp.overlay} is not cached and no controller is known"
                 )
             url = blob_url(where[0], ArtifactKind.OVERLAY, comp.overlay)
-            self.cache.begin(ArtifactKind.OVERLAY, comp.overlay, None)
-            self.cache.hold(ArtifactKind.OVERLAY, comp.overlay)
-            part = self.cache.part_path(ArtifactKind.OVERLAY, comp.overlay)
-            remote = HttpRangeSource(url, where[1], tee=part)
-            source = remote
+            if self.cache.hold(ArtifactKind.OVERLAY, comp.overlay):
+                self.cache.begin(ArtifactKind.OVERLAY, comp.overlay, None)
+                part = self.cache.part_path(ArtifactKind.OVERLAY, comp.overlay)
+                remote = HttpRangeSource(url, where[1], tee=part)
+                source = remote
+            else:  # another start streams it into the cache already: just read
+                source = HttpRangeSource(url, where[1])
+                remote = None
         opened = Opened(base, source, remote, overlay=comp.overlay)
         try:
             manifest = await asyncio.to_thread(read_manifest, source)
@@ -152,7 +156,7 @@ class VmBuilder:
         finally:
             if opened.source is not None:
                 _close(opened.source)
-            if comp.overlay is not None:
+            if opened.remote is not None and comp.overlay is not None:
                 self.cache.release(ArtifactKind.OVERLAY, comp.overlay)
         if comp.overlay is not None:
             self.cache.touch(ArtifactKind.OVERLAY, comp.overlay)

@@ -210,3 +210,30 @@ def test_without_qemu_a_vm_instance_fails_with_the_drivers_message(
     row = actual.get(store, "i1")
     assert row is not None and row.state is ActualState.FAILED
     assert row.reason == "qemu-system-x86_64 is not installed (apt-get ...)"
+
+
+def test_two_instances_of_one_app_start_together(
+    store: Store, tmp_path: Path, vm_driver: FakeVmDriver, artifacts: dict[str, object]
+) -> None:
+    with BlobServer() as server:
+        server.add_image(str(artifacts["digest"]), Path(str(artifacts["base"])))
+        server.add_overlay(str(artifacts["overlay"]), Path(str(artifacts["ovl"])))
+        both = [vm_instance("i1", artifacts), vm_instance("i2", artifacts)]
+        desired.apply_doc(store, doc(1, both, full=True))
+        rec, stager = reconciler(store, tmp_path, vm_driver, lambda: (server.url, CREDENTIAL))
+
+        async def go() -> list[actual.ActualRow]:
+            try:
+                return [await settle(rec, store, "i1"), await settle(rec, store, "i2")]
+            finally:
+                await stager.aclose()
+
+        rows = asyncio.run(go())
+    for row in rows:
+        assert row.state is ActualState.RUNNING, row.reason
+        assert httpx.get(f"http://{row.endpoint}/").content.startswith(b"the modified page")
+    overlay = stager.cache.complete_path(ArtifactKind.OVERLAY, str(artifacts["overlay"]))
+    assert overlay is not None and overlay.read_bytes() == Path(str(artifacts["ovl"])).read_bytes()
+    # One download of the base, whoever asked first.
+    image_gets = [p for p, _ in server.requests if p.startswith("/v1/images/")]
+    assert len(image_gets) == 1
