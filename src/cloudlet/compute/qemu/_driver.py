@@ -6,28 +6,30 @@ import contextlib
 import logging
 import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
 
+from cloudlet.compute._local import LocalDriver
 from cloudlet.compute._logfiles import read_tail
 from cloudlet.compute._proc import Child
-from cloudlet.compute._records import SPEC_FILE, STATE_FILE, spec_to_json, valid_id, write_json
-from cloudlet.compute.base import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
+from cloudlet.compute._records import Runtime
+from cloudlet.compute._supervisor import Workload
+from cloudlet.compute.base import WorkloadSpec, WorkloadState, WorkloadStatus
 from cloudlet.compute.qemu import _vm
 from cloudlet.compute.qemu._config import (
     CONSOLE_LOG,
     MEMORY_FILE,
     VMSTATE_FILE,
+    VmOptions,
     command_line,
     device_state_of,
+    options_of,
     socket_path,
     validate,
 )
 from cloudlet.compute.qemu._probe import KvmVerdict, kvm_verdict
 from cloudlet.compute.qemu._store import VmRuntime
-from cloudlet.compute.qemu._supervise import Supervisor, Vm
 from cloudlet.errors import DriverError, DriverUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,17 @@ QEMU_HINT = "apt-get install -y --no-install-recommends qemu-system-x86 qemu-uti
 RUNNING, SUSPENDED, STOPPED = WorkloadState.RUNNING, WorkloadState.SUSPENDED, WorkloadState.STOPPED
 
 
-class QemuDriver(Supervisor, ComputeDriver):
+class Vm(Workload):
+    """The driver's view of one VM."""
+
+    rt: VmRuntime
+
+    def __init__(self, spec: WorkloadSpec, options: VmOptions, path: Path, rt: Runtime) -> None:
+        super().__init__(spec, path, rt)
+        self.options = options
+
+
+class QemuDriver(LocalDriver[Vm]):
     """Runs each workload as a QEMU x86-64 VM: virtio disk, user-mode network, serial log.
 
     ``spec.disk_image`` (raw or qcow2, written in place) is attached as virtio-blk; a
@@ -54,7 +66,9 @@ class QemuDriver(Supervisor, ComputeDriver):
 
     stop() presses the ACPI power button, waits ``timeout`` seconds for the guest to
     power off, then quits QEMU. A QEMU that exits on its own is handled by the restart
-    policy; a guest that powers off exits QEMU with code 0.
+    policy; a guest that powers off exits QEMU with code 0. delete() removes the
+    workload directory, never ``spec.disk_image``. Supervision and adoption work as
+    :class:`~cloudlet.compute._local.LocalDriver` says.
 
     ``accel``: ``kvm``, ``tcg`` (software emulation) or ``auto``: KVM if a probe guest
     really runs under it (probed once, the verdict cached in ``state_dir``), else TCG.
@@ -69,6 +83,8 @@ class QemuDriver(Supervisor, ComputeDriver):
 
     name = "qemu"
     capabilities = {"suspend": True, "survives_agent": True}
+    runtime_type = VmRuntime
+    leader_name = "QEMU"
 
     def __init__(
         self,
@@ -90,24 +106,28 @@ class QemuDriver(Supervisor, ComputeDriver):
             raise DriverUnavailableError(f"qemu-system-x86_64 is not installed ({QEMU_HINT})")
         if accel not in ("auto", "kvm", "tcg"):
             raise DriverError(f"accel must be auto, kvm or tcg, not {accel!r}")
+        super().__init__(
+            state_dir,
+            host=host,
+            stop_timeout=stop_timeout,
+            poll_interval=poll_interval,
+            restart_backoff=restart_backoff,
+            max_backoff=max_backoff,
+        )
         self.qemu = qemu
-        self.host = host
         self.accel_setting = accel
-        self.stop_timeout = stop_timeout
         self.boot_timeout = boot_timeout
         self.migrate_timeout = migrate_timeout
         self.probe_timeout = probe_timeout
         self.kvm: KvmVerdict | None = None
         self._accel: str | None = None
         self._accel_lock = threading.Lock()
-        self.state_dir = Path(state_dir).absolute()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise DriverError(f"cannot create state dir {self.state_dir}: {exc}") from exc
-        super().__init__(poll_interval, restart_backoff, max_backoff)
-        self._load(self.state_dir)
-        self._start_supervisor("cloudlet-qemu-supervisor")
+        self._load()
+        self._start_supervisor()
 
     def accelerator(self) -> str:
         """``kvm`` or ``tcg``: what new VMs start with (probing KVM once if ``auto``)."""
@@ -135,60 +155,7 @@ class QemuDriver(Supervisor, ComputeDriver):
         """
         self._check_open()
         options = validate(spec)
-        wid = spec.workload_id
-        with self._lock:
-            existing = self._workloads.get(wid)
-            if existing is not None:
-                if spec_to_json(existing.spec) == spec_to_json(spec):
-                    return
-                raise DriverError(f"workload {wid!r} exists with a different spec")
-            tmp: Path | None = None
-            try:
-                tmp = Path(tempfile.mkdtemp(prefix=f".create-{wid}-", dir=self.state_dir))
-                write_json(tmp / SPEC_FILE, spec_to_json(spec))
-                write_json(tmp / STATE_FILE, VmRuntime().to_json())
-                os.rename(tmp, self.state_dir / wid)
-            except OSError as exc:
-                if tmp is not None:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                raise DriverError(f"cannot create workload {wid!r}: {exc}") from exc
-            self._workloads[wid] = Vm(spec, options, self.state_dir / wid, VmRuntime())
-
-    def start(self, workload_id: str) -> WorkloadStatus:
-        """Boot the VM (resume it if suspended); a running one is left alone.
-
-        Raises:
-            WorkloadNotFoundError: it was never created.
-            DriverError: QEMU did not come up; the cause is in the message and ``reason``.
-        """
-        w = self._get(workload_id)
-        with w.op_lock:
-            self._check_alive(w)
-            if w.want_running:
-                return self.status(workload_id)
-            if w.child is not None:
-                raise DriverError(f"workload {workload_id!r} is still stopping")
-            with self._lock:
-                w.rt.restarts = 0
-            if w.rt.state is SUSPENDED:
-                self._resume_locked(w)
-            else:
-                self._boot_locked(w)
-            return self.status(workload_id)
-
-    def stop(self, workload_id: str, timeout: float | None = None) -> None:
-        """Power the guest off by ACPI, quit QEMU after ``timeout`` seconds (default: the
-        driver's ``stop_timeout``), kill it if it still runs. A suspended workload's
-        saved state is discarded.
-
-        Raises:
-            WorkloadNotFoundError: it was never created.
-            DriverError: QEMU survived SIGKILL.
-        """
-        w = self._get(workload_id)
-        with w.op_lock:
-            self._check_alive(w)
-            self._stop_locked([w], self.stop_timeout if timeout is None else timeout)
+        self._create(spec, lambda path, rt: Vm(spec, options, path, rt))
 
     def suspend(self, workload_id: str) -> None:
         """Pause the guest, save its device state next to its RAM file, and end QEMU.
@@ -221,7 +188,8 @@ class QemuDriver(Supervisor, ComputeDriver):
             _vm.mark(w.path, "suspended")
             with self._lock:
                 w.child, w.want_running, w.restart_at = None, False, None
-                w.rt.state, w.rt.pid, w.rt.create_time, w.rt.qmp = SUSPENDED, None, None, None
+                w.rt.state = SUSPENDED
+                w.rt.forget_process()
                 w.rt.exit_code, w.rt.reason = None, "suspended"
             self._persist(w)
 
@@ -244,50 +212,6 @@ class QemuDriver(Supervisor, ComputeDriver):
                 self._resume_locked(w)
             return self.status(workload_id)
 
-    def delete(self, workload_id: str) -> None:
-        """Stop the VM if needed, then remove its directory (not ``spec.disk_image``); a
-        missing workload succeeds."""
-        self._check_open()
-        trash: Path | None = None
-        with self._lock:
-            w = self._workloads.get(workload_id)
-            if w is None and valid_id(workload_id):
-                trash = self._move_aside(self.state_dir, workload_id)
-        if w is not None:
-            with w.op_lock:
-                if w.deleted:
-                    return
-                self._stop_locked([w], self.stop_timeout)
-                with self._lock:
-                    trash = self._move_aside(self.state_dir, workload_id)
-                    w.deleted = True
-                    del self._workloads[workload_id]
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
-
-    def status(self, workload_id: str) -> WorkloadStatus:
-        with self._lock:
-            w = self._workloads.get(workload_id)
-            if w is None:
-                return WorkloadStatus(workload_id, WorkloadState.ABSENT)
-            endpoint = None
-            if w.spec.port is not None and w.rt.state is RUNNING:
-                host = f"[{self.host}]" if ":" in self.host else self.host
-                endpoint = f"{host}:{w.spec.port}"
-            return WorkloadStatus(
-                workload_id=workload_id,
-                state=w.rt.state,
-                endpoint=endpoint,
-                pid=w.child.pid if w.child is not None else None,
-                restarts=w.rt.restarts,
-                exit_code=w.rt.exit_code,
-                reason=w.rt.reason,
-            )
-
-    def list(self) -> list[str]:
-        with self._lock:
-            return sorted(self._workloads)
-
     def log(self, workload_id: str, tail_bytes: int = 64 * 1024) -> str:
         """The last ``tail_bytes`` of the guest's serial console (UTF-8, bad bytes replaced).
 
@@ -296,27 +220,25 @@ class QemuDriver(Supervisor, ComputeDriver):
         """
         return read_tail(self._get(workload_id).path / CONSOLE_LOG, tail_bytes)
 
-    def close(self, keep_running: bool = False) -> None:
-        """Stop supervising. Unless ``keep_running``, stop every VM first (all at once, one
-        ``stop_timeout`` in all); with it, the VMs run on for a later driver to adopt."""
-        workloads = self._stop_supervisor()
-        if workloads is None:
-            return
-        for w in workloads:
-            w.op_lock.acquire()
-        try:
-            if keep_running:
-                for w in workloads:
-                    if w.child is not None:
-                        w.child.detach()
-            else:
-                running = [w for w in workloads if w.want_running or w.child is not None]
-                self._stop_locked(running, self.stop_timeout)
-        finally:
-            for w in workloads:
-                w.op_lock.release()
-
     # -- internals; *_locked methods expect the caller to hold the workloads' op_lock ------
+
+    def _new_workload(self, spec: WorkloadSpec, path: Path, rt: Runtime) -> Vm:
+        return Vm(spec, options_of(spec), path, rt)
+
+    def _mark(self, w: Vm, message: str) -> None:
+        _vm.mark(w.path, message)
+
+    def _exit_reason(self, code: int | None) -> str:
+        if code == 0:
+            return "the guest powered off"
+        return f"QEMU exited with code {code}" if code is not None else "QEMU exited"
+
+    def _run_locked(self, w: Vm, reason: str | None = None) -> None:
+        """Boot the VM, or resume it if suspended."""
+        if w.rt.state is SUSPENDED:
+            self._resume_locked(w)
+        else:
+            self._boot_locked(w, reason)
 
     def _boot_locked(self, w: Vm, reason: str | None = None) -> None:
         """Boot afresh on a new (sparse) RAM file, or from copies of ``spec.memory_image``
@@ -363,7 +285,8 @@ class QemuDriver(Supervisor, ComputeDriver):
                         (w.path / name).unlink()
             with self._lock:
                 w.child, w.want_running = None, False
-                w.rt.state, w.rt.pid, w.rt.create_time, w.rt.qmp = fallback, None, None, None
+                w.rt.state = fallback
+                w.rt.forget_process()
                 w.rt.reason = f"resume failed: {exc}"
             self._persist(w)
             raise
@@ -392,5 +315,59 @@ class QemuDriver(Supervisor, ComputeDriver):
         self._persist(w)
         return child
 
-    def _restart_locked(self, w: Vm, reason: str) -> None:
-        self._boot_locked(w, reason)
+    def _stop_locked(self, workloads: list[Vm], timeout: float) -> None:
+        """Power the VMs off together: the ACPI button, ``timeout`` seconds, quit, kill.
+        Each is recorded STOPPED; a suspended one loses its saved state."""
+        self._halt(workloads)
+        live = {w.child: w for w in workloads if w.child is not None and w.rt.qmp}
+        for child, w in live.items():
+            if not child.exited():
+                _vm.command(Path(w.rt.qmp or ""), "system_powerdown", timeout=2.0)
+        pending = _vm.wait_exit(live, timeout)
+        for child in pending:
+            _vm.command(Path(live[child].rt.qmp or ""), "quit", timeout=2.0)
+        pending = _vm.wait_exit(pending, 5.0)
+        stuck = set(_vm.terminate(pending)) if pending else set()
+        for w in workloads:
+            if w.child in stuck:
+                continue
+            code = w.child.finish() if w.child is not None else None
+            if w.rt.state is SUSPENDED:
+                with contextlib.suppress(FileNotFoundError):
+                    (w.path / VMSTATE_FILE).unlink()
+            self._record_stopped_locked(w, code)
+        if stuck:
+            ids = ", ".join(live[c].spec.workload_id for c in stuck)
+            raise DriverError(f"QEMU of {ids} survived SIGKILL")
+
+    def _recover_locked(self, w: Vm) -> None:
+        """Bring a record read back from disk in line with what is left of its QEMU,
+        finishing or undoing a suspend or resume an earlier driver was cut short in."""
+        rt, vmstate = w.rt, w.path / VMSTATE_FILE
+        saved = vmstate.is_file()
+        if rt.state is SUSPENDED and not saved:
+            rt.state, rt.reason = STOPPED, "the saved state is missing"
+        if rt.state is not RUNNING:
+            return
+        child = self._adopt(w)
+        if saved:
+            # resume() deletes the saved state before the guest runs again, and suspend()
+            # renames it into place only once QEMU is gone: so it is still valid.
+            if child is not None:
+                _vm.terminate([child])
+            rt.state = SUSPENDED
+            rt.forget_process()
+            rt.reason = "suspended (an interrupted suspend or resume was settled)"
+            w.want_running = False
+            self._persist(w)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            (w.path / (VMSTATE_FILE + ".tmp")).unlink()  # a suspend cut short
+        self._rejoin_locked(w, child)
+        # A guest left paused by a suspend or resume cut short runs on.
+        if (
+            child is not None
+            and rt.qmp
+            and _vm.run_state(Path(rt.qmp)) in ("paused", "postmigrate")
+        ):
+            _vm.command(Path(rt.qmp), "cont")
