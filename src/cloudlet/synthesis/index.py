@@ -76,14 +76,20 @@ def index_path(base: Path) -> Path:
     return cache / (blake3.blake3(str(base.resolve()).encode()).hexdigest()[:32] + INDEX_SUFFIX)
 
 
+def _check(key: tuple[int, int, int], digest: bytes, n: int) -> int:
+    """Checksum of the header fields: a damaged cache must not vouch for a wrong digest."""
+    data = struct.pack("<QQQQ", *key, n) + digest
+    return int.from_bytes(blake3.blake3(data).digest()[:8], "little")
+
+
 def _read(path: Path, key: tuple[int, int, int], header_only: bool) -> BaseIndex | None:
     try:
         with open(path, "rb") as f:
             head = f.read(_HEAD.size)
             if len(head) != _HEAD.size:
                 return None
-            magic, size, mtime, ino, _, digest, n = _HEAD.unpack(head)
-            if magic != _MAGIC or (size, mtime, ino) != key:
+            magic, size, mtime, ino, check, digest, n = _HEAD.unpack(head)
+            if magic != _MAGIC or (size, mtime, ino) != key or check != _check(key, digest, n):
                 return None
             if header_only:
                 return BaseIndex(size, digest, np.zeros(0, np.uint64), np.zeros(0, np.int64))
@@ -91,7 +97,12 @@ def _read(path: Path, key: tuple[int, int, int], header_only: bool) -> BaseIndex
             chunks = np.fromfile(f, dtype="<i8", count=n)
     except OSError:
         return None
-    if len(fps) != n or len(chunks) != n:
+    n_chunks = -(-size // CHUNK_SIZE)
+    if (
+        len(fps) != n
+        or len(chunks) != n
+        or (n and not 0 <= chunks.min() <= chunks.max() < n_chunks)
+    ):
         return None
     return BaseIndex(size, digest, fps, chunks)
 
@@ -101,7 +112,8 @@ def _write(path: Path, key: tuple[int, int, int], index: BaseIndex) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            f.write(_HEAD.pack(_MAGIC, *key, 0, index.digest, len(index.fps)))
+            n = len(index.fps)
+            f.write(_HEAD.pack(_MAGIC, *key, _check(key, index.digest, n), index.digest, n))
             f.write(index.fps.astype("<u8").tobytes())
             f.write(index.chunks.astype("<i8").tobytes())
         os.replace(tmp, path)

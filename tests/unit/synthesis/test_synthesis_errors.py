@@ -143,3 +143,15 @@ def test_missing_inputs(tmp_path):
     with pytest.raises(SynthesisError, match="no such"):
         apply_overlay(tmp_path / "nope", tmp_path / "o.ovl", tmp_path / "out")
     assert not list(tmp_path.iterdir())
+
+
+def test_damaged_index_cache_is_rebuilt(overlay, tmp_path):
+    base, mod, ovl = overlay
+    idx = tmp_path / "base.img.cloudlet-index"
+    assert idx.exists()
+    data = bytearray(idx.read_bytes())
+    data[50] ^= 0xFF  # inside the cached digest
+    idx.write_bytes(bytes(data))
+    apply_overlay(base, ovl, tmp_path / "out.img")  # digest recomputed, not trusted
+    assert (tmp_path / "out.img").read_bytes() == mod.read_bytes()
+    assert idx.read_bytes() != bytes(data)
