@@ -1,22 +1,22 @@
 """The one exception tree of Cloudlet; imports nothing from the project.
 
-    CloudletError
-    ├── ConfigError                 bad settings or flags
-    ├── NotFoundError               a named thing does not exist
-    ├── ConflictError               it exists already / state forbids the change
-    ├── InvalidInputError           well-formed request that makes no sense
-    ├── AuthError                   missing, wrong, used or expired credential
-    │   └── TokenExpiredError
-    ├── PlacementError              no site fits an instance
-    ├── SyncError                   controller <-> agent exchange failed
-    │   └── ControllerUnreachableError
-    ├── DriverError                 a compute backend failed
-    │   ├── WorkloadNotFoundError
-    │   └── DriverUnavailableError  backend missing on this host (no qemu, no kvm)
-    └── SynthesisError              overlay create / apply failed
-        ├── OverlayFormatError      bad magic, unknown version, truncated, corrupt
-        ├── BaseMismatchError       the base is not the one the overlay was made on
-        └── IntegrityError          a digest did not match
+CloudletError
+├── ConfigError                 bad settings or flags
+├── NotFoundError               a named thing does not exist
+├── ConflictError               it exists already / state forbids the change
+├── InvalidInputError           well-formed request that makes no sense
+├── AuthError                   missing, wrong, used or expired credential
+│   └── TokenExpiredError
+├── PlacementError              no site fits an instance
+├── SyncError                   controller <-> agent exchange failed
+│   └── ControllerUnreachableError
+├── DriverError                 a compute backend failed
+│   ├── WorkloadNotFoundError
+│   └── DriverUnavailableError  backend missing on this host (no qemu, no kvm)
+└── SynthesisError              overlay create / apply failed
+    ├── OverlayFormatError      bad magic, unknown version, truncated, corrupt
+    ├── BaseMismatchError       the base is not the one the overlay was made on
+    └── IntegrityError          a digest did not match
 """
 
 from __future__ import annotations
