@@ -12,6 +12,8 @@ synthesis and boot take a while: ``pending`` -> ``fetching`` -> ``synthesizing``
 ``starting`` -> ``running`` once its service answers, each phase timed in the row
 (``fetch``, ``synthesize``, ``boot_or_resume``, ``first_answer`` seconds). Passes
 leave such an instance alone while its task runs, unless its desired entry changed.
+An artifact that is neither cached nor reachable keeps the instance ``fetching``
+(with the reason) and later passes try again; other errors fail it.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import ALIVE_AT, Store
 from cloudlet.agent.vm import Opened, VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
-from cloudlet.errors import CloudletError, DriverError
+from cloudlet.errors import CloudletError, ControllerUnreachableError, DriverError
 from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
 
 log = logging.getLogger(__name__)
@@ -222,7 +224,8 @@ class Reconciler(InstanceOps):
         timings: dict[str, float] = {}
         if not todo:
             return row, timings
-        row = self._move(row, ActualState.FETCHING, reason=None)
+        if row.state is not ActualState.FETCHING:  # (a retry while waiting stays quiet)
+            row = self._move(row, ActualState.FETCHING, reason=None)
         t0 = time.monotonic()
         opened: dict[str, Opened] = {}
         try:
@@ -296,8 +299,16 @@ class Reconciler(InstanceOps):
                 answer = await self._first_answer(inst.id, inst.components, st)
                 if answer is not None:
                     timings["first_answer"] = round(time.monotonic() - t0, 3)
+        except ControllerUnreachableError as exc:
+            # Artifacts missing while the link is down: wait in `fetching` (downloads
+            # resume) and let a later pass try again, rather than fail for good.
+            log.info("instance %s waits for the controller: %s", inst.id, exc)
+            row = actual.get(self.store, inst.id) or row
+            self._move(row, ActualState.FETCHING, reason=f"waiting for the controller: {exc}")
+            return
         except (CloudletError, OSError) as exc:
             log.warning("instance %s failed to start: %s", inst.id, exc)
+            row = actual.get(self.store, inst.id) or row
             self._move(row, ActualState.FAILED, reason=str(exc), applied_revision=want.revision)
             return
         if all(s.state is WorkloadState.RUNNING for s in st.values()):

@@ -38,7 +38,7 @@ from cloudlet.synthesis import ByteSource, FileSource, StreamingApplier, read_ma
 log = logging.getLogger(__name__)
 
 #: Tries to reach the controller for a base image a VM is waiting for.
-FETCH_ATTEMPTS = 4
+FETCH_ATTEMPTS = 2
 
 
 @dataclass

@@ -172,21 +172,35 @@ def test_a_vm_app_is_fetched_synthesized_started_and_probed(
     assert httpx.get(f"http://{row2.endpoint}/").content.startswith(b"the modified page")
 
 
-def test_an_uncached_vm_app_fails_clearly_when_offline(
+def test_an_uncached_vm_app_waits_for_the_link_then_starts(
     store: Store, tmp_path: Path, vm_driver: FakeVmDriver, artifacts: dict[str, object]
 ) -> None:
     desired.apply_doc(store, doc(1, [vm_instance("i1", artifacts)], full=True))
-    rec, stager = reconciler(store, tmp_path, vm_driver, lambda: None)
+    link: list[tuple[str, str]] = []
+    rec, stager = reconciler(store, tmp_path, vm_driver, lambda: link[0] if link else None)
 
-    async def go() -> actual.ActualRow:
+    async def go(server: BlobServer) -> actual.ActualRow:
         try:
+            for _ in range(100):  # bounded: until the instance says what it waits for
+                await rec.reconcile_once()
+                row = actual.get(store, "i1")
+                if row is not None and row.reason:
+                    break
+                await asyncio.sleep(0.05)
+            assert row is not None and row.state is ActualState.FETCHING
+            assert "waiting for the controller" in (row.reason or "")
+            assert "not cached" in (row.reason or "")
+            link.append((server.url, CREDENTIAL))  # the link comes back
             return await settle(rec, store, "i1")
         finally:
             await stager.aclose()
 
-    row = asyncio.run(go())
-    assert row.state is ActualState.FAILED
-    assert "not cached" in (row.reason or "")
+    with BlobServer() as server:
+        server.add_image(str(artifacts["digest"]), Path(str(artifacts["base"])))
+        server.add_overlay(str(artifacts["overlay"]), Path(str(artifacts["ovl"])))
+        row = asyncio.run(go(server))
+    assert row.state is ActualState.RUNNING, row.reason
+    assert row.reason is None
 
 
 def test_without_qemu_a_vm_instance_fails_with_the_drivers_message(
