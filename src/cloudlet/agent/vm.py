@@ -211,7 +211,7 @@ async def wait_for_answer(
     is an async callable returning False when the workload died: waiting stops then.
     """
     start = time.monotonic()
-    async with httpx.AsyncClient(timeout=2.0) as http:
+    async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:  # never a proxy
         while time.monotonic() - start < timeout:
             try:
                 await http.get(f"http://{endpoint}/")
