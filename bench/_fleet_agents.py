@@ -340,9 +340,9 @@ async def _enroll_slice(ep: Endpoint, plan: Plan) -> tuple[list[tuple[str, str]]
                 raise RuntimeError(f"POST /v1/sites {name}: {status} {answer[:300]!r}")
             join = orjson.loads(answer)["join_token"]["token"]
             body = orjson.dumps({"join_token": join, "agent_version": "bench"})
-            # The admin API answers before its transaction commits (the session
-            # dependency closes after the response is sent), so a fast client may
-            # see its fresh join token as unknown for a moment: retry that.
+            # Until aa5270c the admin API answered before its transaction committed,
+            # so a fast client could see its fresh join token as unknown for a
+            # moment: retry that (counted, and now expected to stay at zero).
             for _ in range(50):
                 status, answer = await conn.request(ep.post("/v1/agent/enroll", None, body), 120)
                 if status != 401 or b"unknown join token" not in answer:
