@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import socket
+import threading
 from collections.abc import Callable, Container, Iterable
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class DriverSet:
         self.default = default
         self._vm_factory = vm_factory
         self._vm: ComputeDriver | None = None
+        self._lock = threading.Lock()  # built at most once, from any thread
 
     def _default_runs_vms(self) -> bool:
         return self.default.name == "qemu" or bool(self.default.capabilities.get("vm", False))
@@ -90,11 +92,12 @@ class DriverSet:
         """
         if kind is not ComponentKind.VM or self._default_runs_vms():
             return self.default
-        if self._vm is None:
-            if self._vm_factory is None:
-                raise DriverError(VM_UNSUPPORTED)
-            self._vm = self._vm_factory()
-        return self._vm
+        with self._lock:
+            if self._vm is None:
+                if self._vm_factory is None:
+                    raise DriverError(VM_UNSUPPORTED)
+                self._vm = self._vm_factory()
+            return self._vm
 
     def built(self) -> list[ComputeDriver]:
         """Every driver in use so far (the default first)."""
