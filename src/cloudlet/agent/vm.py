@@ -154,6 +154,8 @@ class VmBuilder:
                 self.cache.remove(ArtifactKind.OVERLAY, comp.overlay)
             raise
         finally:
+            if isinstance(opened.source, HttpRangeSource):
+                self.stager.bytes_received += opened.source.bytes_fetched
             if opened.source is not None:
                 _close(opened.source)
             if opened.remote is not None and comp.overlay is not None:
