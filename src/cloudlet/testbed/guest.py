@@ -151,6 +151,23 @@ def build_guest(cache_dir: Path) -> GuestImage:
     return image
 
 
+def with_page(guest: GuestImage, out: Path, page: str) -> Path:
+    """A copy of the guest's root disk whose served page says ``page``: an app's
+    customized disk, for making an overlay on the guest disk as its base."""
+    debugfs = shutil.which("debugfs") or shutil.which("debugfs", path="/usr/sbin:/sbin")
+    if debugfs is None:
+        raise DriverUnavailableError(f"debugfs is missing: {_APT_HINT}")
+    shutil.copyfile(guest.disk, out)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "index.html"
+        source.write_text(page)
+        for command in ("rm srv/www/index.html", f"write {source} srv/www/index.html"):
+            subprocess.run(
+                [debugfs, "-w", "-R", command, str(out)], check=True, capture_output=True
+            )
+    return out
+
+
 def _write_kernel(kernel: Path, target: Path) -> None:
     """Copy the kernel, decompressed to its ELF ``vmlinux`` when it supports PVH boot.
 

@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import shutil
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -35,7 +34,7 @@ from cloudlet.schemas import ActualState, DesiredInstance, DesiredStateDoc
 from cloudlet.schemas.artifacts import ArtifactKind
 from cloudlet.settings import AgentSettings
 from cloudlet.synthesis import base_digest, create_overlay, read_manifest
-from cloudlet.testbed.guest import GuestImage, build_guest
+from cloudlet.testbed.guest import GuestImage, build_guest, with_page
 from unit.agent.agent_blob_server import CREDENTIAL, BlobServer
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -68,14 +67,7 @@ def app_images(guest: GuestImage, work: Path) -> tuple[Path, Path]:
     """The guest's root disk as the base, and an overlay that changes its served page."""
     base = work / "base.img"
     shutil.copyfile(guest.disk, base)
-    modified = work / "modified.img"
-    shutil.copyfile(guest.disk, modified)
-    page = work / "index.html"
-    page.write_text(PAGE)
-    assert DEBUGFS is not None
-    for command in ("rm srv/www/index.html", f"write {page} srv/www/index.html"):
-        subprocess.run([DEBUGFS, "-w", "-R", command, str(modified)], check=True,
-                       capture_output=True)  # fmt: skip
+    modified = with_page(guest, work / "modified.img", PAGE)
     overlay = work / "app.ovl"
     create_overlay(base, modified, overlay, threads=2)
     return base, overlay
