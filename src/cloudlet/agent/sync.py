@@ -115,9 +115,10 @@ class Syncer:
         if not self.status.revoked:
             log.error(
                 "the controller refused this site's credential (%s): the site was "
-                "decommissioned or its credential revoked; sync stopped, local workloads "
-                "keep running",
+                "decommissioned or its credential revoked; local workloads keep running and "
+                "the agent asks again every %.0fs in case the refusal was transient",
                 exc,
+                self.backoff_max_s,
             )
         self.status.revoked = True
         self.status.last_error = str(exc)
@@ -169,7 +170,7 @@ class Syncer:
     ) -> None:
         """Run ``loop``; if it dies of a bug, log it and start it again after a pause."""
         backoff = Backoff(self.backoff_max_s)
-        while not stop.is_set() and not self.status.revoked:
+        while not stop.is_set():
             try:
                 await loop(stop)
                 return
@@ -188,13 +189,17 @@ class Syncer:
     async def _pull_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)
         force_full = False
-        while not stop.is_set() and not self.status.revoked:
+        while not stop.is_set():
+            if self.status.revoked:
+                # The report loop probes the credential; it wakes us when it works again.
+                await sleep_or(stop, self.backoff_max_s, self.pull_wake)
+                continue
             since = 0 if force_full else self.store.cursor
             try:
                 doc = await self.client.pull(since, self.poll_wait_s)
             except AuthError as exc:
                 self._revoked(exc)
-                return
+                continue
             except SyncError as exc:
                 self._failed(exc)
                 await sleep_or(stop, backoff.next(), self.pull_wake)
@@ -276,17 +281,22 @@ class Syncer:
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)
-        while not stop.is_set() and not self.status.revoked:
+        while not stop.is_set():
             try:
                 _, more = await self.report_once()
             except AuthError as exc:
                 self._revoked(exc)
-                return
+                await sleep_or(stop, self.backoff_max_s)
+                continue
             except SyncError as exc:
                 self._failed(exc)
                 await sleep_or(stop, backoff.next(), self.report_wake)
                 continue
             backoff.reset()
+            if self.status.revoked:
+                log.warning("the controller accepts this site's credential again; sync resumes")
+                self.status.revoked = False
+                self.pull_wake.set()
             if more:
                 continue
             interval = self.report_interval_s * random.uniform(0.8, 1.2)

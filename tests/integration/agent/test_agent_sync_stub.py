@@ -204,7 +204,7 @@ def test_restart_offline_runs_from_local_state(tmp_path: Path) -> None:
     assert stub.enrolled == 1
 
 
-def test_revoked_credential_stops_sync_but_not_workloads(tmp_path: Path) -> None:
+def test_refused_credential_pauses_sync_but_not_workloads(tmp_path: Path) -> None:
     stub = StubController()
     stub.set_instance(web_instance())
     api = LocalApi(tmp_path)
@@ -225,6 +225,14 @@ def test_revoked_credential_stops_sync_but_not_workloads(tmp_path: Path) -> None
         await until(revoked, "sync stopped on 401")
         assert (await api.get("/v1/local/instances"))[0]["state"] == "running"
         assert not agent.done()
+
+        # The refusal was transient: the agent's slow probe finds the credential good.
+        stub.revoked = False
+
+        async def resumed() -> bool:
+            return (await api.get("/healthz"))["sync_revoked"] is False
+
+        await until(resumed, "sync resumed once the credential is accepted again")
         stop.set()
         await asyncio.wait_for(agent, 30)
 

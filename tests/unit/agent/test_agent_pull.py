@@ -86,10 +86,35 @@ def test_unreachable_backs_off_and_retries(store: Store, tmp_path: Path) -> None
     assert syncer.status.reachable is True
 
 
-def test_revoked_credential_stops_syncing(store: Store, tmp_path: Path) -> None:
-    syncer, sinces = run_pulls(store, tmp_path, [AuthError("401 revoked")])
-    assert sinces == [0]
-    assert syncer.status.revoked
+def test_refused_credential_pauses_pulls_until_accepted_again(store: Store, tmp_path: Path) -> None:
+    async def main() -> tuple[list[int], list[int], bool]:
+        stop = asyncio.Event()
+        client = ScriptedClient([AuthError("401 revoked"), doc(3, [], full=True)], stop)
+        syncer = Syncer(
+            store,
+            client,  # type: ignore[arg-type]
+            Reconciler(store, FakeDriver()),
+            data_dir=tmp_path,
+            poll_wait_s=1,
+            report_interval_s=1,
+            backoff_max_s=60,
+        )
+        loop = asyncio.create_task(syncer.pull_loop(stop))
+        while not syncer.status.revoked:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        paused = list(client.sinces)  # no pulls while refused
+        was_revoked = syncer.status.revoked
+        # What the report loop does when the controller accepts the credential again.
+        syncer.status.revoked = False
+        syncer.pull_wake.set()
+        await asyncio.wait_for(loop, 30)
+        return paused, client.sinces, was_revoked
+
+    paused, sinces, was_revoked = asyncio.run(main())
+    assert was_revoked and paused == [0]
+    assert sinces == [0, 0, 3]
+    assert store.cursor == 3
 
 
 def test_a_bug_in_the_loop_does_not_end_it(store: Store, tmp_path: Path) -> None:
