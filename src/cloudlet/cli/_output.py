@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 console = Console()
@@ -89,3 +99,29 @@ def human_bytes(n: int | None) -> str:
 
 def pct(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
+
+
+@contextlib.contextmanager
+def progress_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress display on stderr; yields progress(phase, advance, total)."""
+    if quiet or not err_console.is_terminal:
+        yield None
+        return
+    bars = Progress(
+        TextColumn("{task.description:>18}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    )
+    tasks: dict[str, TaskID] = {}
+
+    def update(phase: str, advance: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = bars.add_task(phase, total=total or None)
+        bars.update(tasks[phase], advance=advance)
+
+    with bars:
+        yield update

@@ -11,9 +11,17 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from cloudlet.cli._client import Client
 from cloudlet.cli._context import JsonOpt, ctx_of
-from cloudlet.cli._output import ago, emit_json, err_console, human_bytes, pct, show, show_one
+from cloudlet.cli._output import (
+    ago,
+    emit_json,
+    err_console,
+    human_bytes,
+    pct,
+    progress_bars,
+    show,
+    show_one,
+)
 from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, file_digest, upload_file
-from cloudlet.cli.overlay import _progress, one_line_errors
 from cloudlet.synthesis import build_index
 from cloudlet.synthesis.index import index_path
 
@@ -21,14 +29,13 @@ app = typer.Typer(help="Base images.", no_args_is_help=True)
 
 
 @app.command("index")
-@one_line_errors
 def index(
     base: Path = typer.Argument(..., help="Base image (raw or qcow2)."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Hash a base image and cache its chunk index beside it (used by overlay create)."""
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         size = base.stat().st_size if base.is_file() else 0
         idx = build_index(base, (lambda n: progress("index", n, size)) if progress else None)
     data = {
@@ -55,7 +62,6 @@ IMAGE_COLUMNS = [
 
 
 @app.command("upload")
-@one_line_errors
 def upload(
     ctx: typer.Context,
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Base image file."),
@@ -69,7 +75,7 @@ def upload(
 ) -> None:
     """Upload a base image in resumable chunks: re-run the same command to resume."""
     client = ctx_of(ctx).client()
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         digest = file_digest(file, as_bar(progress, "hash"))
         image, resumed = upload_file(
             client,

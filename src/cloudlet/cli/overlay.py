@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
 
 from cloudlet.cli._context import JsonOpt, ctx_of
-from cloudlet.cli._output import ago, emit_json, err_console, human_bytes, show, show_one
+from cloudlet.cli._output import (
+    ago,
+    emit_json,
+    err_console,
+    human_bytes,
+    progress_bars,
+    show,
+    show_one,
+)
 from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, upload_file
-from cloudlet.errors import CloudletError
 from cloudlet.synthesis import (
     DEFAULT_LEVEL,
     apply_overlay,
@@ -35,51 +30,8 @@ from cloudlet.synthesis.format import CHUNK_SIZE
 
 app = typer.Typer(help="Create, inspect, verify and apply VM overlays.", no_args_is_help=True)
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def one_line_errors(fn: F) -> F:
-    """Report a CloudletError as exactly one stderr line, however long (no wrapping)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except CloudletError as exc:
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def _progress(quiet: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A rich progress display on stderr; yields progress(phase, advance, total)."""
-    if quiet or not err_console.is_terminal:
-        yield None
-        return
-    bars = Progress(
-        TextColumn("{task.description:>18}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
-    tasks: dict[str, TaskID] = {}
-
-    def update(phase: str, advance: int, total: int) -> None:
-        if phase not in tasks:
-            tasks[phase] = bars.add_task(phase, total=total or None)
-        bars.update(tasks[phase], advance=advance)
-
-    with bars:
-        yield update
-
 
 @app.command()
-@one_line_errors
 def create(
     base: Path = typer.Option(..., "--base", help="Base disk image (raw or qcow2)."),
     modified: Path = typer.Option(..., "--modified", help="Modified disk image (raw or qcow2)."),
@@ -99,7 +51,7 @@ def create(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Write the overlay that turns BASE (+ memory base) into MODIFIED (+ memory)."""
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         s = create_overlay(
             base,
             modified,
@@ -133,7 +85,6 @@ def create(
 
 
 @app.command()
-@one_line_errors
 def info(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
@@ -143,7 +94,6 @@ def info(
 
 
 @app.command()
-@one_line_errors
 def verify(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     as_json: bool = typer.Option(False, "--json", help="Print the overlay info as JSON."),
@@ -157,7 +107,6 @@ def verify(
 
 
 @app.command()
-@one_line_errors
 def apply(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     base: Path = typer.Option(..., "--base", help="The raw base disk image."),
@@ -170,7 +119,7 @@ def apply(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Rebuild the modified image(s) from BASE and OVERLAY (checked before writing)."""
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         s = apply_overlay(
             base,
             overlay,
@@ -180,12 +129,12 @@ def apply(
             memory_out=memory_out,
             threads=threads,
             force=force,
-            progress=_chunk_progress(progress),
+            progress=_chunkprogress_bars(progress),
         )
     err_console.print(f"wrote {s.disk}" + (f" and {s.memory}" if s.memory else ""), highlight=False)
 
 
-def _chunk_progress(
+def _chunkprogress_bars(
     progress: Callable[[str, int, int], None] | None,
 ) -> Callable[[int, int], None] | None:
     if progress is None:
@@ -212,7 +161,6 @@ OVERLAY_COLUMNS = [
 
 
 @app.command("upload")
-@one_line_errors
 def upload(
     ctx: typer.Context,
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="Overlay file."),
@@ -226,7 +174,7 @@ def upload(
 ) -> None:
     """Upload an overlay (its base image first) in resumable chunks."""
     root = read_manifest(file).root_digest.hex()
-    with _progress(quiet) as progress:
+    with progress_bars(quiet) as progress:
         overlay, resumed = upload_file(
             ctx_of(ctx).client(),
             file,
