@@ -214,7 +214,7 @@ def _build_base(partial: Path, workdir: Path) -> dict[str, object]:
         run(["debootstrap", "--variant=minbase", SUITE, str(root), MIRROR])
         (root / "etc/fstab").write_text("LABEL=cloudlet-root / ext4 defaults 0 1\n")
         (root / "etc/hostname").write_text("cloudlet-base\n")
-        run(["fstrim", str(root)])
+        trim(root)
     return {"suite": SUITE, "variant": "minbase"}
 
 
@@ -255,8 +255,16 @@ def _build_variant(variant: Variant, base: Path, partial: Path, workdir: Path) -
         for entry in lists.iterdir():
             if entry.is_file():
                 entry.unlink()
-        run(["fstrim", str(root)])
+        trim(root)
     return {"packages": list(variant.packages)}
+
+
+def trim(root: Path) -> None:
+    """Discard the filesystem's free blocks. ext4 frees deleted blocks only when
+    its journal commits, so sync first: otherwise what was just deleted (apt's
+    .deb files) stays on disk as stale, incompressible data."""
+    run(["sync", "-f", str(root)])
+    run(["fstrim", str(root)])
 
 
 def ensure_image(cache_dir: Path, name: str, *, log: bool = True) -> Path:
