@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from cloudlet.cli._context import ctx_of
 from cloudlet.cli._output import err_console
+from cloudlet.settings import ControllerSettings
 
 app = typer.Typer(help="The central controller.", no_args_is_help=True)
 
@@ -28,11 +31,14 @@ def serve(
     ),
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
     log_level: str | None = typer.Option(None, help="debug, info, warning [info]."),
+    workers: int = typer.Option(
+        1, min=1, help="Processes serving the one port (each a replica of the controller)."
+    ),
 ) -> None:
     """Serve the API (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
-    from cloudlet.controller.app import create_app
+    from cloudlet.controller.app import create_app, open_state
 
     settings = (
         ctx_of(ctx)
@@ -51,8 +57,13 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    application = create_app(settings)
-    _tune_runtime()
+    if workers == 1:
+        application: Any = create_app(settings)
+        _tune_runtime()
+    else:
+        # Migrate and bootstrap once here, rather than in workers racing to do it.
+        open_state(settings).close()
+        application = functools.partial(worker_app, settings)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
@@ -67,6 +78,8 @@ def serve(
     )
     config = uvicorn.Config(
         application,
+        factory=workers > 1,
+        workers=workers,
         log_level=settings.log_level.lower(),
         access_log=False,
         backlog=4096,
@@ -75,7 +88,22 @@ def serve(
         # simply poll again, so cut them after a short grace.
         timeout_graceful_shutdown=2,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    if workers == 1:
+        uvicorn.Server(config).run(sockets=[sock])
+    else:
+        from uvicorn.supervisors import Multiprocess
+
+        Multiprocess(config, sockets=[sock]).run()
+
+
+def worker_app(settings: ControllerSettings) -> Any:
+    """The app of one worker process (``--workers``): a replica of the controller,
+    sharing the database and the listening socket with its siblings."""
+    from cloudlet.controller.app import create_app
+
+    application = create_app(settings)
+    _tune_runtime()
+    return application
 
 
 def _tune_runtime() -> None:

@@ -79,9 +79,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
             await asyncio.gather(*running, return_exceptions=True)
             tasks.flush_traffic(state)
             tasks.flush_heartbeats(state)
-            if state.loop_connection is not None:
-                state.loop_connection.close()
-            state.engine.dispose()
+            state.close()
 
     app = FastAPI(
         title="Cloudlet controller",

@@ -102,3 +102,8 @@ class ControllerState:
     #: With SQLite, a connection the event loop reads through itself (see
     #: ``api.agent``); None with a database across the network.
     loop_connection: Connection | None = None
+
+    def close(self) -> None:
+        if self.loop_connection is not None:
+            self.loop_connection.close()
+        self.engine.dispose()
