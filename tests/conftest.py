@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cloudlet.errors import DriverUnavailableError
+from cloudlet.testbed.guest import GuestImage, build_guest
 from postgres import create_database, pg_bindir, postgres_server
 
 _db_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def guest() -> GuestImage:
+    """The tiny real guest (Debian kernel, busybox, ext4 root), built once per run
+    and cached across runs by its inputs."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cloudlet-test-guest"
+    try:
+        return build_guest(cache)
+    except DriverUnavailableError as exc:
+        pytest.skip(f"cannot build the test guest: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -29,12 +29,11 @@ from cloudlet.agent.store import Store
 from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import FakeDriver
 from cloudlet.compute.qemu import QemuDriver
-from cloudlet.errors import DriverUnavailableError
 from cloudlet.schemas import ActualState, DesiredInstance, DesiredStateDoc
 from cloudlet.schemas.artifacts import ArtifactKind
 from cloudlet.settings import AgentSettings
 from cloudlet.synthesis import base_digest, create_overlay, read_manifest
-from cloudlet.testbed.guest import GuestImage, build_guest, with_page
+from cloudlet.testbed.guest import GuestImage, with_page
 from unit.agent.agent_blob_server import CREDENTIAL, BlobServer
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -52,15 +51,6 @@ pytestmark = [
 
 PAGE = "hello from a VM synthesized at the edge\n"
 log = logging.getLogger(__name__)
-
-
-@pytest.fixture(scope="module")
-def guest(request: pytest.FixtureRequest) -> GuestImage:
-    cache = Path(request.config.cache.mkdir("cloudlet-guest"))
-    try:
-        return build_guest(cache)
-    except DriverUnavailableError as exc:
-        pytest.skip(f"cannot build the test guest: {exc}")
 
 
 def app_images(guest: GuestImage, work: Path) -> tuple[Path, Path]:

@@ -28,7 +28,7 @@ from compute_helpers import free_port, gone, http_get, wait_for
 from cloudlet.compute import RestartPolicy, WorkloadSpec, WorkloadState, get_driver
 from cloudlet.compute.qemu import QemuDriver
 from cloudlet.errors import DriverError, DriverUnavailableError
-from cloudlet.testbed.guest import GuestImage, build_guest
+from cloudlet.testbed.guest import GuestImage
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = [
@@ -45,15 +45,6 @@ pytestmark = [
 BOOT_WAIT = 90.0
 #: cli; hlt; jmp back -- a "guest" that idles forever right after the BIOS.
 IDLE_BOOT_SECTOR = bytes([0xFA, 0xF4, 0xEB, 0xFD]) + bytes(506) + b"\x55\xaa"
-
-
-@pytest.fixture(scope="module")
-def guest(request: pytest.FixtureRequest) -> GuestImage:
-    cache = Path(request.config.cache.mkdir("cloudlet-guest"))
-    try:
-        return build_guest(cache)
-    except DriverUnavailableError as exc:
-        pytest.skip(f"cannot build the test guest: {exc}")
 
 
 @pytest.fixture

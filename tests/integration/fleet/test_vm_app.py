@@ -10,9 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloudlet.errors import DriverUnavailableError
 from cloudlet.synthesis import create_overlay
-from cloudlet.testbed.guest import GuestImage, build_guest, with_page
+from cloudlet.testbed.guest import GuestImage, with_page
 from cloudlet.testbed.local import LocalAgent, LocalController, wait_for
 
 pytestmark = [
@@ -25,14 +24,6 @@ pytestmark = [
 ]
 
 PAGE = "fire-watch, rebuilt at the edge from base + overlay\n"
-
-
-@pytest.fixture(scope="module")
-def guest(request: pytest.FixtureRequest) -> GuestImage:
-    try:
-        return build_guest(Path(request.config.cache.mkdir("cloudlet-guest")))
-    except DriverUnavailableError as exc:
-        pytest.skip(f"cannot build the test guest: {exc}")
 
 
 def upload(api: httpx.Client, path: Path, kind: str, name: str) -> dict[str, object]:

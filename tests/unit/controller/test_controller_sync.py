@@ -46,21 +46,26 @@ def test_cursor_zero_gets_a_snapshot_of_live_instances(session: Session) -> None
     a, b = _create(session, "a"), _create(session, "b")
     instances.delete_instance(session, instances.get_instance(session, "admin", b))
     doc = sync.desired_doc(session, _site(session), since=0)
-    assert doc.full and doc.revision == 3
+    assert doc.full and doc.revision == 4  # sites start at revision 1
     assert [i.id for i in doc.instances] == [a]
+
+
+def test_a_fresh_sites_first_pull_moves_the_agents_cursor(session: Session) -> None:
+    doc = sync.desired_doc(session, _site(session), since=0)
+    assert doc.full and doc.instances == [] and doc.revision >= 1
 
 
 def test_delta_carries_changes_and_deletions_after_the_cursor(session: Session) -> None:
     a = _create(session, "a")
     b = _create(session, "b")
     instances.delete_instance(session, instances.get_instance(session, "admin", a))
-    doc = sync.desired_doc(session, _site(session), since=1)
-    assert not doc.full and doc.since == 1 and doc.revision == 3
+    doc = sync.desired_doc(session, _site(session), since=2)
+    assert not doc.full and doc.since == 2 and doc.revision == 4
     assert [(i.id, i.desired_state.value, i.revision) for i in doc.instances] == [
-        (b, "running", 2),
-        (a, "deleted", 3),
+        (b, "running", 3),
+        (a, "deleted", 4),
     ]
-    assert sync.desired_doc(session, _site(session), since=3).instances == []
+    assert sync.desired_doc(session, _site(session), since=4).instances == []
 
 
 def test_cursor_older_than_a_purged_tombstone_gets_a_snapshot(session: Session) -> None:
@@ -68,12 +73,12 @@ def test_cursor_older_than_a_purged_tombstone_gets_a_snapshot(session: Session) 
     _create(session, "b")
     instances.delete_instance(session, instances.get_instance(session, "admin", a))
     site = _site(session)
-    # The agent applied revision 3 and no longer runs `a`: its tombstone goes.
-    sync.ingest_report(session, site, AgentReport(applied_revision=3, instances=[]), NOW)
+    # The agent applied revision 4 and no longer runs `a`: its tombstone goes.
+    sync.ingest_report(session, site, AgentReport(applied_revision=4, instances=[]), NOW)
     site = _site(session)
-    assert site.tombstone_floor == 3
-    assert sync.desired_doc(session, site, since=1).full  # would miss the deletion of `a`
-    assert not sync.desired_doc(session, site, since=3).full
+    assert site.tombstone_floor == 4
+    assert sync.desired_doc(session, site, since=2).full  # would miss the deletion of `a`
+    assert not sync.desired_doc(session, site, since=4).full
 
 
 def test_cursor_ahead_of_the_controller_gets_a_snapshot(session: Session) -> None:
@@ -105,4 +110,4 @@ def test_events_are_idempotent_and_acks_never_go_back(session: Session) -> None:
 def test_applied_revision_is_capped_at_the_real_revision(session: Session) -> None:
     _create(session, "a")
     sync.ingest_report(session, _site(session), AgentReport(applied_revision=50), NOW)
-    assert _site(session).applied_revision == 1
+    assert _site(session).applied_revision == 2

@@ -54,7 +54,10 @@ def create_site(session: Session, body: SiteCreate) -> tuple[Site, JoinTokenOut]
         longitude=body.longitude,
         labels=dict(body.labels),
         state=SiteState.REGISTERED.value,
-        revision=0,
+        # Revision 1, not 0: an agent's first pull (since=0) then moves its cursor
+        # even when there is nothing to run, and it long-polls from there instead
+        # of asking for a snapshot again and again.
+        revision=1,
         revision_changed_at=now,
         tombstone_floor=0,
         applied_revision=0,
