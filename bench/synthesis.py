@@ -449,6 +449,8 @@ def write_results(
         "resume": "not implemented: cold boot measured",
         "notes": NOTES,
         "machine": machine(),
+        # Written by hand after looking into a run; kept across runs.
+        "findings": old.get("findings", []),
         "rows": sorted(keyed.values(), key=lambda r: (r["app"], r["rate_mbit"], r["method"])),
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
