@@ -377,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     rates = [float(r) for r in args.rates.split(",") if r]
     # SIGTERM unwinds like Ctrl-C, so every finally below runs.
     signal.signal(signal.SIGTERM, _interrupt)
+    # A shell starts background jobs with SIGINT ignored; the bench still wants it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     prepared = {}
     for name in apps:
         with console.status(f"preparing {name} (copy, init script, overlay, zstd image)"):
