@@ -438,6 +438,7 @@ def write_results(
     old = json.loads(args.results.read_text()) if args.results.exists() else {}
     keyed = {(r["app"], r["rate_mbit"], r["method"]): r for r in old.get("rows", [])}
     for r in rows:
+        r["boot_kind"] = "cold boot (resume from a memory snapshot is not implemented)"
         r["measured_at"] = started
         r["load_1m_before"] = round(load[0], 2)
         keyed[(r["app"], r["rate_mbit"], r["method"])] = r
