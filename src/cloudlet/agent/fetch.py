@@ -128,7 +128,12 @@ async def download(
                 f.seek(offset)
                 try:
                     async for chunk in response.aiter_bytes():
-                        f.write(chunk)
+                        # Zeros become holes: a sparse base copies in a fraction of
+                        # the time when an instance's disk is synthesized from it.
+                        if chunk.count(0) == len(chunk):
+                            f.seek(len(chunk), os.SEEK_CUR)
+                        else:
+                            f.write(chunk)
                         offset += len(chunk)
                         if offset - durable >= PERSIST_EVERY:
                             f.flush()
@@ -136,6 +141,8 @@ async def download(
                             durable = offset
                             on_progress(durable, total)
                 finally:
+                    if os.fstat(f.fileno()).st_size < offset:
+                        f.truncate(offset)  # a trailing hole still counts as received
                     f.flush()
                     os.fsync(f.fileno())
                     if offset != durable:
