@@ -25,11 +25,13 @@ class _Names(Model):
     sites: dict[str, str]
 
 
-def _names(session: DB) -> _Names:
-    return _Names(
-        apps=dict(session.execute(select(App.id, App.name)).tuples().all()),
-        sites=dict(session.execute(select(Site.id, Site.name)).tuples().all()),
-    )
+def _names(session: DB, rows: list[InstanceRow]) -> _Names:
+    """App and site names for just these instances (not the whole fleet's)."""
+    app_ids = {r.app_id for r in rows}
+    site_ids = {r.site_id for r in rows}
+    apps = session.execute(select(App.id, App.name).where(App.id.in_(app_ids)))
+    sites = session.execute(select(Site.id, Site.name).where(Site.id.in_(site_ids)))
+    return _Names(apps=dict(apps.tuples().all()), sites=dict(sites.tuples().all()))
 
 
 def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **extra: object):
@@ -59,7 +61,7 @@ def create_instance(body: InstanceCreate, session: DB, user: User, st: State) ->
     )
     session.commit()
     st.watcher.notify(row.site_id)
-    return _view(row, _names(session), InstanceCreated, placement=explanation)
+    return _view(row, _names(session, [row]), InstanceCreated, placement=explanation)
 
 
 @router.get("", response_model=list[Instance])
@@ -73,7 +75,7 @@ def list_instances(
             raise NotFoundError(f"site {site!r} not found")
         site_id = row.id
     rows = instances.list_instances(session, scope_project(user, project), site_id)
-    names = _names(session)
+    names = _names(session, rows)
     return [_view(r, names) for r in rows]
 
 
@@ -86,7 +88,8 @@ def _load(session: DB, user: User, ref: str) -> InstanceRow:
 
 @router.get("/{ref}", response_model=Instance)
 def show_instance(ref: str, session: DB, user: User) -> Instance:
-    return _view(_load(session, user, ref), _names(session))
+    row = _load(session, user, ref)
+    return _view(row, _names(session, [row]))
 
 
 @router.delete("/{ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Instance)
@@ -94,4 +97,4 @@ def delete_instance(ref: str, session: DB, user: User, st: State) -> Instance:
     row = instances.delete_instance(session, _load(session, user, ref))
     session.commit()
     st.watcher.notify(row.site_id)
-    return _view(row, _names(session))
+    return _view(row, _names(session, [row]))
