@@ -38,6 +38,12 @@ def create(
     out: Path = typer.Option(..., "-o", "--output", help="Overlay file to write."),
     memory_base: Path | None = typer.Option(None, "--memory-base", help="Base memory image."),
     memory: Path | None = typer.Option(None, "--memory", help="Modified memory image (raw)."),
+    device_state: Path | None = typer.Option(
+        None,
+        "--device-state",
+        help="QEMU device state saved with --memory (a suspended VM's vmstate): the "
+        "overlay then resumes the VM instead of booting it.",
+    ),
     level: int = typer.Option(
         DEFAULT_LEVEL,
         "--level",
@@ -58,6 +64,7 @@ def create(
             out,
             memory_base=memory_base,
             memory=memory,
+            device_state=device_state,
             level=level,
             threads=threads,
             force=force,
@@ -68,6 +75,7 @@ def create(
         "overlay_size": s.overlay_size,
         "disk_size": s.disk_size,
         "memory_size": s.memory_size,
+        "resumable": device_state is not None,
         "chunks": s.chunks,
         "literal_bytes": s.literal_bytes,
         "segments": s.segments,
@@ -114,6 +122,9 @@ def apply(
     fmt: str = typer.Option("raw", "--format", help="raw (sparse) or qcow2 (backed by BASE)."),
     memory_base: Path | None = typer.Option(None, "--memory-base", help="Base memory image."),
     memory_out: Path | None = typer.Option(None, "--memory-out", help="Memory image to write."),
+    device_state_out: Path | None = typer.Option(
+        None, "--device-state-out", help="Device state to write (needs --memory-out)."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="Decompression threads."),
     force: bool = typer.Option(False, "--force", help="Replace existing outputs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
@@ -127,11 +138,13 @@ def apply(
             fmt=fmt,
             memory_base=memory_base,
             memory_out=memory_out,
+            device_state_out=device_state_out,
             threads=threads,
             force=force,
             progress=_chunkprogress_bars(progress),
         )
-    err_console.print(f"wrote {s.disk}" + (f" and {s.memory}" if s.memory else ""), highlight=False)
+    written = [str(p) for p in (s.disk, s.memory, s.device_state) if p is not None]
+    err_console.print("wrote " + ", ".join(written), highlight=False)
 
 
 def _chunkprogress_bars(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,11 +28,15 @@ def apply_overlay(
     fmt: str = "raw",
     memory_base: str | os.PathLike[str] | None = None,
     memory_out: str | os.PathLike[str] | None = None,
+    device_state_out: str | os.PathLike[str] | None = None,
     threads: int | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ApplySummary:
     """Rebuild the modified disk (and optionally memory) image from `base` and `overlay`.
+
+    With `memory_out` and `device_state_out`, a resumable overlay also gives the saved
+    VM's RAM and device state (what the qemu driver's ``memory_image`` takes).
 
     The manifest and the base digest are checked before any file is created; outputs are
     written to temporary files beside `out` and renamed into place only when complete.
@@ -49,13 +54,19 @@ def apply_overlay(
     if fmt not in FORMATS:
         raise SynthesisError(f"unknown output format {fmt!r} (raw or qcow2)")
     out = Path(out)
+    outputs = {
+        "memory_base": memory_base,
+        "memory_out": memory_out,
+        "device_state_out": device_state_out,
+        "threads": threads,
+    }
     with FileSource(overlay) as source:
         if fmt == "raw":
-            return _apply(source, base, out, memory_base, memory_out, threads, force, progress)
+            return _apply(source, base, out, force, progress, **outputs)
         final = AtomicFile(out, force=force)  # refuses an existing output up front
         raw = out.with_name(f".{out.name}.raw.tmp")
         try:
-            summary = _apply(source, base, raw, memory_base, memory_out, threads, True, progress)
+            summary = _apply(source, base, raw, force, progress, **outputs)
             run_qemu_img(
                 "convert", "-q", "-f", "raw", "-O", "qcow2",
                 "-B", str(Path(base).resolve()), "-F", "raw",
@@ -80,11 +91,9 @@ def _apply(
     source: FileSource,
     base: str | os.PathLike[str],
     out: Path,
-    memory_base: str | os.PathLike[str] | None,
-    memory_out: str | os.PathLike[str] | None,
-    threads: int | None,
     force: bool,
     progress: Callable[[int, int], None] | None,
+    **outputs: Any,
 ) -> ApplySummary:
     on_ready = None
     if progress is not None:
@@ -98,14 +107,12 @@ def _apply(
         source,
         base,
         out,
-        memory_base=memory_base,
-        memory_out=memory_out,
-        threads=threads,
         force=force,
         on_ready=on_ready,
+        **outputs,
     )
     m = applier.check()
-    n_total = m.n_disk + (m.n_memory if memory_out is not None else 0)
+    n_total = m.n_disk + (m.n_memory if outputs["memory_out"] is not None else 0)
     applier.start()
     return applier.wait()
 

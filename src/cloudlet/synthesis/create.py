@@ -11,6 +11,7 @@ from pathlib import Path
 
 import blake3
 import numpy as np
+import zstandard
 
 from cloudlet.errors import SynthesisError
 
@@ -24,6 +25,7 @@ from .format import (
     HEADER_SIZE,
     KIND_NAMES,
     LITERAL,
+    MAX_DEVICE_STATE,
     Header,
     Manifest,
     compress_manifest,
@@ -80,6 +82,7 @@ def create_overlay(
     *,
     memory_base: str | os.PathLike[str] | None = None,
     memory: str | os.PathLike[str] | None = None,
+    device_state: str | os.PathLike[str] | None = None,
     level: int = DEFAULT_LEVEL,
     threads: int | None = None,
     force: bool = False,
@@ -87,10 +90,16 @@ def create_overlay(
 ) -> CreateSummary:
     """Write the overlay that turns `base` (+ `memory_base`) into `modified` (+ `memory`).
 
+    A VM suspended with its RAM in a file gives `memory` (that file) and `device_state`
+    (QEMU's saved device state, e.g. the qemu driver's ``memory.ram`` and ``vmstate``);
+    `modified` must be its disk as it was when it was suspended. The overlay then
+    resumes the VM where it was instead of booting it.
+
     Args:
         base, modified: disk images, raw or qcow2.
         out: overlay path; written atomically (temp file, fsync, rename).
         memory_base, memory: optional raw memory images; memory_base needs memory.
+        device_state: optional device state that goes with `memory`; needs memory.
         level: 1..19, the zstd level; higher levels also use larger segments and windows.
         threads: compression threads (default: all cores).
         force: replace an existing `out`.
@@ -105,18 +114,23 @@ def create_overlay(
         raise SynthesisError(f"level must be 1..{MAX_LEVEL}, not {level}")
     if memory_base is not None and memory is None:
         raise SynthesisError("a memory base was given without a memory image")
+    if device_state is not None and memory is None:
+        raise SynthesisError("a device state was given without a memory image")
     out = Path(out)
-    paths = [Path(p) for p in (base, modified, memory_base, memory) if p is not None]
+    inputs = (base, modified, memory_base, memory, device_state)
+    paths = [Path(p) for p in inputs if p is not None]
     for p in paths:
         if not p.is_file():
             raise SynthesisError(f"no such image: {p}")
     if out.resolve() in {p.resolve() for p in paths}:
         raise SynthesisError("the overlay would overwrite one of its inputs")
+    state = _read_device_state(Path(device_state)) if device_state is not None else None
     target = AtomicFile(out, force=force)
     try:
         summary = _create(
-            Path(base), Path(modified), target, memory_base, memory, level, threads, progress
-        )
+            Path(base), Path(modified), target, memory_base, memory, state, level, threads,
+            progress,
+        )  # fmt: skip
         target.commit()
     except OSError as exc:
         target.discard()
@@ -134,6 +148,7 @@ def _create(
     target: AtomicFile,
     memory_base: str | os.PathLike[str] | None,
     memory: str | os.PathLike[str] | None,
+    device_state: bytes | None,
     level: int,
     threads: int | None,
     progress: Progress | None,
@@ -197,6 +212,18 @@ def _create(
             writer.abort()
             raise
         fd = target.fd
+        data_end = seg.end
+        state_fields = {}
+        if device_state is not None:
+            stored_state = zstandard.ZstdCompressor(level=19).compress(device_state)
+            pwrite_all(fd, stored_state, data_end)
+            state_fields = {
+                "device_state_offset": data_end,
+                "device_state_length": len(stored_state),
+                "device_state_raw_length": len(device_state),
+                "device_state_digest": blake3.blake3(stored_state).digest(),
+            }
+            data_end += len(stored_state)
         slot_targets = np.concatenate([*cls.literals, deltas])
         slot = np.empty(n_total, np.int64)
         slot[slot_targets] = np.arange(len(slot_targets))
@@ -219,10 +246,11 @@ def _create(
             disk_digest=targets[0].hasher.digest(),
             memory_digest=targets[1].hasher.digest() if mem_r else bytes(32),
             level=level,
+            **state_fields,  # type: ignore[arg-type]
         )
         raw = manifest.encode()
         stored = compress_manifest(raw)
-        m_off = seg.end
+        m_off = data_end
         pwrite_all(fd, stored, m_off)
         total = m_off + len(stored)
         header = Header(m_off, len(stored), len(raw), total, blake3.blake3(raw).digest())
@@ -239,6 +267,21 @@ def _create(
             segments=len(seg.offsets),
             seconds=0.0,
         )
+
+
+def _read_device_state(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise os_error(exc, f"reading {path}") from exc
+    if not data:
+        raise SynthesisError(f"the device state {path} is empty")
+    if len(data) > MAX_DEVICE_STATE:
+        raise SynthesisError(
+            f"the device state {path} has {len(data)} bytes, more than {MAX_DEVICE_STATE}: "
+            "was the VM's RAM saved with it (x-ignore-shared off)?"
+        )
+    return data
 
 
 def _threads(threads: int | None, level: int) -> int:

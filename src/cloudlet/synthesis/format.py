@@ -1,4 +1,8 @@
-"""Overlay format v1: header, manifest and chunk kinds (spec in docs/overlay-format.md)."""
+"""Overlay format v2: header, manifest and chunk kinds (spec in docs/overlay-format.md).
+
+Version 2 adds the VM's device state (a QEMU migration stream) next to its memory, so
+that a site can resume the VM instead of booting it. Version 1 overlays are still read.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ import zstandard
 from cloudlet.errors import OverlayFormatError
 
 MAGIC = b"CLOUDOVL"
-VERSION = 1
+VERSION = 2
+#: Versions this build reads (it writes VERSION).
+READABLE_VERSIONS = (1, 2)
 CHUNK_SIZE = 4096
 DIGEST_SIZE = 32
 
@@ -28,8 +34,12 @@ KIND_NAMES = ("zero", "same", "base", "copy", "literal", "delta")
 _HEADER = struct.Struct("<8sII QQQQQ 32s")
 HEADER_SIZE = _HEADER.size + 8  # + 8-byte blake3 check over the rest of the header
 
-_FIXED = struct.Struct("<I I Q Q I i Q32s Q32s 32s32s QQ32s")
-_F_MEMORY, _F_MEMORY_BASE, _F_DICT = 1, 2, 4
+_FIXED_V1 = struct.Struct("<I I Q Q I i Q32s Q32s 32s32s QQ32s")
+# v2 appends the device state: offset, stored length, raw length, digest of the stored bytes
+_FIXED = struct.Struct(_FIXED_V1.format + "QQQ32s")
+_F_MEMORY, _F_MEMORY_BASE, _F_DICT, _F_DEVICE_STATE = 1, 2, 4, 8
+#: Largest device state accepted (QEMU's are KiB to a few MiB without shared RAM).
+MAX_DEVICE_STATE = 256 << 20
 _MAX_MANIFEST = 1 << 32
 
 
@@ -42,11 +52,12 @@ class Header:
     manifest_raw_length: int
     total_length: int
     root_digest: bytes
+    version: int = VERSION
 
     def encode(self) -> bytes:
         body = _HEADER.pack(
             MAGIC,
-            VERSION,
+            self.version,
             HEADER_SIZE,
             0,
             self.manifest_offset,
@@ -65,9 +76,10 @@ def decode_header(data: bytes) -> Header:
     if data[:8] != MAGIC:
         raise OverlayFormatError("not an overlay: bad magic")
     version, size = struct.unpack_from("<II", data, 8)
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise OverlayFormatError(
-            f"unsupported overlay version {version} (this build reads {VERSION})"
+            f"unsupported overlay version {version} (this build reads versions {readable})"
         )
     if size != HEADER_SIZE or len(data) < HEADER_SIZE:
         raise OverlayFormatError("truncated or corrupt overlay header")
@@ -77,7 +89,7 @@ def decode_header(data: bytes) -> Header:
     _, _, _, _flags, m_off, m_len, m_raw, total, root = _HEADER.unpack(body)
     if m_off < HEADER_SIZE or m_off + m_len > total or m_raw > _MAX_MANIFEST:
         raise OverlayFormatError("corrupt overlay header (manifest out of range)")
-    return Header(m_off, m_len, m_raw, total, root)
+    return Header(m_off, m_len, m_raw, total, root, version)
 
 
 def _chunks(size: int) -> int:
@@ -108,8 +120,18 @@ class Manifest:
     dict_offset: int = 0
     dict_length: int = 0
     dict_digest: bytes = bytes(DIGEST_SIZE)
+    device_state_offset: int = 0
+    device_state_length: int = 0  # stored (zstd) bytes; 0: no device state
+    device_state_raw_length: int = 0
+    device_state_digest: bytes = bytes(DIGEST_SIZE)
     chunk_size: int = CHUNK_SIZE
     root_digest: bytes = field(default=b"", compare=False)
+    version: int = field(default=VERSION, compare=False)  # of the file it was read from
+
+    @property
+    def has_device_state(self) -> bool:
+        """Whether the overlay carries the VM's device state, i.e. can be resumed."""
+        return self.device_state_length > 0
 
     @property
     def n_disk(self) -> int:
@@ -142,6 +164,7 @@ class Manifest:
             (_F_MEMORY if self.memory_size is not None else 0)
             | (_F_MEMORY_BASE if self.memory_base_size is not None else 0)
             | (_F_DICT if self.dict_length else 0)
+            | (_F_DEVICE_STATE if self.device_state_length else 0)
         )
         fixed = _FIXED.pack(
             self.chunk_size,
@@ -159,6 +182,10 @@ class Manifest:
             self.dict_offset,
             self.dict_length,
             self.dict_digest,
+            self.device_state_offset,
+            self.device_state_length,
+            self.device_state_raw_length,
+            self.device_state_digest,
         )
         parts = [fixed]
         for arr, dtype in self._arrays():
@@ -196,19 +223,24 @@ def decode_manifest(header: Header, stored: bytes) -> Manifest:
     if blake3.blake3(raw).digest() != header.root_digest:
         raise OverlayFormatError("corrupt overlay manifest (root digest mismatch)")
     try:
-        manifest = _parse(raw)
+        manifest = _parse(raw, header.version)
     except (struct.error, ValueError) as exc:
         raise OverlayFormatError(f"corrupt overlay manifest ({exc})") from exc
     manifest.root_digest = header.root_digest
+    manifest.version = header.version
     validate(manifest, header.manifest_offset)
     return manifest
 
 
-def _parse(raw: bytes) -> Manifest:
+def _parse(raw: bytes, version: int) -> Manifest:
+    fixed = _FIXED if version >= 2 else _FIXED_V1
+    values = fixed.unpack_from(raw, 0)
     (cs, n_seg, disk, mem, flags, level, bsize, bdig, mbsize, mbdig, ddig, mdig, doff, dlen, dd) = (
-        _FIXED.unpack_from(raw, 0)
+        values[:15]
     )
-    pos = _FIXED.size
+    soff, slen, sraw, sdig = values[15:] if version >= 2 else (0, 0, 0, bytes(DIGEST_SIZE))
+    has_state = bool(flags & _F_DEVICE_STATE)
+    pos = fixed.size
     dtypes = ["<u1", "<u8", "<u8", "<u4", "<u8", "<u4", "<u4", "<u1"]
     arrays = []
     for dtype in dtypes:
@@ -246,6 +278,10 @@ def _parse(raw: bytes) -> Manifest:
         dict_offset=doff if flags & _F_DICT else 0,
         dict_length=dlen if flags & _F_DICT else 0,
         dict_digest=dd,
+        device_state_offset=soff if has_state else 0,
+        device_state_length=slen if has_state else 0,
+        device_state_raw_length=sraw if has_state else 0,
+        device_state_digest=sdig if has_state else bytes(DIGEST_SIZE),
         chunk_size=cs,
     )
 
@@ -296,3 +332,12 @@ def validate(m: Manifest, data_end: int) -> None:
         raise bad("segment out of range")
     if m.dict_length and m.dict_offset + m.dict_length > data_end:
         raise bad("dictionary out of range")
+    if m.has_device_state:
+        if m.memory_size is None:
+            raise bad("device state without a memory image")
+        if m.device_state_offset < HEADER_SIZE or (
+            m.device_state_offset + m.device_state_length > data_end
+        ):
+            raise bad("device state out of range")
+        if not 0 < m.device_state_raw_length <= MAX_DEVICE_STATE:
+            raise bad(f"device state of {m.device_state_raw_length} bytes")

@@ -8,8 +8,14 @@ from typing import Any
 import numpy as np
 import zstandard
 
-from .format import CHUNK_SIZE, HEADER_SIZE, KIND_NAMES, VERSION
-from .source import FileSource, decode_segment, load_dictionary, read_manifest
+from .format import CHUNK_SIZE, HEADER_SIZE, KIND_NAMES, Manifest
+from .source import (
+    FileSource,
+    decode_segment,
+    load_dictionary,
+    read_device_state,
+    read_manifest,
+)
 
 
 def overlay_info(overlay: str | os.PathLike[str]) -> dict[str, Any]:
@@ -28,12 +34,10 @@ def overlay_info(overlay: str | os.PathLike[str]) -> dict[str, Any]:
     segment_bytes = int(m.seg_length.astype(np.int64).sum())
     image_bytes = m.disk_size + (m.memory_size or 0)
     return {
-        "format_version": VERSION,
+        "format_version": m.version,
         "overlay_size": size,
         "header_size": HEADER_SIZE,
-        "manifest_size": size - int(m.seg_offset.max() + m.seg_length[m.seg_offset.argmax()])
-        if len(m.seg_offset)
-        else size - HEADER_SIZE,
+        "manifest_size": size - _data_end(m),
         "chunk_size": m.chunk_size,
         "level": m.level,
         "disk_size": m.disk_size,
@@ -44,6 +48,8 @@ def overlay_info(overlay: str | os.PathLike[str]) -> dict[str, Any]:
         "memory_base_digest": m.memory_base_digest.hex() if m.memory_base_digest else None,
         "disk_digest": m.disk_digest.hex(),
         "memory_digest": m.memory_digest.hex() if m.memory_size is not None else None,
+        "device_state_size": m.device_state_raw_length if m.has_device_state else None,
+        "resumable": m.has_device_state,
         "root_digest": m.root_digest.hex(),
         "chunks": {name: int(c) for name, c in zip(KIND_NAMES, counts, strict=True)},
         "disk_chunks": {name: int(c) for name, c in zip(KIND_NAMES, disk_counts, strict=True)},
@@ -59,14 +65,26 @@ def overlay_info(overlay: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def _data_end(m: Manifest) -> int:
+    """Where the manifest starts: after the segments, the dictionary and the device state."""
+    ends = [HEADER_SIZE, m.dict_offset + m.dict_length]
+    if len(m.seg_offset):
+        ends.append(int((m.seg_offset.astype(np.int64) + m.seg_length).max()))
+    if m.has_device_state:
+        ends.append(m.device_state_offset + m.device_state_length)
+    return max(ends)
+
+
 def verify_overlay(overlay: str | os.PathLike[str]) -> dict[str, Any]:
-    """Check every digest of an overlay: header, manifest (root), dictionary, segments.
+    """Check every digest of an overlay: header, manifest (root), dictionary, segments,
+    device state.
 
     Returns overlay_info() of the verified overlay.
 
     Raises:
         OverlayFormatError: bad header or manifest, truncated.
-        IntegrityError: a segment or the dictionary does not match its digest.
+        IntegrityError: a segment, the dictionary or the device state does not match
+            its digest.
     """
     with FileSource(overlay) as src:
         m = read_manifest(src)
@@ -78,4 +96,5 @@ def verify_overlay(overlay: str | os.PathLike[str]) -> dict[str, Any]:
         )
         for seg in range(len(m.seg_offset)):
             decode_segment(src, m, seg, dctx)
+        read_device_state(src, m)
     return overlay_info(overlay)

@@ -93,6 +93,31 @@ def load_dictionary(source: ByteSource, m: Manifest) -> zstandard.ZstdCompressio
     return zstandard.ZstdCompressionDict(data)
 
 
+def read_device_state(source: ByteSource, m: Manifest) -> bytes | None:
+    """The VM's device state (a QEMU migration stream) the overlay carries, checked;
+    None if it has none.
+
+    Raises:
+        IntegrityError: the stored bytes do not match their digest or do not decompress.
+    """
+    if not m.has_device_state:
+        return None
+    blob = source.read_range(m.device_state_offset, m.device_state_length)
+    if blake3.blake3(blob).digest() != m.device_state_digest:
+        raise IntegrityError("device state digest mismatch (corrupt overlay)")
+    try:
+        data = zstandard.ZstdDecompressor().decompress(
+            blob, max_output_size=m.device_state_raw_length
+        )
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"device state does not decompress: {exc}") from exc
+    if len(data) != m.device_state_raw_length:
+        raise IntegrityError(
+            f"device state has {len(data)} bytes, expected {m.device_state_raw_length}"
+        )
+    return data
+
+
 def decode_segment(
     source: ByteSource,
     m: Manifest,

@@ -15,12 +15,18 @@ import zstandard
 
 from cloudlet.errors import BaseMismatchError, ConflictError, SynthesisError
 
-from ._fs import AtomicFile, os_error
+from ._fs import AtomicFile, os_error, pwrite_all
 from ._image import ImageReader, is_qcow2
 from ._plan import Plan
 from .format import Manifest
 from .index import base_digest
-from .source import ByteSource, decode_segment, load_dictionary, read_manifest
+from .source import (
+    ByteSource,
+    decode_segment,
+    load_dictionary,
+    read_device_state,
+    read_manifest,
+)
 
 ReadyCallback = Callable[[np.ndarray], None]
 """Called (from a worker thread) with the target-space chunk indices that became ready."""
@@ -32,6 +38,7 @@ class ApplySummary:
 
     disk: Path
     memory: Path | None
+    device_state: Path | None
     disk_size: int
     memory_size: int | None
     segments: int
@@ -60,6 +67,7 @@ class StreamingApplier:
         *,
         memory_base: str | os.PathLike[str] | None = None,
         memory_out: str | os.PathLike[str] | None = None,
+        device_state_out: str | os.PathLike[str] | None = None,
         threads: int | None = None,
         force: bool = False,
         on_ready: ReadyCallback | None = None,
@@ -69,6 +77,7 @@ class StreamingApplier:
         self.out = Path(out)
         self.memory_base = Path(memory_base) if memory_base is not None else None
         self.memory_out = Path(memory_out) if memory_out is not None else None
+        self.device_state_out = Path(device_state_out) if device_state_out is not None else None
         self.threads = threads or os.cpu_count() or 2
         self.force = force
         self.on_ready = on_ready
@@ -96,6 +105,8 @@ class StreamingApplier:
         if self.memory_out is not None:
             if m.memory_size is None:
                 raise SynthesisError("the overlay has no memory image")
+            if self.device_state_out is not None and not m.has_device_state:
+                raise SynthesisError("the overlay has no device state (it cannot be resumed)")
             if m.memory_base_size is not None:
                 if self.memory_base is None:
                     raise SynthesisError("the overlay needs its memory base (--memory-base)")
@@ -103,7 +114,9 @@ class StreamingApplier:
                 self._check_base(
                     self.memory_base, m.memory_base_size, m.memory_base_digest, "memory base"
                 )
-        for path in (self.out, self.memory_out):
+        elif self.device_state_out is not None:
+            raise SynthesisError("a device state output needs a memory output")
+        for path in (self.out, self.memory_out, self.device_state_out):
             if path is not None and path.exists() and not self.force:
                 raise ConflictError(f"{path} exists (use --force to overwrite)")
         self.manifest = m
@@ -146,6 +159,8 @@ class StreamingApplier:
             if self.memory_out is not None:
                 mem = AtomicFile(self.memory_out, force=self.force)
                 self._outputs.append(mem)
+            if self.device_state_out is not None:
+                self._outputs.append(AtomicFile(self.device_state_out, force=self.force))
             self._plan = Plan(m, base_r, mbase_r, disk.fd, mem.fd if mem else None)
             self._plan.prepare()
         except OSError as exc:
@@ -212,6 +227,10 @@ class StreamingApplier:
                 raise self._error
             assert self._plan is not None and self.manifest is not None
             self._plan.finish()
+            if self.device_state_out is not None:
+                state = read_device_state(self.source, self.manifest)
+                assert state is not None
+                pwrite_all(self._outputs[-1].fd, state, 0)
             for f in self._outputs:
                 f.commit()
         except OSError as exc:
@@ -225,6 +244,7 @@ class StreamingApplier:
         self.summary = ApplySummary(
             self.out,
             self.memory_out,
+            self.device_state_out,
             m.disk_size,
             m.memory_size if self.memory_out else None,
             len(m.seg_offset),

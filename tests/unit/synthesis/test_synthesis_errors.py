@@ -78,9 +78,9 @@ def test_truncated_overlay(overlay, tmp_path, cut):
 def test_unknown_version(overlay, tmp_path):
     _base, _, ovl = overlay
     data = bytearray(ovl.read_bytes())
-    struct.pack_into("<I", data, len(MAGIC), 2)
-    bad = write(tmp_path / "v2.ovl", np.frombuffer(bytes(data), np.uint8))
-    with pytest.raises(OverlayFormatError, match="version 2"):
+    struct.pack_into("<I", data, len(MAGIC), 3)
+    bad = write(tmp_path / "v3.ovl", np.frombuffer(bytes(data), np.uint8))
+    with pytest.raises(OverlayFormatError, match="version 3"):
         read_manifest(bad)
 
 
