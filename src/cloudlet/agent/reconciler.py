@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -237,7 +238,8 @@ class Reconciler(InstanceOps):
             t0 = time.monotonic()
             for comp in todo:
                 if comp.name in opened:
-                    await self.vm.synthesize(want.id, comp, opened.pop(comp.name))
+                    memory_mib = want.instance.resources.memory_mib
+                    await self.vm.synthesize(want.id, comp, opened.pop(comp.name), memory_mib)
             timings["synthesize"] = round(time.monotonic() - t0, 3)
         finally:
             for left in opened.values():  # not synthesized: a later one failed
@@ -288,12 +290,20 @@ class Reconciler(InstanceOps):
                 if state is WorkloadState.FAILED:
                     await asyncio.to_thread(driver.delete, wid)
                     state = WorkloadState.ABSENT
+                resume_image = None
                 if state is WorkloadState.ABSENT:
-                    await asyncio.to_thread(driver.create, specs[comp.name])
+                    spec = specs[comp.name]
+                    if comp.kind is ComponentKind.VM and self.vm is not None:
+                        resume_image = self.vm.resume_image(inst.id, comp)
+                        spec = dataclasses.replace(spec, memory_image=resume_image)
+                    await asyncio.to_thread(driver.create, spec)
                 if state is WorkloadState.SUSPENDED and driver.capabilities.get("suspend"):
                     st[comp.name] = await asyncio.to_thread(driver.resume, wid)
                 else:
                     st[comp.name] = await asyncio.to_thread(driver.start, wid)
+                if resume_image is not None and self.vm is not None:
+                    # The driver resumed a copy; a later boot must not resume it again.
+                    self.vm.drop_resume_image(inst.id, comp)
             if any(c.kind is ComponentKind.VM for c in inst.components):
                 timings["boot_or_resume"] = round(time.monotonic() - t0, 3)
                 answer = await self._first_answer(inst.id, inst.components, st)

@@ -5,10 +5,13 @@ Phases, each timed by the reconciler: **fetch** makes sure the base is cached
 :class:`~cloudlet.agent.fetch.HttpRangeSource` on the controller's blob URL whose
 bytes are kept so that the next start works offline; **synthesize** applies it
 with :class:`~cloudlet.synthesis.StreamingApplier` into the instance's directory
-``vms/<instance>/<component>-<overlay>.img``. The VM starts once the disk is
-complete (starting it earlier, with missing chunks fetched on demand, is a later
-improvement). Memory images in overlays are not used yet: VMs cold-boot, because an
-overlay carries guest RAM but not the device state QEMU needs to resume from it.
+``vms/<instance>/<component>-<overlay>.img``. A **resumable** overlay (one that
+carries the VM's memory and device state, format v2) also gives ``<...>.ram`` and
+``<...>.ram.vmstate`` beside the disk: the workload spec then names that RAM file as
+its ``memory_image`` and the qemu driver resumes the VM where its developer suspended
+it, its service already listening, instead of booting it. The VM starts once the
+disk is complete (starting it earlier, with missing chunks fetched on demand, is a
+later improvement).
 
 :func:`wait_for_answer` is the last phase: the service answering an HTTP GET.
 """
@@ -30,6 +33,7 @@ import httpx
 from cloudlet.agent.artifacts import ArtifactCache
 from cloudlet.agent.fetch import HttpRangeSource, blob_url
 from cloudlet.agent.staging import Stager, verify_artifact
+from cloudlet.compute.qemu import device_state_of
 from cloudlet.errors import ControllerUnreachableError, IntegrityError, SynthesisError
 from cloudlet.schemas import Component
 from cloudlet.schemas.artifacts import ArtifactKind
@@ -37,6 +41,7 @@ from cloudlet.synthesis import ByteSource, FileSource, StreamingApplier, read_ma
 
 log = logging.getLogger(__name__)
 
+MIB = 1024 * 1024
 #: Tries to reach the controller for a base image a VM is waiting for.
 FETCH_ATTEMPTS = 2
 
@@ -49,8 +54,9 @@ class Opened:
     source: ByteSource | None  # None: no overlay, the disk is a copy of the base
     #: Set when the overlay streams from the controller into the cache (owned part file).
     remote: HttpRangeSource | None = None
-    has_memory: bool = False
     overlay: str | None = None
+    #: Bytes of the VM's RAM in a resumable overlay; None: the VM boots from its disk.
+    resume_memory: int | None = None
 
 
 class VmBuilder:
@@ -68,6 +74,21 @@ class VmBuilder:
         """Where the component's disk is built; named after the overlay it came from."""
         tag = (comp.overlay or comp.image or "base")[:16]
         return self.vms_dir / instance_id / f"{comp.name}-{tag}.img"
+
+    def memory_path(self, instance_id: str, comp: Component) -> Path:
+        """Where a resumable overlay's RAM is rebuilt; its device state goes beside it."""
+        return self.disk_path(instance_id, comp).with_suffix(".ram")
+
+    def resume_image(self, instance_id: str, comp: Component) -> Path | None:
+        """The RAM file the component's VM resumes from, if synthesis made one."""
+        path = self.memory_path(instance_id, comp)
+        return path if path.is_file() and device_state_of(path).is_file() else None
+
+    def drop_resume_image(self, instance_id: str, comp: Component) -> None:
+        """Forget the RAM image once the VM resumed from it: later boots use the disk."""
+        path = self.memory_path(instance_id, comp)
+        for p in (device_state_of(path), path):
+            p.unlink(missing_ok=True)
 
     def remove_instance(self, instance_id: str) -> None:
         """Delete the instance's disks (its workloads are gone)."""
@@ -115,7 +136,16 @@ class VmBuilder:
         except BaseException:
             self.discard(opened)
             raise
-        opened.has_memory = manifest.memory_size is not None
+        if manifest.has_device_state and manifest.memory_base_size is None:
+            opened.resume_memory = manifest.memory_size
+        elif manifest.memory_size is not None:
+            log.warning(
+                "overlay %s: its memory %s; the VM boots from its disk",
+                comp.overlay,
+                "needs a memory base, which sites do not hold"
+                if manifest.has_device_state
+                else "comes without device state",
+            )
         return opened
 
     def discard(self, opened: Opened) -> None:
@@ -128,25 +158,29 @@ class VmBuilder:
 
     # -- synthesize ----------------------------------------------------------------------
 
-    async def synthesize(self, instance_id: str, comp: Component, opened: Opened) -> Path:
-        """Build the component's disk from ``opened``; returns its path.
+    async def synthesize(
+        self, instance_id: str, comp: Component, opened: Opened, memory_mib: int | None = None
+    ) -> Path:
+        """Build the component's disk (and, for a resumable overlay, its RAM and device
+        state) from ``opened``; returns the disk's path. ``memory_mib`` is the VM's
+        memory: a resumable overlay's RAM must be exactly that size.
 
         Raises:
-            SynthesisError: the apply failed (nothing is left behind).
+            SynthesisError: the apply failed (nothing is left behind), or the overlay's
+                RAM does not fit the VM's memory.
             ControllerUnreachableError: the link failed while segments were streaming.
         """
         out = self.disk_path(instance_id, comp)
         out.parent.mkdir(parents=True, exist_ok=True)
+        memory = None
         try:
-            if opened.has_memory:
-                log.info(
-                    "overlay %s has a memory image; cold-booting (resume needs device state)",
-                    comp.overlay,
-                )
+            if opened.resume_memory is not None:
+                _check_memory(comp, opened.resume_memory, memory_mib)
+                memory = self.memory_path(instance_id, comp)
             if opened.source is None:
                 await asyncio.to_thread(_copy_sparse, opened.base, out)
             else:
-                await _apply(opened.source, opened.base, out)
+                await _apply(opened.source, opened.base, out, memory)
             if opened.remote is not None:
                 await asyncio.to_thread(self._keep_overlay, comp, opened.remote)
         except BaseException:
@@ -181,8 +215,20 @@ class VmBuilder:
         self.cache.mark_complete(ArtifactKind.OVERLAY, comp.overlay, size)
 
 
-async def _apply(source: ByteSource, base: Path, out: Path) -> None:
-    applier = StreamingApplier(source, base, out, force=True, threads=4)
+def _check_memory(comp: Component, memory_size: int, memory_mib: int | None) -> None:
+    if memory_mib is not None and memory_size != memory_mib * MIB:
+        raise SynthesisError(
+            f"overlay {comp.overlay} resumes a VM with {memory_size / MIB:g} MiB of RAM, "
+            f"but the app gives it {memory_mib} MiB: set the app's memory to "
+            f"{memory_size / MIB:g} MiB"
+        )
+
+
+async def _apply(source: ByteSource, base: Path, out: Path, memory: Path | None) -> None:
+    applier = StreamingApplier(
+        source, base, out, force=True, threads=4,
+        memory_out=memory, device_state_out=device_state_of(memory) if memory else None,
+    )  # fmt: skip
     await asyncio.to_thread(applier.start)
     try:
         await asyncio.to_thread(applier.wait)

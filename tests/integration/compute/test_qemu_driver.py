@@ -181,8 +181,9 @@ def test_a_vm_starts_from_a_saved_memory_image(
     first = driver.start("clone")
     assert fetch(first.endpoint or "", "token").strip() == token  # no boot: the same RAM
     driver.stop("clone")
-    again = driver.start("clone")  # every start begins from the image again
-    assert fetch(again.endpoint or "", "token").strip() == token
+    # The disk has moved on since the image was saved: later starts boot from it.
+    again = driver.start("clone")
+    assert fetch(again.endpoint or "", "token").strip() != token
     driver.delete("clone")
     assert digest(memory) == image_digest  # the guest ran on copies
 

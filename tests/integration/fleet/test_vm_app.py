@@ -1,6 +1,7 @@
 """A VM app through the whole system: base and overlay uploaded to a real controller,
-an instance created there, the site's agent fetching, synthesizing and booting it on
-QEMU, and the page served from inside the VM through the reported endpoint."""
+an instance created there, the site's agent fetching, synthesizing and booting (or, from
+a resumable overlay, resuming) it on QEMU, and the page served from inside the VM
+through the reported endpoint."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cloudlet.synthesis import create_overlay
+from cloudlet.compute.base import WorkloadSpec
+from cloudlet.compute.qemu.snapshot import capture
+from cloudlet.synthesis import create_overlay, overlay_info
 from cloudlet.testbed.guest import GuestImage, with_page
-from cloudlet.testbed.local import LocalAgent, LocalController, wait_for
+from cloudlet.testbed.local import LocalAgent, LocalController, free_port, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,11 +45,43 @@ def upload(api: httpx.Client, path: Path, kind: str, name: str) -> dict[str, obj
     return done.json()
 
 
-def test_vm_app_from_uploaded_overlay_serves_its_page(guest: GuestImage, tmp_path: Path) -> None:
+def resumable_overlay(guest: GuestImage, modified: Path, overlay: Path) -> str:
+    """Boot the app VM, suspend it once it serves, make a resumable overlay of it.
+    Returns the token the guest keeps in RAM (a boot would make a new one)."""
+    token: list[str] = []
+
+    def serves_token(endpoint: str) -> bool:
+        try:
+            token.append(httpx.get(f"http://{endpoint}/token", timeout=2).text.strip())
+        except httpx.HTTPError:
+            return False
+        return True
+
+    spec = WorkloadSpec(
+        "fire-watch", port=free_port(), guest_port=guest.guest_port, memory_mib=256,
+        disk_image=modified, env=guest.vm_env(),
+    )  # fmt: skip
+    snap = capture(spec, overlay.with_suffix(".ram"), ready=serves_token, timeout=120)
+    create_overlay(
+        guest.disk, modified, overlay, memory=snap.memory, device_state=snap.device_state,
+        threads=2,
+    )  # fmt: skip
+    assert overlay_info(overlay)["resumable"]
+    return token[-1]
+
+
+@pytest.mark.parametrize("resumable", [False, True], ids=["boot", "resume"])
+def test_vm_app_from_uploaded_overlay_serves_its_page(
+    guest: GuestImage, tmp_path: Path, resumable: bool
+) -> None:
     base = guest.disk
     modified = with_page(guest, tmp_path / "modified.img", PAGE)
     overlay = tmp_path / "fire-watch.ovl"
-    create_overlay(base, modified, overlay, threads=2)
+    ram_token = None
+    if resumable:
+        ram_token = resumable_overlay(guest, modified, overlay)
+    else:
+        create_overlay(base, modified, overlay, threads=2)
 
     ctl = LocalController(tmp_path / "ctl").start()
     api = ctl.client()
@@ -88,6 +123,11 @@ def test_vm_app_from_uploaded_overlay_serves_its_page(guest: GuestImage, tmp_pat
         page = httpx.get(f"http://{item['endpoint']}/", timeout=10)
         assert page.text == PAGE
         assert {"fetch", "synthesize", "boot_or_resume", "first_answer"} <= set(item["timings"])
+        served = httpx.get(f"http://{item['endpoint']}/token", timeout=10).text.strip()
+        if resumable:
+            assert served == ram_token  # resumed with the developer's RAM: no boot
+        site_vms = tmp_path / "lyon" / "vms" / created.json()["id"]
+        assert not list(site_vms.glob("*.ram*"))  # resumed once, then dropped
     finally:
         if agent is not None:
             agent.stop()

@@ -45,10 +45,14 @@ class FakeVmDriver(FakeDriver):
     def __init__(self) -> None:
         super().__init__(program=self._boot)
         self.servers: list[http.server.HTTPServer] = []
+        self.resumed: dict[str, tuple[bytes, bytes]] = {}
 
     def create(self, spec: WorkloadSpec) -> None:
         if spec.disk_image is None or not spec.disk_image.is_file():
             raise DriverError(f"workload {spec.workload_id!r}: no disk image")
+        if spec.memory_image is not None:  # what QEMU would resume: RAM and device state
+            state = spec.memory_image.with_name(spec.memory_image.name + ".vmstate")
+            self.resumed[spec.workload_id] = (spec.memory_image.read_bytes(), state.read_bytes())
         super().create(dataclasses.replace(spec, command=("fake-qemu",)))
 
     def _boot(self, spec: WorkloadSpec) -> int | None:
@@ -102,9 +106,14 @@ def artifacts(tmp_path: Path) -> dict[str, object]:
     }
 
 
-def vm_instance(iid: str, a: dict[str, object], revision: int = 1) -> DesiredInstance:
+def vm_instance(
+    iid: str, a: dict[str, object], revision: int = 1, memory_mib: int | None = None
+) -> DesiredInstance:
     comp = {"kind": "vm", "image": a["digest"], "overlay": a["overlay"], "guest_port": 80}
-    return instance(iid, components=[comp], revision=revision, app="vmapp")
+    inst = instance(iid, components=[comp], revision=revision, app="vmapp")
+    if memory_mib is not None:
+        inst.resources.memory_mib = memory_mib
+    return inst
 
 
 def reconciler(
@@ -251,3 +260,61 @@ def test_two_instances_of_one_app_start_together(
     # One download of the base, whoever asked first.
     image_gets = [p for p, _ in server.requests if p.startswith("/v1/images/")]
     assert len(image_gets) == 1
+
+
+@pytest.fixture
+def resumable(artifacts: dict[str, object], tmp_path: Path) -> dict[str, object]:
+    """The same app as a resumable overlay: 1 MiB of 'RAM' and a device state."""
+    memory = np.random.default_rng(6).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    (tmp_path / "app.ram").write_bytes(memory)
+    (tmp_path / "app.vmstate").write_bytes(b"QEVM device state")
+    create_overlay(
+        tmp_path / "base.img", tmp_path / "mod.img", tmp_path / "r.ovl", threads=2,
+        memory=tmp_path / "app.ram", device_state=tmp_path / "app.vmstate",
+    )  # fmt: skip
+    return {
+        **artifacts,
+        "ovl": tmp_path / "r.ovl",
+        "overlay": read_manifest(tmp_path / "r.ovl").root_digest.hex(),
+        "memory": memory,
+    }
+
+
+def run_one(
+    store: Store, tmp_path: Path, driver: FakeVmDriver, a: dict[str, object], inst: DesiredInstance
+) -> actual.ActualRow:
+    with BlobServer() as server:
+        server.add_image(str(a["digest"]), Path(str(a["base"])))
+        server.add_overlay(str(a["overlay"]), Path(str(a["ovl"])))
+        desired.apply_doc(store, doc(1, [inst], full=True))
+        rec, stager = reconciler(store, tmp_path, driver, lambda: (server.url, CREDENTIAL))
+
+        async def go() -> actual.ActualRow:
+            try:
+                return await settle(rec, store, inst.id)
+            finally:
+                await stager.aclose()
+
+        return asyncio.run(go())
+
+
+def test_a_resumable_overlay_hands_the_driver_its_ram_once(
+    store: Store, tmp_path: Path, vm_driver: FakeVmDriver, resumable: dict[str, object]
+) -> None:
+    row = run_one(store, tmp_path, vm_driver, resumable, vm_instance("i1", resumable, memory_mib=1))
+    assert row.state is ActualState.RUNNING, row.reason
+    assert vm_driver.resumed["i1-main"] == (resumable["memory"], b"QEVM device state")
+    assert httpx.get(f"http://{row.endpoint}/").content.startswith(b"the modified page")
+    # the driver resumed its own copy: the site's RAM image is dropped, a reboot boots
+    assert not list((tmp_path / "vms" / "i1").glob("*.ram*"))
+
+
+def test_a_resumable_overlay_of_another_memory_size_fails_clearly(
+    store: Store, tmp_path: Path, vm_driver: FakeVmDriver, resumable: dict[str, object]
+) -> None:
+    inst = vm_instance("i1", resumable, memory_mib=2)
+    row = run_one(store, tmp_path, vm_driver, resumable, inst)
+    assert row.state is ActualState.FAILED
+    assert "1 MiB of RAM" in (row.reason or "") and "gives it 2 MiB" in (row.reason or "")
+    assert not vm_driver.resumed
+    assert not list((tmp_path / "vms").glob("i1/*"))

@@ -10,6 +10,7 @@ from cloudlet.compute.qemu._config import APPEND as VM_APPEND
 from cloudlet.compute.qemu._config import DISK_FORMAT as VM_DISK_FORMAT
 from cloudlet.compute.qemu._config import INITRD as VM_INITRD
 from cloudlet.compute.qemu._config import KERNEL as VM_KERNEL
+from cloudlet.compute.qemu._config import device_state_of
 from cloudlet.compute.qemu._driver import QEMU_HINT, QemuDriver
 from cloudlet.compute.qemu._probe import KvmVerdict, kvm_verdict, probe_kvm
 
@@ -21,6 +22,7 @@ __all__ = [
     "VM_KERNEL",
     "KvmVerdict",
     "QemuDriver",
+    "device_state_of",
     "kvm_verdict",
     "probe_kvm",
 ]

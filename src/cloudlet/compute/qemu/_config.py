@@ -8,9 +8,9 @@ VM options the spec has no field for travel in ``spec.env`` under ``CLOUDLET_VM_
 ``CLOUDLET_VM_DISK_FORMAT``  ``raw`` or ``qcow2``; by default read from the image's header
 
 ``spec.memory_image``, if set, is a guest RAM file saved by suspend() (``memory.ram``) with
-its device state beside it as ``<memory_image>.vmstate`` (the ``vmstate`` file). Every
-boot then resumes copies of the two instead of booting: the VM starts where the saved
-one was suspended. The spec must match the saved VM's (memory_mib, vcpus, devices).
+its device state beside it as ``<memory_image>.vmstate`` (the ``vmstate`` file). The
+first boot then resumes copies of the two instead of booting: the VM starts where the
+saved one was suspended. The spec must match the saved VM's (memory_mib, vcpus, devices).
 
 Other ``spec.env`` entries mean nothing to a VM and are ignored; an unknown
 ``CLOUDLET_VM_*`` key is refused, so a typo fails at create.

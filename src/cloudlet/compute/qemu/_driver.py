@@ -62,7 +62,10 @@ class QemuDriver(LocalDriver[Vm]):
     new QEMU on the same RAM file and loads the state: the same guest runs on, with a
     new pid. start() of a suspended workload resumes it; stop() of one discards its
     saved state, so the next start boots afresh. With ``spec.memory_image`` (a RAM file
-    with its ``.vmstate`` beside it) every boot resumes copies of that saved VM instead.
+    with its ``.vmstate`` beside it, e.g. synthesized from a resumable overlay) the
+    first start resumes copies of that saved VM instead of booting; later boots (after
+    a stop or a crash) start from the disk, since the disk has moved on from the RAM's
+    view of it and resuming the image again could corrupt the guest's filesystem.
 
     stop() presses the ACPI power button, waits ``timeout`` seconds for the guest to
     power off, then quits QEMU. A QEMU that exits on its own is handled by the restart
@@ -241,19 +244,22 @@ class QemuDriver(LocalDriver[Vm]):
             self._boot_locked(w, reason)
 
     def _boot_locked(self, w: Vm, reason: str | None = None) -> None:
-        """Boot afresh on a new (sparse) RAM file, or from copies of ``spec.memory_image``
-        and its device state when the spec has one."""
+        """Boot afresh on a new (sparse) RAM file; the first boot of a spec with a
+        ``memory_image`` resumes copies of it and its device state instead."""
         for name in (VMSTATE_FILE, MEMORY_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (w.path / name).unlink()
         image = w.spec.memory_image
-        if image is None:
+        if image is None or w.rt.memory_image_used:
             self._launch_locked(w, self.accelerator(), reason, incoming=False)
             return
         _vm.copy_sparse(image, w.path / MEMORY_FILE)
         _vm.copy_sparse(device_state_of(image), w.path / VMSTATE_FILE)
         reason = reason or "started from its memory image"
         self._resume_locked(w, reason, fallback=w.rt.state, accel=self.accelerator())
+        with self._lock:
+            w.rt.memory_image_used = True
+        self._persist(w)
 
     def _resume_locked(
         self,

@@ -25,6 +25,9 @@ class VmRuntime(Runtime):
 
     qmp: str | None = None  # the QMP socket of the running QEMU
     accel: str | None = None  # what the running QEMU (or the suspended state) was started with
+    #: The spec's memory image has been resumed once: later boots start from the disk,
+    #: which has moved on since the image was saved.
+    memory_image_used: bool = False
 
     def forget_process(self) -> None:
         super().forget_process()
