@@ -1,4 +1,9 @@
-"""Bootable app VMs for the synthesis bench: a base disk, an app disk, its overlay, its zstd image.
+"""App VMs for the synthesis bench: a base disk, an app disk, its resumable overlay, its zstd image.
+
+The overlay is made the way an app developer would publish a VM: the app disk is
+booted once under the qemu driver, suspended as soon as its service answers
+(:func:`cloudlet.compute.qemu.snapshot.capture`), and the overlay holds that disk, the
+RAM and the device state, so a site resumes the VM with its service listening.
 
 ``tiny`` is the test guest (cloudlet.testbed.guest) with a changed page, for a quick
 dry run. ``small`` and ``large`` are the overlay bench's Debian images (bench/_images.py)
@@ -24,8 +29,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudlet.compute.base import WorkloadSpec
+from cloudlet.compute.qemu.snapshot import capture
 from cloudlet.synthesis import create_overlay
 from cloudlet.testbed import guest as tg
+from cloudlet.testbed.local import free_port
 
 APP_PORT = 8080
 APPEND = "console=ttyS0 root=/dev/vda rw quiet mitigations=off"
@@ -53,9 +61,14 @@ $B mount -t proc proc /newroot/proc
 $B mount -t sysfs sys /newroot/sys
 $B mount -t tmpfs -o mode=0755 run /newroot/run
 $B mount -t tmpfs -o mode=1777 tmp /newroot/tmp
-echo "cloudlet-initramfs: switching to the app"
-exec $B switch_root /newroot /srv/app/cloudlet-init
+if [ -x /newroot/srv/app/cloudlet-init ]; then
+    echo "cloudlet-initramfs: switching to the app"
+    exec $B switch_root /newroot /srv/app/cloudlet-init
+fi
+echo "cloudlet-initramfs: no app: the base VM idles"
+exec $B switch_root /newroot /bin/sh -c 'echo "cloudlet-base: idle"; while :; do sleep 3600; done'
 """
+BASE_IDLE = "cloudlet-base: idle"
 
 GUEST_INIT = """#!/bin/sh
 # PID 1 of the app VM: run the app service, restart it if it exits.
@@ -107,8 +120,9 @@ class VmApp:
 
     name: str
     base: Path
-    disk: Path
-    overlay: Path
+    memory_base: Path | None  # the base VM's RAM, idle after boot (None: tiny)
+    disk: Path  # as the developer made it (what the zstd image holds)
+    overlay: Path  # resumable: the disk after its capture, its RAM and device state
     image_zst: Path
     guest_port: int
     memory_mib: int
@@ -184,13 +198,41 @@ def _zstd(disk: Path) -> Path:
     return out
 
 
-def _overlay(base: Path, disk: Path, out: Path) -> Path:
-    if not _fresh(out, base, disk):
-        create_overlay(base, disk, out, threads=2)
+def _snapshot(
+    app: str, disk: Path, port: int, memory_mib: int, env: dict[str, str], marker: str | None
+) -> Path:
+    """Boot a copy of ``disk`` until its service answers (or its console shows
+    ``marker``), suspend it; returns its RAM file (the device state beside it, the disk
+    as ``<app>-snap.img``)."""
+    snap_disk = disk.with_name(f"{app}-snap.img")
+    memory = disk.with_name(f"{app}.ram")
+    boot = [Path(env[k]) for k in ("CLOUDLET_VM_KERNEL", "CLOUDLET_VM_INITRD")]
+    if _fresh(memory, disk, *boot):
+        return memory
+    subprocess.run(["cp", "--sparse=always", str(disk), str(snap_disk)], check=True)
+    spec = WorkloadSpec(
+        f"capture-{app}", port=free_port(), guest_port=port, memory_mib=memory_mib,
+        disk_image=snap_disk, env=env,
+    )  # fmt: skip
+    capture(spec, memory, accel="tcg", timeout=600, console_marker=marker, settle_s=1.0)
+    return memory
+
+
+def _overlay(
+    base: Path, memory_base: Path | None, disk: Path, memory: Path, out: Path, level: int
+) -> Path:
+    snap_disk = disk.with_name(disk.stem + "-snap.img")
+    state = memory.with_name(memory.name + ".vmstate")
+    inputs = [base, memory] + ([memory_base] if memory_base else [])
+    if not _fresh(out, *inputs):
+        create_overlay(
+            base, snap_disk, out, memory=memory, memory_base=memory_base, device_state=state,
+            level=level, threads=2,
+        )  # fmt: skip
     return out
 
 
-def prepare(name: str, cache_dir: Path, images_dir: Path) -> VmApp:
+def prepare(name: str, cache_dir: Path, images_dir: Path, level: int = 3) -> VmApp:
     """Build (or reuse) app ``name``'s files under ``cache_dir``; never writes ``images_dir``."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     if name == "tiny":
@@ -198,26 +240,28 @@ def prepare(name: str, cache_dir: Path, images_dir: Path) -> VmApp:
         disk = cache_dir / "tiny.img"
         if not _fresh(disk, guest.disk):
             tg.with_page(guest, disk, "tiny app, synthesized at the site\n")
-        return VmApp(
-            name, guest.disk, disk, _overlay(guest.disk, disk, cache_dir / "tiny.ovl"),
-            _zstd(disk), guest.guest_port, 256, guest.vm_env(),
-        )  # fmt: skip
-    spec = APPS[name]
-    base = cache_dir / "base.img"
-    if not _fresh(base, images_dir / "base.img"):
-        subprocess.run(
-            ["cp", "--sparse=always", str(images_dir / "base.img"), str(base)], check=True
-        )
-    disk = cache_dir / f"{name}.img"
-    source = images_dir / f"{name}.img"
-    if not _fresh(disk, source):
-        partial = disk.with_suffix(".partial")
-        subprocess.run(["cp", "--sparse=always", str(source), str(partial)], check=True)
-        files = {f"srv/app/{k}": v for k, v in spec["files"].items()}  # type: ignore[attr-defined]
-        files["srv/app/cloudlet-init"] = GUEST_INIT.format(script=spec["script"])
-        _write_files(partial, files)
-        partial.rename(disk)
-    return VmApp(
-        name, base, disk, _overlay(base, disk, cache_dir / f"{name}.ovl"), _zstd(disk),
-        APP_PORT, int(spec["memory_mib"]), boot_files(cache_dir),  # type: ignore[call-overload]
-    )  # fmt: skip
+        base, port, memory_mib, env = guest.disk, guest.guest_port, 256, guest.vm_env()
+    else:
+        spec = APPS[name]
+        base = cache_dir / "base.img"
+        if not _fresh(base, images_dir / "base.img"):
+            subprocess.run(
+                ["cp", "--sparse=always", str(images_dir / "base.img"), str(base)], check=True
+            )
+        disk = cache_dir / f"{name}.img"
+        source = images_dir / f"{name}.img"
+        if not _fresh(disk, source):
+            partial = disk.with_suffix(".partial")
+            subprocess.run(["cp", "--sparse=always", str(source), str(partial)], check=True)
+            files = {f"srv/app/{k}": v for k, v in spec["files"].items()}  # type: ignore[attr-defined]
+            files["srv/app/cloudlet-init"] = GUEST_INIT.format(script=spec["script"])
+            _write_files(partial, files)
+            partial.rename(disk)
+        port, memory_mib, env = APP_PORT, int(spec["memory_mib"]), boot_files(cache_dir)  # type: ignore[call-overload]
+    memory_base = None
+    if name != "tiny":  # the base VM booted and idle, with the app's memory size
+        memory_base = _snapshot(f"base-{memory_mib}", base, port, memory_mib, env, BASE_IDLE)
+    memory = _snapshot(name, disk, port, memory_mib, env, None)
+    out = cache_dir / f"{name}-L{level}{'-mb' if memory_base else ''}.ovl"
+    overlay = _overlay(base, memory_base, disk, memory, out, level)
+    return VmApp(name, base, memory_base, disk, overlay, _zstd(disk), port, memory_mib, env)

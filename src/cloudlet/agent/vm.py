@@ -7,7 +7,8 @@ bytes are kept so that the next start works offline; **synthesize** applies it
 with :class:`~cloudlet.synthesis.StreamingApplier` into the instance's directory
 ``vms/<instance>/<component>-<overlay>.img``. A **resumable** overlay (one that
 carries the VM's memory and device state, format v2) also gives ``<...>.ram`` and
-``<...>.ram.vmstate`` beside the disk: the workload spec then names that RAM file as
+``<...>.ram.vmstate`` beside the disk (from the base VM's RAM, a pre-staged image of
+its own, when the overlay was made against one): the workload spec then names that RAM file as
 its ``memory_image`` and the qemu driver resumes the VM where its developer suspended
 it, its service already listening, instead of booting it. The VM starts once the
 disk is complete (starting it earlier, with missing chunks fetched on demand, is a
@@ -57,6 +58,8 @@ class Opened:
     overlay: str | None = None
     #: Bytes of the VM's RAM in a resumable overlay; None: the VM boots from its disk.
     resume_memory: int | None = None
+    #: The cached base VM RAM the overlay's memory was made against, if any.
+    memory_base: Path | None = None
 
 
 class VmBuilder:
@@ -136,15 +139,22 @@ class VmBuilder:
         except BaseException:
             self.discard(opened)
             raise
-        if manifest.has_device_state and manifest.memory_base_size is None:
+        if manifest.has_device_state:
             opened.resume_memory = manifest.memory_size
+            if manifest.memory_base_digest is not None:
+                # The base VM's RAM, an image of its own: pre-staged like the disk base.
+                try:
+                    opened.memory_base = await self.stager.ensure(
+                        ArtifactKind.IMAGE, manifest.memory_base_digest.hex(),
+                        attempts=FETCH_ATTEMPTS,
+                    )  # fmt: skip
+                except BaseException:
+                    self.discard(opened)
+                    raise
         elif manifest.memory_size is not None:
             log.warning(
-                "overlay %s: its memory %s; the VM boots from its disk",
+                "overlay %s has memory but no device state: the VM boots from its disk",
                 comp.overlay,
-                "needs a memory base, which sites do not hold"
-                if manifest.has_device_state
-                else "comes without device state",
             )
         return opened
 
@@ -180,7 +190,7 @@ class VmBuilder:
             if opened.source is None:
                 await asyncio.to_thread(_copy_sparse, opened.base, out)
             else:
-                await _apply(opened.source, opened.base, out, memory)
+                await _apply(opened.source, opened.base, out, memory, opened.memory_base)
             if opened.remote is not None:
                 await asyncio.to_thread(self._keep_overlay, comp, opened.remote)
         except BaseException:
@@ -224,10 +234,13 @@ def _check_memory(comp: Component, memory_size: int, memory_mib: int | None) -> 
         )
 
 
-async def _apply(source: ByteSource, base: Path, out: Path, memory: Path | None) -> None:
+async def _apply(
+    source: ByteSource, base: Path, out: Path, memory: Path | None, memory_base: Path | None
+) -> None:
     applier = StreamingApplier(
         source, base, out, force=True, threads=4,
         memory_out=memory, device_state_out=device_state_of(memory) if memory else None,
+        memory_base=memory_base if memory else None,
     )  # fmt: skip
     await asyncio.to_thread(applier.start)
     try:

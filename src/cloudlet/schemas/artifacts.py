@@ -61,6 +61,12 @@ class Overlay(Model):
     size: int
     disk_size: int
     memory_size: int | None
+    memory_base: Digest | None = Field(
+        None, description="Image holding the base VM's RAM the overlay's memory is made against."
+    )
+    resumable: bool = Field(
+        False, description="It carries the VM's device state: sites resume it instead of booting."
+    )
     created_at: datetime
 
 

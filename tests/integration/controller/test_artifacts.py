@@ -370,3 +370,37 @@ def test_cli_upload_list_and_prestage(
     assert json.loads(out)["complete"] and json.loads(out)["fetched"] == size
     at_site = json.loads(_cli(controller, tmp_path, "image", "list", "-s", "lyon", "--json").stdout)
     assert [(e["name"], e["staged"], e["complete"]) for e in at_site] == [("base", True, True)]
+
+
+def test_a_resumable_overlay_needs_its_memory_base_registered_and_keeps_it(
+    api: httpx.Client, images: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    base, modified, _ = images
+    memory_base = tmp_path / "base.ram"
+    memory_base.write_bytes(os.urandom(MiB) + bytes(MiB))
+    ram = bytearray(memory_base.read_bytes())
+    ram[:4096] = os.urandom(4096)
+    memory = tmp_path / "app.ram"
+    memory.write_bytes(bytes(ram))
+    (tmp_path / "vmstate").write_bytes(b"QEVM" + os.urandom(1000))
+    overlay = tmp_path / "resumable.overlay"
+    create_overlay(
+        base, modified, overlay, memory=memory, memory_base=memory_base,
+        device_state=tmp_path / "vmstate", level=1,
+    )  # fmt: skip
+    assert _upload(api, "image", "base", base.read_bytes()).status_code == 201
+    early = _upload(api, "overlay", "app", overlay.read_bytes())
+    assert "memory base" in _problem(early, 404, "not-found")
+
+    ram_image = _upload(api, "image", "base-ram", memory_base.read_bytes())
+    assert ram_image.status_code == 201, ram_image.text
+    uid = api.get("/v1/uploads").json()[0]["id"]
+    done = api.post(f"/v1/uploads/{uid}/complete")
+    assert done.status_code == 201, done.text
+    body = done.json()
+    assert body["resumable"] is True and body["memory_base"] == ram_image.json()["digest"]
+    assert body["memory_size"] == 2 * MiB
+    in_use = api.delete("/v1/images/base-ram")
+    assert "base of 1 overlay" in _problem(in_use, 409, "conflict")
+    assert api.delete(f"/v1/overlays/{body['id']}").status_code == 204
+    assert api.delete("/v1/images/base-ram").status_code == 204

@@ -285,6 +285,8 @@ def run_one(
 ) -> actual.ActualRow:
     with BlobServer() as server:
         server.add_image(str(a["digest"]), Path(str(a["base"])))
+        if "memory_base" in a:
+            server.add_image(base_digest(a["memory_base"]).hex(), a["memory_base"])
         server.add_overlay(str(a["overlay"]), Path(str(a["ovl"])))
         desired.apply_doc(store, doc(1, [inst], full=True))
         rec, stager = reconciler(store, tmp_path, driver, lambda: (server.url, CREDENTIAL))
@@ -318,3 +320,29 @@ def test_a_resumable_overlay_of_another_memory_size_fails_clearly(
     assert "1 MiB of RAM" in (row.reason or "") and "gives it 2 MiB" in (row.reason or "")
     assert not vm_driver.resumed
     assert not list((tmp_path / "vms").glob("i1/*"))
+
+
+def test_a_resumable_overlay_made_against_a_memory_base_fetches_it(
+    store: Store, tmp_path: Path, vm_driver: FakeVmDriver, resumable: dict[str, object]
+) -> None:
+    """The base VM's RAM is an image of its own: the site fetches it like the disk base."""
+    memory = bytearray(resumable["memory"])  # type: ignore[arg-type]
+    memory_base = tmp_path / "base.ram"
+    memory_base.write_bytes(bytes(memory))
+    memory[4096:8192] = b"\x01" * 4096  # the app changed one page of the base VM's RAM
+    (tmp_path / "app.ram").write_bytes(bytes(memory))
+    create_overlay(
+        tmp_path / "base.img", tmp_path / "mod.img", tmp_path / "mb.ovl", threads=2,
+        memory=tmp_path / "app.ram", memory_base=memory_base,
+        device_state=tmp_path / "app.vmstate",
+    )  # fmt: skip
+    a = {
+        **resumable,
+        "ovl": tmp_path / "mb.ovl",
+        "overlay": read_manifest(tmp_path / "mb.ovl").root_digest.hex(),
+        "memory_base": memory_base,
+    }
+    assert (tmp_path / "mb.ovl").stat().st_size < 100_000  # the RAM came from the base
+    row = run_one(store, tmp_path, vm_driver, a, vm_instance("i1", a, memory_mib=1))
+    assert row.state is ActualState.RUNNING, row.reason
+    assert vm_driver.resumed["i1-main"] == (bytes(memory), b"QEVM device state")

@@ -51,13 +51,16 @@ def capture(
     memory_out: Path,
     *,
     ready: Callable[[str], bool] = http_answers,
+    console_marker: str | None = None,
     settle_s: float = 0.0,
     timeout: float = 300.0,
     accel: str = "auto",
 ) -> Snapshot:
     """Boot ``spec`` (its ``disk_image`` is changed in place), wait until
-    ``ready(endpoint)`` and ``settle_s`` more seconds, suspend it, and keep its RAM as
-    ``memory_out`` with the device state beside it (``<memory_out>.vmstate``).
+    ``ready(endpoint)`` (or, with ``console_marker``, until the serial console shows
+    that text: for a base VM that serves nothing) and ``settle_s`` more seconds, suspend
+    it, and keep its RAM as ``memory_out`` with the device state beside it
+    (``<memory_out>.vmstate``).
 
     Raises:
         DriverError: QEMU failed, the VM did not get ready within ``timeout`` seconds
@@ -72,7 +75,7 @@ def capture(
             driver.create(dataclasses.replace(spec, memory_image=None))
             endpoint = driver.start(wid).endpoint or ""
             deadline = time.monotonic() + timeout
-            while not ready(endpoint):
+            while not (console_marker in driver.log(wid) if console_marker else ready(endpoint)):
                 if driver.status(wid).state.value != "running":
                     raise DriverError(f"the VM stopped before it was ready: {driver.log(wid)}")
                 if time.monotonic() > deadline:

@@ -123,6 +123,8 @@ def _overlay(row: OverlayRow) -> Overlay:
         size=row.size,
         disk_size=row.disk_size,
         memory_size=row.memory_size,
+        memory_base=row.memory_base_digest,
+        resumable=row.resumable,
         created_at=row.created_at,
     )
 

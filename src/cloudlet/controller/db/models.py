@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -196,6 +197,12 @@ class Overlay(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     disk_size: Mapped[int] = mapped_column(BigInteger)
     memory_size: Mapped[int | None] = mapped_column(BigInteger)
+    #: The base VM's RAM the overlay's memory was made against (an image), if any.
+    memory_base_digest: Mapped[str | None] = mapped_column(
+        ForeignKey("images.digest", name="fk_overlays_memory_base_digest_images"), index=True
+    )
+    #: It carries device state: sites resume the VM instead of booting it.
+    resumable: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime]
 
 

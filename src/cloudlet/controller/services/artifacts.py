@@ -241,6 +241,13 @@ def _complete_overlay(
             f"the overlay's base image {base} is not registered: upload the base first, "
             f"then complete upload {upload.id} again"
         )
+    if manifest.memory_base_digest is not None:
+        memory_base = manifest.memory_base_digest.hex()
+        if session.get(Image, memory_base) is None:
+            raise NotFoundError(
+                f"the overlay's memory base {memory_base} (the base VM's RAM) is not "
+                f"registered: upload it as an image, then complete upload {upload.id} again"
+            )
     try:
         info = synthesis.verify_overlay(path)
     except OverlayFormatError as exc:
@@ -259,6 +266,8 @@ def _complete_overlay(
         size=upload.size,
         disk_size=info["disk_size"],
         memory_size=info["memory_size"],
+        memory_base_digest=info["memory_base_digest"],
+        resumable=info["resumable"],
         created_at=utcnow(),
     )
     _store.publish(path, store.overlay_path(overlay_id))
@@ -352,7 +361,9 @@ def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[
         ConflictError: overlays or apps still refer to it.
     """
     overlays = session.scalar(
-        select(func.count()).select_from(Overlay).where(Overlay.base_digest == image.digest)
+        select(func.count())
+        .select_from(Overlay)
+        .where((Overlay.base_digest == image.digest) | (Overlay.memory_base_digest == image.digest))
     )
     if overlays:
         raise ConflictError(f"image {image.name!r} is the base of {overlays} overlay(s)")
