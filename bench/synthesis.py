@@ -107,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def apps_dir(args: argparse.Namespace) -> Path:
+    """Our copies of the apps, one directory per images dir: a copy made from another
+    images dir may be newer than these sources and pass for fresh."""
+    return args.cache_dir / "apps" / args.images_dir.resolve().name
+
+
 class Bench:
     """One run: the namespaces, the controller side, and everything to clean up."""
 
@@ -142,7 +148,7 @@ class Bench:
         self.files = Proc(
             "files",
             [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(files_port),
-             "--directory", str(self.args.cache_dir / "apps")],
+             "--directory", str(apps_dir(self.args))],
             self.run_dir / "files.log", dict(os.environ),
         )  # fmt: skip
         self.procs.append(self.files)
@@ -393,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in apps:
         with console.status(f"preparing {name} (copy, init script, capture, overlay, zstd)"):
             t0 = time.monotonic()
-            prepared[name] = prepare(name, args.cache_dir / "apps", args.images_dir, args.level)
+            prepared[name] = prepare(name, apps_dir(args), args.images_dir, args.level)
         console.print(f"{name}: ready in {time.monotonic() - t0:.1f} s")
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=args.cache_dir))
     rows: list[dict[str, Any]] = []

@@ -93,6 +93,59 @@ def create(
 
 
 @app.command()
+def capture(
+    disk: Path = typer.Option(
+        ..., "--disk", help="The app VM's disk (raw or qcow2), changed in place."
+    ),
+    out: Path = typer.Option(
+        ..., "-o", "--output", help="RAM file to write; the device state goes to OUTPUT.vmstate."
+    ),
+    memory_mib: int = typer.Option(..., "--memory", help="Guest RAM in MiB (the app's memory)."),
+    guest_port: int | None = typer.Option(
+        None, "--guest-port", help="The service's port: capture once it answers HTTP."
+    ),
+    console_marker: str | None = typer.Option(
+        None, "--console-marker", help="Capture once the serial console shows this (a base VM)."
+    ),
+    vcpus: int = typer.Option(1, "--vcpus", help="vCPUs (the app's)."),
+    kernel: Path | None = typer.Option(None, "--kernel", help="Kernel to boot directly."),
+    initrd: Path | None = typer.Option(None, "--initrd", help="Its initramfs."),
+    append: str | None = typer.Option(None, "--append", help="Its command line."),
+    accel: str = typer.Option("auto", "--accel", help="auto, kvm or tcg: what sites will use."),
+    timeout: float = typer.Option(300.0, "--timeout", help="Seconds to wait for readiness."),
+) -> None:
+    """Boot an app VM, suspend it once ready, and keep its RAM and device state.
+
+    Then: cloudlet overlay create --base BASE --modified DISK --memory OUTPUT
+    --device-state OUTPUT.vmstate. Sites resume the VM instead of booting it.
+    """
+    from cloudlet.compute.base import WorkloadSpec
+    from cloudlet.compute.qemu import VM_APPEND, VM_INITRD, VM_KERNEL
+    from cloudlet.compute.qemu.snapshot import capture as capture_vm
+    from cloudlet.errors import InvalidInputError
+
+    if (guest_port is None) == (console_marker is None):
+        raise InvalidInputError("give one of --guest-port and --console-marker")
+    env = {
+        key: str(value.resolve() if isinstance(value, Path) else value)
+        for key, value in ((VM_KERNEL, kernel), (VM_INITRD, initrd), (VM_APPEND, append))
+        if value is not None
+    }
+    spec = WorkloadSpec(
+        "capture", guest_port=guest_port or 1, vcpus=vcpus,
+        memory_mib=memory_mib, disk_image=disk.resolve(), env=env,
+    )  # fmt: skip
+    with err_console.status("booting the VM and waiting until it is ready"):
+        snap = capture_vm(
+            spec, out.resolve(), console_marker=console_marker, timeout=timeout, accel=accel
+        )
+    err_console.print(
+        f"wrote {snap.memory} and {snap.device_state}; {snap.disk} is the disk to diff",
+        highlight=False,
+    )
+
+
+@app.command()
 def info(
     overlay: Path = typer.Argument(..., help="Overlay file."),
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -46,6 +47,12 @@ def http_answers(endpoint: str) -> bool:
     return True
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def capture(
     spec: WorkloadSpec,
     memory_out: Path,
@@ -56,7 +63,8 @@ def capture(
     timeout: float = 300.0,
     accel: str = "auto",
 ) -> Snapshot:
-    """Boot ``spec`` (its ``disk_image`` is changed in place), wait until
+    """Boot ``spec`` (its ``disk_image`` is changed in place; a free port is taken if
+    it names none), wait until
     ``ready(endpoint)`` (or, with ``console_marker``, until the serial console shows
     that text: for a base VM that serves nothing) and ``settle_s`` more seconds, suspend
     it, and keep its RAM as ``memory_out`` with the device state beside it
@@ -66,8 +74,10 @@ def capture(
         DriverError: QEMU failed, the VM did not get ready within ``timeout`` seconds
             (nothing is kept then), or the files could not be moved.
     """
-    if spec.disk_image is None or spec.port is None:
-        raise DriverError("capturing a VM needs a disk image and a port to probe")
+    if spec.disk_image is None:
+        raise DriverError("capturing a VM needs a disk image")
+    if spec.port is None:
+        spec = dataclasses.replace(spec, port=_free_port())
     with tempfile.TemporaryDirectory(prefix="cloudlet-capture-", dir=memory_out.parent) as tmp:
         driver = QemuDriver(Path(tmp), accel=accel, boot_timeout=60.0, stop_timeout=5.0)
         try:
