@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -95,6 +96,8 @@ class StreamingApplier:
         self._workers: list[threading.Thread] = []
         self._done = 0
         self._dict: zstandard.ZstdCompressionDict | None = None
+        self._prepared = threading.Event()
+        self._flusher: threading.Thread | None = None
 
     # -- checks -----------------------------------------------------------------------
 
@@ -143,7 +146,12 @@ class StreamingApplier:
     # -- lifecycle --------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check everything, prepare outputs from the base, then start the workers."""
+        """Check everything, start the workers, prepare the outputs from the bases.
+
+        Workers fetch and decode segments while the outputs are prepared (a local copy
+        of the bases' data, seconds for GiB images) and write only once it is done, so
+        the copy hides behind the first segments' transfer. Returns when the outputs
+        are prepared: every SAME, ZERO and BASE chunk is then ready."""
         m = self.check() if self.manifest is None else self.manifest
         try:
             self._dict = load_dictionary(self.source, m)
@@ -162,7 +170,6 @@ class StreamingApplier:
             if self.device_state_out is not None:
                 self._outputs.append(AtomicFile(self.device_state_out, force=self.force))
             self._plan = Plan(m, base_r, mbase_r, disk.fd, mem.fd if mem else None)
-            self._plan.prepare()
         except OSError as exc:
             self._cleanup()
             raise os_error(exc, f"writing {self.out}") from exc
@@ -171,12 +178,25 @@ class StreamingApplier:
             raise
         for seg in range(len(m.seg_offset)):
             heapq.heappush(self._heap, (0, next(self._order), seg))
-        if self.on_ready is not None:
-            self.on_ready(np.flatnonzero(self._plan.ready))
         for i in range(min(self.threads, max(1, len(m.seg_offset)))):
             w = threading.Thread(target=self._work, name=f"overlay-apply-{i}", daemon=True)
             self._workers.append(w)
             w.start()
+        try:
+            self._plan.prepare()
+        except OSError as exc:
+            self.abort()
+            raise os_error(exc, f"writing {self.out}") from exc
+        except BaseException:
+            self.abort()
+            raise
+        if self.on_ready is not None:
+            self.on_ready(np.flatnonzero(self._plan.ready))
+        self._prepared.set()
+        # Flush the prepared bulk while segments stream: the final fsync then has
+        # only the segments' chunks left to write.
+        self._flusher = threading.Thread(target=self._flush, name="overlay-flush", daemon=True)
+        self._flusher.start()
 
     def _open(self, path: Path) -> ImageReader:
         r = ImageReader(path)
@@ -222,6 +242,7 @@ class StreamingApplier:
         """Finish: join the workers, fsync and rename outputs; clean up on error."""
         for w in self._workers:
             w.join()
+        self._join_flusher()
         try:
             if self._error is not None:
                 raise self._error
@@ -258,9 +279,21 @@ class StreamingApplier:
                 self._error = SynthesisError("apply aborted")
             self._heap.clear()
             self._cond.notify_all()
+        self._prepared.set()
         for w in self._workers:
             w.join()
+        self._join_flusher()
         self._cleanup()
+
+    def _flush(self) -> None:
+        for f in self._outputs:
+            with contextlib.suppress(OSError):  # commit's fsync reports what matters
+                os.fdatasync(f.fd)
+
+    def _join_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.join()
+            self._flusher = None
 
     def _cleanup(self) -> None:
         for f in self._outputs:
@@ -303,6 +336,9 @@ class StreamingApplier:
         while (seg := self._next()) is not None:
             try:
                 data = decode_segment(self.source, self.manifest, seg, dctx)
+                self._prepared.wait()
+                if self._error is not None:
+                    return
                 written = self._plan.write_segment(seg, data)
             except OSError as exc:
                 self._fail(os_error(exc, f"writing {self.out}"))
