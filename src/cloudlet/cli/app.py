@@ -49,14 +49,41 @@ def create(
     latency_ms: int | None = typer.Option(None, "--latency-ms", help="Latency bound in ms."),
     label: list[str] | None = typer.Option(None, "--label", "-l", help="key=value."),
     constraint: list[str] | None = typer.Option(None, "--constraint", "-c", help="e.g. region==eu"),
-    env: list[str] | None = typer.Option(None, "--env", "-e", help="KEY=value for the process."),
+    env: list[str] | None = typer.Option(
+        None, "--env", "-e", help="KEY=value for the process (or CLOUDLET_VM_* for the VM)."
+    ),
+    vm_overlay: str | None = typer.Option(
+        None, "--vm-overlay", help="A VM app: its overlay (name or id); the base is its base."
+    ),
+    vm_image: str | None = typer.Option(
+        None, "--vm-image", help="A VM app: its base image (name or digest), if no overlay."
+    ),
+    guest_port: int | None = typer.Option(None, "--guest-port", help="The VM's service port."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Publish an app from flags, or from a file (flags override the file)."""
     body: dict[str, Any] = _read_file(file) if file else {}
     if name:
         body["name"] = name
-    if command is not None:
+    if command is not None and (vm_overlay or vm_image):
+        raise InvalidInputError("give --command (a process) or --vm-overlay/--vm-image, not both")
+    if vm_overlay or vm_image:
+        client = ctx_of(ctx).client()
+        overlay = client.get(f"/v1/overlays/{vm_overlay}") if vm_overlay else None
+        image = client.get(f"/v1/images/{vm_image}")["digest"] if vm_image else None
+        if overlay is not None and image is not None and image != overlay["base"]:
+            raise InvalidInputError(f"overlay {vm_overlay!r} is not made on image {vm_image!r}")
+        body["components"] = [
+            {
+                "name": "main",
+                "kind": "vm",
+                "image": image or (overlay or {}).get("base"),
+                "overlay": overlay["id"] if overlay else None,
+                "guest_port": guest_port,
+                "env": parse_pairs(env, "env"),
+            }
+        ]
+    elif command is not None:
         body["components"] = [
             {
                 "name": "main",
@@ -78,7 +105,9 @@ def create(
     if "name" not in body:
         raise InvalidInputError("an app needs a name: give it as an argument or in --file")
     if "components" not in body:
-        raise InvalidInputError("an app needs --command or components in --file")
+        raise InvalidInputError(
+            "an app needs --command, --vm-overlay/--vm-image, or components in --file"
+        )
     created = ctx_of(ctx).client().post("/v1/apps", body)
     if as_json:
         show_one(created, True)

@@ -343,6 +343,14 @@ def test_cli_upload_list_and_prestage(
     up = _cli(controller, tmp_path, "overlay", "upload", str(overlay), "--name", "app", "--json")
     assert up.returncode == 0, up.stderr
     assert json.loads(up.stdout)["base"] == digest
+    made = _cli(controller, tmp_path, "app", "create", "vm-app", "--vm-overlay", "app",
+                "--guest-port", "80", "--json")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    [vm] = json.loads(made.stdout)["components"]
+    assert (vm["kind"], vm["image"], vm["overlay"], vm["guest_port"]) == (
+        "vm", digest, json.loads(up.stdout)["id"], 80,
+    )  # fmt: skip
+    api.delete("/v1/apps/vm-app").raise_for_status()
 
     api.post("/v1/sites", json={"name": "lyon"})
     waited = _cli(controller, tmp_path, "image", "prestage", "--site", "lyon", "base",
@@ -402,5 +410,14 @@ def test_a_resumable_overlay_needs_its_memory_base_registered_and_keeps_it(
     assert body["memory_size"] == 2 * MiB
     in_use = api.delete("/v1/images/base-ram")
     assert "base of 1 overlay" in _problem(in_use, 409, "conflict")
+    vm = {"kind": "vm", "image": body["base"], "overlay": body["id"], "guest_port": 80}
+    app = {"name": "resumed", "components": [vm], "resources": {"memory_mib": 64}}
+    wrong = api.post("/v1/apps", json=app)
+    assert "set the app's memory (resources.memory_mib) to 2" in _problem(
+        wrong, 422, "invalid-input"
+    )
+    app["resources"] = {"memory_mib": 2}
+    assert api.post("/v1/apps", json=app).status_code == 201
+    assert api.delete("/v1/apps/resumed").status_code == 204
     assert api.delete(f"/v1/overlays/{body['id']}").status_code == 204
     assert api.delete("/v1/images/base-ram").status_code == 204

@@ -6,12 +6,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import App, Instance
+from cloudlet.controller.db.models import App, Instance, Overlay
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import live_instance_count, purge_tombstones
 from cloudlet.errors import ConflictError, InvalidInputError
 from cloudlet.placement import parse_constraints
 from cloudlet.schemas import AppCreate
+
+MIB = 1024 * 1024
 
 
 def get_app(session: Session, project: str, name: str) -> App | None:
@@ -27,13 +29,15 @@ def list_apps(session: Session, project: str | None) -> list[App]:
 
 def create_app(session: Session, project: str, body: AppCreate) -> App:
     """Raises:
-    InvalidInputError: a constraint does not parse.
+    InvalidInputError: a constraint does not parse, or a resumable overlay's RAM does
+        not match the app's memory.
     ConflictError: the name is taken in the project.
     """
     try:
         parse_constraints(body.constraints)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from exc
+    _check_resumable_memory(session, body)
     app = App(
         id=new_id(),
         project=project,
@@ -52,6 +56,20 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
     except DBIntegrityError as exc:
         raise ConflictError(f"app {body.name!r} exists already in project {project!r}") from exc
     return app
+
+
+def _check_resumable_memory(session: Session, body: AppCreate) -> None:
+    """A VM resumes only into the memory size it was suspended with. Overlays not
+    uploaded yet are not checked here; the site checks again before it resumes."""
+    want = body.resources.memory_mib * MIB
+    for comp in body.components:
+        overlay = session.get(Overlay, comp.overlay) if comp.overlay else None
+        if overlay is not None and overlay.resumable and overlay.memory_size != want:
+            raise InvalidInputError(
+                f"component {comp.name!r}: overlay {overlay.name!r} resumes a VM with "
+                f"{(overlay.memory_size or 0) / MIB:g} MiB of RAM; set the app's memory "
+                f"(resources.memory_mib) to {(overlay.memory_size or 0) / MIB:g}"
+            )
 
 
 def delete_app(session: Session, app: App) -> None:
