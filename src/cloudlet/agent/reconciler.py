@@ -285,25 +285,32 @@ class Reconciler(InstanceOps):
                 wid = workload_id(inst.id, comp.name)
                 driver = self._drv(comp)
                 state = st[comp.name].state
+                if (
+                    comp.kind is ComponentKind.VM
+                    and self.vm is not None
+                    and (state is not WorkloadState.ABSENT)
+                ):
+                    # Its workload holds its own link to the RAM image (and resumes it
+                    # once): ours must never reach a later workload, whose disk will have
+                    # moved on. (Normally dropped just after create; this catches a crash.)
+                    self.vm.drop_resume_image(inst.id, comp)
                 if state is WorkloadState.RUNNING:
                     continue
                 if state is WorkloadState.FAILED:
                     await asyncio.to_thread(driver.delete, wid)
                     state = WorkloadState.ABSENT
-                resume_image = None
                 if state is WorkloadState.ABSENT:
                     spec = specs[comp.name]
                     if comp.kind is ComponentKind.VM and self.vm is not None:
-                        resume_image = self.vm.resume_image(inst.id, comp)
-                        spec = dataclasses.replace(spec, memory_image=resume_image)
+                        image = self.vm.resume_image(inst.id, comp)
+                        spec = dataclasses.replace(spec, memory_image=image)
                     await asyncio.to_thread(driver.create, spec)
+                    if spec.memory_image is not None and self.vm is not None:
+                        self.vm.drop_resume_image(inst.id, comp)
                 if state is WorkloadState.SUSPENDED and driver.capabilities.get("suspend"):
                     st[comp.name] = await asyncio.to_thread(driver.resume, wid)
                 else:
                     st[comp.name] = await asyncio.to_thread(driver.start, wid)
-                if resume_image is not None and self.vm is not None:
-                    # The driver resumed a copy; a later boot must not resume it again.
-                    self.vm.drop_resume_image(inst.id, comp)
             if any(c.kind is ComponentKind.VM for c in inst.components):
                 timings["boot_or_resume"] = round(time.monotonic() - t0, 3)
                 answer = await self._first_answer(inst.id, inst.components, st)

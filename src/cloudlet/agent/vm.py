@@ -242,10 +242,15 @@ async def _apply(
         memory_out=memory, device_state_out=device_state_of(memory) if memory else None,
         memory_base=memory_base if memory else None,
     )  # fmt: skip
-    await asyncio.to_thread(applier.start)
+    # The threads go on when the task is cancelled: let start() finish (it cleans up
+    # after itself if it fails), then abort, which wait() in its thread honours.
+    starting = asyncio.ensure_future(asyncio.to_thread(applier.start))
     try:
+        await asyncio.shield(starting)
         await asyncio.to_thread(applier.wait)
     except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await starting
         await asyncio.to_thread(applier.abort)
         raise
 

@@ -80,7 +80,7 @@ class LocalDriver(Supervisor[W], ComputeDriver):
         """Bring a record read back from disk in line with what is left of its leader,
         usually by :meth:`_rejoin_locked`."""
 
-    def _prepare_dir(self, path: Path) -> None:
+    def _prepare_dir(self, path: Path, spec: WorkloadSpec) -> None:
         """Fill a new workload's directory, built aside before it is renamed into place."""
 
     def _read_runtime(self, path: Path) -> Runtime:
@@ -221,11 +221,11 @@ class LocalDriver(Supervisor[W], ComputeDriver):
             try:
                 # Built aside and renamed into place: a crash never leaves half a workload.
                 tmp = Path(tempfile.mkdtemp(prefix=f".create-{workload_id}-", dir=self.state_dir))
-                self._prepare_dir(tmp)
+                self._prepare_dir(tmp, spec)
                 write_json(tmp / SPEC_FILE, spec_to_json(spec))
                 write_json(tmp / STATE_FILE, self.runtime_type().to_json())
                 os.rename(tmp, path)
-            except OSError as exc:
+            except (OSError, DriverError) as exc:
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
                 raise DriverError(f"cannot create workload {workload_id!r}: {exc}") from exc

@@ -65,6 +65,7 @@ def apply_overlay(
             return _apply(source, base, out, force, progress, **outputs)
         final = AtomicFile(out, force=force)  # refuses an existing output up front
         raw = out.with_name(f".{out.name}.raw.tmp")
+        raw.unlink(missing_ok=True)  # left by an apply killed earlier
         try:
             summary = _apply(source, base, raw, force, progress, **outputs)
             run_qemu_img(

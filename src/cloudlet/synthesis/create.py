@@ -26,6 +26,7 @@ from .format import (
     KIND_NAMES,
     LITERAL,
     MAX_DEVICE_STATE,
+    VERSION,
     Header,
     Manifest,
     compress_manifest,
@@ -246,6 +247,7 @@ def _create(
             disk_digest=targets[0].hasher.digest(),
             memory_digest=targets[1].hasher.digest() if mem_r else bytes(32),
             level=level,
+            version=VERSION if device_state is not None else 1,
             **state_fields,  # type: ignore[arg-type]
         )
         raw = manifest.encode()
@@ -253,7 +255,9 @@ def _create(
         m_off = data_end
         pwrite_all(fd, stored, m_off)
         total = m_off + len(stored)
-        header = Header(m_off, len(stored), len(raw), total, blake3.blake3(raw).digest())
+        header = Header(
+            m_off, len(stored), len(raw), total, blake3.blake3(raw).digest(), manifest.version
+        )
         pwrite_all(fd, header.encode(), 0)
         os.ftruncate(fd, total)
         counts = np.bincount(cls.kinds, minlength=len(KIND_NAMES))

@@ -17,7 +17,8 @@ from cloudlet.errors import OverlayFormatError
 
 MAGIC = b"CLOUDOVL"
 VERSION = 2
-#: Versions this build reads (it writes VERSION).
+#: Versions this build reads. It writes VERSION for overlays with device state and
+#: version 1 for the others, which older readers still take.
 READABLE_VERSIONS = (1, 2)
 CHUNK_SIZE = 4096
 DIGEST_SIZE = 32
@@ -126,7 +127,7 @@ class Manifest:
     device_state_digest: bytes = bytes(DIGEST_SIZE)
     chunk_size: int = CHUNK_SIZE
     root_digest: bytes = field(default=b"", compare=False)
-    version: int = field(default=VERSION, compare=False)  # of the file it was read from
+    version: int = field(default=VERSION, compare=False)  # written in, or read from
 
     @property
     def has_device_state(self) -> bool:
@@ -166,7 +167,7 @@ class Manifest:
             | (_F_DICT if self.dict_length else 0)
             | (_F_DEVICE_STATE if self.device_state_length else 0)
         )
-        fixed = _FIXED.pack(
+        values = [
             self.chunk_size,
             len(self.seg_offset),
             self.disk_size,
@@ -182,12 +183,17 @@ class Manifest:
             self.dict_offset,
             self.dict_length,
             self.dict_digest,
-            self.device_state_offset,
-            self.device_state_length,
-            self.device_state_raw_length,
-            self.device_state_digest,
-        )
-        parts = [fixed]
+        ]
+        if self.version >= 2:
+            values += [
+                self.device_state_offset,
+                self.device_state_length,
+                self.device_state_raw_length,
+                self.device_state_digest,
+            ]
+        elif self.device_state_length:
+            raise ValueError("a version 1 manifest cannot hold device state")
+        parts = [(_FIXED if self.version >= 2 else _FIXED_V1).pack(*values)]
         for arr, dtype in self._arrays():
             data = np.ascontiguousarray(arr, dtype=dtype).tobytes()
             parts += [struct.pack("<Q", len(data)), data]
@@ -204,6 +210,12 @@ class Manifest:
             (self.seg_slots, "<u4"),
             (self.seg_digest.reshape(-1), "<u1"),
         ]
+
+
+def zstd_bound(raw_length: int) -> int:
+    """An upper bound of a zstd frame's size for ``raw_length`` bytes (ZSTD_compressBound,
+    rounded up)."""
+    return raw_length + (raw_length >> 8) + 1024
 
 
 def compress_manifest(raw: bytes) -> bytes:
@@ -240,6 +252,8 @@ def _parse(raw: bytes, version: int) -> Manifest:
     )
     soff, slen, sraw, sdig = values[15:] if version >= 2 else (0, 0, 0, bytes(DIGEST_SIZE))
     has_state = bool(flags & _F_DEVICE_STATE)
+    if has_state and not slen:
+        raise ValueError("device state flag without device state")
     pos = fixed.size
     dtypes = ["<u1", "<u8", "<u8", "<u4", "<u8", "<u4", "<u4", "<u1"]
     arrays = []
@@ -341,3 +355,5 @@ def validate(m: Manifest, data_end: int) -> None:
             raise bad("device state out of range")
         if not 0 < m.device_state_raw_length <= MAX_DEVICE_STATE:
             raise bad(f"device state of {m.device_state_raw_length} bytes")
+        if m.device_state_length > zstd_bound(m.device_state_raw_length):
+            raise bad("device state larger than its compressed bound")

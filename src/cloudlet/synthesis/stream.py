@@ -98,6 +98,8 @@ class StreamingApplier:
         self._dict: zstandard.ZstdCompressionDict | None = None
         self._prepared = threading.Event()
         self._flusher: threading.Thread | None = None
+        self._finish = threading.Lock()  # wait() and abort() may race (a cancelled caller)
+        self._finished = False
 
     # -- checks -----------------------------------------------------------------------
 
@@ -184,14 +186,14 @@ class StreamingApplier:
             w.start()
         try:
             self._plan.prepare()
+            if self.on_ready is not None:
+                self.on_ready(np.flatnonzero(self._plan.ready))
         except OSError as exc:
             self.abort()
             raise os_error(exc, f"writing {self.out}") from exc
         except BaseException:
             self.abort()
             raise
-        if self.on_ready is not None:
-            self.on_ready(np.flatnonzero(self._plan.ready))
         self._prepared.set()
         # Flush the prepared bulk while segments stream: the final fsync then has
         # only the segments' chunks left to write.
@@ -239,28 +241,36 @@ class StreamingApplier:
             return ok
 
     def wait(self) -> ApplySummary:
-        """Finish: join the workers, fsync and rename outputs; clean up on error."""
+        """Finish: join the workers, fsync and rename outputs; clean up on error.
+
+        The disk is renamed into place last, so its presence means the memory and
+        device state outputs are there too. An abort() from another thread either
+        comes first (wait raises) or finds the outputs committed (it does nothing)."""
         for w in self._workers:
             w.join()
-        self._join_flusher()
-        try:
-            if self._error is not None:
-                raise self._error
-            assert self._plan is not None and self.manifest is not None
-            self._plan.finish()
-            if self.device_state_out is not None:
-                state = read_device_state(self.source, self.manifest)
-                assert state is not None
-                pwrite_all(self._outputs[-1].fd, state, 0)
-            for f in self._outputs:
-                f.commit()
-        except OSError as exc:
-            self._cleanup()
-            raise os_error(exc, f"writing {self.out}") from exc
-        except BaseException:
-            self._cleanup()
-            raise
-        self._close_readers()
+        with self._finish:
+            self._join_flusher()
+            if self._finished:
+                raise self._error or SynthesisError("apply aborted")
+            self._finished = True
+            try:
+                if self._error is not None:
+                    raise self._error
+                assert self._plan is not None and self.manifest is not None
+                self._plan.finish()
+                if self.device_state_out is not None:
+                    state = read_device_state(self.source, self.manifest)
+                    assert state is not None
+                    pwrite_all(self._outputs[-1].fd, state, 0)
+                for f in reversed(self._outputs):
+                    f.commit()
+            except OSError as exc:
+                self._cleanup()
+                raise os_error(exc, f"writing {self.out}") from exc
+            except BaseException:
+                self._cleanup()
+                raise
+            self._close_readers()
         m = self.manifest
         self.summary = ApplySummary(
             self.out,
@@ -282,8 +292,11 @@ class StreamingApplier:
         self._prepared.set()
         for w in self._workers:
             w.join()
-        self._join_flusher()
-        self._cleanup()
+        with self._finish:
+            self._join_flusher()
+            if not self._finished:
+                self._finished = True
+                self._cleanup()
 
     def _flush(self) -> None:
         for f in self._outputs:

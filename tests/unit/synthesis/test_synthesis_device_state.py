@@ -21,7 +21,7 @@ from cloudlet.synthesis import (
     read_manifest,
     verify_overlay,
 )
-from cloudlet.synthesis.format import _FIXED, _FIXED_V1, HEADER_SIZE, Header, decode_header
+from cloudlet.synthesis.format import _FIXED_V1, HEADER_SIZE, Header, decode_header
 
 STATE = b"QEVM\x00\x00\x00\x03" + bytes(range(256)) * 300  # looks like a migration stream
 
@@ -130,20 +130,27 @@ def _rewrite_manifest(ovl: Path, out: Path, edit, version: int = 2) -> Path:
     return out
 
 
-def test_version_1_overlays_still_apply(tmp_path):
+def test_overlays_without_device_state_are_written_as_version_1(tmp_path):
+    """Older sites read them: only resumable overlays need version 2."""
     base, mod, _ = make_pair(tmp_path, n=300, literal=100)
-    ovl = tmp_path / "v2.ovl"
+    ovl = tmp_path / "v1.ovl"
     create_overlay(base, mod, ovl, level=1)
-
-    def drop_device_state(raw: bytearray) -> bytearray:
-        return raw[: _FIXED_V1.size] + raw[_FIXED.size :]
-
-    v1 = _rewrite_manifest(ovl, tmp_path / "v1.ovl", drop_device_state, version=1)
-    assert struct.unpack_from("<I", v1.read_bytes(), 8)[0] == 1
-    info = verify_overlay(v1)
+    assert struct.unpack_from("<I", ovl.read_bytes(), 8)[0] == 1
+    info = verify_overlay(ovl)
     assert info["format_version"] == 1 and info["resumable"] is False
-    apply_overlay(base, v1, tmp_path / "out.img")
+    assert read_manifest(ovl).version == 1
+    apply_overlay(base, ovl, tmp_path / "out.img")
     assert (tmp_path / "out.img").read_bytes() == mod.read_bytes()
+
+
+def test_a_device_state_flag_without_its_bytes_is_corrupt(vm, tmp_path):
+    def no_length(raw: bytearray) -> bytearray:
+        struct.pack_into("<Q", raw, _FIXED_V1.size + 8, 0)  # the stored length
+        return raw
+
+    bad = _rewrite_manifest(vm["ovl"], tmp_path / "flag.ovl", no_length)
+    with pytest.raises(OverlayFormatError, match="device state"):
+        read_manifest(bad)
 
 
 def test_device_state_out_of_range_is_corrupt(vm, tmp_path):

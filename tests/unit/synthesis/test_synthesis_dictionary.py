@@ -43,7 +43,9 @@ def with_dictionary(src, dst, corrupt_dict: bool = False) -> None:
     )
     raw = m2.encode()
     stored = compress_manifest(raw)
-    header = Header(pos, len(stored), len(raw), pos + len(stored), blake3.blake3(raw).digest())
+    header = Header(
+        pos, len(stored), len(raw), pos + len(stored), blake3.blake3(raw).digest(), m2.version
+    )
     if corrupt_dict:
         dict_bytes = dict_bytes[:-1] + bytes([dict_bytes[-1] ^ 1])
     dst.write_bytes(header.encode() + dict_bytes + b"".join(blobs) + stored)

@@ -110,7 +110,7 @@ class ProcessDriver(LocalDriver[Workload]):
     def _new_workload(self, spec: WorkloadSpec, path: Path, rt: Runtime) -> Workload:
         return Workload(spec, path, rt)
 
-    def _prepare_dir(self, path: Path) -> None:
+    def _prepare_dir(self, path: Path, spec: WorkloadSpec) -> None:
         (path / WORK_DIR).mkdir()
 
     def _read_runtime(self, path: Path) -> Runtime:

@@ -38,6 +38,7 @@ CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 MEMORY_FILE = "memory.ram"
 VMSTATE_FILE = "vmstate"
+SNAPSHOT_FILE = "snapshot.ram"
 PID_FILE = "qemu.pid"
 
 _QCOW2_MAGIC = b"QFI\xfb"

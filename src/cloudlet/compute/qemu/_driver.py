@@ -20,6 +20,7 @@ from cloudlet.compute.qemu import _vm
 from cloudlet.compute.qemu._config import (
     CONSOLE_LOG,
     MEMORY_FILE,
+    SNAPSHOT_FILE,
     VMSTATE_FILE,
     VmOptions,
     command_line,
@@ -63,9 +64,11 @@ class QemuDriver(LocalDriver[Vm]):
     new pid. start() of a suspended workload resumes it; stop() of one discards its
     saved state, so the next start boots afresh. With ``spec.memory_image`` (a RAM file
     with its ``.vmstate`` beside it, e.g. synthesized from a resumable overlay) the
-    first start resumes copies of that saved VM instead of booting; later boots (after
-    a stop or a crash) start from the disk, since the disk has moved on from the RAM's
-    view of it and resuming the image again could corrupt the guest's filesystem.
+    first start resumes that saved VM instead of booting: create() takes its own hard
+    link (or copy) of the two, so the caller may delete them, and the first boot moves
+    them into place. Later boots (after a stop, a crash or a failed resume) start from
+    the disk, since the disk has moved on from the RAM's view of it and resuming the
+    image again could corrupt the guest's filesystem.
 
     stop() presses the ACPI power button, waits ``timeout`` seconds for the guest to
     power off, then quits QEMU. A QEMU that exits on its own is handled by the restart
@@ -243,23 +246,41 @@ class QemuDriver(LocalDriver[Vm]):
         else:
             self._boot_locked(w, reason)
 
+    def _prepare_dir(self, path: Path, spec: WorkloadSpec) -> None:
+        """Take the workload's own reference to ``spec.memory_image`` (a hard link, or a
+        sparse copy on another filesystem): the caller may delete its files once
+        create() returns, and the first boot consumes these."""
+        if spec.memory_image is None:
+            return
+        snapshot = path / SNAPSHOT_FILE
+        for source, target in (
+            (spec.memory_image, snapshot),
+            (device_state_of(spec.memory_image), device_state_of(snapshot)),
+        ):
+            try:
+                os.link(source, target)
+            except OSError:
+                _vm.copy_sparse(source, target)
+
     def _boot_locked(self, w: Vm, reason: str | None = None) -> None:
         """Boot afresh on a new (sparse) RAM file; the first boot of a spec with a
-        ``memory_image`` resumes copies of it and its device state instead."""
+        ``memory_image`` resumes it instead, once: the image is moved into place, and
+        later boots (after a stop, a crash or a failed resume) start from the disk."""
         for name in (VMSTATE_FILE, MEMORY_FILE):
             with contextlib.suppress(FileNotFoundError):
                 (w.path / name).unlink()
-        image = w.spec.memory_image
-        if image is None or w.rt.memory_image_used:
+        snapshot = w.path / SNAPSHOT_FILE
+        if not (snapshot.is_file() and device_state_of(snapshot).is_file()):
             self._launch_locked(w, self.accelerator(), reason, incoming=False)
             return
-        _vm.copy_sparse(image, w.path / MEMORY_FILE)
-        _vm.copy_sparse(device_state_of(image), w.path / VMSTATE_FILE)
+        try:
+            # The state first: a crash between the renames leaves no resumable pair.
+            os.replace(device_state_of(snapshot), w.path / VMSTATE_FILE)
+            os.replace(snapshot, w.path / MEMORY_FILE)
+        except OSError as exc:
+            raise DriverError(f"cannot take the memory image into place: {exc}") from exc
         reason = reason or "started from its memory image"
         self._resume_locked(w, reason, fallback=w.rt.state, accel=self.accelerator())
-        with self._lock:
-            w.rt.memory_image_used = True
-        self._persist(w)
 
     def _resume_locked(
         self,

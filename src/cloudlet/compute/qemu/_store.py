@@ -9,6 +9,8 @@ Layout of ``state_dir/<workload_id>/``::
     qemu.pid       written by QEMU (-pidfile); the record's pid is what the driver trusts
     memory.ram     the guest's RAM (a shared memory-backend-file), kept across suspend
     vmstate        device state saved by suspend(); present only while SUSPENDED
+    snapshot.ram   the spec's memory_image (and snapshot.ram.vmstate), taken at create
+                   (a hard link, or a copy) and renamed into memory.ram by the first boot
     qmp.sock       the QMP socket while QEMU runs (elsewhere if this path is too long)
 """
 
@@ -25,9 +27,6 @@ class VmRuntime(Runtime):
 
     qmp: str | None = None  # the QMP socket of the running QEMU
     accel: str | None = None  # what the running QEMU (or the suspended state) was started with
-    #: The spec's memory image has been resumed once: later boots start from the disk,
-    #: which has moved on since the image was saved.
-    memory_image_used: bool = False
 
     def forget_process(self) -> None:
         super().forget_process()
