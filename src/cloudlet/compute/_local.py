@@ -25,7 +25,13 @@ from cloudlet.compute._records import (
     write_json,
 )
 from cloudlet.compute._supervisor import RUNNING, Supervisor, W
-from cloudlet.compute.base import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
+from cloudlet.compute.base import (
+    ComputeDriver,
+    WorkloadSpec,
+    WorkloadState,
+    WorkloadStatus,
+    endpoint,
+)
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -152,14 +158,13 @@ class LocalDriver(Supervisor[W], ComputeDriver):
             w = self._workloads.get(workload_id)
             if w is None:
                 return WorkloadStatus(workload_id, WorkloadState.ABSENT)
-            endpoint = None
+            where = None
             if w.spec.port is not None and w.rt.state is RUNNING:
-                host = f"[{self.host}]" if ":" in self.host else self.host
-                endpoint = f"{host}:{w.spec.port}"
+                where = endpoint(self.host, w.spec.port)
             return WorkloadStatus(
                 workload_id=workload_id,
                 state=w.rt.state,
-                endpoint=endpoint,
+                endpoint=where,
                 pid=w.child.pid if w.child is not None else None,
                 restarts=w.rt.restarts,
                 exit_code=w.rt.exit_code,

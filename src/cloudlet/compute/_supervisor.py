@@ -134,10 +134,7 @@ class Supervisor(abc.ABC, Generic[W]):
             rt = w.rt
             rt.forget_process()
             rt.exit_code = code
-            policy = RestartPolicy(spec.restart)
-            wants = policy is RestartPolicy.ALWAYS or (
-                policy is RestartPolicy.ON_FAILURE and code != 0
-            )
+            wants = RestartPolicy(spec.restart).restarts_after(code)
             if not w.want_running:
                 rt.state, rt.reason = STOPPED, "stopped"
             elif wants and rt.restarts < spec.max_restarts:

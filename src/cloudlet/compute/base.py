@@ -33,6 +33,15 @@ class RestartPolicy(enum.StrEnum):
     ON_FAILURE = "on-failure"
     NEVER = "never"
 
+    def restarts_after(self, code: int | None) -> bool:
+        """Whether an exit with ``code`` (None: unknown) calls for a restart."""
+        return self is RestartPolicy.ALWAYS or (self is RestartPolicy.ON_FAILURE and code != 0)
+
+
+def endpoint(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 host in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 @dataclass(frozen=True)
 class WorkloadSpec:

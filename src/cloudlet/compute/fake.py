@@ -12,6 +12,7 @@ from cloudlet.compute.base import (
     WorkloadSpec,
     WorkloadState,
     WorkloadStatus,
+    endpoint,
 )
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 
@@ -216,14 +217,13 @@ class FakeDriver(ComputeDriver):
         return w
 
     def _status(self, w: FakeWorkload) -> WorkloadStatus:
-        endpoint = None
+        where = None
         if w.spec.port is not None and w.state is WorkloadState.RUNNING:
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            endpoint = f"{host}:{w.spec.port}"
+            where = endpoint(self.host, w.spec.port)
         return WorkloadStatus(
             workload_id=w.spec.workload_id,
             state=w.state,
-            endpoint=endpoint,
+            endpoint=where,
             pid=w.pid,
             restarts=w.restarts,
             exit_code=w.exit_code,
@@ -252,8 +252,7 @@ class FakeDriver(ComputeDriver):
         what = f"exited with code {code}"
         w.log.append(what)
         w.pid, w.exit_code = None, code
-        policy = RestartPolicy(spec.restart)
-        wants = policy is RestartPolicy.ALWAYS or (policy is RestartPolicy.ON_FAILURE and code != 0)
+        wants = RestartPolicy(spec.restart).restarts_after(code)
         if wants and w.restarts < spec.max_restarts:
             w.restarts += 1
             return f"restart {w.restarts} of {spec.max_restarts} after exit code {code}"

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ._fs import copy_range, data_extents, punch_hole, pwrite_all
+from ._fs import copy_range, punch_hole, pwrite_all, sparse_copy
 from ._image import LANES, ImageReader
 from .format import BASE, CHUNK_SIZE, COPY, DELTA, LITERAL, ZERO, Manifest
 
@@ -84,8 +84,7 @@ class Plan:
         os.ftruncate(fd, size)
         base_size = same.size if same is not None else 0
         if same is not None:
-            for off, length in data_extents(same.fd, min(base_size, size)):
-                copy_range(same.fd, fd, off, off, length)
+            sparse_copy(same.fd, fd, min(base_size, size))
         kinds = self.m.kinds[first : first + count]
         # Only chunks over copied base data need holes; the rest already reads as zeros.
         zeros = np.flatnonzero(kinds == ZERO)

@@ -6,12 +6,12 @@ import os
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from .format import CHUNK_SIZE, HEADER_SIZE, KIND_NAMES, Manifest
 from .source import (
     FileSource,
     decode_segment,
+    decompressor,
     load_dictionary,
     read_device_state,
     read_manifest,
@@ -88,12 +88,7 @@ def verify_overlay(overlay: str | os.PathLike[str]) -> dict[str, Any]:
     """
     with FileSource(overlay) as src:
         m = read_manifest(src)
-        zdict = load_dictionary(src, m)
-        dctx = (
-            zstandard.ZstdDecompressor(dict_data=zdict)
-            if zdict is not None
-            else zstandard.ZstdDecompressor()
-        )
+        dctx = decompressor(load_dictionary(src, m))
         for seg in range(len(m.seg_offset)):
             decode_segment(src, m, seg, dctx)
         read_device_state(src, m)

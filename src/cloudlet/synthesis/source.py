@@ -118,6 +118,13 @@ def read_device_state(source: ByteSource, m: Manifest) -> bytes | None:
     return data
 
 
+def decompressor(zdict: zstandard.ZstdCompressionDict | None) -> zstandard.ZstdDecompressor:
+    """A segment decompressor, with the overlay's shared dictionary if it has one."""
+    if zdict is None:
+        return zstandard.ZstdDecompressor()
+    return zstandard.ZstdDecompressor(dict_data=zdict)
+
+
 def decode_segment(
     source: ByteSource,
     m: Manifest,

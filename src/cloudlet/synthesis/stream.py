@@ -24,6 +24,7 @@ from .index import base_digest
 from .source import (
     ByteSource,
     decode_segment,
+    decompressor,
     load_dictionary,
     read_device_state,
     read_manifest,
@@ -94,7 +95,6 @@ class StreamingApplier:
         self._urgency = itertools.count(-1, -1)
         self._error: BaseException | None = None
         self._workers: list[threading.Thread] = []
-        self._done = 0
         self._dict: zstandard.ZstdCompressionDict | None = None
         self._prepared = threading.Event()
         self._flusher: threading.Thread | None = None
@@ -341,11 +341,7 @@ class StreamingApplier:
 
     def _work(self) -> None:
         assert self._plan is not None and self.manifest is not None
-        dctx = (
-            zstandard.ZstdDecompressor(dict_data=self._dict)
-            if self._dict is not None
-            else zstandard.ZstdDecompressor()
-        )
+        dctx = decompressor(self._dict)
         while (seg := self._next()) is not None:
             try:
                 data = decode_segment(self.source, self.manifest, seg, dctx)
@@ -361,7 +357,6 @@ class StreamingApplier:
                 return
             with self._cond:
                 self._plan.ready[written] = True
-                self._done += 1
                 self._cond.notify_all()
             if self.on_ready is not None and len(written):
                 self.on_ready(written)

@@ -14,7 +14,7 @@ from cloudlet.compute._local import LocalDriver
 from cloudlet.compute._logfiles import read_tail
 from cloudlet.compute._proc import Child
 from cloudlet.compute._records import Runtime
-from cloudlet.compute._supervisor import Workload
+from cloudlet.compute._supervisor import RUNNING, STOPPED, SUSPENDED, Workload
 from cloudlet.compute.base import WorkloadSpec, WorkloadState, WorkloadStatus
 from cloudlet.compute.qemu import _vm
 from cloudlet.compute.qemu._config import (
@@ -36,7 +36,6 @@ from cloudlet.errors import DriverError, DriverUnavailableError
 logger = logging.getLogger(__name__)
 
 QEMU_HINT = "apt-get install -y --no-install-recommends qemu-system-x86 qemu-utils"
-RUNNING, SUSPENDED, STOPPED = WorkloadState.RUNNING, WorkloadState.SUSPENDED, WorkloadState.STOPPED
 
 
 class Vm(Workload):

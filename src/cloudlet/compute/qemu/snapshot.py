@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from cloudlet.compute.base import WorkloadSpec
+from cloudlet.compute.base import WorkloadSpec, WorkloadState
 from cloudlet.compute.qemu._config import MEMORY_FILE, VMSTATE_FILE, device_state_of
 from cloudlet.compute.qemu._driver import QemuDriver
 from cloudlet.errors import DriverError
@@ -86,7 +86,7 @@ def capture(
             endpoint = driver.start(wid).endpoint or ""
             deadline = time.monotonic() + timeout
             while not (console_marker in driver.log(wid) if console_marker else ready(endpoint)):
-                if driver.status(wid).state.value != "running":
+                if driver.status(wid).state is not WorkloadState.RUNNING:
                     raise DriverError(f"the VM stopped before it was ready: {driver.log(wid)}")
                 if time.monotonic() > deadline:
                     raise DriverError(f"the VM was not ready within {timeout:g}s")
