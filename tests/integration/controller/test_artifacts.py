@@ -20,7 +20,7 @@ import pytest
 from cloudlet.cli._upload import resume_key
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker
 from cloudlet.controller.db.models import Site
-from cloudlet.controller.services.artifacts import record_cache
+from cloudlet.controller.services.site_images import record_cache
 from cloudlet.schemas.artifacts import ArtifactKind, CachedImage
 from cloudlet.synthesis import create_overlay
 from cloudlet.synthesis.format import HEADER_SIZE

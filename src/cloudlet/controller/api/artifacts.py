@@ -24,7 +24,7 @@ from cloudlet.controller.db.models import Overlay as OverlayRow
 from cloudlet.controller.db.models import Upload as UploadRow
 from cloudlet.controller.services import artifacts, fleet, site_images
 from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
-from cloudlet.controller.services.auth import authenticate_site, authenticate_user
+from cloudlet.controller.services.auth import authenticate_site, authenticate_user, bearer_secret
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import (
     AuthError,
@@ -72,22 +72,17 @@ class Reader:
     site_id: str | None = None
 
 
-def _bearer(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
 def brief_user(request: Request) -> ApiToken:
     """The API token, looked up in a session closed at once (for streaming handlers)."""
     with request.app.state.cloudlet.sessions() as session:
-        user = authenticate_user(session, _bearer(request))
+        user = authenticate_user(session, bearer_secret(request.headers.get("authorization")))
         session.expunge(user)
     return user
 
 
 def blob_reader(request: Request) -> Reader:
     """An admin or API token, or else a site credential (agents fetch with theirs)."""
-    token = _bearer(request)
+    token = bearer_secret(request.headers.get("authorization"))
     with request.app.state.cloudlet.sessions() as session:
         try:
             user = authenticate_user(session, token)

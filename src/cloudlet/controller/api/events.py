@@ -5,10 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from cloudlet.controller.api.deps import DB, User
-from cloudlet.controller.db.models import Site
 from cloudlet.controller.services import events, fleet
 from cloudlet.errors import NotFoundError
 from cloudlet.schemas import Event
@@ -34,7 +32,7 @@ def list_events(
     rows = events.list_events(
         session, site=site_row, kind=kind, instance_id=instance, since=since, limit=limit
     )
-    names = dict(session.execute(select(Site.id, Site.name)).tuples().all())
+    names = fleet.site_names(session, {r[0] for r in rows if r[0] is not None})
     return [
         Event(
             site=names.get(site_id, site_id or "-"),

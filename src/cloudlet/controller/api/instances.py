@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, status
 from sqlalchemy import select
 
 from cloudlet.controller.api.deps import DB, State, User, scope_project
-from cloudlet.controller.db.models import App, Site
+from cloudlet.controller.db.models import App
 from cloudlet.controller.db.models import Instance as InstanceRow
 from cloudlet.controller.services import fleet, instances
 from cloudlet.errors import NotFoundError
@@ -30,8 +30,7 @@ def _names(session: DB, rows: list[InstanceRow]) -> _Names:
     app_ids = {r.app_id for r in rows}
     site_ids = {r.site_id for r in rows}
     apps = session.execute(select(App.id, App.name).where(App.id.in_(app_ids)))
-    sites = session.execute(select(Site.id, Site.name).where(Site.id.in_(site_ids)))
-    return _Names(apps=dict(apps.tuples().all()), sites=dict(sites.tuples().all()))
+    return _Names(apps=dict(apps.tuples().all()), sites=fleet.site_names(session, site_ids))
 
 
 def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **extra: object):

@@ -23,11 +23,6 @@ from cloudlet.controller.services import _store
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import bump_revision
-from cloudlet.controller.services.site_images import (
-    record_cache,
-    site_image_digests,
-    site_images_view,
-)
 from cloudlet.errors import (
     ConflictError,
     IntegrityError,
@@ -51,10 +46,7 @@ __all__ = [
     "list_images",
     "list_overlays",
     "list_uploads",
-    "record_cache",
     "record_chunk",
-    "site_image_digests",
-    "site_images_view",
 ]
 
 _Row = TypeVar("_Row", Image, Overlay)

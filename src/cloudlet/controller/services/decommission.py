@@ -23,7 +23,6 @@ def decommission(session: Session, site: Site) -> Site:
             Instance.site_id == site.id, Instance.desired_state != DesiredState.DELETED.value
         )
     ).all()
-    site.state = SiteState.DRAINING.value
     for instance in live:
         delete_instance(session, instance)
     site.state = SiteState.DECOMMISSIONED.value

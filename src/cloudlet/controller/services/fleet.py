@@ -35,6 +35,12 @@ def get_site(session: Session, name: str) -> Site | None:
     return session.scalar(select(Site).where(Site.name == name))
 
 
+def site_names(session: Session, site_ids: set[str]) -> dict[str, str]:
+    """Names of just these sites, by id (not the whole fleet's)."""
+    rows = session.execute(select(Site.id, Site.name).where(Site.id.in_(site_ids)))
+    return dict(rows.tuples().all())
+
+
 def list_sites(session: Session) -> list[Site]:
     return list(session.scalars(select(Site).order_by(Site.name)))
 

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from cloudlet import placement
 from cloudlet.controller.db.models import App, Instance, Site
 from cloudlet.controller.services._util import new_id, utcnow
-from cloudlet.controller.services.fleet import availability, record
+from cloudlet.controller.services.fleet import availability, get_site, record
 from cloudlet.errors import ConflictError, NotFoundError
 from cloudlet.schemas import ActualState, DesiredState, InstanceCreate, InstanceOrigin, SiteState
 
@@ -114,7 +114,7 @@ def create_instance(
         raise NotFoundError(f"app {body.app!r} not found in project {project!r}")
     explanation = None
     if body.site is not None:
-        site = session.scalar(select(Site).where(Site.name == body.site))
+        site = get_site(session, body.site)
         if site is None:
             raise NotFoundError(f"site {body.site!r} not found")
         if site.state in (SiteState.DRAINING.value, SiteState.DECOMMISSIONED.value):

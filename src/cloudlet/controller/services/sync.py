@@ -11,9 +11,9 @@ from sqlalchemy.orm import Session
 from cloudlet.controller.db.dialect import insert_ignore
 from cloudlet.controller.db.models import App, Event, Instance, Site
 from cloudlet.controller.services._util import new_id, utcnow
-from cloudlet.controller.services.artifacts import record_cache, site_image_digests
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
+from cloudlet.controller.services.site_images import record_cache, site_image_digests
 from cloudlet.schemas import (
     ActualInstance,
     ActualState,
