@@ -56,11 +56,6 @@ class InstanceOps:
         self.on_change = on_change
         self.vm = vm
 
-    @property
-    def driver(self) -> ComputeDriver:
-        """The default driver (process components)."""
-        return self.drivers.default
-
     # -- helpers ---------------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -199,7 +194,7 @@ class InstanceOps:
         if row is not None and row.state in ACTIVE:
             row = self._move(row, ActualState.STOPPING)
         # The desired entry may be gone (or carry no components): ask the drivers too.
-        prefix = f"{instance_id}-"
+        prefix = workload_id(instance_id, "")
         for comp in comps:
             with contextlib.suppress(DriverError):
                 self._drv(comp)  # build the VM driver if its VMs may exist

@@ -28,13 +28,14 @@ from cloudlet.agent.store import CACHE_VERSION, Store, get_meta, set_meta
 from cloudlet.errors import ConfigError
 from cloudlet.schemas import CachedImage, ComponentKind, DesiredState
 from cloudlet.schemas.artifacts import ArtifactKind
+from cloudlet.synthesis.index import INDEX_SUFFIX
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
 _DIRS = {ArtifactKind.IMAGE: "images", ArtifactKind.OVERLAY: "overlays"}
 #: Files the synthesis library keeps beside a base (its chunk index).
-_SIDECARS = (".cloudlet-index",)
+_SIDECARS = (INDEX_SUFFIX,)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ class Artifact:
             kind=self.kind,
             size=self.size or 0,
             complete=self.complete,
-            fetched=(self.size or 0) if self.complete else self.fetched,
+            fetched=self.held,
             last_used=datetime.fromtimestamp(self.last_used, UTC),
         )
 

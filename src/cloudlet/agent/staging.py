@@ -30,12 +30,12 @@ from cloudlet.errors import (
 )
 from cloudlet.schemas.artifacts import ArtifactKind
 from cloudlet.synthesis import base_digest, read_manifest, verify_overlay
+from cloudlet.synthesis.index import INDEX_SUFFIX
 
 log = logging.getLogger(__name__)
 
 #: Where the controller is and the site's credential; None while unknown (not enrolled).
 RemoteFn = Callable[[], "tuple[str, str] | None"]
-_INDEX_SUFFIX = ".cloudlet-index"
 
 
 def verify_artifact(kind: ArtifactKind, artifact_id: str, path: Path) -> None:
@@ -148,8 +148,8 @@ class Stager:
             # The base's chunk index was built beside the part file: keep it.
             with contextlib.suppress(OSError):
                 os.replace(
-                    part.with_name(part.name + _INDEX_SUFFIX),
-                    final.with_name(final.name + _INDEX_SUFFIX),
+                    part.with_name(part.name + INDEX_SUFFIX),
+                    final.with_name(final.name + INDEX_SUFFIX),
                 )
             os.replace(part, final)
             self.cache.mark_complete(kind, aid, size)
