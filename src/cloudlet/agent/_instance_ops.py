@@ -12,12 +12,13 @@ import logging
 from collections.abc import Callable
 
 from cloudlet.agent import actual
-from cloudlet.agent._specs import DriverSet, build_spec, free_port, workload_id
+from cloudlet.agent._specs import DriverSet, build_spec, workload_id
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import Store
 from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
+from cloudlet.compute.ports import free_port
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 from cloudlet.schemas import (
     ActualState,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import socket
 import threading
-from collections.abc import Callable, Container, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cloudlet.compute import ComputeDriver, WorkloadSpec
@@ -19,21 +18,6 @@ VM_UNSUPPORTED = "vm components need the qemu driver"
 
 def workload_id(instance_id: str, component: str) -> str:
     return f"{instance_id}-{component}"
-
-
-def free_port(host: str, taken: Container[int] = ()) -> int:
-    """A port the OS considers free on ``host`` right now, and not in ``taken``.
-
-    ``taken`` holds the ports already given to other instances: their workloads may
-    be stopped, so the OS could hand the same port out again.
-    """
-    for _ in range(100):
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-            sock.bind((host, 0))
-            port = int(sock.getsockname()[1])
-        if port not in taken:
-            return port
-    raise DriverError(f"no free port on {host} outside the {len(taken)} already assigned")
 
 
 def spec_digest(specs: Iterable[WorkloadSpec]) -> str:

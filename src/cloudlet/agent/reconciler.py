@@ -31,7 +31,6 @@ from cloudlet.agent._specs import (
     VM_UNSUPPORTED,
     DriverSet,
     build_spec,
-    free_port,
     spec_digest,
     workload_id,
 )
@@ -41,6 +40,7 @@ from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import ALIVE_AT, Store
 from cloudlet.agent.vm import Opened, VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
+from cloudlet.compute.ports import free_port
 from cloudlet.errors import CloudletError, ControllerUnreachableError, DriverError
 from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
 

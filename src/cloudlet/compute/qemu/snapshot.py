@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from cloudlet.compute.base import WorkloadSpec, WorkloadState
+from cloudlet.compute.ports import free_port
 from cloudlet.compute.qemu._config import MEMORY_FILE, VMSTATE_FILE, device_state_of
 from cloudlet.compute.qemu._driver import QemuDriver
 from cloudlet.errors import DriverError
@@ -45,12 +45,6 @@ def http_answers(endpoint: str) -> bool:
     except httpx.HTTPError:
         return False
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def capture(
@@ -77,7 +71,7 @@ def capture(
     if spec.disk_image is None:
         raise DriverError("capturing a VM needs a disk image")
     if spec.port is None:
-        spec = dataclasses.replace(spec, port=_free_port())
+        spec = dataclasses.replace(spec, port=free_port())
     with tempfile.TemporaryDirectory(prefix="cloudlet-capture-", dir=memory_out.parent) as tmp:
         driver = QemuDriver(Path(tmp), accel=accel, boot_timeout=60.0, stop_timeout=5.0)
         try:
