@@ -7,6 +7,8 @@ CloudletError
 ├── InvalidInputError           well-formed request that makes no sense
 ├── AuthError                   missing, wrong, used or expired credential
 │   └── TokenExpiredError
+├── ForbiddenError              authenticated, but the role or project may not do this
+├── TooLargeError               a body or field larger than its bound
 ├── PlacementError              no site fits an instance
 ├── SyncError                   controller <-> agent exchange failed
 │   └── ControllerUnreachableError
@@ -47,6 +49,14 @@ class AuthError(CloudletError):
 
 
 class TokenExpiredError(AuthError):
+    pass
+
+
+class ForbiddenError(CloudletError):
+    pass
+
+
+class TooLargeError(CloudletError):
     pass
 
 

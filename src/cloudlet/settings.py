@@ -33,6 +33,12 @@ class ControllerSettings(BaseModel):
     tombstone_retention: int = Field(
         1000, gt=0, description="Deletions kept per site for deltas; older cursors get a snapshot."
     )
+    max_seq_jump: int = Field(
+        100_000,
+        gt=0,
+        description="Furthest an event's sequence may run past a site's last acknowledged "
+        "one (events past it are refused).",
+    )
     log_level: str = Field("info", description="Python log level.")
 
 

@@ -68,6 +68,12 @@ def ack(store: Store, acked_seq: int) -> int:
         return conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,)).rowcount
 
 
+def drop(store: Store, seqs: list[int]) -> int:
+    """Drop events the controller refused for good (it said why); return how many."""
+    with store.transaction() as conn:
+        return conn.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs]).rowcount
+
+
 def skip_past(store: Store, seq: int) -> bool:
     """Make the next sequence number greater than ``seq``; True if it had to move.
 

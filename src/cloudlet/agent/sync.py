@@ -257,6 +257,10 @@ class Syncer:
             cache=self.cache.listing() if self.cache is not None and with_cache else None,
         )
         ack = await self.client.report(report)
+        if ack.rejected:
+            for refused in ack.rejected:
+                log.error("the controller refused event seq %d: %s", refused.seq, refused.reason)
+            outbox.drop(self.store, [r.seq for r in ack.rejected])
         if ack.acked_seq > 0:
             outbox.ack(self.store, ack.acked_seq)
             if outbox.skip_past(self.store, ack.acked_seq):

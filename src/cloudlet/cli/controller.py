@@ -1,4 +1,4 @@
-"""`cloudlet controller serve`: run the controller API."""
+"""`cloudlet controller serve`: run the controller API; `controller token`: API tokens."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from typing import Any
 
 import typer
 
+from cloudlet.cli import controller_tokens
 from cloudlet.cli._context import ctx_of
 from cloudlet.cli._output import err_console
 from cloudlet.settings import ControllerSettings
 
 app = typer.Typer(help="The central controller.", no_args_is_help=True)
+app.add_typer(controller_tokens.app, name="token")
 
 
 @app.command("serve")

@@ -12,7 +12,17 @@ from sqlalchemy import text
 
 from cloudlet import __version__
 from cloudlet.controller import tasks
-from cloudlet.controller.api import agent, apps, artifacts, events, instances, problems, sites
+from cloudlet.controller.api import (
+    agent,
+    apps,
+    artifacts,
+    events,
+    instances,
+    openapi,
+    problems,
+    sites,
+)
+from cloudlet.controller.body_guard import BodyGuard
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.services.auth import bootstrap
@@ -98,5 +108,9 @@ def create_app(settings: ControllerSettings) -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "version": __version__}
 
+    openapi.install(app)
     app.add_middleware(TrafficMiddleware, state=state)
+    # Outermost: an oversized or malformed body costs nothing further, not even a
+    # token lookup.
+    app.add_middleware(BodyGuard)
     return app

@@ -40,6 +40,7 @@ from cloudlet.schemas.sync import (
     EnrollRequest,
     EnrollResponse,
     OutboxEvent,
+    RejectedEvent,
     ReportAck,
 )
 
@@ -72,6 +73,7 @@ __all__ = [
     "Overlay",
     "PrestageRequest",
     "Problem",
+    "RejectedEvent",
     "ReportAck",
     "Resources",
     "Site",

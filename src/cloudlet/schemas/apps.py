@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from cloudlet.schemas._base import Input, Model
-from cloudlet.schemas.common import LabelMap, Name, Project, Resources
+from cloudlet.schemas.common import JsonNumber, LabelMap, Name, Project, Resources
+
+#: An environment variable's name, as POSIX shells accept it.
+EnvName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+_KEY = r"[A-Za-z0-9][A-Za-z0-9_./-]*"
+_VALUE = r"[^\s,()!=]+"
+# "in" needs a space before it, so that a key cannot run into it ("label:zonein(a)").
+_TEST = rf"(?:\s*(?:==|!=)\s*{_VALUE}|\s+(?:not\s+)?in\s*\(\s*{_VALUE}(?:\s*,\s*{_VALUE})*\s*\))"
+#: The placement constraint grammar (cloudlet.placement.constraints) as one regular
+#: expression: ``label:KEY`` may stand bare, a site field needs a test.
+CONSTRAINT_PATTERN = rf"^!?\s*(?:label:{_KEY}(?:{_TEST})?|(?:region|name|id){_TEST})$"
 
 
 class ComponentKind(enum.StrEnum):
@@ -19,16 +32,42 @@ class ComponentKind(enum.StrEnum):
 class Component(Input):
     """One VM or process; an app's components are placed together at one site."""
 
+    # The validator's rule, said in the schema: a vm needs an image, a process a command.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["kind", "image"],
+                    "properties": {"kind": {"const": "vm"}, "image": {"type": "string"}},
+                },
+                {
+                    "required": ["command"],
+                    "properties": {"kind": {"const": "process"}, "command": {"minItems": 1}},
+                },
+            ]
+        }
+    )
+
     name: Name = "main"
     kind: ComponentKind = ComponentKind.PROCESS
-    command: list[str] = Field(
-        default_factory=list, description="Process kind: argv; $PORT holds the assigned port."
+    command: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Process kind: argv; $PORT holds the assigned port.",
     )
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[EnvName, Annotated[str, Field(max_length=8192)]] = Field(
+        default_factory=dict, max_length=128
+    )
     port: bool = Field(True, description="Assign a host port and report it as the endpoint.")
-    image: str | None = Field(None, description="VM kind: base image digest.")
-    overlay: str | None = Field(None, description="VM kind: overlay id.")
-    guest_port: int | None = Field(None, gt=0, lt=65536, description="VM kind: service port.")
+    image: str | None = Field(
+        None, min_length=1, max_length=253, description="VM kind: base image digest."
+    )
+    overlay: str | None = Field(
+        None, min_length=1, max_length=253, description="VM kind: overlay id."
+    )
+    guest_port: Annotated[int, Field(gt=0, lt=65536), JsonNumber] | None = Field(
+        None, description="VM kind: service port."
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Component:
@@ -45,10 +84,12 @@ class AppCreate(Input):
     description: str = Field("", max_length=1000)
     components: list[Component] = Field(min_length=1, max_length=16)
     resources: Resources = Field(default_factory=Resources)
-    latency_bound_ms: int | None = Field(None, gt=0, le=3_600_000)
+    latency_bound_ms: Annotated[int, Field(gt=0, le=3_600_000), JsonNumber] | None = None
     labels: LabelMap = Field(default_factory=dict)
-    constraints: list[str] = Field(
-        default_factory=list, description='Placement constraints, e.g. "region==eu-west".'
+    constraints: list[Annotated[str, Field(max_length=253, pattern=CONSTRAINT_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description='Placement constraints, e.g. "region==eu-west".',
     )
 
     @model_validator(mode="after")

@@ -15,7 +15,7 @@ from datetime import datetime
 from pydantic import Field
 
 from cloudlet.schemas._base import Input, Model
-from cloudlet.schemas.common import Name, Project
+from cloudlet.schemas.common import Integer, Name, Project
 
 #: blake3 hex digest of a whole file: the id of a base image.
 Digest = str
@@ -29,9 +29,9 @@ class ArtifactKind(enum.StrEnum):
 class UploadCreate(Input):
     kind: ArtifactKind
     name: Name = Field(description="Human name of the image or overlay.")
-    size: int = Field(gt=0, description="Total bytes that will be sent.")
+    size: Integer = Field(gt=0, description="Total bytes that will be sent.")
     digest: str | None = Field(
-        None, min_length=64, max_length=64, description="Expected blake3 hex digest, if known."
+        None, pattern=r"^[0-9a-f]{64}$", description="Expected blake3 hex digest, if known."
     )
     project: Project | None = None
 
@@ -71,15 +71,15 @@ class Overlay(Model):
 
 
 class PrestageRequest(Input):
-    image: str = Field(description="Image digest or name.")
+    image: str = Field(min_length=1, max_length=64, description="Image digest or name.")
 
 
 class CachedImage(Model):
     """One artifact held in a site's cache, as its agent reports it."""
 
-    digest: str
+    digest: str = Field(max_length=64)
     kind: ArtifactKind
-    size: int
+    size: Integer = Field(ge=0)
     complete: bool = Field(description="False while it is still being fetched.")
-    fetched: int = Field(0, description="Bytes fetched so far.")
+    fetched: Integer = Field(0, description="Bytes fetched so far.")
     last_used: datetime | None = None

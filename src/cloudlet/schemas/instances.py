@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import Field
 
 from cloudlet.schemas._base import Input, Model
-from cloudlet.schemas.common import Name
+from cloudlet.schemas.common import Latitude, Longitude, Name
 
 
 class DesiredState(enum.StrEnum):
@@ -39,8 +39,8 @@ class InstanceCreate(Input):
     app: Name
     site: Name | None = Field(None, description="Leave empty to let placement choose.")
     name: Name | None = None
-    client_latitude: float | None = Field(None, ge=-90, le=90)
-    client_longitude: float | None = Field(None, ge=-180, le=180)
+    client_latitude: Latitude | None = None
+    client_longitude: Longitude | None = None
 
 
 class Instance(Model):

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Annotated, ClassVar
 
 from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
-from cloudlet.schemas._base import Input, Model
-from cloudlet.schemas.common import LabelMap, Name, Resources, Utilization
+from cloudlet.schemas._base import Input, Model, Patch
+from cloudlet.schemas.common import (
+    Integer,
+    LabelMap,
+    Latitude,
+    Longitude,
+    Name,
+    Resources,
+    Utilization,
+)
 
 
 class SiteState(enum.StrEnum):
@@ -33,19 +43,23 @@ class SyncStatus(enum.StrEnum):
 class SiteCreate(Input):
     name: Name
     region: str = Field("default", min_length=1, max_length=63)
-    latitude: float | None = Field(None, ge=-90, le=90)
-    longitude: float | None = Field(None, ge=-180, le=180)
+    latitude: Latitude | None = None
+    longitude: Longitude | None = None
     labels: LabelMap = Field(default_factory=dict)
-    join_token_ttl_s: int = Field(
+    join_token_ttl_s: Integer = Field(
         3600, gt=0, le=30 * 86400, description="Lifetime of the join token created with the site."
     )
 
 
-class SiteUpdate(Input):
-    region: str | None = Field(None, min_length=1, max_length=63)
-    latitude: float | None = Field(None, ge=-90, le=90)
-    longitude: float | None = Field(None, ge=-180, le=180)
-    labels: LabelMap | None = None
+class SiteUpdate(Patch):
+    """Omitted fields keep their values; ``null`` clears the coordinates only."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset({"latitude", "longitude"})
+
+    region: Annotated[str, Field(min_length=1, max_length=63)] | SkipJsonSchema[None] = None
+    latitude: Latitude | None = None
+    longitude: Longitude | None = None
+    labels: LabelMap | SkipJsonSchema[None] = None
 
 
 class Site(Model):
@@ -72,7 +86,7 @@ class Site(Model):
 
 
 class JoinTokenCreate(Input):
-    ttl_s: int = Field(3600, gt=0, le=30 * 86400)
+    ttl_s: Integer = Field(3600, gt=0, le=30 * 86400)
 
 
 class JoinToken(Model):

@@ -10,14 +10,17 @@ acknowledges the highest sequence stored so the agent can drop it.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import Field
+import orjson
+from pydantic import AfterValidator, Field
 
 from cloudlet.schemas._base import Input, Model
 from cloudlet.schemas.apps import Component
 from cloudlet.schemas.artifacts import CachedImage
-from cloudlet.schemas.common import Resources, Utilization
+from cloudlet.schemas.common import Float, Integer, Name, Project, Ref, Resources, Utilization
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
 
@@ -65,24 +68,48 @@ class DesiredStateDoc(Model):
     )
 
 
+#: Largest ``data`` of one event, serialised: events are records, not payloads.
+MAX_EVENT_DATA_BYTES = 16 * 1024
+#: Longest free-text reason kept; longer ones are cut (a report is never refused for one).
+MAX_REASON_CHARS = 2000
+
+
+def _bounded_data(data: dict[str, object]) -> dict[str, object]:
+    try:
+        size = len(orjson.dumps(data))
+    except TypeError:  # an integer past 64 bits, say: orjson refuses, json does not
+        size = len(json.dumps(data))
+    if size > MAX_EVENT_DATA_BYTES:
+        raise ValueError(f"event data is larger than {MAX_EVENT_DATA_BYTES} bytes")
+    return data
+
+
+def _cut_reason(reason: str | None) -> str | None:
+    if reason is None or len(reason) <= MAX_REASON_CHARS:
+        return reason
+    return reason[: MAX_REASON_CHARS - 1] + "…"
+
+
 class OutboxEvent(Input):
-    seq: int = Field(gt=0)
+    seq: Integer = Field(gt=0, le=2**53)
     kind: EventKind
-    instance: str | None = None
+    instance: Ref | None = None
     at: datetime
-    data: dict[str, object] = Field(default_factory=dict)
+    data: Annotated[dict[str, object], AfterValidator(_bounded_data)] = Field(default_factory=dict)
 
 
 class ActualInstance(Input):
-    id: str
-    name: str
-    app: str
-    project: str
+    id: Ref
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    app: Name
+    project: Project
     origin: InstanceOrigin = InstanceOrigin.CONTROLLER
     state: ActualState
-    endpoint: str | None = None
-    reason: str | None = None
-    timings: dict[str, float] = Field(default_factory=dict)
+    endpoint: str | None = Field(None, max_length=255)
+    reason: Annotated[str | None, AfterValidator(_cut_reason)] = None
+    timings: dict[Annotated[str, Field(max_length=32)], Float] = Field(
+        default_factory=dict, max_length=32
+    )
     updated_at: datetime
 
 
@@ -90,19 +117,33 @@ class AgentReport(Input):
     """A heartbeat: the agent's view of itself, its instances and pending events."""
 
     agent_version: str = Field("unknown", max_length=64)
-    applied_revision: int = Field(ge=0)
+    applied_revision: Integer = Field(ge=0)
     capacity: Resources | None = None
     utilization: Utilization | None = None
     instances: list[ActualInstance] | None = Field(
-        None, description="The full actual state; omitted when unchanged since the last ack."
+        None,
+        max_length=10_000,
+        description="The full actual state; omitted when unchanged since the last ack.",
     )
     events: list[OutboxEvent] = Field(default_factory=list, max_length=1000)
     cache: list[CachedImage] | None = Field(
-        None, description="The site's artifact cache; omitted when unchanged."
+        None, max_length=10_000, description="The site's artifact cache; omitted when unchanged."
     )
+
+
+class RejectedEvent(Model):
+    """An event the controller refused to store: the agent logs it and drops it."""
+
+    seq: int
+    reason: str
 
 
 class ReportAck(Model):
     acked_seq: int = Field(description="Every event with seq <= this is stored; drop them.")
+    rejected: list[RejectedEvent] = Field(
+        default_factory=list,
+        description="Events refused (about another site's instance, or a sequence jump "
+        "past the bound): never stored; drop them too.",
+    )
     revision: int = Field(description="The site's current desired revision (a hint to pull).")
     server_time: datetime

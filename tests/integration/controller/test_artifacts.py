@@ -147,7 +147,7 @@ def test_chunked_upload_resumes_is_checked_and_served_by_range(
     too_long = api.put(
         f"/v1/uploads/{uid}", params={"offset": received}, content=data[received:] + b"!"
     )
-    _problem(too_long, 422, "invalid-input")
+    _problem(too_long, 409, "conflict")
     early = api.post(f"/v1/uploads/{uid}/complete")
     _problem(early, 409, "conflict")
 

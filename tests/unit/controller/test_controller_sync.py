@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from controller_fakes import enrolled_site, sessions, web_app
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from cloudlet.controller.db.models import Event
 from cloudlet.controller.services import instances, sync
 from cloudlet.schemas import AgentReport, InstanceCreate
 
@@ -40,6 +42,10 @@ def _site(session: Session):  # type: ignore[no-untyped-def]
     site = get_site(session, "lyon")
     session.refresh(site)
     return site
+
+
+def _ingest(session: Session, site, report: AgentReport, jump: int = 1000):  # type: ignore[no-untyped-def]
+    return sync.ingest_report(session, site, report, NOW, max_seq_jump=jump)
 
 
 def test_cursor_zero_gets_a_snapshot_of_live_instances(session: Session) -> None:
@@ -74,7 +80,7 @@ def test_cursor_older_than_a_purged_tombstone_gets_a_snapshot(session: Session) 
     instances.delete_instance(session, instances.get_instance(session, "admin", a))
     site = _site(session)
     # The agent applied revision 4 and no longer runs `a`: its tombstone goes.
-    sync.ingest_report(session, site, AgentReport(applied_revision=4, instances=[]), NOW)
+    _ingest(session, site, AgentReport(applied_revision=4, instances=[]))
     site = _site(session)
     assert site.tombstone_floor == 4
     assert sync.desired_doc(session, site, since=2).full  # would miss the deletion of `a`
@@ -92,22 +98,89 @@ def test_events_are_idempotent_and_acks_never_go_back(session: Session) -> None:
 
     def report(*seqs: int) -> int:
         events = [{"seq": s, "kind": "usage", "at": NOW, "data": {"seconds": 1}} for s in seqs]
-        return sync.ingest_report(
-            session, _site(session), AgentReport(applied_revision=0, events=events), NOW
+        acked, rejected = _ingest(
+            session, _site(session), AgentReport(applied_revision=0, events=events)
         )
+        assert rejected == []
+        return acked
 
     assert report(1, 2, 3) == 3
     assert report(2, 3, 4) == 4  # a re-sent batch after a lost ack, plus one new
     assert report(1) == 4  # a very late duplicate does not move the ack back
-    from sqlalchemy import func, select
-
-    from cloudlet.controller.db.models import Event
-
     count = session.scalar(select(func.count()).select_from(Event).where(Event.site_id == site.id))
     assert count == 4
 
 
 def test_applied_revision_is_capped_at_the_real_revision(session: Session) -> None:
     _create(session, "a")
-    sync.ingest_report(session, _site(session), AgentReport(applied_revision=50), NOW)
+    _ingest(session, _site(session), AgentReport(applied_revision=50))
     assert _site(session).applied_revision == 2
+
+
+def _usage(seq: int, instance: str | None, **data: object) -> dict[str, object]:
+    return {"seq": seq, "kind": "usage", "instance": instance, "at": NOW, "data": data}
+
+
+def _stored(session: Session) -> list[tuple[str, int, str | None]]:
+    rows = session.execute(select(Event.site_id, Event.seq, Event.project).order_by(Event.seq))
+    return list(rows)
+
+
+def test_a_site_cannot_write_events_about_another_sites_instance(session: Session) -> None:
+    theirs = _create(session, "theirs")  # placed at lyon
+    paris = enrolled_site(session, "paris")
+    session.flush()
+    report = AgentReport(
+        applied_revision=0, events=[_usage(900, theirs, seconds=999_999, project="admin")]
+    )
+    acked, rejected = _ingest(session, paris, report)
+    assert [(r.seq, "not placed at this site" in r.reason) for r in rejected] == [(900, True)]
+    assert acked == 900  # refused for good: the agent drops it
+    assert _stored(session) == []
+
+
+def test_an_event_is_billed_to_its_instances_project_not_the_sites_claim(
+    session: Session,
+) -> None:
+    mine = _create(session, "mine")
+    good = _usage(1, mine, seconds=60)  # no project claimed: ours to say
+    forged = _usage(2, mine, seconds=60, project="someone-else")
+    acked, rejected = _ingest(
+        session, _site(session), AgentReport(applied_revision=0, events=[good, forged])
+    )
+    assert acked == 2 and [r.seq for r in rejected] == [2]
+    assert [(seq, project) for _, seq, project in _stored(session)] == [(1, "admin")]
+
+
+def test_sequence_jumps_past_the_bound_are_refused_and_not_acknowledged(
+    session: Session,
+) -> None:
+    site = _site(session)
+    acked, rejected = _ingest(
+        session, site, AgentReport(applied_revision=0, events=[_usage(5, None)])
+    )
+    assert acked == 5 and rejected == []
+    far = AgentReport(applied_revision=0, events=[_usage(6, None), _usage(5 + 1001, None)])
+    acked, rejected = _ingest(session, _site(session), far, jump=1000)
+    assert acked == 6, "a refused jump must not move the acknowledged sequence"
+    assert [r.seq for r in rejected] == [1006] and "past the last acknowledged" in rejected[
+        0
+    ].reason
+    assert _site(session).acked_seq == 6
+
+
+def test_events_about_an_unknown_instance_another_site_reported_are_refused(
+    session: Session,
+) -> None:
+    paris = enrolled_site(session, "paris")
+    session.flush()
+    # paris ran a site-origin instance the controller has no row for (yet, or any more)
+    _, rejected = _ingest(
+        session, paris, AgentReport(applied_revision=0, events=[_usage(1, "local-1")])
+    )
+    assert rejected == []
+    _, rejected = _ingest(
+        session, _site(session), AgentReport(applied_revision=0, events=[_usage(1, "local-1")])
+    )
+    assert [r.seq for r in rejected] == [1] and "another site" in rejected[0].reason
+    assert [seq for _, seq, _ in _stored(session)] == [1]

@@ -109,5 +109,9 @@ async def report(body: AgentReport, request: Request) -> Response:
 def _ingest(st: ControllerState, site_id: str, body: AgentReport) -> ReportAck:
     with st.sessions.begin() as session:
         site = session.get_one(fleet.Site, site_id)
-        acked = sync.ingest_report(session, site, body, utcnow())
-        return ReportAck(acked_seq=acked, revision=site.revision, server_time=utcnow())
+        acked, rejected = sync.ingest_report(
+            session, site, body, utcnow(), st.settings.max_seq_jump
+        )
+        return ReportAck(
+            acked_seq=acked, rejected=rejected, revision=site.revision, server_time=utcnow()
+        )

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from cloudlet.controller.api.deps import DB, User, scope_project
 from cloudlet.controller.services import catalog
-from cloudlet.errors import AuthError, NotFoundError
+from cloudlet.errors import ForbiddenError, NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, App, AppCreate
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/v1/apps", tags=["apps"])
 def create_app(body: AppCreate, session: DB, user: User) -> App:
     project = scope_project(user, body.project) or DEFAULT_PROJECT
     if body.project and body.project != project:
-        raise AuthError(f"you may not create apps in project {body.project!r}")
+        raise ForbiddenError(f"you may not create apps in project {body.project!r}")
     return App.model_validate(catalog.create_app(session, project, body))
 
 

@@ -17,18 +17,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.requests import ClientDisconnect
 
-from cloudlet.controller.api.deps import DB, State, User, scope_project
+from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin, scope_project
 from cloudlet.controller.db.models import ApiToken
 from cloudlet.controller.db.models import Image as ImageRow
 from cloudlet.controller.db.models import Overlay as OverlayRow
 from cloudlet.controller.db.models import Upload as UploadRow
-from cloudlet.controller.services import artifacts, fleet, site_images
+from cloudlet.controller.services import artifacts, site_images
 from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
 from cloudlet.controller.services.auth import authenticate_site, authenticate_user, bearer_secret
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import (
     AuthError,
     ConflictError,
+    ForbiddenError,
     IntegrityError,
     InvalidInputError,
     NotFoundError,
@@ -125,8 +126,7 @@ def _overlay(row: OverlayRow) -> Overlay:
 
 
 def _admin(user: ApiToken) -> None:
-    if user.role != "admin":
-        raise AuthError("pre-staging images at sites needs the admin role")
+    require_admin(user, "pre-staging images at sites")
 
 
 # --- uploads ----------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def _admin(user: ApiToken) -> None:
 def create_upload(body: UploadCreate, session: DB, user: User, st: State) -> Upload:
     project = scope_project(user, body.project) or DEFAULT_PROJECT
     if body.project and body.project != project:
-        raise AuthError(f"you may not upload to project {body.project!r}")
+        raise ForbiddenError(f"you may not upload to project {body.project!r}")
     upload = artifacts.create_upload(session, _store(st), project, body)
     session.commit()  # before answering: the next request (the first chunk) must see it
     return Upload.model_validate(upload)
@@ -193,7 +193,10 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
     "/uploads/{upload_id}",
     response_model=Upload,
     openapi_extra={
-        "requestBody": {"required": True, "content": {OCTET: {"schema": {"type": "string"}}}}
+        "requestBody": {
+            "required": True,
+            "content": {OCTET: {"schema": {"type": "string", "format": "binary", "minLength": 1}}},
+        }
     },
 )
 async def put_chunk(
@@ -209,13 +212,15 @@ async def put_chunk(
         raise ConflictError(artifacts.gap_message(upload))
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and offset + int(length) > upload.size:
-        raise InvalidInputError(
+        raise ConflictError(
             f"{offset} + {length} bytes runs past the upload's declared size {upload.size}"
         )
     path = _store(st).upload_path(upload.id)
     result = await write_chunk(path, offset, upload.size, _body(request))
     if result.overflow:
-        raise InvalidInputError(f"the body runs past the upload's declared size {upload.size}")
+        raise ConflictError(f"the body runs past the upload's declared size {upload.size}")
+    if result.written == 0:
+        raise InvalidInputError(f"the chunk is empty; send the upload's bytes from {offset}")
     row = await run_in_threadpool(_record_brief, st, upload, offset, result.written, path)
     return Upload.model_validate(row)
 
@@ -338,17 +343,10 @@ def overlay_blob(ref: str, reader: BlobReader, st: State) -> FileResponse:
 # --- pre-staging at sites ------------------------------------------------------------------
 
 
-def _site(session: DB, name: str) -> fleet.Site:
-    site = fleet.get_site(session, name)
-    if site is None:
-        raise NotFoundError(f"site {name!r} not found")
-    return site
-
-
 @router.get("/sites/{name}/images", response_model=list[SiteImage])
 def list_site_images(name: str, session: DB, user: User) -> list[SiteImage]:
     """What the site should hold, merged with what its agent last reported holding."""
-    view = site_images.site_images_view(session, _site(session, name))
+    view = site_images.site_images_view(session, load_site(session, name), scope_project(user))
     return [SiteImage.model_validate(entry) for entry in view]
 
 
@@ -358,7 +356,7 @@ def prestage_image(
 ) -> SiteImage:
     """Add an image to the site's desired list; its agent fetches it in the background."""
     _admin(user)
-    site = _site(session, name)
+    site = load_site(session, name)
     image = _load_image(session, scope_project(user), body.image)
     if site_images.prestage(session, site, image):
         session.commit()
@@ -371,7 +369,7 @@ def prestage_image(
 def unstage_image(name: str, ref: str, session: DB, user: User, st: State) -> Response:
     """Drop an image from the site's desired list (its agent may evict it)."""
     _admin(user)
-    site = _site(session, name)
+    site = load_site(session, name)
     image = artifacts.get_image(session, scope_project(user), ref)
     if not site_images.unstage(session, site, image.digest if image else ref):
         raise NotFoundError(f"image {ref!r} is not staged at site {name!r}")

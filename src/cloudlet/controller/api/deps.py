@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import ApiToken
+from cloudlet.controller.db.models import ApiToken, Site
+from cloudlet.controller.services import fleet
 from cloudlet.controller.services.auth import authenticate_user, bearer_secret
 from cloudlet.controller.state import ControllerState
+from cloudlet.errors import ForbiddenError, NotFoundError
 
 
 def state(request: Request) -> ControllerState:
@@ -37,6 +39,20 @@ _DB = Depends(db, scope="function")
 
 def current_user(request: Request, session: Annotated[Session, _DB]) -> ApiToken:
     return authenticate_user(session, bearer_secret(request.headers.get("authorization")))
+
+
+def require_admin(user: ApiToken, what: str) -> None:
+    """Raises ForbiddenError unless the caller has the admin role."""
+    if user.role != "admin":
+        raise ForbiddenError(f"{what} needs the admin role")
+
+
+def load_site(session: Session, name: str) -> Site:
+    """The site called ``name``; NotFoundError (404) if there is none."""
+    site = fleet.get_site(session, name)
+    if site is None:
+        raise NotFoundError(f"site {name!r} not found")
+    return site
 
 
 def scope_project(user: ApiToken, requested: str | None = None) -> str | None:

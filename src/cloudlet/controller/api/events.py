@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Query
 
-from cloudlet.controller.api.deps import DB, User
+from cloudlet.controller.api.deps import DB, User, load_site, scope_project
 from cloudlet.controller.services import events, fleet
-from cloudlet.errors import NotFoundError
 from cloudlet.schemas import Event
+from cloudlet.schemas.common import IsoDatetime
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -21,16 +19,18 @@ def list_events(
     site: str | None = Query(None, description="Only this site's events."),
     kind: str | None = Query(None, description="Only this kind, e.g. usage."),
     instance: str | None = Query(None, description="Only this instance id."),
-    since: datetime | None = Query(None),
+    since: IsoDatetime | None = Query(None, description="Only events at or after this time."),
     limit: int = Query(100, ge=1, le=10_000),
 ) -> list[Event]:
-    site_row = None
-    if site is not None:
-        site_row = fleet.get_site(session, site)
-        if site_row is None:
-            raise NotFoundError(f"site {site!r} not found")
+    """Events about the caller's project only, unless the caller is an admin."""
     rows = events.list_events(
-        session, site=site_row, kind=kind, instance_id=instance, since=since, limit=limit
+        session,
+        site=load_site(session, site) if site is not None else None,
+        kind=kind,
+        instance_id=instance,
+        since=since,
+        limit=limit,
+        project=scope_project(user),
     )
     names = fleet.site_names(session, {r[0] for r in rows if r[0] is not None})
     return [

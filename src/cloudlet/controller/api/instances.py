@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, status
 from sqlalchemy import select
 
-from cloudlet.controller.api.deps import DB, State, User, scope_project
+from cloudlet.controller.api.deps import DB, State, User, load_site, scope_project
 from cloudlet.controller.db.models import App
 from cloudlet.controller.db.models import Instance as InstanceRow
 from cloudlet.controller.services import fleet, instances
@@ -30,7 +30,7 @@ def _names(session: DB, rows: list[InstanceRow]) -> _Names:
     app_ids = {r.app_id for r in rows}
     site_ids = {r.site_id for r in rows}
     apps = session.execute(select(App.id, App.name).where(App.id.in_(app_ids)))
-    return _Names(apps=dict(apps.tuples().all()), sites=fleet.site_names(session, site_ids))
+    return _Names(apps=dict(apps.all()), sites=fleet.site_names(session, site_ids))
 
 
 def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **extra: object):
@@ -67,12 +67,7 @@ def create_instance(body: InstanceCreate, session: DB, user: User, st: State) ->
 def list_instances(
     session: DB, user: User, site: str | None = Query(None), project: str | None = Query(None)
 ) -> list[Instance]:
-    site_id = None
-    if site is not None:
-        row = fleet.get_site(session, site)
-        if row is None:
-            raise NotFoundError(f"site {site!r} not found")
-        site_id = row.id
+    site_id = load_site(session, site).id if site is not None else None
     rows = instances.list_instances(session, scope_project(user, project), site_id)
     names = _names(session, rows)
     return [_view(r, names) for r in rows]

@@ -4,26 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from cloudlet.controller.api.deps import DB, State, User
+from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin, scope_project
 from cloudlet.controller.services import fleet
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.decommission import decommission
-from cloudlet.errors import AuthError, NotFoundError
 from cloudlet.schemas import JoinToken, JoinTokenCreate, Site, SiteCreate, SiteCreated, SiteUpdate
 
 router = APIRouter(prefix="/v1/sites", tags=["sites"])
 
 
 def _admin(user: User) -> None:
-    if user.role != "admin":
-        raise AuthError("managing sites needs the admin role")
-
-
-def _load(session: DB, name: str) -> fleet.Site:
-    site = fleet.get_site(session, name)
-    if site is None:
-        raise NotFoundError(f"site {name!r} not found")
-    return site
+    require_admin(user, "managing sites")
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SiteCreated)
@@ -36,35 +27,36 @@ def create_site(body: SiteCreate, session: DB, user: User, st: State) -> SiteCre
 
 @router.get("", response_model=list[Site])
 def list_sites(session: DB, user: User, st: State) -> list[Site]:
-    now, counts = utcnow(), fleet.instance_counts(session)
+    """Every site; ``instances`` counts only the caller's project's, unless an admin asks."""
+    now, counts = utcnow(), fleet.instance_counts(session, scope_project(user))
     grace = st.settings.offline_grace_s
     return [fleet.site_view(s, now, grace, counts.get(s.id, 0)) for s in fleet.list_sites(session)]
 
 
 @router.get("/{name}", response_model=Site)
 def show_site(name: str, session: DB, user: User, st: State) -> Site:
-    site = _load(session, name)
-    count = fleet.instance_counts(session).get(site.id, 0)
+    site = load_site(session, name)
+    count = fleet.instance_counts(session, scope_project(user), site.id).get(site.id, 0)
     return fleet.site_view(site, utcnow(), st.settings.offline_grace_s, count)
 
 
 @router.patch("/{name}", response_model=Site)
 def update_site(name: str, body: SiteUpdate, session: DB, user: User, st: State) -> Site:
     _admin(user)
-    site = fleet.update_site(session, _load(session, name), body)
+    site = fleet.update_site(session, load_site(session, name), body)
     return fleet.site_view(site, utcnow(), st.settings.offline_grace_s)
 
 
 @router.post("/{name}/join-tokens", status_code=status.HTTP_201_CREATED, response_model=JoinToken)
 def create_join_token(name: str, body: JoinTokenCreate, session: DB, user: User) -> JoinToken:
     _admin(user)
-    return fleet.create_join_token(session, _load(session, name), body.ttl_s)
+    return fleet.create_join_token(session, load_site(session, name), body.ttl_s)
 
 
 @router.post("/{name}/decommission", response_model=Site)
 def decommission_site(name: str, session: DB, user: User, st: State) -> Site:
     _admin(user)
-    site = decommission(session, _load(session, name))
+    site = decommission(session, load_site(session, name))
     session.commit()
     st.watcher.notify(site.id)
     return fleet.site_view(site, utcnow(), st.settings.offline_grace_s)

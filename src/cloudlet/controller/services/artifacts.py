@@ -23,6 +23,7 @@ from cloudlet.controller.services import _store
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import bump_revision
+from cloudlet.controller.services.projects import require_project
 from cloudlet.errors import (
     ConflictError,
     IntegrityError,
@@ -84,9 +85,11 @@ def create_upload(
     """Start an upload: a row and an empty file.
 
     Raises:
+        NotFoundError: the project does not exist.
         ConflictError: the name is taken by a different artifact of that kind.
-        InvalidInputError: the controller lacks the disk space for it.
+        ConflictError: the controller lacks the disk space for it.
     """
+    require_project(session, project)
     _purge_stale_uploads(session, store)
     model = Image if body.kind is ArtifactKind.IMAGE else Overlay
     taken = session.scalar(select(model).where(model.project == project, model.name == body.name))
@@ -97,7 +100,7 @@ def create_upload(
         )
     free = store.free_bytes()
     if body.size > free:
-        raise InvalidInputError(
+        raise ConflictError(
             f"the controller has {free} bytes free, not enough for {body.size} bytes"
         )
     now = utcnow()
@@ -112,9 +115,9 @@ def create_upload(
         created_at=now,
         updated_at=now,
     )
-    store.create_upload_file(upload.id)
     session.add(upload)
-    session.flush()
+    session.flush()  # the row first: a refused one leaves no file behind
+    store.create_upload_file(upload.id)
     return upload
 
 

@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import ApiToken, Project, Site
 from cloudlet.controller.services._util import hash_secret, new_id, new_secret, utcnow
-from cloudlet.errors import AuthError
+from cloudlet.controller.services.projects import ensure_project
+from cloudlet.errors import AuthError, InvalidInputError
 from cloudlet.schemas import DEFAULT_PROJECT
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -51,6 +52,34 @@ def bootstrap(session: Session, data_dir: Path) -> None:
             created_at=utcnow(),
         )
     )
+
+
+ROLES = ("admin", "member", "reader")
+
+
+def create_api_token(session: Session, name: str, project: str, role: str) -> str:
+    """Add an API token (for automation, or a project's member) and return its secret,
+    which is stored only hashed. The project is created if it does not exist.
+
+    Raises:
+        InvalidInputError: an unknown role.
+    """
+    if role not in ROLES:
+        raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    ensure_project(session, project)
+    secret = new_secret(role)
+    session.add(
+        ApiToken(
+            id=new_id(),
+            name=name,
+            project=project,
+            role=role,
+            token_hash=hash_secret(secret),
+            created_at=utcnow(),
+        )
+    )
+    session.flush()
+    return secret
 
 
 def authenticate_user(session: Session, token: str | None) -> ApiToken:

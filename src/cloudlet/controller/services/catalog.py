@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from cloudlet.controller.db.models import App, Instance, Overlay
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import live_instance_count, purge_tombstones
+from cloudlet.controller.services.projects import require_project
 from cloudlet.errors import ConflictError, InvalidInputError
 from cloudlet.placement import parse_constraints
 from cloudlet.schemas import AppCreate
@@ -29,10 +30,12 @@ def list_apps(session: Session, project: str | None) -> list[App]:
 
 def create_app(session: Session, project: str, body: AppCreate) -> App:
     """Raises:
+    NotFoundError: the project does not exist.
     InvalidInputError: a constraint does not parse, or a resumable overlay's RAM does
         not match the app's memory.
     ConflictError: the name is taken in the project.
     """
+    require_project(session, project)
     try:
         parse_constraints(body.constraints)
     except ValueError as exc:

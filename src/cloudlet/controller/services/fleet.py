@@ -38,7 +38,7 @@ def get_site(session: Session, name: str) -> Site | None:
 def site_names(session: Session, site_ids: set[str]) -> dict[str, str]:
     """Names of just these sites, by id (not the whole fleet's)."""
     rows = session.execute(select(Site.id, Site.name).where(Site.id.in_(site_ids)))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 def list_sites(session: Session) -> list[Site]:
@@ -165,12 +165,18 @@ def sync_status(site: Site, avail: Availability) -> SyncStatus:
     return SyncStatus.SYNCING if avail is Availability.ONLINE else SyncStatus.OUT_OF_SYNC
 
 
-def instance_counts(session: Session) -> dict[str, int]:
-    rows = session.execute(
-        select(Instance.site_id, func.count())
-        .where(Instance.desired_state != DesiredState.DELETED.value)
-        .group_by(Instance.site_id)
+def instance_counts(
+    session: Session, project: str | None = None, site_id: str | None = None
+) -> dict[str, int]:
+    """Live instances per site, of one project (None: all) and one site (None: all)."""
+    query = select(Instance.site_id, func.count()).where(
+        Instance.desired_state != DesiredState.DELETED.value
     )
+    if project is not None:
+        query = query.where(Instance.project == project)
+    if site_id is not None:
+        query = query.where(Instance.site_id == site_id)
+    rows = session.execute(query.group_by(Instance.site_id))
     return {site_id: count for site_id, count in rows}
 
 

@@ -68,11 +68,14 @@ def unstage(session: Session, site: Site, digest: str) -> bool:
     return True
 
 
-def site_images_view(session: Session, site: Site) -> list[dict[str, Any]]:
+def site_images_view(
+    session: Session, site: Site, project: str | None = None
+) -> list[dict[str, Any]]:
     """What the site should hold merged with what its agent last reported, by digest.
 
     Each entry: digest, kind, name, size, staged (on the desired list), requested_at,
-    cached (in the last report), complete, fetched, last_used, reported_at.
+    cached (in the last report), complete, fetched, last_used, reported_at. With a
+    ``project``, only that project's images and overlays are listed.
     """
     cache_row = session.get(SiteCache, site.id)
     reported_at: datetime | None = cache_row.reported_at if cache_row else None
@@ -88,6 +91,8 @@ def site_images_view(session: Session, site: Site) -> list[dict[str, Any]]:
     for digest in digests:
         entry = cached.get(digest)
         known = images.get(digest) or overlays.get(digest)
+        if project is not None and (known is None or known.project != project):
+            continue
         kind = ArtifactKind.OVERLAY if digest in overlays else ArtifactKind.IMAGE
         view.append(
             {

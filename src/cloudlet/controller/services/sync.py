@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from datetime import datetime
 
@@ -23,8 +24,12 @@ from cloudlet.schemas import (
     DesiredState,
     DesiredStateDoc,
     InstanceOrigin,
+    OutboxEvent,
+    RejectedEvent,
     Resources,
 )
+
+log = logging.getLogger(__name__)
 
 
 def _desired(instance: Instance, app: App) -> DesiredInstance:
@@ -74,29 +79,102 @@ def site_revision(connection: Connection, site_id: str) -> int:
     return connection.execute(_SITE_REVISION, {"site_id": site_id}).scalar_one()
 
 
-def store_events(session: Session, site: Site, report: AgentReport) -> int:
-    """Store the report's events once each; return the highest sequence now safe
-    for the agent to drop."""
+def store_events(
+    session: Session, site: Site, report: AgentReport, max_seq_jump: int
+) -> tuple[int, list[RejectedEvent]]:
+    """Store the report's acceptable events once each.
+
+    Returns:
+        The highest sequence the agent may now drop (stored, or refused for good),
+        and the refused events with their reasons.
+    """
     if not report.events:
-        return site.acked_seq
-    now = utcnow()
-    rows = [
-        {
-            "site_id": site.id,
-            "seq": e.seq,
-            "kind": e.kind.value,
-            "project": e.data.get("project") if isinstance(e.data.get("project"), str) else None,
-            "instance_id": e.instance,
-            "at": e.at,
-            "data": e.data,
-            "received_at": now,
-        }
-        for e in report.events
-    ]
-    session.execute(insert_ignore(Event.__table__, session.get_bind().dialect.name), rows)
-    acked = max(site.acked_seq, max(e.seq for e in report.events))
-    site.acked_seq = acked
-    return acked
+        return site.acked_seq, []
+    accepted, rejected = screen_events(session, site, report, max_seq_jump)
+    if accepted:
+        now = utcnow()
+        rows = [
+            {
+                "site_id": site.id,
+                "seq": e.seq,
+                "kind": e.kind.value,
+                "project": project,
+                "instance_id": e.instance,
+                "at": e.at,
+                "data": e.data,
+                "received_at": now,
+            }
+            for e, project in accepted
+        ]
+        session.execute(insert_ignore(Event.__table__, session.get_bind().dialect.name), rows)
+    ceiling = site.acked_seq + max_seq_jump
+    settled = [e.seq for e, _ in accepted] + [r.seq for r in rejected if r.seq <= ceiling]
+    return max([site.acked_seq, *settled]), rejected
+
+
+def screen_events(
+    session: Session, site: Site, report: AgentReport, max_seq_jump: int
+) -> tuple[list[tuple[OutboxEvent, str | None]], list[RejectedEvent]]:
+    """Split a report's events into those a site may record, each with the project it
+    is billed to, and those it may not.
+
+    A site speaks only for itself: an event about an instance must be about one
+    placed at this site, or one unknown here that no other site has reported on
+    (a site-origin instance, or one purged since). The project of a known instance
+    is ours to say, not the site's. A sequence number may run ahead of the last
+    acknowledged one (a controller restored from a backup sees that), but only so far.
+    """
+    ceiling = site.acked_seq + max_seq_jump
+    ids = {e.instance for e in report.events if e.instance}
+    known: dict[str, tuple[str, str]] = {}
+    foreign: set[str] = set()
+    if ids:
+        rows = session.execute(
+            select(Instance.id, Instance.site_id, Instance.project).where(Instance.id.in_(ids))
+        )
+        known = {i: (s, p) for i, s, p in rows}
+        unknown = ids - known.keys()
+        if unknown:
+            foreign = set(
+                session.scalars(
+                    select(Event.instance_id)
+                    .where(Event.instance_id.in_(unknown), Event.site_id != site.id)
+                    .distinct()
+                )
+            )
+    accepted: list[tuple[OutboxEvent, str | None]] = []
+    rejected: list[RejectedEvent] = []
+    for e in report.events:
+        claimed = e.data.get("project")
+        project = claimed if isinstance(claimed, str) else None
+        reason = None
+        if e.seq > ceiling:
+            reason = (
+                f"seq {e.seq} is more than {max_seq_jump} past the last acknowledged "
+                f"{site.acked_seq}"
+            )
+        elif e.instance in known:
+            owner, project = known[e.instance]
+            if owner != site.id:
+                reason = f"instance {e.instance} is not placed at this site"
+            elif claimed is not None and claimed != project:
+                reason = f"instance {e.instance} belongs to project {project!r}, not {claimed!r}"
+        elif e.instance in foreign:
+            reason = f"instance {e.instance} was reported by another site"
+        if reason is None:
+            accepted.append((e, project))
+        else:
+            rejected.append(RejectedEvent(seq=e.seq, reason=reason))
+    if rejected:
+        log.warning(
+            "site %s: refused %d of %d events (first: seq %d, %s)",
+            site.name,
+            len(rejected),
+            len(report.events),
+            rejected[0].seq,
+            rejected[0].reason,
+        )
+    return accepted, rejected
 
 
 def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) -> None:
@@ -197,14 +275,22 @@ def write_heartbeats(connection: Connection, pending: dict[str, dict[str, object
         connection.execute(statement, rows)
 
 
-def ingest_report(session: Session, site: Site, report: AgentReport, now: datetime) -> int:
-    """Apply one agent report; returns the acknowledged sequence number."""
-    acked = store_events(session, site, report)
+def ingest_report(
+    session: Session, site: Site, report: AgentReport, now: datetime, max_seq_jump: int
+) -> tuple[int, list[RejectedEvent]]:
+    """Apply one agent report in one UPDATE of the site row.
+
+    Returns:
+        The acknowledged sequence number and the events refused.
+    """
+    acked, rejected = store_events(session, site, report, max_seq_jump)
     if report.instances is not None:
         _apply_actual(session, site, report.instances)
     if report.cache is not None:
         record_cache(session, site, report.cache)
     values = heartbeat_values(report, now)
+    if acked != site.acked_seq:
+        values["acked_seq"] = acked
     applied = min(report.applied_revision, site.revision)
     if applied > site.applied_revision:
         values["applied_revision"] = applied
@@ -218,4 +304,4 @@ def ingest_report(session: Session, site: Site, report: AgentReport, now: dateti
             & Instance.id.not_in(alive),
         )
     session.execute(update(Site).where(Site.id == site.id).values(**values))
-    return acked
+    return acked, rejected
