@@ -54,6 +54,12 @@ class AgentSettings(BaseModel):
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
     local_host: str = Field("127.0.0.1", description="Site-local API address.")
     local_port: int = Field(0, ge=0, lt=65536, description="Site-local API port (0: any).")
+    local_token: str | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token starting and stopping instances at the site-local API "
+        "needs when it binds beyond loopback (default: one made in data_dir/local-api.token).",
+    )
     workload_host: str = Field("127.0.0.1", description="Address workloads listen on.")
     keep_workloads: bool = Field(
         False, description="Leave workloads running when the agent stops (default: stop them)."

@@ -29,7 +29,7 @@ from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.discovery import Announcer, service_info
-from cloudlet.agent.local_api import LocalApi, create_app
+from cloudlet.agent.local_api import LocalApi, create_app, resolve_token
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME, Store
@@ -186,7 +186,12 @@ class Agent:
             await self._adopt_vm_driver()
             await self.reconciler.reconcile_once()
             self.local_api = LocalApi(
-                create_app(self.store, self.health, self.reconciler.wake),
+                create_app(
+                    self.store,
+                    self.health,
+                    self.reconciler.wake,
+                    resolve_token(s.local_host, s.local_token, s.data_dir),
+                ),
                 s.local_host,
                 s.local_port,
                 s.data_dir,

@@ -6,6 +6,13 @@ find their service with the controller unreachable); ``POST /v1/local/instances`
 ``DELETE /v1/local/instances/{id}`` removes such a site-origin instance;
 ``GET /v1/local/cache`` lists the artifacts the site holds (complete or being fetched).
 
+Bound to loopback it needs no credential. Bound to anything else (to serve clients
+on the site's network), starting and stopping instances needs
+``Authorization: Bearer <site-local token>``: the configured ``local_token``, or one
+made at first start in ``data_dir/local-api.token``. Reads stay open, so that
+clients can find their service. (Client tokens the controller signs replace this
+once identity reaches the sites.)
+
 It runs inside the agent's event loop (uvicorn without its own signal handling:
 the agent owns SIGTERM/SIGINT) and writes the port it bound to
 ``data_dir/local-api.port`` so that tools can find it when the port was 0.
@@ -15,8 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime
@@ -24,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from cloudlet.agent import actual, artifacts, desired
 from cloudlet.agent.store import Store
-from cloudlet.errors import CloudletError, ConfigError, ConflictError, NotFoundError
+from cloudlet.errors import AuthError, CloudletError, ConfigError, ConflictError, NotFoundError
 from cloudlet.schemas import (
     ActualInstance,
     ActualState,
@@ -38,17 +48,18 @@ from cloudlet.schemas import (
     DesiredState,
     InstanceOrigin,
 )
-from cloudlet.schemas.common import Name
+from cloudlet.schemas.common import PROBLEM_MEDIA_TYPE, Name, bearer_secret, problem_body
 
 log = logging.getLogger(__name__)
 
 PORT_FILE = "local-api.port"
 
 
-PROBLEM_BASE = "https://cloudlet.dev/problems/"
+TOKEN_FILE = "local-api.token"
 
 # The same problem types as the controller's API, for the errors the local API raises.
 _ERRORS: list[tuple[type[CloudletError], int, str, str]] = [
+    (AuthError, 401, "auth", "Not authenticated"),
     (NotFoundError, 404, "not-found", "Not found"),
     (ConflictError, 409, "conflict", "Conflict"),
 ]
@@ -69,20 +80,53 @@ async def _problem(request: Request, exc: Exception) -> JSONResponse:
         if isinstance(exc, cls):
             status, slug, title = code, kind, text
             break
-    body = {
-        "type": PROBLEM_BASE + slug,
-        "title": title,
-        "status": status,
-        "detail": str(exc),
-        "instance": request.url.path,
-    }
-    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+    body = problem_body(status, slug, title, str(exc), request.url.path)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (a name is not one)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def resolve_token(host: str, configured: str | None, data_dir: Path) -> str | None:
+    """The token starting and stopping instances needs, or None on loopback.
+
+    Without a configured one, a token is made once and kept (mode 0600) in
+    ``data_dir/local-api.token``, for the operator to hand to the site's clients.
+    """
+    if configured:
+        return configured
+    if is_loopback(host):
+        return None
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        return path.read_text().strip()
+    token = f"clt_local_{secrets.token_urlsafe(32)}"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.warning(
+        "the site-local API listens on %s: starting and stopping instances needs the token in %s",
+        host,
+        path,
+    )
+    return token
 
 
 def create_app(
     store: Store,
     health: Callable[[], dict[str, Any]],
     on_desired_change: Callable[[], None] = lambda: None,
+    token: str | None = None,
 ) -> FastAPI:
     """The local API over the agent's store.
 
@@ -90,9 +134,21 @@ def create_app(
         health: builds the /healthz body.
         on_desired_change: called (in the event loop) after a local client changed
             desired state.
+        token: the bearer token starting and stopping instances needs (None: none).
     """
     app = FastAPI(title="Cloudlet site agent", docs_url=None, redoc_url=None)
     app.add_exception_handler(CloudletError, _problem)
+
+    async def authorized(request: Request) -> None:
+        if token is None:
+            return
+        given = bearer_secret(request.headers.get("authorization"))
+        if given is None:
+            raise AuthError("starting and stopping instances here needs the site-local token")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise AuthError("wrong site-local token")
+
+    writer = [Depends(authorized)]
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -125,7 +181,9 @@ def create_app(
     def list_cache() -> list[CachedImage]:
         return [a.to_wire() for a in artifacts.all_artifacts(store)]
 
-    @app.post("/v1/local/instances", status_code=202, response_model=ActualInstance)
+    @app.post(
+        "/v1/local/instances", status_code=202, response_model=ActualInstance, dependencies=writer
+    )
     async def start_instance(body: LocalInstanceCreate) -> ActualInstance:
         inst = desired.add_site_instance(store, body.app, body.name)
         on_desired_change()
@@ -139,7 +197,7 @@ def create_app(
             updated_at=datetime.now(UTC),
         )
 
-    @app.delete("/v1/local/instances/{instance_id}", status_code=202)
+    @app.delete("/v1/local/instances/{instance_id}", status_code=202, dependencies=writer)
     async def delete_instance(instance_id: str) -> Response:
         desired.remove_site_instance(store, instance_id)
         on_desired_change()

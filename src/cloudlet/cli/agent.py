@@ -21,6 +21,9 @@ def run(
     data_dir: Path | None = typer.Option(None, help="Local state [./cloudlet-agent]."),
     driver: str | None = typer.Option(None, help="Compute driver: process, fake [process]."),
     local_port: int | None = typer.Option(None, help="Site-local API port, 0 for any."),
+    local_host: str | None = typer.Option(
+        None, help="Site-local API address [127.0.0.1]; beyond loopback it needs a token."
+    ),
     keep_workloads: bool | None = typer.Option(
         None, "--keep-workloads/--stop-workloads", help="Leave workloads running on exit."
     ),
@@ -39,6 +42,7 @@ def run(
                 "data_dir": data_dir,
                 "driver": driver,
                 "local_port": local_port,
+                "local_host": local_host,
                 "keep_workloads": keep_workloads,
                 "report_interval_s": report_interval,
                 "log_level": log_level,

@@ -6,6 +6,9 @@ bodies (the only kind but upload chunks) are buffered, which the bound keeps
 small, and parsed once strictly: invalid UTF-8, ``NaN`` and ``Infinity`` are
 malformed JSON here, answered 400 before FastAPI's lenient parser sees them.
 Upload chunks stream through, counted.
+
+No text may hold a NUL (U+0000): PostgreSQL cannot store one, so a path, query or
+JSON body carrying one is refused (422) here rather than failing in the database.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class BodyGuard:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
+        if "\x00" in path or b"%00" in scope.get("query_string", b""):
+            await _refuse(send, path, 422, "invalid-input", "Invalid input", _NUL)
+            return
         limit, is_json = self.limits.for_route(method, path)
         headers = dict(scope["headers"])
         declared = _content_length(headers.get(b"content-length"))
@@ -81,7 +87,25 @@ class BodyGuard:
                 detail = f"the body is not valid JSON: {exc}"
                 await _refuse(send, path, 400, "malformed-json", "Malformed JSON", detail[:300])
                 return
+            if _has_nul_escape(body):
+                await _refuse(send, path, 422, "invalid-input", "Invalid input", _NUL)
+                return
         await self.app(scope, _replay(body, receive), send)
+
+
+_NUL = "text may not contain NUL characters (U+0000)"
+
+
+def _has_nul_escape(body: bytes) -> bool:
+    """Whether valid JSON holds a \\u0000 escape (a raw NUL is not valid JSON), and not
+    a literal backslash followed by "u0000"."""
+    at = body.find(b"\\u0000")
+    while at != -1:
+        backslashes = len(body[:at]) - len(body[:at].rstrip(b"\\"))
+        if backslashes % 2 == 0:
+            return True
+        at = body.find(b"\\u0000", at + 1)
+    return False
 
 
 def _content_length(value: bytes | None) -> int | None:

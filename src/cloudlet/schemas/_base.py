@@ -16,9 +16,11 @@ class Model(BaseModel):
 
 class Input(BaseModel):
     """A request body: unknown fields are an error, so typos do not pass silently,
-    and so are NaN and infinities, which no quantity here can be."""
+    and so are NaN and infinities, which no quantity here can be. Strings are taken
+    as sent (not stripped), so that the bounds the OpenAPI document states are the
+    bounds applied."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Patch(Input):

@@ -124,9 +124,22 @@ class LocalController:
             raise CloudletError(f"controller exited:\n{self.proc.log_tail()}")
         return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
 
-    def client(self) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token}"}
+    def client(self, token: str | None = None) -> httpx.Client:
+        """An HTTP client sending ``token`` (default: the admin token)."""
+        headers = {"Authorization": f"Bearer {token or self.token}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def create_token(self, name: str, project: str, role: str) -> str:
+        """A new API token, made with ``cloudlet controller token create`` as an
+        operator would, on this controller's database."""
+        args = _cli("controller", "token", "create", name, "--project", project, "--role", role)
+        args += ["--data-dir", str(self.data_dir)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=60)
+        if done.returncode != 0:
+            raise CloudletError(f"token create failed: {done.stderr.strip()}")
+        return done.stdout.strip()
 
     def stop(self) -> None:
         if self.proc is not None:

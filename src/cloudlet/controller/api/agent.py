@@ -13,6 +13,7 @@ from cloudlet.controller.services import auth, fleet, sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.state import ControllerState
 from cloudlet.schemas import AgentReport, DesiredStateDoc, EnrollRequest, EnrollResponse, ReportAck
+from cloudlet.schemas.common import bearer_secret
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 T = TypeVar("T")
@@ -55,7 +56,7 @@ def _state(request: Request) -> ControllerState:
 
 async def _authenticate(request: Request, st: ControllerState) -> auth.SiteBrief:
     """The calling agent's site; also tells the traffic counters whose bytes these are."""
-    credential = auth.bearer_secret(request.headers.get("authorization"))
+    credential = bearer_secret(request.headers.get("authorization"))
     site = await _read(st, auth.authenticate_site_brief, credential)
     request.scope.setdefault("state", {})["site_id"] = site.id
     return site

@@ -24,7 +24,7 @@ from cloudlet.controller.db.models import Overlay as OverlayRow
 from cloudlet.controller.db.models import Upload as UploadRow
 from cloudlet.controller.services import artifacts, site_images
 from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
-from cloudlet.controller.services.auth import authenticate_site, authenticate_user, bearer_secret
+from cloudlet.controller.services.auth import authenticate_site, authenticate_user
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import (
     AuthError,
@@ -44,6 +44,7 @@ from cloudlet.schemas.artifacts import (
     Upload,
     UploadCreate,
 )
+from cloudlet.schemas.common import bearer_secret
 
 router = APIRouter(prefix="/v1", tags=["artifacts"])
 OCTET = "application/octet-stream"

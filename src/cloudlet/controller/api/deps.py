@@ -10,9 +10,10 @@ from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import ApiToken, Site
 from cloudlet.controller.services import fleet
-from cloudlet.controller.services.auth import authenticate_user, bearer_secret
+from cloudlet.controller.services.auth import authenticate_user
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import ForbiddenError, NotFoundError
+from cloudlet.schemas.common import bearer_secret
 
 
 def state(request: Request) -> ControllerState:

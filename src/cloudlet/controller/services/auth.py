@@ -126,12 +126,6 @@ _SITE_BRIEF = select(Site.id, Site.revision, Site.applied_revision, Site.acked_s
 )
 
 
-def bearer_secret(authorization: str | None) -> str | None:
-    """The secret of an ``Authorization: Bearer <secret>`` header, if that is what it is."""
-    scheme, _, value = (authorization or "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
-
-
 def authenticate_site_brief(connection: Connection, credential: str | None) -> SiteBrief:
     """Like :func:`authenticate_site`, as one Core query: agents call it a thousand
     times a second, where building ORM objects is most of the cost.
