@@ -255,6 +255,15 @@ def test_a_member_sees_only_its_projects_events_and_is_refused_admin_work(
         assert own.status_code == 201 and own.json()["project"] == "tenant-b"
     assert api.get("/v1/sites/lyon").json()["region"] == "default"
 
+    reader = controller.create_token("tenant-audit", project="tenant-b", role="reader")
+    with controller.client(reader) as auditor:
+        assert [a["name"] for a in auditor.get("/v1/apps").json()] == ["web"]
+        _problem(auditor.delete("/v1/apps/web"), 403, "forbidden")
+        upload = {"kind": "image", "name": "i", "size": 1}
+        _problem(auditor.post("/v1/uploads", json=upload), 403, "forbidden")
+    with controller.client(member) as tenant:
+        assert [a["name"] for a in tenant.get("/v1/apps").json()] == ["web"]
+
 
 # -- 5. the spec says what the API answers -------------------------------------------------
 

@@ -17,7 +17,15 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from starlette.requests import ClientDisconnect
 
-from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin, scope_project
+from cloudlet.controller.api.deps import (
+    DB,
+    State,
+    User,
+    load_site,
+    refuse_reader_writes,
+    require_admin,
+    scope_project,
+)
 from cloudlet.controller.db.models import ApiToken
 from cloudlet.controller.db.models import Image as ImageRow
 from cloudlet.controller.db.models import Overlay as OverlayRow
@@ -79,7 +87,7 @@ def brief_user(request: Request) -> ApiToken:
     with request.app.state.cloudlet.sessions() as session:
         user = authenticate_user(session, bearer_secret(request.headers.get("authorization")))
         session.expunge(user)
-    return user
+    return refuse_reader_writes(request, user)
 
 
 def blob_reader(request: Request) -> Reader:

@@ -38,8 +38,19 @@ def db(request: Request) -> Iterator[Session]:
 _DB = Depends(db, scope="function")
 
 
+_READS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def refuse_reader_writes(request: Request, user: ApiToken) -> ApiToken:
+    """A reader's token is good for reading only (ForbiddenError otherwise)."""
+    if user.role == "reader" and request.method not in _READS:
+        raise ForbiddenError("a reader token may only read")
+    return user
+
+
 def current_user(request: Request, session: Annotated[Session, _DB]) -> ApiToken:
-    return authenticate_user(session, bearer_secret(request.headers.get("authorization")))
+    user = authenticate_user(session, bearer_secret(request.headers.get("authorization")))
+    return refuse_reader_writes(request, user)
 
 
 def require_admin(user: ApiToken, what: str) -> None:
