@@ -38,6 +38,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from cloudlet._secret_file import write_secret
 from cloudlet.agent import actual, artifacts, desired
 from cloudlet.agent.store import Store
 from cloudlet.errors import AuthError, CloudletError, ConfigError, ConflictError, NotFoundError
@@ -107,13 +108,7 @@ def resolve_token(host: str, configured: str | None, data_dir: Path) -> str | No
     if path.exists():
         return path.read_text().strip()
     token = f"clt_local_{secrets.token_urlsafe(32)}"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_secret(path, token)
     log.warning(
         "the site-local API listens on %s: starting and stopping instances needs the token in %s",
         host,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 EXAMPLES = 25
 SEED = 20261202
-
-
-@pytest.fixture
-def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalController]:
-    ctl = LocalController(tmp_path / "controller", database_url=database_url).start()
-    try:
-        yield ctl
-    finally:
-        ctl.stop()
 
 
 def _fuzz(controller: LocalController, report: Path, token: str | None) -> dict[str, object]:

@@ -7,7 +7,6 @@ import os
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,21 +18,6 @@ pytestmark = pytest.mark.integration
 PROBLEM = "application/problem+json"
 JSON = {"content-type": "application/json"}
 WEB_APP = {"name": "web", "components": [{"command": ["python3", "-m", "http.server"]}]}
-
-
-@pytest.fixture
-def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalController]:
-    ctl = LocalController(tmp_path / "controller", database_url=database_url).start()
-    try:
-        yield ctl
-    finally:
-        ctl.stop()
-
-
-@pytest.fixture
-def api(controller: LocalController) -> Iterator[httpx.Client]:
-    with controller.client() as client:
-        yield client
 
 
 def _problem(response: httpx.Response, status: int, slug: str) -> dict[str, object]:

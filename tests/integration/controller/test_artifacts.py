@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +29,6 @@ pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 PROBLEM = "application/problem+json"
-
-
-@pytest.fixture
-def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalController]:
-    ctl = LocalController(tmp_path / "controller", database_url=database_url).start()
-    try:
-        yield ctl
-    finally:
-        ctl.stop()
-
-
-@pytest.fixture
-def api(controller: LocalController) -> Iterator[httpx.Client]:
-    with controller.client() as client:
-        yield client
 
 
 @pytest.fixture

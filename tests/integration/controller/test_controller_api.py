@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,21 +17,6 @@ WEB_APP = {
     "components": [{"name": "main", "command": ["python3", "-m", "http.server"]}],
     "resources": {"vcpus": 0.5, "memory_mib": 128, "disk_gib": 0.1},
 }
-
-
-@pytest.fixture
-def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalController]:
-    ctl = LocalController(tmp_path / "controller", database_url=database_url).start()
-    try:
-        yield ctl
-    finally:
-        ctl.stop()
-
-
-@pytest.fixture
-def api(controller: LocalController) -> Iterator[httpx.Client]:
-    with controller.client() as client:
-        yield client
 
 
 def _problem(response: httpx.Response, status: int, slug: str) -> dict[str, object]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session
 
+from cloudlet._secret_file import write_secret
 from cloudlet.controller.db.models import ApiToken, Project, Site
 from cloudlet.controller.services._util import hash_secret, new_id, new_secret, utcnow
 from cloudlet.controller.services.projects import ensure_project
@@ -35,13 +35,7 @@ def bootstrap(session: Session, data_dir: Path) -> None:
         token = token_path.read_text().strip()
     else:
         token = new_secret("admin")
-        tmp = token_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(token_path)
+        write_secret(token_path, token)
     session.add(
         ApiToken(
             id=new_id(),

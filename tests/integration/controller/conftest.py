@@ -1,0 +1,26 @@
+"""A real controller process per test, on SQLite and on PostgreSQL, and an admin client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloudlet.testbed.local import LocalController
+
+
+@pytest.fixture
+def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalController]:
+    ctl = LocalController(tmp_path / "controller", database_url=database_url).start()
+    try:
+        yield ctl
+    finally:
+        ctl.stop()
+
+
+@pytest.fixture
+def api(controller: LocalController) -> Iterator[httpx.Client]:
+    with controller.client() as client:
+        yield client
