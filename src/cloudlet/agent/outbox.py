@@ -45,21 +45,32 @@ def record(store: Store, kind: EventKind, **kwargs: Any) -> int:
         return append(conn, kind, **kwargs)
 
 
-def pending(store: Store, limit: int = 500) -> list[OutboxEvent]:
-    """The oldest ``limit`` events not yet acknowledged, oldest first."""
+#: Roughly what one event costs in a report besides its data.
+_EVENT_OVERHEAD = 160
+
+
+def pending(store: Store, limit: int = 500, max_bytes: int = 4 << 20) -> list[OutboxEvent]:
+    """The oldest events not yet acknowledged, oldest first: at most ``limit``, and
+    no more than fit in about ``max_bytes`` (always at least one), so that a report
+    stays within what the controller accepts."""
     rows = store.query(
         "SELECT seq, kind, instance, at, data FROM outbox ORDER BY seq LIMIT ?", (limit,)
     )
-    return [
-        OutboxEvent(
-            seq=row["seq"],
-            kind=EventKind(row["kind"]),
-            instance=row["instance"],
-            at=datetime.fromisoformat(row["at"]),
-            data=json.loads(row["data"]),
+    events, size = [], 0
+    for row in rows:
+        size += len(row["data"]) + _EVENT_OVERHEAD
+        if events and size > max_bytes:
+            break
+        events.append(
+            OutboxEvent(
+                seq=row["seq"],
+                kind=EventKind(row["kind"]),
+                instance=row["instance"],
+                at=datetime.fromisoformat(row["at"]),
+                data=json.loads(row["data"]),
+            )
         )
-        for row in rows
-    ]
+    return events
 
 
 def ack(store: Store, acked_seq: int) -> int:

@@ -280,7 +280,7 @@ class Syncer:
         self.status.reachable = True
         if ack.revision > self.store.cursor:
             self.pull_wake.set()
-        more = len(events) == REPORT_BATCH and ack.acked_seq >= events[-1].seq
+        more = bool(events) and outbox.depth(self.store) > 0 and ack.acked_seq >= events[-1].seq
         return ack, more
 
     async def _report_loop(self, stop: asyncio.Event) -> None:

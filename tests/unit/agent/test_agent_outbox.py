@@ -70,3 +70,17 @@ def test_state_change_and_its_event_commit_together(
     events = outbox.pending(store)
     assert [e.data["state"] for e in events] == ["pending", "starting"]
     assert events[1].data["previous"] == "pending"
+
+
+def test_pending_stays_within_a_byte_budget_but_always_sends_one(store: Store) -> None:
+    for _ in range(5):
+        outbox.record(store, EventKind.ALARM, data={"message": "x" * 10_000})
+    assert [e.seq for e in outbox.pending(store, max_bytes=25_000)] == [1, 2]
+    assert [e.seq for e in outbox.pending(store, max_bytes=100)] == [1]
+
+
+def test_refused_events_are_dropped_by_seq(store: Store) -> None:
+    for _ in range(3):
+        outbox.record(store, EventKind.ALARM, data={})
+    assert outbox.drop(store, [2]) == 1
+    assert [e.seq for e in outbox.pending(store)] == [1, 3]

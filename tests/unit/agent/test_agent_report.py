@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from agent_fakes import doc, instance
 
 from cloudlet.agent import actual, desired, outbox
@@ -13,7 +14,7 @@ from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.store import Store
 from cloudlet.agent.sync import Syncer
 from cloudlet.compute import FakeDriver
-from cloudlet.schemas import AgentReport, EventKind, ReportAck
+from cloudlet.schemas import AgentReport, EventKind, RejectedEvent, ReportAck
 
 
 class AckingClient:
@@ -23,6 +24,7 @@ class AckingClient:
         self.reports: list[AgentReport] = []
         self.ack_upto: int | None = None
         self.acked_override: int | None = None
+        self.rejected: list[RejectedEvent] = []
         self.revision = 0
         self.bytes_sent = self.bytes_received = 0
         self.credential = "c"
@@ -33,7 +35,12 @@ class AckingClient:
         acked = top if self.ack_upto is None else min(top, self.ack_upto)
         if self.acked_override is not None:
             acked = self.acked_override
-        return ReportAck(acked_seq=acked, revision=self.revision, server_time=datetime.now(UTC))
+        return ReportAck(
+            acked_seq=acked,
+            rejected=self.rejected,
+            revision=self.revision,
+            server_time=datetime.now(UTC),
+        )
 
 
 def syncer_for(store: Store, tmp_path: Path, client: AckingClient) -> Syncer:
@@ -141,3 +148,16 @@ def test_the_cache_goes_only_when_it_changed(store: Store, tmp_path: Path) -> No
     asyncio.run(syncer.report_once())
     [held] = client.reports[-1].cache or []
     assert (held.digest, held.fetched, held.size, held.complete) == ("a" * 64, 40, 100, False)
+
+
+def test_refused_events_are_logged_and_dropped(
+    store: Store, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for _ in range(3):
+        outbox.record(store, EventKind.ALARM)
+    client = AckingClient()
+    client.acked_override = 1  # the controller stored 1, refused 3 past its bound
+    client.rejected = [RejectedEvent(seq=3, reason="seq 3 is more than 1 past the last")]
+    asyncio.run(syncer_for(store, tmp_path, client).report_once())
+    assert [e.seq for e in outbox.pending(store)] == [2]
+    assert "refused event seq 3: seq 3 is more than 1 past the last" in caplog.text
