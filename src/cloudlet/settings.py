@@ -33,6 +33,11 @@ class ControllerSettings(BaseModel):
     tombstone_retention: int = Field(
         1000, gt=0, description="Deletions kept per site for deltas; older cursors get a snapshot."
     )
+    metrics_token: str | None = Field(
+        None,
+        min_length=16,
+        description="A bearer token that may read /metrics only (an admin token may too).",
+    )
     max_seq_jump: int = Field(
         100_000,
         gt=0,

@@ -18,6 +18,7 @@ from cloudlet.controller.api import (
     artifacts,
     events,
     instances,
+    metrics,
     openapi,
     problems,
     sites,
@@ -25,6 +26,7 @@ from cloudlet.controller.api import (
 from cloudlet.controller.body_guard import BodyGuard
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
+from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
 from cloudlet.settings import ControllerSettings
@@ -70,9 +72,11 @@ def open_state(settings: ControllerSettings) -> ControllerState:
     with sessions.begin() as session:
         bootstrap(session, settings.data_dir)
     loop_connection = engine.connect() if is_sqlite(engine) else None
-    return ControllerState(
+    state = ControllerState(
         settings=settings, engine=engine, sessions=sessions, loop_connection=loop_connection
     )
+    state.metrics = ControllerMetrics(engine, settings.offline_grace_s, state.watcher)
+    return state
 
 
 def create_app(settings: ControllerSettings) -> FastAPI:
@@ -99,7 +103,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.cloudlet = state
     problems.install(app)
-    for module in (sites, apps, instances, events, agent, artifacts):
+    for module in (sites, apps, instances, events, agent, artifacts, metrics):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])
@@ -109,6 +113,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     openapi.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(TrafficMiddleware, state=state)
     # Outermost: an oversized or malformed body costs nothing further, not even a
     # token lookup.

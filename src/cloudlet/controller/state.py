@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,6 +31,11 @@ class RevisionWatcher:
     @property
     def watched(self) -> set[str]:
         return set(self._waiters)
+
+    @property
+    def waiting(self) -> int:
+        """How many long polls wait now."""
+        return sum(len(events) for events in self._waiters.values())
 
     async def wait(self, site_id: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a change; True if one came."""
@@ -102,6 +108,8 @@ class ControllerState:
     #: With SQLite, a connection the event loop reads through itself (see
     #: ``api.agent``); None with a database across the network.
     loop_connection: Connection | None = None
+    #: Prometheus instruments (``controller.metrics.ControllerMetrics``), set at start.
+    metrics: Any = None
 
     def close(self) -> None:
         if self.loop_connection is not None:

@@ -113,6 +113,11 @@ def _ingest(st: ControllerState, site_id: str, body: AgentReport) -> ReportAck:
         acked, rejected = sync.ingest_report(
             session, site, body, utcnow(), st.settings.max_seq_jump
         )
-        return ReportAck(
-            acked_seq=acked, rejected=rejected, revision=site.revision, server_time=utcnow()
-        )
+        revision = site.revision
+    refused = {r.seq for r in rejected}
+    for event in body.events:
+        if event.seq not in refused:
+            st.metrics.events_ingested.labels(event.kind.value).inc()
+    if rejected:
+        st.metrics.events_refused.inc(len(rejected))
+    return ReportAck(acked_seq=acked, rejected=rejected, revision=revision, server_time=utcnow())
