@@ -20,6 +20,7 @@ PUBLIC = {
         "Overlay", "PrestageRequest", "Upload", "UploadCreate",
     },
     "cloudlet.agent": {"Agent", "Store", "run_agent"},
+    "cloudlet.web": {"MIB", "BodyGuard", "BodyLimits", "StreamedRoute"},
 }  # fmt: skip
 
 

@@ -50,6 +50,7 @@ from cloudlet.schemas import (
     InstanceOrigin,
 )
 from cloudlet.schemas.common import PROBLEM_MEDIA_TYPE, Name, bearer_secret, problem_body
+from cloudlet.web import BodyGuard, BodyLimits
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def create_app(
     """
     app = FastAPI(title="Cloudlet site agent", docs_url=None, redoc_url=None)
     app.add_exception_handler(CloudletError, _problem)
+    # Clients on the site's network send small JSON only: bounded and strictly parsed.
+    app.add_middleware(BodyGuard, limits=BodyLimits(json=64 * 1024))
 
     async def authorized(request: Request) -> None:
         if token is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,13 +24,21 @@ from cloudlet.controller.api import (
     problems,
     sites,
 )
-from cloudlet.controller.body_guard import BodyGuard
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
 from cloudlet.settings import ControllerSettings
+from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
+
+#: Agents' reports carry up to a few MB of events; enrollment a token; upload chunks
+#: (16 MiB from the CLI) stream to disk.
+BODY_LIMITS = BodyLimits(
+    json=1 * MIB,
+    paths={"/v1/agent/report": 8 * MIB, "/v1/agent/enroll": 16 * 1024},
+    streamed=(StreamedRoute("PUT", re.compile(r"^/v1/uploads/[^/]+$"), 64 * MIB),),
+)
 
 
 class TrafficMiddleware:
@@ -117,5 +126,5 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     app.add_middleware(TrafficMiddleware, state=state)
     # Outermost: an oversized or malformed body costs nothing further, not even a
     # token lookup.
-    app.add_middleware(BodyGuard)
+    app.add_middleware(BodyGuard, limits=BODY_LIMITS)
     return app

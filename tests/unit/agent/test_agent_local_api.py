@@ -82,3 +82,14 @@ def test_the_cache_is_listed(store: Store, tmp_path: Path) -> None:
     cache.progress(ArtifactKind.IMAGE, "a" * 64, 4)
     [held] = call(store, "GET", "/v1/local/cache").json()
     assert (held["digest"], held["fetched"], held["complete"]) == ("a" * 64, 4, False)
+
+
+def test_bodies_are_bounded_and_strictly_parsed(store: Store) -> None:
+    headers = {"content-type": "application/json"}
+    for body in (b'{"app": NaN}', b'{"app": "\xff"}'):
+        r = call(store, "POST", "/v1/local/instances", content=body, headers=headers)
+        assert r.status_code == 400 and r.json()["type"].endswith("/malformed-json")
+    big = b'{"app": "' + b"a" * 70_000 + b'"}'
+    r = call(store, "POST", "/v1/local/instances", content=big, headers=headers)
+    assert r.status_code == 413 and r.json()["type"].endswith("/too-large")
+    assert desired.entries(store) == {}

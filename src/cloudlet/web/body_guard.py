@@ -14,7 +14,7 @@ JSON body carrying one is refused (422) here rather than failing in the database
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -27,34 +27,39 @@ MIB = 1024 * KIB
 
 
 @dataclass(frozen=True)
+class StreamedRoute:
+    """Requests whose body is raw bytes streamed to the handler, counted, not buffered."""
+
+    method: str
+    path: re.Pattern[str]
+    limit: int
+
+
+@dataclass(frozen=True)
 class BodyLimits:
-    """Largest bodies accepted, in bytes."""
+    """Largest bodies accepted, in bytes: ``json`` unless ``paths`` names another
+    bound for the exact path, or a ``streamed`` route matches."""
 
     json: int = 1 * MIB
-    report: int = 8 * MIB
-    enroll: int = 16 * KIB
-    chunk: int = 64 * MIB
+    paths: dict[str, int] = field(default_factory=dict)
+    streamed: tuple[StreamedRoute, ...] = ()
 
     def for_route(self, method: str, path: str) -> tuple[int, bool]:
         """The bound for a request, and whether its body is buffered (and checked
         if it says it is JSON) rather than streamed."""
-        if method == "PUT" and _UPLOAD_CHUNK.match(path):
-            return self.chunk, False
-        if path == "/v1/agent/report":
-            return self.report, True
-        if path == "/v1/agent/enroll":
-            return self.enroll, True
-        return self.json, True
+        for route in self.streamed:
+            if method == route.method and route.path.match(path):
+                return route.limit, False
+        return self.paths.get(path, self.json), True
 
 
-_UPLOAD_CHUNK = re.compile(r"^/v1/uploads/[^/]+$")
 _NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
 class BodyGuard:
-    def __init__(self, app: Any, limits: BodyLimits | None = None) -> None:
+    def __init__(self, app: Any, limits: BodyLimits) -> None:
         self.app = app
-        self.limits = limits or BodyLimits()
+        self.limits = limits
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
