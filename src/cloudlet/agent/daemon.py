@@ -186,7 +186,7 @@ class Agent:
             await self._adopt_vm_driver()
             await self.reconciler.reconcile_once()
             self.local_api = LocalApi(
-                create_app(self.store, self.health, self.reconciler.wake),
+                create_app(self.store, self.health, self.reconciler.wake, self.reconciler.restart),
                 s.local_host,
                 s.local_port,
                 s.data_dir,

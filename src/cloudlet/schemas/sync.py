@@ -46,6 +46,9 @@ class DesiredInstance(Model):
     components: list[Component]
     resources: Resources
     revision: int = Field(description="Site revision at which this entry last changed.")
+    restarts: int = Field(
+        0, ge=0, description="Bumped by each restart asked for; the site restarts once per bump."
+    )
 
 
 class DesiredStateDoc(Model):
@@ -83,6 +86,9 @@ class ActualInstance(Input):
     endpoint: str | None = None
     reason: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
+    usage_since: datetime | None = Field(
+        None, description="Start of the usage interval not yet recorded (while running)."
+    )
     updated_at: datetime
 
 
