@@ -148,8 +148,8 @@ def decommission(
         show_one(site, fmt)
     elif site["state"] == "draining":
         console.print(
-            f"site [bold]{name}[/] is draining: {site['instances']} instance(s) being stopped; "
-            "it is decommissioned once its agent reports them gone "
+            f"site [bold]{name}[/] is draining: placement skips it and its instances are "
+            "being stopped; it is decommissioned once its agent reports them gone "
             f"(cloudlet site show {name}; --force revokes at once)"
         )
     else:

@@ -21,7 +21,8 @@ def list_events(
     site: str | None = Query(None, description="Only this site's events."),
     kind: str | None = Query(None, description="Only this kind, e.g. usage."),
     instance: str | None = Query(None, description="Only this instance id."),
-    since: datetime | None = Query(None),
+    since: datetime | None = Query(None, description="Only events at or after this time."),
+    until: datetime | None = Query(None, description="Only events before this time (paging)."),
     limit: int = Query(100, ge=1, le=10_000),
 ) -> list[Event]:
     site_row = None
@@ -30,7 +31,13 @@ def list_events(
         if site_row is None:
             raise NotFoundError(f"site {site!r} not found")
     rows = events.list_events(
-        session, site=site_row, kind=kind, instance_id=instance, since=since, limit=limit
+        session,
+        site=site_row,
+        kind=kind,
+        instance_id=instance,
+        since=since,
+        until=until,
+        limit=limit,
     )
     names = fleet.site_names(session, {r[0] for r in rows if r[0] is not None})
     return [

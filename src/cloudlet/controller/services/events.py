@@ -17,6 +17,7 @@ def list_events(
     kind: str | None = None,
     instance_id: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 100,
 ) -> list[tuple[str, int, str, str | None, datetime, dict[str, object]]]:
     """Newest last: (site_id, seq, kind, instance_id, at, data); controller events have seq 0."""
@@ -37,6 +38,8 @@ def list_events(
             query = query.where(model.kind == kind)
         if since is not None:
             query = query.where(model.at >= since)
+        if until is not None:
+            query = query.where(model.at < until)
         if instance_id is not None:
             col = Event.instance_id if model is Event else ControllerEvent.data["instance"]
             query = query.where(
