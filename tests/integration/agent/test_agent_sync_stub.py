@@ -41,6 +41,7 @@ def settings(data_dir: Path, url: str, join_token: str | None = TOKEN) -> AgentS
         reconcile_interval_s=0.2,
         usage_interval_s=0.2,
         backoff_max_s=0.2,
+        local_port=0,
     )
 
 

@@ -172,6 +172,7 @@ def test_a_whole_agent_prestages_serves_and_starts_offline_from_its_cache(
         report_interval_s=0.2,
         reconcile_interval_s=0.2,
         backoff_max_s=0.2,
+        local_port=0,
         announce=False,
         vm_answer_timeout_s=90,
     )
