@@ -307,7 +307,7 @@ def test_failed_creates_leave_nothing(
         with pytest.raises(DriverError):
             driver.create(spec)
     assert driver.list() == []
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [".lock"]
 
 
 def test_a_start_that_fails_says_why_and_leaves_no_qemu(
