@@ -29,7 +29,7 @@ def test_importing_the_cli_imports_no_server_stack() -> None:
     assert _imported_after("import cloudlet.cli.main") == set()
 
 
-@pytest.mark.parametrize("group", ["site", "instance", "event", "app"])
+@pytest.mark.parametrize("group", ["site", "instance", "event", "app", "image", "overlay"])
 def test_list_commands_import_no_server_stack(group: str) -> None:
     code = (
         "from cloudlet.cli.main import app\n"
