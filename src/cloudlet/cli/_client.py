@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 from cloudlet.errors import AuthError, CloudletError, ConfigError, ControllerUnreachableError
 
 if TYPE_CHECKING:
-    from cloudlet.settings import Settings
+    from cloudlet.cli._config import ClientConfig
 
 #: "Use the client's default timeout" (None means no timeout at all).
 _DEFAULT: Any = object()
@@ -34,10 +34,10 @@ class ApiError(CloudletError):
         self.type = type_
 
 
-def resolve_token(settings: Settings) -> str:
-    if settings.token:
-        return settings.token
-    path = Path(os.environ.get("CLOUDLET_TOKEN_FILE", settings.controller.data_dir / "admin.token"))
+def resolve_token(config: ClientConfig) -> str:
+    if config.token:
+        return config.token
+    path = Path(os.environ.get("CLOUDLET_TOKEN_FILE", config.data_dir / "admin.token"))
     try:
         return path.read_text().strip()
     except OSError as exc:
@@ -48,8 +48,8 @@ def resolve_token(settings: Settings) -> str:
 
 
 class Client:
-    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
-        url = settings.controller_url or f"http://127.0.0.1:{settings.controller.port}"
+    def __init__(self, config: ClientConfig, timeout: float = 30.0) -> None:
+        url = config.controller_url or f"http://127.0.0.1:{config.controller_port}"
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"controller URL must start with http:// or https://: {url}")
         self.url = url.rstrip("/")
@@ -59,7 +59,7 @@ class Client:
         self._https = parts.scheme == "https"
         self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path
         self._timeout = timeout
-        self._token = resolve_token(settings)
+        self._token = resolve_token(config)
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._https:

@@ -39,8 +39,15 @@ class CliContext:
     def client(self) -> Client:
         if self._client is None:
             from cloudlet.cli._client import Client
+            from cloudlet.cli._config import ClientConfig, fast_client_config
 
-            self._client = Client(self.settings())
+            config = fast_client_config(self.config_file, self.url, self.token)
+            if config is None:
+                s = self.settings()
+                config = ClientConfig(
+                    s.controller_url, s.token, s.controller.port, s.controller.data_dir
+                )
+            self._client = Client(config)
         return self._client
 
 
