@@ -55,6 +55,13 @@ class AgentSettings(BaseModel):
         description="While the controller is unreachable, how often (jittered 0.5-1.5x) to "
         "probe its /healthz, so that a returning controller is found at once.",
     )
+    reconnect_spread_s: float = Field(
+        1.0,
+        ge=0,
+        description="Once a probe finds the controller back, retry after a random delay up "
+        "to this: a fleet's reconnections spread over it (size it as sites / syncs per "
+        "second the controller sustains).",
+    )
     local_host: str = Field("127.0.0.1", description="Site-local API address.")
     local_port: int = Field(
         DEFAULT_LOCAL_PORT,

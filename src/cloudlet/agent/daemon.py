@@ -178,6 +178,7 @@ class Agent:
                     report_interval_s=s.report_interval_s,
                     backoff_max_s=s.backoff_max_s,
                     probe_interval_s=s.probe_interval_s,
+                    reconnect_spread_s=s.reconnect_spread_s,
                     cache=self.cache,
                     on_desired=self.stager.wake.set,
                 )

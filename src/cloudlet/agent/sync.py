@@ -6,7 +6,8 @@ the last acknowledged report.
 Pull and report are separate loops, each with its own bounded, jittered backoff, so
 a slow long-poll never delays a heartbeat. While the controller is unreachable a
 third loop probes its ``/healthz`` every ``probe_interval_s`` (jittered), and when a
-probe that failed starts answering it wakes both loops after a short random spread:
+probe that failed starts answering it wakes both loops after a random spread of up to
+``reconnect_spread_s``:
 a restarted controller is found within a couple of seconds, whatever the backoff
 had grown to, and a fleet comes back spread out rather than in one burst.
 Network failures and 5xx answers only back off; a 401 means the site was
@@ -52,8 +53,6 @@ REPORT_BATCH = 500
 IDLE_REPOLL_S = 2.0
 #: Shortest time between two reports when state changes hurry them.
 REPORT_MIN_GAP_S = 0.5
-#: Longest random delay between a probe finding the controller back and the retry.
-RECONNECT_SPREAD_S = 0.5
 
 
 @dataclass
@@ -81,6 +80,7 @@ class Syncer:
         report_interval_s: float,
         backoff_max_s: float,
         probe_interval_s: float = 1.0,
+        reconnect_spread_s: float = 1.0,
         cache: ArtifactCache | None = None,
         on_desired: Callable[[], None] | None = None,
     ) -> None:
@@ -92,6 +92,7 @@ class Syncer:
         self.report_interval_s = report_interval_s
         self.backoff_max_s = backoff_max_s
         self.probe_interval_s = probe_interval_s
+        self.reconnect_spread_s = reconnect_spread_s
         self.status = SyncStatus()
         self.pull_wake = asyncio.Event()
         self.report_wake = asyncio.Event()
@@ -214,7 +215,7 @@ class Syncer:
             if armed:
                 armed = False
                 log.info("the controller answers again; resuming sync")
-                await sleep_or(stop, random.uniform(0, RECONNECT_SPREAD_S))
+                await sleep_or(stop, random.uniform(0, self.reconnect_spread_s))
                 self.pull_wake.set()
                 self.report_wake.set()
 

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.store import Store
-from cloudlet.agent.sync import RECONNECT_SPREAD_S, Syncer
+from cloudlet.agent.sync import Syncer
 from cloudlet.compute import FakeDriver
+
+SPREAD = 0.5
 
 
 class ProbedClient:
@@ -42,6 +44,7 @@ def test_a_fleet_finds_the_controller_back_once_each_and_spread_out(
             report_interval_s=1,
             backoff_max_s=30,
             probe_interval_s=1.0,
+            reconnect_spread_s=SPREAD,
         )
         s.status.reachable = False  # as after a failed pull and report
         return s
@@ -77,8 +80,8 @@ def test_a_fleet_finds_the_controller_back_once_each_and_spread_out(
     delays = [w[0] - back for w in woken.values() if w]
     assert len(delays) == sites, "every site found the controller"
     assert all(len(w) == 1 for w in woken.values()), "woken once per return, not per probe"
-    # Probes every 0.5-1.5 s, then up to RECONNECT_SPREAD_S: found within ~2 s...
-    assert max(delays) < 1.5 + RECONNECT_SPREAD_S + 0.5
+    # Probes every 0.5-1.5 s, then up to SPREAD: found within ~2 s...
+    assert max(delays) < 1.5 + SPREAD + 0.5
     # ...and spread over most of that window rather than all at once.
     assert max(delays) - min(delays) > 1.0
     # A site that reaches the controller does not probe at all (the probe counts
