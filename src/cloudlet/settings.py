@@ -18,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloudlet.errors import ConfigError
 
+#: The site-local API's port unless configured: the same at every agent start.
+DEFAULT_LOCAL_PORT = 7480
+
 
 class ControllerSettings(BaseModel):
     data_dir: Path = Field(Path("./cloudlet-data"), description="Database, admin token, keys.")
@@ -57,8 +60,27 @@ class AgentSettings(BaseModel):
     reconcile_interval_s: float = Field(5.0, gt=0, description="Periodic reconcile interval.")
     usage_interval_s: float = Field(60.0, gt=0, description="Usage record period per instance.")
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
+    probe_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="While the controller is unreachable, how often (jittered 0.5-1.5x) to "
+        "probe its /healthz, so that a returning controller is found at once.",
+    )
+    reconnect_spread_s: float = Field(
+        1.0,
+        ge=0,
+        description="Once a probe finds the controller back, retry after a random delay up "
+        "to this: a fleet's reconnections spread over it (size it as sites / syncs per "
+        "second the controller sustains).",
+    )
     local_host: str = Field("127.0.0.1", description="Site-local API address.")
-    local_port: int = Field(0, ge=0, lt=65536, description="Site-local API port (0: any).")
+    local_port: int = Field(
+        DEFAULT_LOCAL_PORT,
+        ge=0,
+        lt=65536,
+        description="Site-local API port: fixed, since clients and DNS-SD records point at it "
+        "(0: any free port, written to data_dir/local-api.port).",
+    )
     local_token: str | None = Field(
         None,
         min_length=16,

@@ -13,6 +13,7 @@ PUBLIC = {
         "DEFAULT_PROJECT", "ActualInstance", "ActualState", "AgentReport", "App", "AppCreate",
         "Availability", "Component", "ComponentKind", "DesiredInstance", "DesiredState",
         "DesiredStateDoc", "EnrollRequest", "EnrollResponse", "Event", "EventKind", "Instance",
+        "InstanceAction",
         "InstanceCreate", "InstanceOrigin", "JoinToken", "JoinTokenCreate", "OutboxEvent",
         "Problem", "RejectedEvent", "ReportAck", "Resources", "Site", "SiteCreate", "SiteCreated",
         "SiteState",

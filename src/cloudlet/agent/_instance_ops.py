@@ -187,6 +187,57 @@ class InstanceOps:
             return
         self._move(row, ActualState.STOPPED, applied_revision=want.revision)
 
+    async def _restart_for(self, want: DesiredEntry, row: ActualRow) -> ActualRow:
+        """Apply a restart the controller asked for (a new ``restarts`` generation):
+        stop what runs, so the caller starts it afresh; remembered, so it happens once."""
+        if row.state in (ACTIVE - {ActualState.PENDING}) or row.state is ActualState.SUSPENDED:
+            row = self._move(row, ActualState.STOPPING, reason="restart requested")
+            try:
+                await self._stop_workloads(row.id, want.instance.components)
+            except DriverError as exc:
+                log.warning("stopping %s for a restart failed: %s", row.id, exc)
+        return actual.set_restarts(self.store, row, want.instance.restarts)
+
+    async def _ensure_suspended(self, want: DesiredEntry, row: ActualRow | None) -> None:
+        """Suspend every VM workload (its RAM and device state stay at the site).
+
+        An instance with a process component cannot be suspended (the controller and
+        the local API refuse to ask): it fails with the reason rather than lose state.
+        """
+        inst = want.instance
+        if row is None or row.state is ActualState.DELETED:
+            if row is not None:
+                actual.forget(self.store, [row.id])
+            self._track(inst, want.origin, ActualState.STOPPED)  # nothing ran: nothing to keep
+            return
+        if row.state in (ActualState.SUSPENDED, ActualState.STOPPED):
+            actual.set_applied(self.store, row, want.revision)
+            return
+        if row.state is ActualState.FAILED and row.applied_revision >= want.revision:
+            return
+        procs = [c.name for c in inst.components if c.kind is not ComponentKind.VM]
+        if procs:
+            reason = f"cannot suspend process component(s) {', '.join(procs)}; stop instead"
+            self._move(row, ActualState.FAILED, reason=reason, applied_revision=want.revision)
+            return
+        row = self._move(row, ActualState.SUSPENDING)
+        try:
+            for comp in inst.components:
+                driver = self._drv(comp)
+                wid = workload_id(inst.id, comp.name)
+                s = await asyncio.to_thread(driver.status, wid)
+                if s.state is WorkloadState.RUNNING:
+                    await asyncio.to_thread(driver.suspend, wid)
+        except DriverError as exc:
+            self._move(
+                row,
+                ActualState.FAILED,
+                reason=f"suspend failed: {exc}",
+                applied_revision=want.revision,
+            )
+            return
+        self._move(row, ActualState.SUSPENDED, applied_revision=want.revision)
+
     async def _ensure_deleted(
         self, instance_id: str, comps: list[Component], row: ActualRow | None
     ) -> None:

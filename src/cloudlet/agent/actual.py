@@ -38,6 +38,7 @@ class ActualRow:
     usage_since: float | None = None
     updated_at: float = 0.0
     spec_digest: str | None = None
+    restarts: int = 0
 
     def to_wire(self) -> ActualInstance:
         return ActualInstance(
@@ -50,6 +51,11 @@ class ActualRow:
             endpoint=self.endpoint,
             reason=self.reason,
             timings=self.timings,
+            usage_since=(
+                datetime.fromtimestamp(self.usage_since, UTC)
+                if self.usage_since is not None
+                else None
+            ),
             updated_at=datetime.fromtimestamp(self.updated_at, UTC),
         )
 
@@ -71,6 +77,7 @@ def _from_row(row: sqlite3.Row) -> ActualRow:
         usage_since=row["usage_since"],
         updated_at=row["updated_at"],
         spec_digest=row["spec_digest"],
+        restarts=row["restarts"],
     )
 
 
@@ -215,6 +222,13 @@ def set_spec_digest(store: Store, row: ActualRow, digest: str) -> ActualRow:
     with store.transaction() as conn:
         conn.execute("UPDATE actual SET spec_digest = ? WHERE id = ?", (digest, row.id))
     return replace(row, spec_digest=digest)
+
+
+def set_restarts(store: Store, row: ActualRow, restarts: int) -> ActualRow:
+    """Remember the restart generation the instance's workloads were last restarted for."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE actual SET restarts = ? WHERE id = ?", (restarts, row.id))
+    return replace(row, restarts=restarts)
 
 
 def set_applied(store: Store, row: ActualRow, revision: int) -> ActualRow:

@@ -97,6 +97,14 @@ class ControllerClient:
             raise SyncError(message)
         return response
 
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Whether the controller answers its health check now (no credential sent)."""
+        try:
+            response = await self._http.get("/healthz", timeout=timeout)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     async def enroll(self, request: EnrollRequest) -> EnrollResponse:
         """Trade a one-time join token for the site's credential.
 

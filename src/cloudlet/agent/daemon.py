@@ -2,7 +2,8 @@
 
 Start order follows the offline-autonomy rule: record AGENT_STARTED, reconcile from
 the local store alone (adopting or restarting workloads), serve the local API (and
-announce it by DNS-SD), and only then enroll (first start), sync and pre-stage
+announce it by DNS-SD under the site's name, once enrollment has told it: never under
+a stand-in name clients would cache), and only then enroll (first start), sync and pre-stage
 images. Stop order: stop the loops, stop the instances (unless ``keep_workloads``),
 record usage, send a last report within a couple of seconds if the controller
 answers, withdraw the announcement, close the drivers.
@@ -18,7 +19,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import threading
 from datetime import UTC, datetime
 from typing import Any
@@ -110,8 +110,12 @@ class Agent:
             log.warning("VMs of an earlier run cannot be managed: %s", exc)
 
     async def _announce(self) -> None:
+        """Announce the local API under the site's name; nothing before it is known."""
         assert self.local_api is not None
-        name = self.store.get_meta(SITE_NAME) or f"cloudlet-{socket.gethostname()}"
+        name = self.store.get_meta(SITE_NAME)
+        if name is None:
+            log.info("not announcing by DNS-SD before enrollment gives the site its name")
+            return
         info = service_info(
             name,
             self.local_api.port,
@@ -173,6 +177,8 @@ class Agent:
                     poll_wait_s=s.poll_wait_s,
                     report_interval_s=s.report_interval_s,
                     backoff_max_s=s.backoff_max_s,
+                    probe_interval_s=s.probe_interval_s,
+                    reconnect_spread_s=s.reconnect_spread_s,
                     cache=self.cache,
                     on_desired=self.stager.wake.set,
                 )
@@ -190,7 +196,8 @@ class Agent:
                     self.store,
                     self.health,
                     self.reconciler.wake,
-                    resolve_token(s.local_host, s.local_token, s.data_dir),
+                    self.reconciler.restart,
+                    token=resolve_token(s.local_host, s.local_token, s.data_dir),
                 ),
                 s.local_host,
                 s.local_port,
@@ -250,6 +257,7 @@ class Agent:
         async with asyncio.TaskGroup() as group:
             group.create_task(syncer.pull_loop(stop))
             group.create_task(syncer.report_loop(stop))
+            group.create_task(syncer.probe_loop(stop))
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:

@@ -24,6 +24,7 @@ from cloudlet.agent import outbox
 from cloudlet.agent.store import CURSOR, Store, get_meta, set_meta
 from cloudlet.errors import ConflictError, NotFoundError, SyncError
 from cloudlet.schemas import (
+    ComponentKind,
     DesiredInstance,
     DesiredState,
     DesiredStateDoc,
@@ -193,6 +194,45 @@ def add_site_instance(store: Store, app: str, name: str | None = None) -> Desire
             },
         )
     return inst
+
+
+def set_local_state(store: Store, instance_id: str, state: DesiredState) -> DesiredInstance:
+    """Stop, start, suspend or resume an instance on a local request (works offline).
+
+    A site-origin instance is the site's own. A controller-origin one takes the
+    request as a local override at the same revision: the controller's next change
+    to that instance (or a snapshot) wins over it.
+
+    Raises:
+        NotFoundError: no such live instance at this site.
+        ConflictError: suspend of an instance with a process component, or of a
+            stopped one; resume of a stopped one.
+    """
+    with store.transaction() as conn:
+        row = conn.execute(
+            "SELECT origin, doc FROM desired WHERE id = ?", (instance_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(f"no instance {instance_id!r} at this site")
+        inst = DesiredInstance.model_validate_json(row["doc"])
+        current = inst.desired_state
+        if current is DesiredState.DELETED:
+            raise NotFoundError(f"no instance {instance_id!r} at this site")
+        if state is DesiredState.SUSPENDED:
+            procs = [c.name for c in inst.components if c.kind is not ComponentKind.VM]
+            if procs:
+                raise ConflictError(
+                    f"instance {inst.name!r} cannot be suspended: its component(s) "
+                    f"{', '.join(procs)} run as processes, and only VM components keep "
+                    "their memory and device state; stop it instead"
+                )
+            if current is DesiredState.STOPPED:
+                raise ConflictError(f"instance {inst.name!r} is stopped: start it first")
+        if current is state:
+            return inst
+        changed = inst.model_copy(update={"desired_state": state})
+        _upsert(conn, changed, changed.model_dump_json(), InstanceOrigin(row["origin"]))
+    return changed
 
 
 def remove_site_instance(store: Store, instance_id: str) -> None:

@@ -4,10 +4,13 @@
 find their service with the controller unreachable); ``POST /v1/local/instances``
 ``{"app": ...}`` starts an app the site holds a definition of (origin ``site``);
 ``DELETE /v1/local/instances/{id}`` removes such a site-origin instance;
+``POST /v1/local/instances/{id}/{stop|start|suspend|resume|restart}`` changes any
+instance at the site (a controller-origin one as a local override, see
+:func:`cloudlet.agent.desired.set_local_state`), with the controller unreachable too;
 ``GET /v1/local/cache`` lists the artifacts the site holds (complete or being fetched).
 
 Bound to loopback it needs no credential. Bound to anything else (to serve clients
-on the site's network), starting and stopping instances needs
+on the site's network), starting, stopping or changing instances needs
 ``Authorization: Bearer <site-local token>``: the configured ``local_token``, or one
 made at first start in ``data_dir/local-api.token``. Reads stay open, so that
 clients can find their service. (Client tokens the controller signs replace this
@@ -28,7 +31,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +50,7 @@ from cloudlet.schemas import (
     ActualState,
     CachedImage,
     DesiredState,
+    InstanceAction,
     InstanceOrigin,
 )
 from cloudlet.schemas.common import PROBLEM_MEDIA_TYPE, Name, bearer_secret, problem_body
@@ -122,6 +126,7 @@ def create_app(
     store: Store,
     health: Callable[[], dict[str, Any]],
     on_desired_change: Callable[[], None] = lambda: None,
+    restart: Callable[[str], Awaitable[None]] | None = None,
     token: str | None = None,
 ) -> FastAPI:
     """The local API over the agent's store.
@@ -130,7 +135,9 @@ def create_app(
         health: builds the /healthz body.
         on_desired_change: called (in the event loop) after a local client changed
             desired state.
-        token: the bearer token starting and stopping instances needs (None: none).
+        restart: restarts an instance's workloads now (the reconciler's); without it
+            restart answers 409.
+        token: the bearer token changing instances needs (None: none).
     """
     app = FastAPI(title="Cloudlet site agent", docs_url=None, redoc_url=None)
     app.add_exception_handler(CloudletError, _problem)
@@ -142,7 +149,7 @@ def create_app(
             return
         given = bearer_secret(request.headers.get("authorization"))
         if given is None:
-            raise AuthError("starting and stopping instances here needs the site-local token")
+            raise AuthError("changing instances here needs the site-local token")
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise AuthError("wrong site-local token")
 
@@ -194,6 +201,30 @@ def create_app(
             state=ActualState.PENDING,
             updated_at=datetime.now(UTC),
         )
+
+    @app.post(
+        "/v1/local/instances/{instance_id}/{action}",
+        status_code=202,
+        response_model=ActualInstance,
+        dependencies=writer,
+    )
+    async def act(instance_id: str, action: InstanceAction) -> ActualInstance:
+        if action is InstanceAction.RESTART:
+            if restart is None:
+                raise ConflictError("this site cannot restart instances")
+            await restart(instance_id)
+        else:
+            state = {
+                InstanceAction.STOP: DesiredState.STOPPED,
+                InstanceAction.SUSPEND: DesiredState.SUSPENDED,
+            }.get(action, DesiredState.RUNNING)
+            if action is InstanceAction.RESUME:
+                entry = desired.entries(store).get(instance_id)
+                if entry is not None and entry.state is DesiredState.STOPPED:
+                    raise ConflictError(f"instance {instance_id!r} is stopped: start it instead")
+            desired.set_local_state(store, instance_id, state)
+            on_desired_change()
+        return get_instance(instance_id)
 
     @app.delete("/v1/local/instances/{instance_id}", status_code=202, dependencies=writer)
     async def delete_instance(instance_id: str) -> Response:

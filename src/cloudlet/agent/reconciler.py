@@ -41,7 +41,13 @@ from cloudlet.agent.store import ALIVE_AT, Store
 from cloudlet.agent.vm import Opened, VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
 from cloudlet.compute.ports import free_port
-from cloudlet.errors import CloudletError, ControllerUnreachableError, DriverError
+from cloudlet.errors import (
+    CloudletError,
+    ConflictError,
+    ControllerUnreachableError,
+    DriverError,
+    NotFoundError,
+)
 from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
 
 log = logging.getLogger(__name__)
@@ -137,6 +143,8 @@ class Reconciler(InstanceOps):
             await self._ensure_running(want, row)
         elif want.state is DesiredState.STOPPED:
             await self._ensure_stopped(want, row)
+        elif want.state is DesiredState.SUSPENDED:
+            await self._ensure_suspended(want, row)
         else:
             await self._ensure_deleted(want.id, want.instance.components, row)
             if row is None:
@@ -150,6 +158,8 @@ class Reconciler(InstanceOps):
             row = self._track(inst, want.origin, ActualState.PENDING)
         if row.state is ActualState.FAILED and row.applied_revision >= want.revision:
             return  # stays failed until the desired entry changes
+        if inst.restarts != row.restarts:
+            row = await self._restart_for(want, row)
         has_vm = any(c.kind is ComponentKind.VM for c in inst.components)
         if has_vm:
             try:
@@ -365,6 +375,25 @@ class Reconciler(InstanceOps):
                     f"within {self.answer_timeout_s:g}s"
                 )
         return waited
+
+    async def restart(self, instance_id: str, reason: str = "restart asked at the site") -> None:
+        """Stop an instance's workloads now; the pass this wakes starts them again.
+
+        Raises:
+            NotFoundError: the site runs no such instance.
+            ConflictError: it is not meant to run (stopped, suspended or deleted).
+        """
+        async with self._lock:
+            want = desired.entries(self.store).get(instance_id)
+            row = actual.get(self.store, instance_id)
+            if want is None or row is None or row.state is ActualState.DELETED:
+                raise NotFoundError(f"no instance {instance_id!r} at this site")
+            if want.state is not DesiredState.RUNNING:
+                raise ConflictError(f"instance {instance_id!r} is {want.state}: start it instead")
+            await self._still_starting(instance_id, None)  # ends a start under way
+            row = self._move(row, ActualState.STOPPING, reason=reason)
+            await self._stop_workloads(instance_id, want.instance.components)
+        self.wake()
 
     # -- agent stop ------------------------------------------------------------------
 

@@ -79,6 +79,11 @@ _MIGRATIONS: list[str] = [
         digest TEXT PRIMARY KEY
     );
     """,
+    # v4: the restart generation (DesiredInstance.restarts) last applied, so that
+    # each restart the controller asks for restarts the workloads once.
+    """
+    ALTER TABLE actual ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

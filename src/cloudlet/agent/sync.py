@@ -4,9 +4,15 @@ A report carries the instances and the artifact cache only when they changed sin
 the last acknowledged report.
 
 Pull and report are separate loops, each with its own bounded, jittered backoff, so
-a slow long-poll never delays a heartbeat. Network failures and 5xx answers only
-back off; a 401 means the site was decommissioned or its credential revoked, and
-both loops stop while the agent keeps running its local workloads.
+a slow long-poll never delays a heartbeat. While the controller is unreachable a
+third loop probes its ``/healthz`` every ``probe_interval_s`` (jittered), and when a
+probe that failed starts answering it wakes both loops after a random spread of up to
+``reconnect_spread_s``:
+a restarted controller is found within a couple of seconds, whatever the backoff
+had grown to, and a fleet comes back spread out rather than in one burst.
+Network failures and 5xx answers only back off; a 401 means the site was
+decommissioned or its credential revoked, and both loops stop while the agent keeps
+running its local workloads.
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ class Syncer:
         poll_wait_s: float,
         report_interval_s: float,
         backoff_max_s: float,
+        probe_interval_s: float = 1.0,
+        reconnect_spread_s: float = 1.0,
         cache: ArtifactCache | None = None,
         on_desired: Callable[[], None] | None = None,
     ) -> None:
@@ -83,6 +91,8 @@ class Syncer:
         self.poll_wait_s = poll_wait_s
         self.report_interval_s = report_interval_s
         self.backoff_max_s = backoff_max_s
+        self.probe_interval_s = probe_interval_s
+        self.reconnect_spread_s = reconnect_spread_s
         self.status = SyncStatus()
         self.pull_wake = asyncio.Event()
         self.report_wake = asyncio.Event()
@@ -185,6 +195,29 @@ class Syncer:
     async def report_loop(self, stop: asyncio.Event) -> None:
         """Report every ``report_interval_s`` (jittered) until stopped or revoked."""
         await self._guarded("report", self._report_loop, stop)
+
+    async def probe_loop(self, stop: asyncio.Event) -> None:
+        """While unreachable, probe the controller; wake the loops when it is back."""
+        await self._guarded("probe", self._probe_loop, stop)
+
+    async def _probe_loop(self, stop: asyncio.Event) -> None:
+        # Armed until a probe succeeds; re-armed by a failed one. So the loops are
+        # woken once per return, not once a probe while /healthz answers and the
+        # API itself still fails (their own backoff rules then).
+        armed = True
+        while not stop.is_set():
+            await sleep_or(stop, self.probe_interval_s * random.uniform(0.5, 1.5))
+            if stop.is_set() or self.status.reachable is not False or self.status.revoked:
+                continue
+            if not await self.client.probe():
+                armed = True
+                continue
+            if armed:
+                armed = False
+                log.info("the controller answers again; resuming sync")
+                await sleep_or(stop, random.uniform(0, self.reconnect_spread_s))
+                self.pull_wake.set()
+                self.report_wake.set()
 
     async def _pull_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)

@@ -2,7 +2,10 @@
 
 Each running instance carries ``usage_since``, the start of the interval not yet
 recorded. Recording an interval appends its event and moves ``usage_since`` in
-the same transaction, so every second is counted once whatever fails when.
+the same transaction, so every second is counted once whatever fails when. It
+also counts as a change of the actual state, so that the report carrying the
+usage records carries the instances' new ``usage_since`` too (the open interval
+the controller shows).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from datetime import UTC, datetime
 
 from cloudlet.agent import outbox
 from cloudlet.agent._wait import sleep_or
-from cloudlet.agent.store import Store
+from cloudlet.agent.store import ACTUAL_VERSION, Store, get_meta, set_meta
 from cloudlet.schemas import ActualState, EventKind
 
 log = logging.getLogger(__name__)
@@ -63,6 +66,8 @@ def flush(store: Store, now: float | None = None) -> int:
             append_interval(conn, row["id"], row["app"], row["project"], row["usage_since"], end)
             conn.execute("UPDATE actual SET usage_since = ? WHERE id = ?", (end, row["id"]))
             count += 1
+        if count:
+            set_meta(conn, ACTUAL_VERSION, int(get_meta(conn, ACTUAL_VERSION) or 0) + 1)
     return count
 
 

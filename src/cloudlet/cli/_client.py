@@ -1,15 +1,28 @@
-"""The CLI's HTTP client for the controller API: problem+json becomes ApiError."""
+"""The CLI's HTTP client for the controller API: problem+json becomes ApiError.
+
+Built on the standard library's ``http.client`` rather than httpx: a command makes a
+handful of requests, and importing httpx (with its CA bundle) cost every command
+more than its requests took. One connection per request keeps a stale keep-alive
+from ever turning a POST into a retry question.
+"""
 
 from __future__ import annotations
 
+import http.client
+import json as jsonlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode, urlsplit
 
 from cloudlet.errors import AuthError, CloudletError, ConfigError, ControllerUnreachableError
-from cloudlet.settings import Settings
+
+if TYPE_CHECKING:
+    from cloudlet.cli._config import ClientConfig
+
+#: "Use the client's default timeout" (None means no timeout at all).
+_DEFAULT: Any = object()
 
 
 class ApiError(CloudletError):
@@ -21,10 +34,10 @@ class ApiError(CloudletError):
         self.type = type_
 
 
-def resolve_token(settings: Settings) -> str:
-    if settings.token:
-        return settings.token
-    path = Path(os.environ.get("CLOUDLET_TOKEN_FILE", settings.controller.data_dir / "admin.token"))
+def resolve_token(config: ClientConfig) -> str:
+    if config.token:
+        return config.token
+    path = Path(os.environ.get("CLOUDLET_TOKEN_FILE", config.data_dir / "admin.token"))
     try:
         return path.read_text().strip()
     except OSError as exc:
@@ -35,35 +48,88 @@ def resolve_token(settings: Settings) -> str:
 
 
 class Client:
-    def __init__(self, settings: Settings, timeout: float = 30.0) -> None:
-        url = settings.controller_url or f"http://127.0.0.1:{settings.controller.port}"
+    def __init__(self, config: ClientConfig, timeout: float = 30.0) -> None:
+        url = config.controller_url or f"http://127.0.0.1:{config.controller_port}"
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"controller URL must start with http:// or https://: {url}")
         self.url = url.rstrip("/")
-        self._token = resolve_token(settings)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        parts = urlsplit(self.url)
+        if not parts.hostname:
+            raise ConfigError(f"controller URL has no host: {url}")
+        self._https = parts.scheme == "https"
+        self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path
+        self._timeout = timeout
+        self._token = resolve_token(config)
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self._token}"}
+    def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self._https:
+            import ssl
+
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Any:
+        """Send one request; the answer's JSON (None for an empty answer).
+
+        Raises:
+            ControllerUnreachableError: no connection, or it broke.
+            ApiError: the controller answered an error (its problem detail).
+        """
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        body: bytes | Iterable[bytes] | None = content
+        if json is not None:
+            body = jsonlib.dumps(json).encode()
+            headers["Content-Type"] = "application/json"
+        elif content is not None:
+            headers["Content-Type"] = "application/octet-stream"
+        target = self._prefix + path
+        query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        if query:
+            target += ("&" if "?" in target else "?") + urlencode(query)
+        conn = self._connection(self._timeout if timeout is _DEFAULT else timeout)
         try:
-            response = self._http.request(method, path, headers=headers, **kwargs)
-        except httpx.HTTPError as exc:
+            # An iterable body goes chunked (http.client adds Transfer-Encoding).
+            conn.request(method, target, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as exc:
             raise ControllerUnreachableError(
-                f"cannot reach the controller at {self.url}: {exc}"
+                f"cannot reach the controller at {self.url}: {exc or type(exc).__name__}"
             ) from exc
-        if response.status_code >= 400:
+        finally:
+            conn.close()
+        if response.status >= 400:
             try:
-                body = response.json()
+                problem = jsonlib.loads(data)
             except ValueError:
-                body = {"detail": response.text[:200] or response.reason_phrase}
-            detail = body.get("detail") or body.get("title") or response.reason_phrase
-            raise ApiError(response.status_code, body.get("type", ""), detail)
-        if response.status_code == 204 or not response.content:
+                problem = {}
+            if not isinstance(problem, dict):
+                problem = {}
+            text = data.decode(errors="replace")[:200]
+            detail = problem.get("detail") or problem.get("title") or text or response.reason
+            raise ApiError(response.status, problem.get("type", ""), str(detail))
+        if response.status == 204 or not data:
             return None
-        return response.json()
+        try:
+            return jsonlib.loads(data)
+        except ValueError as exc:
+            raise ControllerUnreachableError(
+                f"the controller at {self.url} answered something that is not JSON"
+            ) from exc
 
     def get(self, path: str, **params: Any) -> Any:
-        return self.request("GET", path, params={k: v for k, v in params.items() if v is not None})
+        return self.request("GET", path, params=params)
 
     def post(self, path: str, body: Any = None) -> Any:
         return self.request("POST", path, json=body if body is not None else {})
@@ -74,3 +140,9 @@ class Client:
     def put_bytes(self, path: str, content: Any, params: dict[str, Any] | None = None) -> Any:
         """PUT raw bytes: a bytes object, or an iterator of them (sent chunked)."""
         return self.request("PUT", path, content=content, params=params)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

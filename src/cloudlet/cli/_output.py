@@ -1,4 +1,10 @@
-"""Printing for the CLI: Rich tables for people, --json for scripts."""
+"""Printing for the CLI: Rich tables on a terminal, full plain columns otherwise, and
+--output json|yaml|name for scripts.
+
+Nothing a user may copy (an id, a token, an endpoint, a command) is ever cut: on a
+terminal long cells fold onto the next line, and without one the columns are as
+wide as their widest cell, whatever the width, as kubectl prints them.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +12,18 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.table import Table
+
+from cloudlet.cli._context import OutputFormat
+
+# soft_wrap: a long line (a command to copy) is never broken at the console width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 Column = tuple[str, Callable[[dict[str, Any]], object]]
 
@@ -30,39 +32,96 @@ def emit_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
+def emit_yaml(data: Any) -> None:
+    import yaml
+
+    # Through JSON first, so timestamps and enums print as the JSON output has them.
+    print(yaml.safe_dump(json.loads(json.dumps(data, default=str)), sort_keys=True), end="")
+
+
 def table(
     rows: Sequence[dict[str, Any]], columns: Sequence[Column], title: str | None = None
 ) -> Table:
+    """A Rich table whose cells fold instead of being cut."""
+    from rich.table import Table
+
     out = Table(title=title, header_style="bold", expand=False)
     for name, _ in columns:
-        out.add_column(name)
+        out.add_column(name, overflow="fold")
     for row in rows:
         out.add_row(*(_cell(get(row)) for _, get in columns))
     return out
 
 
+def plain_table(rows: Sequence[dict[str, Any]], columns: Sequence[Column]) -> str:
+    """Columns padded to their widest cell, separated by three spaces, never cut."""
+    cells = [[name for name, _ in columns]]
+    cells += [[_cell(get(row)) for _, get in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = [
+        "   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in cells
+    ]
+    return "\n".join(lines)
+
+
+def _name(row: dict[str, Any]) -> str:
+    return str(row.get("name") or row.get("id") or row.get("digest") or "")
+
+
 def show(
     rows: Sequence[dict[str, Any]],
     columns: Sequence[Column],
-    as_json: bool,
+    fmt: OutputFormat | bool,
     title: str | None = None,
+    *,
+    wide: Sequence[Column] = (),
+    name: Callable[[dict[str, Any]], str] = _name,
 ) -> None:
-    if as_json:
+    """Print ``rows`` as ``fmt`` says (True: json, False: table); ``wide`` adds columns."""
+    fmt = _fmt(fmt)
+    if fmt is OutputFormat.JSON:
         emit_json(list(rows))
+    elif fmt is OutputFormat.YAML:
+        emit_yaml(list(rows))
+    elif fmt is OutputFormat.NAME:
+        for row in rows:
+            print(name(row))
     else:
-        console.print(table(rows, columns, title))
+        cols = [*columns, *wide] if fmt is OutputFormat.WIDE else list(columns)
+        if console.is_terminal:
+            console.print(table(rows, cols, title))
+        else:
+            print(plain_table(rows, cols))
 
 
-def show_one(item: dict[str, Any], as_json: bool) -> None:
-    if as_json:
+def show_one(item: dict[str, Any], fmt: OutputFormat | bool) -> None:
+    """Print one item: key/value lines, or json, yaml or its name."""
+    fmt = _fmt(fmt)
+    if fmt is OutputFormat.JSON:
         emit_json(item)
-        return
-    out = Table(show_header=False, box=None)
-    out.add_column(style="bold")
-    out.add_column()
-    for key, value in item.items():
-        out.add_row(key, _cell(value))
-    console.print(out)
+    elif fmt is OutputFormat.YAML:
+        emit_yaml(item)
+    elif fmt is OutputFormat.NAME:
+        print(_name(item))
+    elif console.is_terminal:
+        from rich.table import Table
+
+        out = Table(show_header=False, box=None)
+        out.add_column(style="bold", no_wrap=True)
+        out.add_column(overflow="fold")
+        for key, value in item.items():
+            out.add_row(key, _cell(value))
+        console.print(out)
+    else:
+        width = max((len(k) for k in item), default=0)
+        for key, value in item.items():
+            print(f"{key + ':':<{width + 1}} {_cell(value)}")
+
+
+def _fmt(fmt: OutputFormat | bool) -> OutputFormat:
+    if isinstance(fmt, OutputFormat):
+        return fmt
+    return OutputFormat.JSON if fmt else OutputFormat.TABLE
 
 
 def _cell(value: object) -> str:
@@ -107,6 +166,16 @@ def progress_bars(quiet: bool) -> Iterator[Callable[[str, int, int], None] | Non
     if quiet or not err_console.is_terminal:
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     bars = Progress(
         TextColumn("{task.description:>18}"),
         BarColumn(),

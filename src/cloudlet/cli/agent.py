@@ -18,17 +18,23 @@ def run(
     ctx: typer.Context,
     controller: str | None = typer.Option(None, help="Controller base URL."),
     join: str | None = typer.Option(None, "--join", help="One-time join token (first start)."),
-    data_dir: Path | None = typer.Option(None, help="Local state [./cloudlet-agent]."),
-    driver: str | None = typer.Option(None, help="Compute driver: process, fake [process]."),
-    local_port: int | None = typer.Option(None, help="Site-local API port, 0 for any."),
+    data_dir: Path | None = typer.Option(None, help="Local state (default ./cloudlet-agent)."),
+    driver: str | None = typer.Option(
+        None, help="Compute driver: process, fake (default process)."
+    ),
+    local_port: int | None = typer.Option(
+        None, help="Site-local API port (default 7480; 0: any free one)."
+    ),
     local_host: str | None = typer.Option(
-        None, help="Site-local API address [127.0.0.1]; beyond loopback it needs a token."
+        None, help="Site-local API address (default 127.0.0.1); beyond loopback it needs a token."
     ),
     keep_workloads: bool | None = typer.Option(
         None, "--keep-workloads/--stop-workloads", help="Leave workloads running on exit."
     ),
-    report_interval: float | None = typer.Option(None, help="Seconds between reports [10]."),
-    log_level: str | None = typer.Option(None, help="debug, info, warning [info]."),
+    report_interval: float | None = typer.Option(
+        None, help="Seconds between reports (default 10)."
+    ),
+    log_level: str | None = typer.Option(None, help="debug, info, warning (default info)."),
 ) -> None:
     """Enroll (first start) and run the site agent until SIGTERM / Ctrl-C."""
     from cloudlet.agent import run_agent

@@ -10,7 +10,14 @@ from typing import Any
 import typer
 import yaml
 
-from cloudlet.cli._context import JsonOpt, ctx_of, parse_pairs
+from cloudlet.cli._context import (
+    JsonOpt,
+    OutputFormat,
+    OutputOpt,
+    ctx_of,
+    output_format,
+    parse_pairs,
+)
 from cloudlet.cli._output import console, show, show_one
 from cloudlet.errors import InvalidInputError
 
@@ -116,15 +123,22 @@ def create(
 
 
 @app.command("list")
-def list_(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def list_(
+    ctx: typer.Context, as_json: bool = JsonOpt, output: OutputFormat | None = OutputOpt
+) -> None:
     """Every app."""
-    show(ctx_of(ctx).client().get("/v1/apps"), APP_COLUMNS, as_json)
+    show(ctx_of(ctx).client().get("/v1/apps"), APP_COLUMNS, output_format(output, as_json))
 
 
 @app.command("show")
-def show_(ctx: typer.Context, name: str, as_json: bool = JsonOpt) -> None:
+def show_(
+    ctx: typer.Context,
+    name: str,
+    as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
+) -> None:
     """One app in detail."""
-    show_one(ctx_of(ctx).client().get(f"/v1/apps/{name}"), as_json)
+    show_one(ctx_of(ctx).client().get(f"/v1/apps/{name}"), output_format(output, as_json))
 
 
 @app.command("delete")

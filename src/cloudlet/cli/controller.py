@@ -24,15 +24,19 @@ app.add_typer(controller_tokens.app, name="token")
 @app.command("serve")
 def serve(
     ctx: typer.Context,
-    host: str | None = typer.Option(None, help="Address to listen on [127.0.0.1]."),
-    port: int | None = typer.Option(None, help="Port to listen on, 0 for any [8080]."),
-    data_dir: Path | None = typer.Option(None, help="Database, admin token [./cloudlet-data]."),
-    database_url: str | None = typer.Option(None, help="SQLAlchemy URL [SQLite in data dir]."),
+    host: str | None = typer.Option(None, help="Address to listen on (default 127.0.0.1)."),
+    port: int | None = typer.Option(None, help="Port to listen on, 0 for any (default 8080)."),
+    data_dir: Path | None = typer.Option(
+        None, help="Database, admin token (default ./cloudlet-data)."
+    ),
+    database_url: str | None = typer.Option(
+        None, help="SQLAlchemy URL (default SQLite in data dir)."
+    ),
     offline_grace: float | None = typer.Option(
-        None, help="Seconds of silence before offline [30]."
+        None, help="Seconds of silence before offline (default 30)."
     ),
     port_file: Path | None = typer.Option(None, help="Write the bound port here once listening."),
-    log_level: str | None = typer.Option(None, help="debug, info, warning [info]."),
+    log_level: str | None = typer.Option(None, help="debug, info, warning (default info)."),
     workers: int = typer.Option(
         1, min=1, help="Processes serving the one port (each a replica of the controller)."
     ),

@@ -23,7 +23,7 @@ def demo(
         None,
         "--duration",
         min=10,
-        help="About how long the story runs, in seconds [45]; then exit (non-interactive).",
+        help="About how long the story runs, in seconds (default 45); then exit (non-interactive).",
     ),
     keep_dir: bool = typer.Option(
         False, "--keep-dir", help="Keep the working directory (logs, databases) afterwards."

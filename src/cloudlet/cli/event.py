@@ -1,11 +1,18 @@
-"""`cloudlet event list`: what sites reported and the controller observed."""
+"""`cloudlet event list`: what sites reported and the controller observed, paged or followed."""
 
 from __future__ import annotations
 
+import json
+import re
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
 import typer
 
-from cloudlet.cli._context import JsonOpt, ctx_of
-from cloudlet.cli._output import show
+from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
+from cloudlet.cli._output import err_console, plain_table, show
+from cloudlet.errors import InvalidInputError
 
 app = typer.Typer(help="Events from sites and the controller.", no_args_is_help=True)
 
@@ -14,22 +21,116 @@ EVENT_COLUMNS = [
     ("SITE", lambda e: e["site"]),
     ("SEQ", lambda e: e["seq"] or "-"),
     ("KIND", lambda e: e["kind"]),
-    ("INSTANCE", lambda e: (e["instance"] or "-")[:8]),
+    ("INSTANCE", lambda e: e["instance"] or "-"),
     ("DATA", lambda e: ", ".join(f"{k}={v}" for k, v in e["data"].items() if k != "timings")),
 ]
+#: The API's largest page.
+MAX_LIMIT = 10_000
+_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(value: str | None, flag: str) -> str | None:
+    """An ISO time, or a duration before now (``30s``, ``10m``, ``2h``, ``1d``), as ISO."""
+    if value is None:
+        return None
+    if m := _RELATIVE.match(value.strip()):
+        ago = timedelta(seconds=float(m[1]) * _UNIT[m[2]])
+        return (datetime.now(UTC) - ago).isoformat()
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise InvalidInputError(
+            f"{flag} must be an ISO time or a duration like 30s, 10m, 2h, got {value!r}"
+        ) from exc
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).isoformat()
+
+
+def _key(e: dict[str, Any]) -> tuple[object, ...]:
+    return (e["site"], e["seq"], e["kind"], e["at"], e["instance"])
 
 
 @app.command("list")
 def list_(
     ctx: typer.Context,
     site: str | None = typer.Option(None, help="Only this site."),
-    kind: str | None = typer.Option(None, help="Only this kind (usage, instance.state, ...)."),
+    kind: str | None = typer.Option(
+        None,
+        help="Only this kind: instance.state, instance.created, usage, alarm, agent.started, "
+        "site.*. Usage is written every 60 s (usage_interval_s) and when an instance stops, "
+        "so right after a start there is none yet: `instance show` has the open interval.",
+    ),
     instance: str | None = typer.Option(None, help="Only this instance id."),
-    limit: int = typer.Option(50, help="At most this many, newest."),
+    since: str | None = typer.Option(
+        None, help="Only from this time on: ISO (2026-12-02T10:00:00Z) or a duration (10m)."
+    ),
+    before: str | None = typer.Option(
+        None,
+        help="Only before this time (ISO or duration): the page before the oldest shown.",
+    ),
+    limit: int = typer.Option(
+        50, min=1, max=MAX_LIMIT, help="At most this many, the newest; says if it left some out."
+    ),
+    follow: bool = typer.Option(
+        False, "--follow", "-f", help="Then print new events as they arrive, until Ctrl-C."
+    ),
+    interval: float = typer.Option(1.0, min=0.1, help="Seconds between two polls with --follow."),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """Recent events, oldest first."""
-    rows = (
-        ctx_of(ctx).client().get("/v1/events", site=site, kind=kind, instance=instance, limit=limit)
+    """Recent events, oldest first; --follow streams new ones (one JSON per line with --json)."""
+    c = ctx_of(ctx).client()
+    fmt = output_format(output, as_json)
+    query = {"site": site, "kind": kind, "instance": instance}
+    since_iso, before_iso = parse_time(since, "--since"), parse_time(before, "--before")
+    ask = min(limit + 1, MAX_LIMIT)  # one more than shown tells whether some were left out
+    rows: list[dict[str, Any]] = c.get(
+        "/v1/events", **query, since=since_iso, until=before_iso, limit=ask
     )
-    show(rows, EVENT_COLUMNS, as_json)
+    dropped = len(rows) > limit
+    rows = rows[-limit:]
+    if follow and fmt in (OutputFormat.JSON, OutputFormat.YAML):
+        for e in rows:
+            print(json.dumps(e, sort_keys=True, default=str), flush=True)
+    else:
+        show(rows, EVENT_COLUMNS, fmt, name=lambda e: f"{e['site']}/{e['seq']}")
+    if dropped:
+        err_console.print(
+            f"[yellow]note:[/] showing the newest {limit}; older events were left out "
+            f"(--limit, or --before {rows[0]['at']} for the page before)",
+            highlight=False,
+        )
+    if follow:
+        _follow(c, query, rows, since_iso, fmt, interval)
+
+
+def _follow(
+    c: Any,
+    query: dict[str, Any],
+    shown: list[dict[str, Any]],
+    since: str | None,
+    fmt: OutputFormat,
+    interval: float,
+) -> None:
+    """Poll for events at or after the newest shown, printing each once."""
+    last = shown[-1]["at"] if shown else (since or datetime.now(UTC).isoformat())
+    seen = {_key(e) for e in shown if e["at"] == last}
+    while True:
+        time.sleep(interval)
+        rows = c.get("/v1/events", **query, since=last, limit=MAX_LIMIT)
+        fresh = [e for e in rows if _key(e) not in seen]
+        if not fresh:
+            continue
+        if fmt in (OutputFormat.JSON, OutputFormat.YAML):
+            for e in fresh:
+                print(json.dumps(e, sort_keys=True, default=str), flush=True)
+        elif fmt is OutputFormat.NAME:
+            for e in fresh:
+                print(f"{e['site']}/{e['seq']}", flush=True)
+        else:
+            lines = plain_table(fresh, EVENT_COLUMNS).splitlines()[1:]  # no second header
+            print("\n".join(lines), flush=True)
+        newest = max(e["at"] for e in fresh)
+        if newest != last:
+            last, seen = newest, set()
+        seen |= {_key(e) for e in rows if e["at"] == last}

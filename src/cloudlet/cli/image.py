@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cloudlet.cli._client import Client
-from cloudlet.cli._context import JsonOpt, ctx_of
+from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
 from cloudlet.cli._output import (
     ago,
     emit_json,
@@ -22,8 +21,6 @@ from cloudlet.cli._output import (
     show_one,
 )
 from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, file_digest, upload_file
-from cloudlet.synthesis import build_index
-from cloudlet.synthesis.index import index_path
 
 app = typer.Typer(help="Base images.", no_args_is_help=True)
 
@@ -35,6 +32,9 @@ def index(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Hash a base image and cache its chunk index beside it (used by overlay create)."""
+    from cloudlet.synthesis import build_index
+    from cloudlet.synthesis.index import index_path
+
     with progress_bars(quiet) as progress:
         size = base.stat().st_size if base.is_file() else 0
         idx = build_index(base, (lambda n: progress("index", n, size)) if progress else None)
@@ -124,13 +124,15 @@ def list_(
         None, "--site", "-s", help="What this site should hold and holds, instead."
     ),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
     """Base images in the catalog, or a site's pre-staged images and cache (--site)."""
     client = ctx_of(ctx).client()
+    fmt = output_format(output, as_json)
     if site is not None:
-        show(client.get(f"/v1/sites/{site}/images"), SITE_IMAGE_COLUMNS, as_json)
+        show(client.get(f"/v1/sites/{site}/images"), SITE_IMAGE_COLUMNS, fmt)
         return
-    show(client.get("/v1/images", project=project), IMAGE_COLUMNS, as_json)
+    show(client.get("/v1/images", project=project), IMAGE_COLUMNS, fmt)
 
 
 @app.command("show")
@@ -138,9 +140,10 @@ def show_(
     ctx: typer.Context,
     image: str = typer.Argument(..., help="Digest, name or digest prefix."),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
     """One base image."""
-    show_one(ctx_of(ctx).client().get(f"/v1/images/{image}"), as_json)
+    show_one(ctx_of(ctx).client().get(f"/v1/images/{image}"), output_format(output, as_json))
 
 
 @app.command("prestage")
@@ -175,6 +178,14 @@ def _follow(client: Client, site: str, entry: dict[str, Any], timeout: float) ->
     """Poll the site's images until the agent reports this one complete."""
     digest, deadline = entry["digest"], time.monotonic() + timeout
     failure, warned = None, False
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TransferSpeedColumn,
+    )
+
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cloudlet.cli._context import JsonOpt, ctx_of
+from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
 from cloudlet.cli._output import ago, console, show, show_one
 from cloudlet.errors import CloudletError, InvalidInputError
 
@@ -23,6 +23,20 @@ INSTANCE_COLUMNS = [
     ("ORIGIN", lambda i: i["origin"]),
     ("UPDATED", lambda i: ago(i["updated_at"])),
 ]
+WIDE_COLUMNS = [
+    ("ID", lambda i: i["id"]),
+    ("PROJECT", lambda i: i["project"]),
+    ("RESTARTS", lambda i: i.get("restarts", 0)),
+    ("REASON", lambda i: i["reason"]),
+]
+#: The actual state each action ends in, for --wait.
+_TARGET = {
+    "stop": "stopped",
+    "start": "running",
+    "suspend": "suspended",
+    "resume": "running",
+    "restart": "running",
+}
 
 
 def _near(value: str | None) -> tuple[float | None, float | None]:
@@ -44,30 +58,56 @@ def create(
     near: str | None = typer.Option(None, help="Client location LAT,LON for placement."),
     wait: float = typer.Option(0, help="Seconds to wait until it runs (0: do not wait)."),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """Start an instance of an app."""
+    """Start an instance of an app; say where placement put it and why."""
     c = ctx_of(ctx).client()
     lat, lon = _near(near)
     body = {"app": app_name, "site": site, "name": name}
     if lat is not None:
         body |= {"client_latitude": lat, "client_longitude": lon}
     created: dict[str, Any] = c.post("/v1/instances", body)
+    placement = created.get("placement")
     if wait > 0:
-        created = _wait_running(c, created["id"], wait)
-    if as_json:
-        show_one(created, True)
+        created = _wait_state(c, created["id"], "running", wait) | {"placement": placement}
+    fmt = output_format(output, as_json)
+    if fmt is not OutputFormat.TABLE:
+        show_one(created, fmt)
         return
     console.print(
         f"instance [bold]{created['name']}[/] at site [bold]{created['site']}[/]: "
         f"{created['actual_state']}" + (f" at {created['endpoint']}" if created["endpoint"] else "")
     )
+    print(explain(placement, created["site"]))
 
 
-def _wait_running(c: Any, ref: str, timeout: float) -> dict[str, Any]:
+def explain(placement: dict[str, Any] | None, site: str, top: int = 3) -> str:
+    """One line on why placement chose ``site``: the best scores, and how many sites
+    each filter rejected (--json has every weigher's share)."""
+    if placement is None:
+        return f"placement: site {site} was named (--site)"
+    ranked = placement["ranked"]
+    scores = ", ".join(f"{r['name']} {r['score']:.3f}" for r in ranked[:top])
+    more = f" (+{len(ranked) - top} more)" if len(ranked) > top else ""
+    line = f"placement: chose {site} of {len(ranked)} fitting site(s); scores {scores}{more}"
+    rejected: dict[str, int] = {}
+    for r in placement["rejected"]:
+        rejected[r["filter"]] = rejected.get(r["filter"], 0) + 1
+    if rejected:
+        counts = ", ".join(f"{n} by {f}" for f, n in sorted(rejected.items()))
+        line += f"; rejected {len(placement['rejected'])}: {counts}"
+    return line
+
+
+def _wait_state(
+    c: Any, ref: str, target: str, timeout: float, after: str | None = None
+) -> dict[str, Any]:
+    """Poll until the instance is ``target``; with ``after`` (an ISO time), until the
+    site reported reaching ``target`` after it (a restart passes through other states)."""
     deadline = time.monotonic() + timeout
     while True:
         item: dict[str, Any] = c.get(f"/v1/instances/{ref}")
-        if item["actual_state"] == "running":
+        if item["actual_state"] == target and (after is None or _reached(c, item, target, after)):
             return item
         if item["actual_state"] == "failed":
             raise CloudletError(f"instance {item['name']} failed: {item['reason']}")
@@ -75,7 +115,14 @@ def _wait_running(c: Any, ref: str, timeout: float) -> dict[str, Any]:
             raise CloudletError(
                 f"instance {item['name']} still {item['actual_state']} after {timeout:g}s"
             )
-        time.sleep(0.5)
+        time.sleep(0.25)
+
+
+def _reached(c: Any, item: dict[str, Any], target: str, after: str) -> bool:
+    events = c.get(
+        "/v1/events", instance=item["id"], kind="instance.state", since=after, limit=1000
+    )
+    return any(e["data"].get("state") == target for e in events)
 
 
 @app.command("list")
@@ -83,17 +130,77 @@ def list_(
     ctx: typer.Context,
     site: str | None = typer.Option(None, help="Only this site's instances."),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
     """Every instance with its desired and actual state."""
-    show(ctx_of(ctx).client().get("/v1/instances", site=site), INSTANCE_COLUMNS, as_json)
+    rows = ctx_of(ctx).client().get("/v1/instances", site=site)
+    show(rows, INSTANCE_COLUMNS, output_format(output, as_json), wide=WIDE_COLUMNS)
 
 
 @app.command("show")
 def show_(
-    ctx: typer.Context, ref: str = typer.Argument(..., metavar="NAME|ID"), as_json: bool = JsonOpt
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME|ID"),
+    as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """One instance in detail."""
-    show_one(ctx_of(ctx).client().get(f"/v1/instances/{ref}"), as_json)
+    """One instance in detail, with its open usage interval.
+
+    The site records usage every 60 s (usage_interval_s) and when the instance
+    stops; usage_since is where the interval not recorded yet began.
+    """
+    item: dict[str, Any] = ctx_of(ctx).client().get(f"/v1/instances/{ref}")
+    fmt = output_format(output, as_json)
+    if fmt in (OutputFormat.TABLE, OutputFormat.WIDE):
+        since = item.get("usage_since")
+        item["usage_since"] = (
+            f"{since} (open for {ago(since).removesuffix(' ago')}; recorded every 60 s "
+            "and when it stops)"
+            if since
+            else "- (not running: no usage accrues)"
+        )
+    show_one(item, fmt)
+
+
+def _action(name: str, doc: str) -> None:
+    def command(
+        ctx: typer.Context,
+        ref: str = typer.Argument(..., metavar="NAME|ID"),
+        wait: float = typer.Option(
+            0, help=f"Seconds to wait until it is {_TARGET[name]} (0: do not wait)."
+        ),
+        as_json: bool = JsonOpt,
+        output: OutputFormat | None = OutputOpt,
+    ) -> None:
+        c = ctx_of(ctx).client()
+        item: dict[str, Any] = c.post(f"/v1/instances/{ref}/{name}")
+        if wait > 0:
+            after = item["updated_at"] if name == "restart" else None
+            item = _wait_state(c, item["id"], _TARGET[name], wait, after)
+        fmt = output_format(output, as_json)
+        if fmt is not OutputFormat.TABLE:
+            show_one(item, fmt)
+        elif wait > 0:
+            console.print(f"instance [bold]{item['name']}[/] is {item['actual_state']}")
+        else:
+            console.print(
+                f"instance [bold]{item['name']}[/]: {name} asked of site {item['site']} "
+                f"(now {item['actual_state']}; --wait to wait for {_TARGET[name]})"
+            )
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_action("stop", "Stop an instance; it keeps its site and definition (no usage while stopped).")
+_action("start", "Start a stopped or suspended instance again.")
+_action(
+    "suspend",
+    "Suspend a VM instance: its RAM and device state stay at the site, resume is fast "
+    "(no usage while suspended). Process instances refuse it.",
+)
+_action("resume", "Resume a suspended instance where it left off.")
+_action("restart", "Restart an instance's workloads (a reboot for VMs).")
 
 
 @app.command("delete")

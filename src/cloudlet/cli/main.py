@@ -1,40 +1,82 @@
-"""The `cloudlet` command: one Typer app with a sub-command group per noun."""
+"""The `cloudlet` command: one Typer app with a sub-command group per noun.
+
+Each group's module is imported only when that group runs (or its own help is
+asked for): the server stack, numpy and the agent stay out of `cloudlet --help`
+and of a list command's start-up. The root help lists the groups from the table
+below without importing them.
+"""
 
 from __future__ import annotations
 
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from cloudlet.cli._context import CliContext
-from cloudlet.cli._output import err_console
 from cloudlet.errors import CloudletError
+
+# group name -> (module under cloudlet.cli exposing `app`, one-line help for the root help).
+GROUPS: dict[str, tuple[str, str]] = {
+    "controller": ("controller", "The central controller."),
+    "agent": ("agent", "The site agent."),
+    "site": ("site", "Edge sites."),
+    "app": ("app", "Applications in the catalog."),
+    "instance": ("instance", "App instances running at sites."),
+    "event": ("event", "Events from sites and the controller."),
+    "overlay": ("overlay", "Create, inspect, verify and apply VM overlays."),
+    "image": ("image", "Base images."),
+    "demo": ("demo", "Run the demo: three sites, two apps, a link cut and the catch-up."),
+}
+
+
+_COMPLETION = {"install_completion", "show_completion"}
+
+
+class LazyGroup(TyperGroup):
+    """A root group whose sub-groups are built from their modules on first use."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self._listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *GROUPS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in GROUPS:
+            return super().get_command(ctx, cmd_name)
+        module, summary = GROUPS[cmd_name]
+        if self._listing:  # the root help needs only the name and the summary
+            return click.Command(cmd_name, help=summary)
+        if cmd_name not in self.commands:
+            sub = importlib.import_module(f"cloudlet.cli.{module}").app
+            command = typer.main.get_group(sub)
+            command.name = cmd_name
+            # Built on its own, a group gets the root's completion options: drop them.
+            command.params = [p for p in command.params if p.name not in _COMPLETION]
+            self.commands[cmd_name] = command
+        return self.commands[cmd_name]
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
 
 app = typer.Typer(
     name="cloudlet",
+    cls=LazyGroup,
     help="Cloudlet: run applications at the edge of the network.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-# (module under cloudlet.cli, group name); each module exposes `app`.
-_GROUPS: list[tuple[str, str]] = [
-    ("controller", "controller"),
-    ("agent", "agent"),
-    ("site", "site"),
-    ("app", "app"),
-    ("instance", "instance"),
-    ("event", "event"),
-    ("overlay", "overlay"),
-    ("image", "image"),
-    ("demo", "demo"),
-]
-
-for _module, _name in _GROUPS:
-    _sub = importlib.import_module(f"cloudlet.cli.{_module}")
-    app.add_typer(_sub.app, name=_name)
 
 
 @app.callback()
@@ -43,8 +85,8 @@ def root(
     config: Path | None = typer.Option(
         None, "--config", envvar="CLOUDLET_CONFIG", help="TOML settings file."
     ),
-    url: str | None = typer.Option(None, "--url", help="Controller URL [env CLOUDLET_URL]."),
-    token: str | None = typer.Option(None, "--token", help="API token [env CLOUDLET_TOKEN]."),
+    url: str | None = typer.Option(None, "--url", help="Controller URL (env CLOUDLET_URL)."),
+    token: str | None = typer.Option(None, "--token", help="API token (env CLOUDLET_TOKEN)."),
 ) -> None:
     ctx.obj = CliContext(config_file=config, url=url, token=token)
 
@@ -54,6 +96,8 @@ def main() -> None:
     try:
         app()
     except CloudletError as exc:
+        from cloudlet.cli._output import err_console
+
         err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from cloudlet.cli._context import JsonOpt, ctx_of
+from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
 from cloudlet.cli._output import (
     ago,
     emit_json,
@@ -18,15 +18,9 @@ from cloudlet.cli._output import (
     show_one,
 )
 from cloudlet.cli._upload import DEFAULT_CHUNK, as_bar, upload_file
-from cloudlet.synthesis import (
-    DEFAULT_LEVEL,
-    apply_overlay,
-    create_overlay,
-    overlay_info,
-    read_manifest,
-    verify_overlay,
-)
-from cloudlet.synthesis.format import CHUNK_SIZE
+
+# cloudlet.synthesis (numpy and all) is imported by the commands that use it, so that
+# `overlay list` starts as fast as any list command.
 
 app = typer.Typer(help="Create, inspect, verify and apply VM overlays.", no_args_is_help=True)
 
@@ -44,12 +38,12 @@ def create(
         help="QEMU device state saved with --memory (a suspended VM's vmstate): the "
         "overlay then resumes the VM instead of booting it.",
     ),
-    level: int = typer.Option(
-        DEFAULT_LEVEL,
+    level: int | None = typer.Option(
+        None,
         "--level",
         min=1,
         max=19,
-        help="Compression level 1..19 (zstd levels; 19 is the smallest and slowest).",
+        help="Compression level 1..19 (zstd levels; 19 is the smallest and slowest; default 3).",
     ),
     threads: int | None = typer.Option(None, "--threads", help="Compression threads."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
@@ -57,6 +51,8 @@ def create(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Write the overlay that turns BASE (+ memory base) into MODIFIED (+ memory)."""
+    from cloudlet.synthesis import DEFAULT_LEVEL, create_overlay
+
     with progress_bars(quiet) as progress:
         s = create_overlay(
             base,
@@ -65,7 +61,7 @@ def create(
             memory_base=memory_base,
             memory=memory,
             device_state=device_state,
-            level=level,
+            level=DEFAULT_LEVEL if level is None else level,
             threads=threads,
             force=force,
             progress=progress,
@@ -151,6 +147,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """Sizes, chunk counts per kind, compression ratio and base digest."""
+    from cloudlet.synthesis import overlay_info
+
     show_one(overlay_info(overlay), as_json)
 
 
@@ -160,6 +158,8 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the overlay info as JSON."),
 ) -> None:
     """Check every digest of an overlay (header, manifest root, segments)."""
+    from cloudlet.synthesis import verify_overlay
+
     data = verify_overlay(overlay)
     if as_json:
         emit_json(data)
@@ -183,6 +183,8 @@ def apply(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Rebuild the modified image(s) from BASE and OVERLAY (checked before writing)."""
+    from cloudlet.synthesis import apply_overlay
+
     with progress_bars(quiet) as progress:
         s = apply_overlay(
             base,
@@ -205,6 +207,8 @@ def _chunkprogress_bars(
 ) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
+    from cloudlet.synthesis.format import CHUNK_SIZE
+
     last = [0]
 
     def update(done: int, total: int) -> None:
@@ -239,6 +243,8 @@ def upload(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
 ) -> None:
     """Upload an overlay (its base image first) in resumable chunks."""
+    from cloudlet.synthesis import read_manifest
+
     root = read_manifest(file).root_digest.hex()
     with progress_bars(quiet) as progress:
         overlay, resumed = upload_file(
@@ -267,6 +273,8 @@ def list_(
     ctx: typer.Context,
     project: str | None = typer.Option(None, "--project", help="Only this project."),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
     """Overlays in the catalog."""
-    show(ctx_of(ctx).client().get("/v1/overlays", project=project), OVERLAY_COLUMNS, as_json)
+    rows = ctx_of(ctx).client().get("/v1/overlays", project=project)
+    show(rows, OVERLAY_COLUMNS, output_format(output, as_json))

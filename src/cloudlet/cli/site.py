@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import typer
 
-from cloudlet.cli._context import JsonOpt, ctx_of, parse_pairs
+from cloudlet.cli._context import (
+    JsonOpt,
+    OutputFormat,
+    OutputOpt,
+    confirm,
+    ctx_of,
+    output_format,
+    parse_pairs,
+)
 from cloudlet.cli._output import ago, console, emit_json, human_bytes, pct, show, show_one
+from cloudlet.errors import CloudletError
 
 app = typer.Typer(help="Edge sites.", no_args_is_help=True)
 
@@ -24,6 +34,13 @@ SITE_COLUMNS = [
     ("MEM", lambda s: pct((s.get("utilization") or {}).get("memory"))),
     ("IN/OUT", lambda s: f"{human_bytes(s['bytes_in'])}/{human_bytes(s['bytes_out'])}"),
 ]
+WIDE_COLUMNS = [
+    ("ID", lambda s: s["id"]),
+    ("REVISION", lambda s: f"{s['applied_revision']}/{s['revision']}"),
+    ("LAT,LON", lambda s: "-" if s["latitude"] is None else f"{s['latitude']},{s['longitude']}"),
+    ("AGENT", lambda s: s.get("agent_version")),
+    ("LABELS", lambda s: s["labels"]),
+]
 
 
 @app.command("add")
@@ -37,7 +54,11 @@ def add(
     token_ttl: int = typer.Option(3600, help="Join token lifetime in seconds."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Register a site and print the one-time join token for its agent."""
+    """Register a site and print the one-time join token for its agent.
+
+    With --json the answer is {"site": {...}, "join_token": {"site", "token",
+    "expires_at"}}: the token is at .join_token.token (see docs/api.md).
+    """
     c = ctx_of(ctx).client()
     body = {
         "name": name,
@@ -53,10 +74,10 @@ def add(
         return
     token = created["join_token"]
     console.print(f"site [bold]{name}[/] registered; join token (expires {token['expires_at']}):")
+    # Plain prints: the token and the command are copied, so never wrapped or styled.
     print(token["token"])
-    console.print(
-        f"start its agent with:\n  cloudlet agent run --controller {c.url} --join {token['token']}"
-    )
+    print("start its agent with:")
+    print(f"  cloudlet agent run --controller {c.url} --join {token['token']}")
 
 
 @app.command("token")
@@ -72,18 +93,27 @@ def token(
 
 
 @app.command("list")
-def list_(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+def list_(
+    ctx: typer.Context, as_json: bool = JsonOpt, output: OutputFormat | None = OutputOpt
+) -> None:
     """Every site with availability, sync status and traffic."""
-    show(ctx_of(ctx).client().get("/v1/sites"), SITE_COLUMNS, as_json)
+    rows = ctx_of(ctx).client().get("/v1/sites")
+    show(rows, SITE_COLUMNS, output_format(output, as_json), wide=WIDE_COLUMNS)
 
 
 @app.command("show")
-def show_(ctx: typer.Context, name: str, as_json: bool = JsonOpt) -> None:
+def show_(
+    ctx: typer.Context,
+    name: str,
+    as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
+) -> None:
     """One site in detail."""
     site: dict[str, Any] = ctx_of(ctx).client().get(f"/v1/sites/{name}")
-    if not as_json:
+    fmt = output_format(output, as_json)
+    if fmt in (OutputFormat.TABLE, OutputFormat.WIDE) and site["last_seen"]:
         site["last_seen"] = f"{site['last_seen']} ({ago(site['last_seen'])})"
-    show_one(site, as_json)
+    show_one(site, fmt)
 
 
 @app.command("decommission")
@@ -91,9 +121,38 @@ def decommission(
     ctx: typer.Context,
     name: str,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(
+        False, help="Revoke at once, without waiting for the agent to stop its instances."
+    ),
+    wait: float = typer.Option(
+        0, help="Seconds to wait until the site is decommissioned (0: do not wait)."
+    ),
     as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """Drain a site's instances and revoke its agent's credential."""
-    if not yes:
-        typer.confirm(f"Decommission site {name!r}? Its instances will be removed", abort=True)
-    show_one(ctx_of(ctx).client().post(f"/v1/sites/{name}/decommission"), as_json)
+    """Drain a site, then revoke its agent's credential.
+
+    The site turns draining: placement skips it and its instances are stopped
+    (moved, once handoff exists). When its agent reports them gone the
+    credential is revoked and the site is decommissioned.
+    """
+    confirm(f"Decommission site {name!r}? Its instances will be stopped", yes)
+    c = ctx_of(ctx).client()
+    site: dict[str, Any] = c.post(f"/v1/sites/{name}/decommission?force={str(force).lower()}")
+    deadline = time.monotonic() + wait
+    while site["state"] == "draining" and time.monotonic() < deadline:
+        time.sleep(0.5)
+        site = c.get(f"/v1/sites/{name}")
+    fmt = output_format(output, as_json)
+    if fmt is not OutputFormat.TABLE:
+        show_one(site, fmt)
+    elif site["state"] == "draining":
+        console.print(
+            f"site [bold]{name}[/] is draining: placement skips it and its instances are "
+            "being stopped; it is decommissioned once its agent reports them gone "
+            f"(cloudlet site show {name}; --force revokes at once)"
+        )
+    else:
+        console.print(f"site [bold]{name}[/] is decommissioned; its credential is revoked")
+    if wait > 0 and site["state"] == "draining":
+        raise CloudletError(f"site {name} still draining after {wait:g}s")

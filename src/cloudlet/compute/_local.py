@@ -6,6 +6,7 @@ adoption of what an earlier driver left running. Supervision: :mod:`._supervisor
 from __future__ import annotations
 
 import abc
+import fcntl
 import logging
 import os
 import shutil
@@ -292,3 +293,27 @@ class LocalDriver(Supervisor[W], ComputeDriver):
             self._workloads[spec.workload_id] = w
             with w.op_lock:
                 self._recover_locked(w)
+
+
+def lock_state_dir(state_dir: Path, driver: str) -> int:
+    """Create ``state_dir`` and lock it, so two drivers never supervise the same workloads.
+
+    Returns:
+        The descriptor holding the lock (``flock`` on ``state_dir/.lock``); closing it
+        releases the lock. It is not inherited by children, so a workload left running
+        never keeps the dir locked.
+
+    Raises:
+        DriverError: the dir cannot be created, or another driver holds it.
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DriverError(f"cannot use state dir {state_dir}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        raise DriverError(f"state dir {state_dir} is in use by another {driver} driver") from exc
+    return fd

@@ -1,5 +1,6 @@
 """Background loops of a controller process: liveness verdicts, waking long polls
-for changes made by other replicas, flushing traffic counters and heartbeats."""
+for changes made by other replicas, flushing traffic counters and heartbeats,
+finishing the drains of decommissioned sites."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from cloudlet.controller.db.models import Site
-from cloudlet.controller.services import sync
+from cloudlet.controller.services import decommission, sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.state import ControllerState
@@ -39,6 +40,12 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
                 record(session, f"site.{new.value}", site_id)
                 flips.append((site_id, new.value))
     return flips
+
+
+def finish_drains(st: ControllerState) -> list[str]:
+    """Revoke the credential of every draining site whose agent reported its instances gone."""
+    with st.sessions.begin() as session:
+        return decommission.finish_drains(session)
 
 
 def flush_traffic(st: ControllerState) -> None:
@@ -119,6 +126,7 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
     return [
         asyncio.create_task(_every(liveness_every, judge_liveness, st)),
         asyncio.create_task(_every(2.0, flush_traffic, st)),
+        asyncio.create_task(_every(1.0, finish_drains, st)),
         asyncio.create_task(_watch_revisions(st, 1.0)),
         asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
     ]

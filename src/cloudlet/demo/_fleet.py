@@ -49,6 +49,7 @@ class DemoAgent(LocalAgent):
         args += [
             "agent", "run", "--controller", self.controller_url, "--data-dir", str(self.data_dir),
             "--driver", self.driver, "--report-interval", "1", "--log-level", "info",
+            "--local-port", str(self.local_port),
         ]  # fmt: skip
         if self.join_token:
             args += ["--join", self.join_token]

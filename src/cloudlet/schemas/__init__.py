@@ -18,6 +18,7 @@ from cloudlet.schemas.instances import (
     ActualState,
     DesiredState,
     Instance,
+    InstanceAction,
     InstanceCreate,
     InstanceOrigin,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "EventKind",
     "Image",
     "Instance",
+    "InstanceAction",
     "InstanceCreate",
     "InstanceOrigin",
     "JoinToken",

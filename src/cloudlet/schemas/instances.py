@@ -14,6 +14,7 @@ from cloudlet.schemas.common import Latitude, Longitude, Name
 class DesiredState(enum.StrEnum):
     RUNNING = "running"
     STOPPED = "stopped"
+    SUSPENDED = "suspended"  # VMs only: RAM and device state kept at the site
     DELETED = "deleted"
 
 
@@ -25,6 +26,8 @@ class ActualState(enum.StrEnum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+    SUSPENDING = "suspending"
+    SUSPENDED = "suspended"
     FAILED = "failed"
     RELOCATING = "relocating"
     DELETED = "deleted"
@@ -33,6 +36,16 @@ class ActualState(enum.StrEnum):
 class InstanceOrigin(enum.StrEnum):
     CONTROLLER = "controller"  # asked of the controller
     SITE = "site"  # started by a local client through the site's own API
+
+
+class InstanceAction(enum.StrEnum):
+    """What an operator may ask of an existing instance (``POST .../{ref}/{action}``)."""
+
+    STOP = "stop"
+    START = "start"
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    RESTART = "restart"
 
 
 class InstanceCreate(Input):
@@ -55,5 +68,11 @@ class Instance(Model):
     endpoint: str | None
     reason: str | None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
+    restarts: int = Field(0, description="Restarts asked for so far (each one bumps it).")
+    usage_since: datetime | None = Field(
+        None,
+        description="Start of the usage interval not yet recorded: the site writes usage "
+        "records every 60 s (usage_interval_s) and when the instance stops.",
+    )
     created_at: datetime
     updated_at: datetime

@@ -49,6 +49,9 @@ class DesiredInstance(Model):
     components: list[Component]
     resources: Resources
     revision: int = Field(description="Site revision at which this entry last changed.")
+    restarts: int = Field(
+        0, ge=0, description="Bumped by each restart asked for; the site restarts once per bump."
+    )
 
 
 class DesiredStateDoc(Model):
@@ -109,6 +112,9 @@ class ActualInstance(Input):
     reason: Annotated[str | None, AfterValidator(_cut_reason)] = None
     timings: dict[Annotated[str, Field(max_length=32)], Float] = Field(
         default_factory=dict, max_length=32
+    )
+    usage_since: datetime | None = Field(
+        None, description="Start of the usage interval not yet recorded (while running)."
     )
     updated_at: datetime
 

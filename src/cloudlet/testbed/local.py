@@ -157,12 +157,15 @@ class LocalAgent:
     driver: str = "process"
     extra_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
+    #: 0: any free port (the agent writes it to data_dir/local-api.port).
+    local_port: int = 0
     proc: Proc | None = None
 
     def start(self) -> LocalAgent:
         args = _cli(
             "agent", "run", "--controller", self.controller_url, "--data-dir", str(self.data_dir),
             "--driver", self.driver, "--report-interval", "1", "--log-level", "info",
+            "--local-port", str(self.local_port),
         )  # fmt: skip
         if self.join_token:
             args += ["--join", self.join_token]

@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import pytest
 from agent_stub_controller import TOKEN, ServerThread, StubController
+from zeroconf.asyncio import AsyncZeroconf
 
 from cloudlet.agent import Store, outbox, run_agent
+from cloudlet.agent.discovery import SERVICE_TYPE
 from cloudlet.agent.local_api import PORT_FILE
 from cloudlet.agent.store import CREDENTIAL, SITE_NAME
 from cloudlet.errors import AuthError, ConfigError
@@ -41,6 +43,7 @@ def settings(data_dir: Path, url: str, join_token: str | None = TOKEN) -> AgentS
         reconcile_interval_s=0.2,
         usage_interval_s=0.2,
         backoff_max_s=0.2,
+        local_port=0,
     )
 
 
@@ -332,3 +335,53 @@ def test_local_port_in_use_is_one_config_error(tmp_path: Path) -> None:
         )
         with pytest.raises(ConfigError, match="cannot serve the site-local API"):
             asyncio.run(asyncio.wait_for(run_agent(cfg), 30))
+
+
+def test_dns_sd_announces_only_under_the_site_name(tmp_path: Path) -> None:
+    """Before enrollment the agent serves its local API but announces nothing (a
+    stand-in host name would be cached by clients); enrolled, it announces its name."""
+    stub = StubController()
+    stub.offline = True  # enrollment waits
+    api = LocalApi(tmp_path)
+    conf = settings(tmp_path, "").model_copy(update={"announce": True})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        agent = asyncio.create_task(
+            run_agent(conf.model_copy(update={"controller_url": server.url}), stop=stop)
+        )
+        await until(api.ready, "the local API port file")
+
+        async def refused_enrollment() -> bool:
+            return (await api.get("/healthz"))["controller_reachable"] is False
+
+        await until(refused_enrollment, "a refused enrollment")
+        health = await api.get("/healthz")
+        assert health["site_name"] is None and health["announced"] is False
+        stub.offline = False
+
+        async def enrolled() -> bool:
+            return (await api.get("/healthz"))["site_name"] == "edge-1"
+
+        await until(enrolled, "enrolled")
+        browser = AsyncZeroconf()
+        try:
+            found = None
+            for _ in range(50):
+                if (await api.get("/healthz"))["announced"]:
+                    found = await browser.async_get_service_info(
+                        SERVICE_TYPE, f"edge-1.{SERVICE_TYPE}", timeout=3000
+                    )
+                    break
+                await asyncio.sleep(0.1)
+            if found is None and not (await api.get("/healthz"))["announced"]:
+                pytest.skip("multicast DNS does not work in this environment")
+            assert found is not None
+            assert found.port == int((tmp_path / PORT_FILE).read_text())
+        finally:
+            await browser.async_close()
+            stop.set()
+            await agent
+
+    with ServerThread(stub.app) as server:
+        asyncio.run(main())

@@ -172,6 +172,7 @@ def test_a_whole_agent_prestages_serves_and_starts_offline_from_its_cache(
         report_interval_s=0.2,
         reconcile_interval_s=0.2,
         backoff_max_s=0.2,
+        local_port=0,
         announce=False,
         vm_answer_timeout_s=90,
     )
@@ -189,6 +190,15 @@ def test_a_whole_agent_prestages_serves_and_starts_offline_from_its_cache(
                         return i
             await asyncio.sleep(0.1)
         raise AssertionError("the VM instance never settled")
+
+    async def settled(instance_id: str, state: str) -> dict[str, object]:
+        for _ in range(1200):
+            got = (await local("GET", f"/v1/local/instances/{instance_id}")).json()
+            if got["state"] in (state, "failed"):
+                assert got["state"] == state, got["reason"]
+                return got
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the VM instance never became {state}")
 
     async def scenario() -> None:
         stop = asyncio.Event()
@@ -216,6 +226,20 @@ def test_a_whole_agent_prestages_serves_and_starts_offline_from_its_cache(
             assert second["timings"]["fetch"] < 60  # from the cache: no network wait
             async with httpx.AsyncClient(timeout=10) as c:
                 assert (await c.get(f"http://{second['endpoint']}/")).text == PAGE
+            # Suspend and resume at the site, offline: the guest's RAM (its boot-time
+            # token in tmpfs) and device state survive; a process instance could not.
+            async with httpx.AsyncClient(timeout=10) as c:
+                token = (await c.get(f"http://{second['endpoint']}/token")).text
+            base = f"/v1/local/instances/{second['id']}"
+            assert (await local("POST", f"{base}/suspend")).status_code == 202
+            suspended = await settled(second["id"], "suspended")
+            assert suspended["usage_since"] is None  # no usage while suspended
+            assert (await local("POST", f"{base}/resume")).status_code == 202
+            resumed = await running(second["id"])
+            assert resumed["state"] == "running", resumed["reason"]
+            async with httpx.AsyncClient(timeout=10) as c:
+                assert (await c.get(f"http://{resumed['endpoint']}/token")).text == token
+            log.info("resumed in %.3fs", resumed["timings"]["boot_or_resume"])
         finally:
             stop.set()
             await agent

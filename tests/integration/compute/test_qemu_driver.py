@@ -234,6 +234,22 @@ def test_a_new_driver_adopts_a_running_vm(
     assert gone(pid)
 
 
+def test_one_driver_at_a_time_holds_a_state_dir(
+    make_driver: Callable[..., QemuDriver], tmp_path: Path
+) -> None:
+    driver = make_driver(stop_timeout=1.0)
+    driver.create(idle_spec(tmp_path, "idle"))
+    pid = driver.start("idle").pid
+    # A second driver would supervise (and restart) the same QEMU: refused.
+    with pytest.raises(DriverError, match="in use by another qemu driver"):
+        QemuDriver(tmp_path / "state")
+    assert driver.status("idle").pid == pid
+    driver.close(keep_running=True)
+    after = make_driver(stop_timeout=1.0)  # the lock went with the first driver
+    assert after.status("idle").pid == pid
+    after.stop("idle")
+
+
 def test_a_suspended_vm_survives_the_agent_and_an_interrupted_suspend_is_settled(
     make_driver: Callable[..., QemuDriver], tmp_path: Path
 ) -> None:
@@ -291,7 +307,7 @@ def test_failed_creates_leave_nothing(
         with pytest.raises(DriverError):
             driver.create(spec)
     assert driver.list() == []
-    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == []
+    assert sorted(p.name for p in (tmp_path / "state").iterdir()) == [".lock"]
 
 
 def test_a_start_that_fails_says_why_and_leaves_no_qemu(

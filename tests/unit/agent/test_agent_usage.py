@@ -55,3 +55,23 @@ def test_a_stale_row_does_not_count_flushed_usage_twice(store: Store) -> None:
     usage.flush(store, now=1060.0)
     actual.transition(store, stale, ActualState.STOPPING, now=1080.0)
     assert [r["seconds"] for r in records(store)] == [60.0, 20.0]
+
+
+def test_recording_usage_moves_the_open_interval_the_report_carries(store: Store) -> None:
+    row = actual.create(
+        store,
+        instance_id="i1",
+        name="n",
+        app="web",
+        project="p",
+        origin=InstanceOrigin.CONTROLLER,
+        now=1000.0,
+    )
+    actual.transition(store, row, ActualState.RUNNING, now=1000.0)
+    version = actual.version(store)
+    assert usage.flush(store, now=1060.0) == 1
+    assert actual.version(store) == version + 1  # the next report sends the instances
+    wire = actual.get(store, "i1").to_wire()  # type: ignore[union-attr]
+    assert wire.usage_since is not None and wire.usage_since.timestamp() == 1060.0
+    assert usage.flush(store, now=1060.0) == 0
+    assert actual.version(store) == version + 1  # nothing recorded: nothing to resend

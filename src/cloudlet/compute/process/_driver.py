@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import shlex
 from pathlib import Path
 
-from cloudlet.compute._local import LocalDriver
+from cloudlet.compute._local import LocalDriver, lock_state_dir
 from cloudlet.compute._logfiles import MAX_LOG_BYTES, mark, read_tail, rotate
 from cloudlet.compute._proc import spawn
 from cloudlet.compute._proc import terminate as terminate_groups
@@ -70,7 +69,7 @@ class ProcessDriver(LocalDriver[Workload]):
             restart_backoff=restart_backoff,
             max_backoff=max_backoff,
         )
-        self._lock_fd = _lock_state_dir(self.state_dir)
+        self._lock_fd = lock_state_dir(self.state_dir, self.name)
         try:
             self._load()
         except BaseException:
@@ -183,23 +182,3 @@ class ProcessDriver(LocalDriver[Workload]):
             w.rt.state = WorkloadState.STOPPED  # not produced by this driver
         if w.rt.state is WorkloadState.RUNNING:
             self._rejoin_locked(w, self._adopt(w))
-
-
-def _lock_state_dir(state_dir: Path) -> int:
-    """Create ``state_dir`` and lock it, so two drivers never supervise the same workloads.
-
-    Returns:
-        The descriptor holding the lock; closing it releases the lock. It is not
-        inherited by children, so a workload left running never keeps the dir locked.
-    """
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise DriverError(f"cannot use state dir {state_dir}: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise DriverError(f"state dir {state_dir} is in use by another process driver") from exc
-    return fd

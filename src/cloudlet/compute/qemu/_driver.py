@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from cloudlet.compute._local import LocalDriver
+from cloudlet.compute._local import LocalDriver, lock_state_dir
 from cloudlet.compute._logfiles import read_tail
 from cloudlet.compute._proc import Child
 from cloudlet.compute._records import Runtime
@@ -127,11 +127,14 @@ class QemuDriver(LocalDriver[Vm]):
         self.kvm: KvmVerdict | None = None
         self._accel: str | None = None
         self._accel_lock = threading.Lock()
+        # One driver per state dir, as for processes: two would both supervise (and
+        # restart) the same QEMUs.
+        self._lock_fd = lock_state_dir(self.state_dir, self.name)
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise DriverError(f"cannot create state dir {self.state_dir}: {exc}") from exc
-        self._load()
+            self._load()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
         self._start_supervisor()
 
     def accelerator(self) -> str:
@@ -216,6 +219,9 @@ class QemuDriver(LocalDriver[Vm]):
                     w.rt.restarts = 0
                 self._resume_locked(w)
             return self.status(workload_id)
+
+    def _release(self) -> None:
+        os.close(self._lock_fd)
 
     def log(self, workload_id: str, tail_bytes: int = 64 * 1024) -> str:
         """The last ``tail_bytes`` of the guest's serial console (UTF-8, bad bytes replaced).

@@ -20,6 +20,7 @@ def list_events(
     kind: str | None = Query(None, description="Only this kind, e.g. usage."),
     instance: str | None = Query(None, description="Only this instance id."),
     since: IsoDatetime | None = Query(None, description="Only events at or after this time."),
+    until: IsoDatetime | None = Query(None, description="Only events before this time (paging)."),
     limit: int = Query(100, ge=1, le=10_000),
 ) -> list[Event]:
     """Events about the caller's project only, unless the caller is an admin."""
@@ -29,6 +30,7 @@ def list_events(
         kind=kind,
         instance_id=instance,
         since=since,
+        until=until,
         limit=limit,
         project=scope_project(user),
     )

@@ -10,7 +10,7 @@ from cloudlet.controller.db.models import App
 from cloudlet.controller.db.models import Instance as InstanceRow
 from cloudlet.controller.services import fleet, instances
 from cloudlet.errors import NotFoundError
-from cloudlet.schemas import DEFAULT_PROJECT, Instance, InstanceCreate
+from cloudlet.schemas import DEFAULT_PROJECT, Instance, InstanceAction, InstanceCreate
 from cloudlet.schemas._base import Model
 
 router = APIRouter(prefix="/v1/instances", tags=["instances"])
@@ -46,6 +46,8 @@ def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **ext
         endpoint=row.endpoint,
         reason=row.reason,
         timings=row.timings,
+        restarts=row.restarts,
+        usage_since=row.usage_since,
         created_at=row.created_at,
         updated_at=row.updated_at,
         **extra,
@@ -83,6 +85,22 @@ def _load(session: DB, user: User, ref: str) -> InstanceRow:
 @router.get("/{ref}", response_model=Instance)
 def show_instance(ref: str, session: DB, user: User) -> Instance:
     row = _load(session, user, ref)
+    return _view(row, _names(session, [row]))
+
+
+@router.post(
+    "/{ref}/{action}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Instance,
+    responses={409: {"description": "Not possible now; the detail says why."}},
+)
+def act_on_instance(
+    ref: str, action: InstanceAction, session: DB, user: User, st: State
+) -> Instance:
+    """Stop, start, suspend (VMs only), resume or restart an instance at its site."""
+    row = instances.act(session, _load(session, user, ref), action)
+    session.commit()
+    st.watcher.notify(row.site_id)
     return _view(row, _names(session, [row]))
 
 

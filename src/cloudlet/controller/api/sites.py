@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 
 from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin, scope_project
 from cloudlet.controller.services import fleet
@@ -54,9 +54,20 @@ def create_join_token(name: str, body: JoinTokenCreate, session: DB, user: User)
 
 
 @router.post("/{name}/decommission", response_model=Site)
-def decommission_site(name: str, session: DB, user: User, st: State) -> Site:
+def decommission_site(
+    name: str,
+    session: DB,
+    user: User,
+    st: State,
+    force: bool = Query(
+        False, description="Revoke at once, without waiting for the agent to stop instances."
+    ),
+) -> Site:
+    """Drain the site (state ``draining``), then revoke its credential once its agent
+    reports its instances gone (state ``decommissioned``); ``force`` revokes at once."""
     _admin(user)
-    site = decommission(session, load_site(session, name))
+    site = decommission(session, load_site(session, name), force=force)
     session.commit()
     st.watcher.notify(site.id)
-    return fleet.site_view(site, utcnow(), st.settings.offline_grace_s)
+    count = fleet.instance_counts(session).get(site.id, 0)
+    return fleet.site_view(site, utcnow(), st.settings.offline_grace_s, count)

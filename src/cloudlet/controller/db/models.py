@@ -139,6 +139,10 @@ class Instance(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     actual_updated_at: Mapped[datetime | None]
+    #: Restarts asked for; the agent restarts the workloads once per bump.
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Start of the usage interval the site has not recorded yet (reported).
+    usage_since: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

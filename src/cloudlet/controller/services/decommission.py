@@ -1,8 +1,22 @@
-"""Decommissioning: drain a site's instances, then revoke its credentials."""
+"""Decommissioning: drain a site's instances, then revoke its credential.
+
+``decommission`` turns an active site ``draining``: placement skips it (its state
+is unschedulable), nothing new can start there, and each live instance is moved
+away by the ``relocate`` hook when one is given (the seam for handoff) or else
+stopped and removed, with a ``instance.drained`` event saying so. The site keeps
+its credential meanwhile, so its agent can apply the removals and report them.
+``finish_drains`` (a controller background task) decommissions every draining
+site whose instances are all gone, as the agent's reports show (their tombstones
+are purged once reported deleted): only then is the credential revoked.
+
+A site that never enrolled, or a decommission with ``force``, is revoked at once.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from collections.abc import Callable
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import Instance, JoinToken, Site
@@ -11,22 +25,69 @@ from cloudlet.controller.services.fleet import record
 from cloudlet.controller.services.instances import delete_instance
 from cloudlet.schemas import DesiredState, SiteState
 
+#: Moves one instance off a draining site; True if it did (False: stop it instead).
+Relocate = Callable[[Session, Instance], bool]
 
-def decommission(session: Session, site: Site) -> Site:
-    """Drain a site: its live instances are deleted (relocation comes later) and
-    its credential revoked, so the agent stops syncing.
+STOP_NOTE = (
+    "site {site} is being decommissioned: instance stopped and removed "
+    "(relocation by handoff is not available)"
+)
 
-    Returns the site in ``decommissioned`` state.
+
+def decommission(
+    session: Session, site: Site, *, force: bool = False, relocate: Relocate | None = None
+) -> Site:
+    """Start draining ``site`` (or, when it never enrolled or ``force``, finish at once).
+
+    Returns:
+        The site, ``draining`` or ``decommissioned``. Asking again is harmless, and
+        ``force`` finishes a drain under way (its agent may never report back).
     """
+    if site.state == SiteState.DECOMMISSIONED.value:
+        return site
     live = session.scalars(
         select(Instance).where(
             Instance.site_id == site.id, Instance.desired_state != DesiredState.DELETED.value
         )
     ).all()
+    stopped = 0
     for instance in live:
+        if relocate is not None and relocate(session, instance):
+            record(session, "instance.relocated", site.id, instance=instance.id)
+            continue
         delete_instance(session, instance)
+        note = STOP_NOTE.format(site=site.name)
+        instance.reason = note
+        record(session, "instance.drained", site.id, instance=instance.id, note=note)
+        stopped += 1
+    if site.state != SiteState.DRAINING.value:
+        site.state = SiteState.DRAINING.value
+        record(session, "site.draining", site.id, instances=len(live), stopped=stopped)
+    if force or site.credential_hash is None or not _remaining(session, site.id):
+        _revoke(session, site, forced=force)
+    return site
+
+
+def _remaining(session: Session, site_id: str) -> int:
+    """Instance rows left at the site, tombstones included (the agent has not yet
+    reported those deletions)."""
+    return session.scalar(
+        select(func.count()).select_from(Instance).where(Instance.site_id == site_id)
+    )
+
+
+def _revoke(session: Session, site: Site, *, forced: bool) -> None:
     site.state = SiteState.DECOMMISSIONED.value
     site.credential_hash = None
     session.execute(update(JoinToken).where(JoinToken.site_id == site.id).values(used_at=utcnow()))
-    record(session, "site.decommissioned", site.id, instances=len(live))
-    return site
+    record(session, "site.decommissioned", site.id, forced=forced)
+
+
+def finish_drains(session: Session) -> list[str]:
+    """Decommission every draining site with no instance left; returns their ids."""
+    done = []
+    for site in session.scalars(select(Site).where(Site.state == SiteState.DRAINING.value)):
+        if not _remaining(session, site.id):
+            _revoke(session, site, forced=False)
+            done.append(site.id)
+    return done

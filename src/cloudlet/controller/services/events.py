@@ -17,6 +17,7 @@ def list_events(
     kind: str | None = None,
     instance_id: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = 100,
     project: str | None = None,
 ) -> list[tuple[str, int, str, str | None, datetime, dict[str, object]]]:
@@ -48,6 +49,8 @@ def list_events(
             else:
                 mine = select(Instance.id).where(Instance.project == project)
                 query = query.where(ControllerEvent.data["instance"].as_string().in_(mine))
+        if until is not None:
+            query = query.where(model.at < until)
         if instance_id is not None:
             col = Event.instance_id if model is Event else ControllerEvent.data["instance"]
             query = query.where(

@@ -1,4 +1,4 @@
-"""Instances: create (placing them when no site is named), list, delete.
+"""Instances: create (placing them when no site is named), list, lifecycle actions, delete.
 
 Every change to an instance's desired state bumps its site's revision and stamps
 the instance with it, which is what makes desired-state deltas possible.
@@ -16,7 +16,15 @@ from cloudlet.controller.db.models import App, Instance, Site
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.fleet import availability, get_site, record
 from cloudlet.errors import ConflictError, NotFoundError
-from cloudlet.schemas import ActualState, DesiredState, InstanceCreate, InstanceOrigin, SiteState
+from cloudlet.schemas import (
+    ActualState,
+    ComponentKind,
+    DesiredState,
+    InstanceAction,
+    InstanceCreate,
+    InstanceOrigin,
+    SiteState,
+)
 
 
 def bump_revision(session: Session, site_id: str) -> int:
@@ -149,12 +157,68 @@ def create_instance(
         reason=None,
         timings={},
         actual_updated_at=None,
+        restarts=0,
+        usage_since=None,
         created_at=now,
         updated_at=now,
     )
     session.add(instance)
     record(session, "instance.created", site.id, instance=instance.id, app=app.name)
     return instance, explanation
+
+
+def act(session: Session, instance: Instance, action: InstanceAction) -> Instance:
+    """Ask the instance's site to stop, start, suspend, resume or restart it.
+
+    The site's agent applies it from its desired state (at once if connected, else
+    when its link returns). Asking for the state it is already in changes nothing,
+    except restart, which always restarts.
+
+    Raises:
+        ConflictError: the instance is being deleted, its site is draining, suspend
+            of an instance with a process component (only VMs keep their memory and
+            device state), or resume of an instance that is not suspended.
+    """
+    name = f"instance {instance.name!r}"
+    if instance.desired_state == DesiredState.DELETED.value:
+        raise ConflictError(f"{name} is being deleted")
+    current = DesiredState(instance.desired_state)
+    if action is InstanceAction.STOP:
+        wanted = DesiredState.STOPPED
+    elif action is InstanceAction.SUSPEND:
+        app = session.get_one(App, instance.app_id)
+        procs = [
+            c["name"] for c in app.components if c.get("kind", "process") != ComponentKind.VM.value
+        ]
+        if procs:
+            raise ConflictError(
+                f"{name} cannot be suspended: its component(s) {', '.join(procs)} run as "
+                "processes, and only VM components keep their memory and device state; "
+                "stop it instead"
+            )
+        if current is DesiredState.STOPPED:
+            raise ConflictError(f"{name} is stopped: start it before suspending it")
+        wanted = DesiredState.SUSPENDED
+    elif action is InstanceAction.RESUME:
+        if current is DesiredState.STOPPED:
+            raise ConflictError(f"{name} is stopped, not suspended: start it instead")
+        wanted = DesiredState.RUNNING
+    else:
+        wanted = DesiredState.RUNNING
+    if wanted is DesiredState.RUNNING:
+        site = session.get_one(Site, instance.site_id)
+        if site.state in (SiteState.DRAINING.value, SiteState.DECOMMISSIONED.value):
+            raise ConflictError(f"{name} cannot run: site {site.name!r} is {site.state}")
+    restart = action is InstanceAction.RESTART
+    if wanted is current and not restart:
+        return instance
+    instance.desired_state = wanted.value
+    if restart:
+        instance.restarts += 1
+    instance.revision = bump_revision(session, instance.site_id)
+    instance.updated_at = utcnow()
+    record(session, f"instance.{action.value}", instance.site_id, instance=instance.id)
+    return instance
 
 
 def delete_instance(session: Session, instance: Instance) -> Instance:

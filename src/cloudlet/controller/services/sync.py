@@ -42,6 +42,7 @@ def _desired(instance: Instance, app: App) -> DesiredInstance:
         components=[Component.model_validate(c) for c in app.components],
         resources=Resources.model_validate(app.resources),
         revision=instance.revision,
+        restarts=instance.restarts,
     )
 
 
@@ -194,6 +195,7 @@ def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) 
         instance.endpoint = r.endpoint
         instance.reason = r.reason
         instance.timings = dict(r.timings)
+        instance.usage_since = r.usage_since
         instance.actual_updated_at = r.updated_at
         instance.updated_at = utcnow()
 
@@ -218,6 +220,8 @@ def _adopt_site_instance(session: Session, site: Site, r: ActualInstance) -> Non
             endpoint=r.endpoint,
             reason=r.reason,
             timings=dict(r.timings),
+            usage_since=r.usage_since,
+            restarts=0,
             actual_updated_at=r.updated_at,
             created_at=now,
             updated_at=now,
