@@ -51,4 +51,5 @@ SYSTEM_TEST=(
   "command -v qemu-system-x86_64|qemu-system-x86"
   "ls /boot/vmlinuz-*|linux-image-amd64"
   "test -x /bin/busybox|busybox-static"
+  "command -v nft|nftables"
 )

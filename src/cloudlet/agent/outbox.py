@@ -3,6 +3,18 @@
 Sequence numbers come from a counter in ``meta``, not from SQLite's rowid, so a
 number is never handed out twice even after every row up to it was deleted: the
 controller stores events once per (site, seq) and would drop a reused one.
+
+Every number handed out is also written to ``event_log``, which an ack does not
+empty (it keeps the last :data:`LOG_KEEP`): the site's own record of what it said,
+for checking that the controller holds each event exactly once.
+
+The outbox has a soft cap (:func:`compact`). Past it, nothing that bills or tells
+a lifecycle is dropped: usage intervals of one instance that follow each other are
+merged into one record (same seconds, one row), and repeated alarms with the same
+message are folded into the newest, which counts them. Lifecycle events (agent
+started, instance created, state changes) are kept one by one, so the cap only
+bounds what can be folded; the number folded is kept in ``meta`` and reported in
+an alarm.
 """
 
 from __future__ import annotations
@@ -12,8 +24,13 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudlet.agent.store import NEXT_SEQ, Store, get_meta, set_meta
+from cloudlet.agent.store import NEXT_SEQ, OUTBOX_COMPACTED, Store, get_meta, set_meta
 from cloudlet.schemas import EventKind, OutboxEvent
+
+#: Sequence numbers kept in ``event_log`` after their ack.
+LOG_KEEP = 200_000
+#: Default soft cap on the outbox, in events.
+DEFAULT_CAP = 50_000
 
 
 def append(
@@ -35,6 +52,10 @@ def append(
     conn.execute(
         "INSERT INTO outbox (seq, kind, instance, at, data) VALUES (?, ?, ?, ?, ?)",
         (seq, str(kind), instance, when, json.dumps(data or {}, sort_keys=True)),
+    )
+    conn.execute(
+        "INSERT INTO event_log (seq, kind, instance, at) VALUES (?, ?, ?, ?)",
+        (seq, str(kind), instance, when),
     )
     return seq
 
@@ -65,6 +86,7 @@ def pending(store: Store, limit: int = 500) -> list[OutboxEvent]:
 def ack(store: Store, acked_seq: int) -> int:
     """Drop every event the controller has stored (seq <= ``acked_seq``); return how many."""
     with store.transaction() as conn:
+        conn.execute("DELETE FROM event_log WHERE seq <= ?", (acked_seq - LOG_KEEP,))
         return conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,)).rowcount
 
 
@@ -84,3 +106,100 @@ def skip_past(store: Store, seq: int) -> bool:
 def depth(store: Store) -> int:
     """How many events wait for an acknowledgement."""
     return int(store.query("SELECT count(*) FROM outbox")[0][0])
+
+
+def compacted(store: Store) -> int:
+    """How many records :func:`compact` has folded into others, ever."""
+    return int(store.get_meta(OUTBOX_COMPACTED) or 0)
+
+
+def compact(store: Store, cap: int) -> int:
+    """Fold what may be folded once the outbox holds more than ``cap`` events.
+
+    Call it only while no report is in flight (the report loop does, before each
+    report): a folded record must not be one the controller is about to ack.
+
+    Returns:
+        How many records were folded into others (0 under the cap).
+    """
+    with store.transaction() as conn:
+        if int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0]) <= cap:
+            return 0
+        folded = _merge_usage(conn) + _fold_alarms(conn)
+        if folded:
+            total = int(get_meta(conn, OUTBOX_COMPACTED) or 0) + folded
+            set_meta(conn, OUTBOX_COMPACTED, total)
+            append(
+                conn,
+                EventKind.ALARM,
+                data={
+                    "severity": "warning",
+                    "message": "outbox over its cap: records folded",
+                    "cap": cap,
+                    "folded": folded,
+                    "folded_total": total,
+                },
+            )
+        return folded
+
+
+def _fold(conn: sqlite3.Connection, into: int, seqs: list[int], data: dict[str, Any]) -> None:
+    conn.execute(
+        "UPDATE outbox SET data = ? WHERE seq = ?", (json.dumps(data, sort_keys=True), into)
+    )
+    marks = ",".join("?" * len(seqs))
+    conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
+    conn.execute(f"UPDATE event_log SET merged_into = ? WHERE seq IN ({marks})", [into, *seqs])
+
+
+def _merge_usage(conn: sqlite3.Connection) -> int:
+    """Merge each run of back-to-back usage intervals of one instance into its last record."""
+    rows = conn.execute(
+        "SELECT seq, instance, data FROM outbox WHERE kind = ? ORDER BY seq",
+        (str(EventKind.USAGE),),
+    ).fetchall()
+    runs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    done: list[list[tuple[int, dict[str, Any]]]] = []
+    for row in rows:
+        data = json.loads(row["data"])
+        run = runs.get(row["instance"])
+        if run and run[-1][1].get("end") == data.get("start"):
+            run.append((row["seq"], data))
+            continue
+        if run:
+            done.append(run)
+        runs[row["instance"]] = [(row["seq"], data)]
+    folded = 0
+    for run in [*done, *runs.values()]:
+        if len(run) < 2:
+            continue
+        last_seq, last = run[-1]
+        seconds = sum(float(d["seconds"]) for _, d in run)
+        merged = {**last, "start": run[0][1]["start"], "seconds": round(seconds, 3)}
+        merged["records"] = sum(int(d.get("records", 1)) for _, d in run)
+        _fold(conn, last_seq, [seq for seq, _ in run[:-1]], merged)
+        folded += len(run) - 1
+    return folded
+
+
+def _fold_alarms(conn: sqlite3.Connection) -> int:
+    """Fold repeated alarms (same instance, same message) into the newest, which counts them."""
+    rows = conn.execute(
+        "SELECT seq, instance, data FROM outbox WHERE kind = ? ORDER BY seq",
+        (str(EventKind.ALARM),),
+    ).fetchall()
+    groups: dict[tuple[str | None, str], list[tuple[int, dict[str, Any]]]] = {}
+    for row in rows:
+        data = json.loads(row["data"])
+        groups.setdefault((row["instance"], str(data.get("message"))), []).append(
+            (row["seq"], data)
+        )
+    folded = 0
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        last_seq, last = group[-1]
+        merged = {**last, "repeats": sum(int(d.get("repeats", 1)) for _, d in group)}
+        _fold(conn, last_seq, [seq for seq, _ in group[:-1]], merged)
+        folded += len(group) - 1
+    return folded

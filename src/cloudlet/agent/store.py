@@ -79,6 +79,18 @@ _MIGRATIONS: list[str] = [
         digest TEXT PRIMARY KEY
     );
     """,
+    # v4: the site's own log of every sequence number it handed out, kept after the
+    # controller's ack, so a check can compare what the site recorded with what the
+    # controller stored; ``merged_into`` names the record a compacted one went into.
+    """
+    CREATE TABLE event_log (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        instance TEXT,
+        at TEXT NOT NULL,
+        merged_into INTEGER
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -93,6 +105,7 @@ NEXT_SEQ = "next_seq"
 ACTUAL_VERSION = "actual_version"
 ALIVE_AT = "alive_at"
 CACHE_VERSION = "cache_version"
+OUTBOX_COMPACTED = "outbox_compacted"
 
 
 class Store:

@@ -75,6 +75,7 @@ class Syncer:
         backoff_max_s: float,
         cache: ArtifactCache | None = None,
         on_desired: Callable[[], None] | None = None,
+        outbox_cap: int = outbox.DEFAULT_CAP,
     ) -> None:
         self.store = store
         self.client = client
@@ -92,6 +93,7 @@ class Syncer:
         self.cache = cache
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
+        self.outbox_cap = outbox_cap
         self._capacity: Resources | None = None
         self._acked_version: int | None = None
         self._acked_cache: int | None = None
@@ -238,6 +240,9 @@ class Syncer:
         Returns:
             The ack, and whether more events are waiting to go at once.
         """
+        # Here, between two reports, no event is in flight, so folding is safe.
+        if folded := outbox.compact(self.store, self.outbox_cap):
+            log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
         events = outbox.pending(self.store, REPORT_BATCH)
         version = actual.version(self.store)
         rows = actual.list_all(self.store)
