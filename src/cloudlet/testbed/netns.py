@@ -87,6 +87,10 @@ def add_veth(
     """A veth pair between two namespaces, each end ``(namespace or None for this one,
     device, address)``, addressed and up."""
     (ns_a, dev_a, _), (ns_b, dev_b, _) = a, b
+    # A namespace deleted by a previous run is torn down by the kernel in the
+    # background: its veth may still hold the name for a moment.
+    for ns, dev in ((ns_a, dev_a), (ns_b, dev_b)):
+        run("ip", *(["-n", ns] if ns else []), "link", "delete", dev, check=False)
     argv = ["ip", "link", "add", dev_a]
     if ns_a:
         argv += ["netns", ns_a]
@@ -120,9 +124,8 @@ def cut(ns: str, dev: str) -> None:
     """Blackhole ``dev`` in ``ns`` both ways with nftables: TCP sees silence, not a reset."""
     script = (
         f"table inet {_CUT_TABLE} {{\n"
-        f' chain in {{ type filter hook input priority -10; iifname "{dev}" drop; }}\n'
-        f' chain out {{ type filter hook output priority -10; oifname "{dev}" drop; }}\n'
-        f' chain fwd {{ type filter hook forward priority -10; iifname "{dev}" drop; }}\n'
+        f' chain drop_in {{ type filter hook input priority -10; iifname "{dev}" drop; }}\n'
+        f' chain drop_out {{ type filter hook output priority -10; oifname "{dev}" drop; }}\n'
         "}\n"
     )
     restore(ns)
