@@ -21,6 +21,7 @@ is still counted as pending, never as lost.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import threading
@@ -141,9 +142,7 @@ def check_usage(
         spans.sort()
         tally.intervals += len(spans)
         tally.seconds += sum(e - s for s, e, _, _ in spans)
-        for (_, prev_end, _, prev_end_s), (start, _, start_s, _) in zip(
-            spans, spans[1:], strict=False
-        ):
+        for (_, prev_end, _, prev_end_s), (start, _, start_s, _) in itertools.pairwise(spans):
             if start < prev_end - 1e-3:
                 tally.overlaps.append((instance, prev_end_s, start_s))
             elif start > prev_end + slack_s and not any(
