@@ -8,6 +8,7 @@ import textwrap
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,20 @@ class Bed:
         usage = check_usage(self.controller_db, site.name, allowed_gaps)
         assert usage.ok(), usage
         return events, usage
+
+    def site_events(self, site: WanSite) -> list[dict[str, Any]]:
+        events = self.api.get("/v1/events", params={"site": site.name, "limit": 10_000}).json()
+        return [e for e in events if e["seq"] > 0]
+
+    def usage_within(self, site: WanSite, start: float, end: float) -> float:
+        """Instance-seconds the controller holds inside ``start``..``end`` (epoch)."""
+        total = 0.0
+        for e in self.site_events(site):
+            if e["kind"] == "usage":
+                a = datetime.fromisoformat(e["data"]["start"]).timestamp()
+                b = datetime.fromisoformat(e["data"]["end"]).timestamp()
+                total += max(0.0, min(b, end) - max(a, start))
+        return round(total, 3)
 
 
 def _drained(site: WanSite) -> bool:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import os
+import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -80,6 +83,22 @@ class WanSite:
         netns.shape(self.ns, "wan", rate_mbit)
         netns.shape(self.ns.rsplit("-", 1)[0] + "-ctl", f"w{self.index}", rate_mbit)
         self.rate_mbit = rate_mbit
+
+    def power_off(self) -> int:
+        """SIGKILL every process in the site's namespace (agent and workloads), as a
+        power cut would; returns how many."""
+        pids = [int(p) for p in netns.run("ip", "netns", "pids", self.ns).stdout.split()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.agent.proc is not None and self.agent.proc.popen is not None:
+            self.agent.proc.popen.wait(10)
+        deadline = time.monotonic() + 10
+        while netns.run("ip", "netns", "pids", self.ns).stdout.split():
+            if time.monotonic() > deadline:
+                raise CloudletError(f"processes of site {self.name} survive SIGKILL")
+            time.sleep(0.05)
+        return len(pids)
 
     def local(self, timeout: float = 5.0) -> httpx.Client:
         """A client of the site-local API (over the LAN: works while the WAN is cut)."""
