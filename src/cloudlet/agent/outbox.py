@@ -4,9 +4,11 @@ Sequence numbers come from a counter in ``meta``, not from SQLite's rowid, so a
 number is never handed out twice even after every row up to it was deleted: the
 controller stores events once per (site, seq) and would drop a reused one.
 
-Every number handed out is also written to ``event_log``, which an ack does not
-empty (it keeps the last :data:`LOG_KEEP`): the site's own record of what it said,
-for checking that the controller holds each event exactly once.
+Every event is also written to ``event_log``, which an ack does not empty (it
+keeps the last :data:`LOG_KEEP`): the site's own record of what it said. A
+controller restored from an older backup has lost what it acknowledged since;
+:func:`replay` puts the journal back in the outbox, and since the controller
+stores by (site, seq), what it still holds is ignored and what it lost is filled.
 
 The outbox has a soft cap (:func:`compact`). Past it, nothing that bills or tells
 a lifecycle is dropped: usage intervals of one instance that follow each other are
@@ -27,8 +29,8 @@ from typing import Any
 from cloudlet.agent.store import NEXT_SEQ, OUTBOX_COMPACTED, Store, get_meta, set_meta
 from cloudlet.schemas import EventKind, OutboxEvent
 
-#: Sequence numbers kept in ``event_log`` after their ack.
-LOG_KEEP = 200_000
+#: Events kept in ``event_log`` after their ack.
+LOG_KEEP = 50_000
 #: Default soft cap on the outbox, in events.
 DEFAULT_CAP = 50_000
 
@@ -54,8 +56,9 @@ def append(
         (seq, str(kind), instance, when, json.dumps(data or {}, sort_keys=True)),
     )
     conn.execute(
-        "INSERT INTO event_log (seq, kind, instance, at) VALUES (?, ?, ?, ?)",
-        (seq, str(kind), instance, when),
+        "INSERT INTO event_log (seq, kind, instance, at, data) "
+        "SELECT seq, kind, instance, at, data FROM outbox WHERE seq = ?",
+        (seq,),
     )
     return seq
 
@@ -103,6 +106,19 @@ def skip_past(store: Store, seq: int) -> bool:
         return True
 
 
+def replay(store: Store) -> int:
+    """Put every journalled event not folded away back in the outbox; return how many.
+
+    For a controller that went back in time: it ignores what it already holds.
+    """
+    with store.transaction() as conn:
+        return conn.execute(
+            "INSERT INTO outbox (seq, kind, instance, at, data) "
+            "SELECT seq, kind, instance, at, data FROM event_log "
+            "WHERE merged_into IS NULL AND seq NOT IN (SELECT seq FROM outbox)"
+        ).rowcount
+
+
 def depth(store: Store) -> int:
     """How many events wait for an acknowledgement."""
     return int(store.query("SELECT count(*) FROM outbox")[0][0])
@@ -144,9 +160,9 @@ def compact(store: Store, cap: int) -> int:
 
 
 def _fold(conn: sqlite3.Connection, into: int, seqs: list[int], data: dict[str, Any]) -> None:
-    conn.execute(
-        "UPDATE outbox SET data = ? WHERE seq = ?", (json.dumps(data, sort_keys=True), into)
-    )
+    doc = json.dumps(data, sort_keys=True)
+    conn.execute("UPDATE outbox SET data = ? WHERE seq = ?", (doc, into))
+    conn.execute("UPDATE event_log SET data = ? WHERE seq = ?", (doc, into))
     marks = ",".join("?" * len(seqs))
     conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
     conn.execute(f"UPDATE event_log SET merged_into = ? WHERE seq IN ({marks})", [into, *seqs])

@@ -79,15 +79,17 @@ _MIGRATIONS: list[str] = [
         digest TEXT PRIMARY KEY
     );
     """,
-    # v4: the site's own log of every sequence number it handed out, kept after the
-    # controller's ack, so a check can compare what the site recorded with what the
-    # controller stored; ``merged_into`` names the record a compacted one went into.
+    # v4: the site's own journal of every event it recorded, kept after the
+    # controller's ack: what a controller restored from a backup lost is sent again,
+    # and a check can compare what the site recorded with what the controller stored.
+    # ``merged_into`` names the record a folded one went into.
     """
     CREATE TABLE event_log (
         seq INTEGER PRIMARY KEY,
         kind TEXT NOT NULL,
         instance TEXT,
         at TEXT NOT NULL,
+        data TEXT NOT NULL,
         merged_into INTEGER
     );
     """,

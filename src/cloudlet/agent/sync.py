@@ -128,6 +128,19 @@ class Syncer:
         self.pull_wake.set()
         self.report_wake.set()
 
+    def _controller_went_back(self, revision: int) -> None:
+        """The controller's revision is behind ours: it was restored from a backup and
+        lost what it stored since. Send our event journal and full lists again."""
+        replayed = outbox.replay(self.store)
+        self._acked_version = self._acked_cache = None
+        log.warning(
+            "the controller is at revision %d, behind this site's %d (restored from a "
+            "backup?): %d journalled events queued again, full state follows",
+            revision,
+            self.store.cursor,
+            replayed,
+        )
+
     # -- enrollment -------------------------------------------------------------------
 
     async def enroll(self, join_token: str, stop: asyncio.Event) -> bool:
@@ -211,6 +224,8 @@ class Syncer:
             backoff.reset()
             if doc is None:
                 continue
+            if doc.revision < self.store.cursor:
+                self._controller_went_back(doc.revision)
             try:
                 changed = desired.apply_doc(self.store, doc)
             except CursorGapError as exc:
@@ -262,6 +277,8 @@ class Syncer:
             cache=self.cache.listing() if self.cache is not None and with_cache else None,
         )
         ack = await self.client.report(report)
+        if ack.revision < self.store.cursor:
+            self._controller_went_back(ack.revision)
         if ack.acked_seq > 0:
             outbox.ack(self.store, ack.acked_seq)
             if outbox.skip_past(self.store, ack.acked_seq):

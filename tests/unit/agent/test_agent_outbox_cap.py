@@ -64,3 +64,16 @@ def test_repeated_alarms_fold_into_the_newest_with_a_count(store: Store) -> None
     alarms = [e.data for e in outbox.pending(store) if e.kind is EventKind.ALARM]
     assert {"message": "disk slow", "repeats": 6} in alarms
     assert outbox.compacted(store) == 5
+
+
+def test_replay_requeues_what_was_acked_but_not_what_was_folded(store: Store) -> None:
+    for n in range(4):
+        _usage(store, "i1", 100.0 + n, 101.0 + n)
+    outbox.compact(store, cap=2)  # seqs 1-3 fold into 4; 5 is the alarm
+    outbox.ack(store, 5)
+    assert outbox.depth(store) == 0
+    assert outbox.replay(store) == 2
+    again = outbox.pending(store)
+    assert [e.seq for e in again] == [4, 5]
+    assert again[0].data["seconds"] == 4.0  # the folded record, as it was sent
+    assert outbox.replay(store) == 0  # nothing twice
