@@ -61,3 +61,27 @@ def test_cut_keeps_serving_and_catches_up_exactly_once(
         f"{name}: converged {took:.2f}s after restore; {events}; usage {usage.intervals} intervals"
     )
     assert now() > 0
+
+
+def test_outage_past_the_outbox_cap_folds_usage_and_loses_nothing(bed: Bed) -> None:
+    site = bed.site(
+        "cap",
+        env={"CLOUDLET_AGENT__OUTBOX_CAP": "40", "CLOUDLET_AGENT__USAGE_INTERVAL_S": "0.1"},
+    )
+    ids = [bed.create_at_controller(site, f"cap-{n}") for n in range(3)]
+    bed.wait_local_running(site, ids)
+    site.cut()
+    time.sleep(6.0)  # ~180 usage records for a cap of 40
+    depth = site.agent.health()["outbox_depth"]
+    assert depth > 40
+    site.restore()
+    took = bed.converge(site, ids, since=time.monotonic())
+    events, usage = bed.check(site)
+    health = site.agent.health()
+    assert events.folded > 0 and health["outbox_compacted"] >= events.folded
+    alarms = [e for e in bed.site_events(site) if e["kind"] == "alarm"]
+    assert alarms and alarms[-1]["data"]["folded_total"] >= events.folded
+    # Every lifecycle event made it one by one.
+    states = [e for e in bed.site_events(site) if e["kind"] == "instance.state"]
+    assert len(states) == 3 * 3  # pending, starting, running
+    print(f"cap: {depth} waiting, {events.folded} folded; converged {took:.2f}s; {events}")

@@ -119,6 +119,11 @@ def replay(store: Store) -> int:
         ).rowcount
 
 
+def last_seq(store: Store) -> int:
+    """The highest seq waiting in the outbox (0 if empty)."""
+    return int(store.query("SELECT coalesce(max(seq), 0) FROM outbox")[0][0])
+
+
 def depth(store: Store) -> int:
     """How many events wait for an acknowledgement."""
     return int(store.query("SELECT count(*) FROM outbox")[0][0])
@@ -129,11 +134,12 @@ def compacted(store: Store) -> int:
     return int(store.get_meta(OUTBOX_COMPACTED) or 0)
 
 
-def compact(store: Store, cap: int) -> int:
+def compact(store: Store, cap: int, after: int = 0) -> int:
     """Fold what may be folded once the outbox holds more than ``cap`` events.
 
-    Call it only while no report is in flight (the report loop does, before each
-    report): a folded record must not be one the controller is about to ack.
+    Only events with seq > ``after`` are folded: pass the highest seq ever sent. An
+    event in a report that got no answer may be stored at the controller already,
+    and folding it into a later record would count it twice.
 
     Returns:
         How many records were folded into others (0 under the cap).
@@ -141,7 +147,7 @@ def compact(store: Store, cap: int) -> int:
     with store.transaction() as conn:
         if int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0]) <= cap:
             return 0
-        folded = _merge_usage(conn) + _fold_alarms(conn)
+        folded = _merge_usage(conn, after) + _fold_alarms(conn, after)
         if folded:
             total = int(get_meta(conn, OUTBOX_COMPACTED) or 0) + folded
             set_meta(conn, OUTBOX_COMPACTED, total)
@@ -168,12 +174,14 @@ def _fold(conn: sqlite3.Connection, into: int, seqs: list[int], data: dict[str, 
     conn.execute(f"UPDATE event_log SET merged_into = ? WHERE seq IN ({marks})", [into, *seqs])
 
 
-def _merge_usage(conn: sqlite3.Connection) -> int:
+def _of_kind(conn: sqlite3.Connection, kind: EventKind, after: int) -> list[sqlite3.Row]:
+    query = "SELECT seq, instance, data FROM outbox WHERE kind = ? AND seq > ? ORDER BY seq"
+    return conn.execute(query, (str(kind), after)).fetchall()
+
+
+def _merge_usage(conn: sqlite3.Connection, after: int) -> int:
     """Merge each run of back-to-back usage intervals of one instance into its last record."""
-    rows = conn.execute(
-        "SELECT seq, instance, data FROM outbox WHERE kind = ? ORDER BY seq",
-        (str(EventKind.USAGE),),
-    ).fetchall()
+    rows = _of_kind(conn, EventKind.USAGE, after)
     runs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     done: list[list[tuple[int, dict[str, Any]]]] = []
     for row in rows:
@@ -198,12 +206,9 @@ def _merge_usage(conn: sqlite3.Connection) -> int:
     return folded
 
 
-def _fold_alarms(conn: sqlite3.Connection) -> int:
+def _fold_alarms(conn: sqlite3.Connection, after: int) -> int:
     """Fold repeated alarms (same instance, same message) into the newest, which counts them."""
-    rows = conn.execute(
-        "SELECT seq, instance, data FROM outbox WHERE kind = ? ORDER BY seq",
-        (str(EventKind.ALARM),),
-    ).fetchall()
+    rows = _of_kind(conn, EventKind.ALARM, after)
     groups: dict[tuple[str | None, str], list[tuple[int, dict[str, Any]]]] = {}
     for row in rows:
         data = json.loads(row["data"])

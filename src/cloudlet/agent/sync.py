@@ -94,6 +94,9 @@ class Syncer:
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
         self.outbox_cap = outbox_cap
+        #: The highest seq sent in any report, answered or not: never folded. What
+        #: waits at start may have gone out from the previous process.
+        self._sent_upto = outbox.last_seq(store)
         self._capacity: Resources | None = None
         self._acked_version: int | None = None
         self._acked_cache: int | None = None
@@ -255,10 +258,12 @@ class Syncer:
         Returns:
             The ack, and whether more events are waiting to go at once.
         """
-        # Here, between two reports, no event is in flight, so folding is safe.
-        if folded := outbox.compact(self.store, self.outbox_cap):
+        # Between two reports; only events never sent may be folded.
+        if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
             log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
         events = outbox.pending(self.store, REPORT_BATCH)
+        if events:
+            self._sent_upto = max(self._sent_upto, events[-1].seq)
         version = actual.version(self.store)
         rows = actual.list_all(self.store)
         include = version != self._acked_version

@@ -77,3 +77,13 @@ def test_replay_requeues_what_was_acked_but_not_what_was_folded(store: Store) ->
     assert [e.seq for e in again] == [4, 5]
     assert again[0].data["seconds"] == 4.0  # the folded record, as it was sent
     assert outbox.replay(store) == 0  # nothing twice
+
+
+def test_what_was_sent_once_is_never_folded(store: Store) -> None:
+    for n in range(6):
+        _usage(store, "i1", 100.0 + n, 101.0 + n)
+    # Seqs 1-3 went out in a report that got no answer: the controller may hold them.
+    assert outbox.compact(store, cap=2, after=3) == 2  # 4, 5 fold into 6
+    data = {e.seq: e.data for e in outbox.pending(store) if e.kind is EventKind.USAGE}
+    assert sorted(data) == [1, 2, 3, 6]
+    assert data[6]["start"] == data[3]["end"]  # no second counted twice
