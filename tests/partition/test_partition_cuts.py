@@ -77,6 +77,7 @@ def test_outage_past_the_outbox_cap_folds_usage_and_loses_nothing(bed: Bed) -> N
     site.restore()
     took = bed.converge(site, ids, since=time.monotonic())
     events, usage = bed.check(site)
+    assert usage.instances == 3
     health = site.agent.health()
     assert events.folded > 0 and health["outbox_compacted"] >= events.folded
     alarms = [e for e in bed.site_events(site) if e["kind"] == "alarm"]
