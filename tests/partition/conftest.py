@@ -6,9 +6,9 @@ import zlib
 from collections.abc import Iterator
 
 import pytest
-from partition_bed import Bed, app_doc, require_root_tools
+from partition_bed import Bed, require_root_tools
 
-from cloudlet.testbed.wan import Wan
+from cloudlet.testbed.wan import Wan, hello_app
 
 
 @pytest.fixture(scope="module")
@@ -18,5 +18,5 @@ def bed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     # A short prefix of its own per module: device names are at most 15 characters.
     prefix = f"p{zlib.crc32(request.module.__name__.encode()) % 100000:05d}"
     with Wan(root, prefix=prefix, offline_grace_s=3) as wan:
-        wan.api.post("/v1/apps", json=app_doc(root)).raise_for_status()
+        wan.api.post("/v1/apps", json=hello_app(root)).raise_for_status()
         yield Bed(wan, root)

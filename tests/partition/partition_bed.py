@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-import textwrap
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,38 +15,8 @@ import httpx
 from cloudlet.testbed.invariants import EventTally, UsageTally, check_events, check_usage, converge
 from cloudlet.testbed.local import wait_for
 from cloudlet.testbed.netns import run
+from cloudlet.testbed.wan import HELLO_APP as APP
 from cloudlet.testbed.wan import Wan, WanSite
-
-APP = "hello"
-PAGE = "hello from the edge"
-
-
-def app_doc(tmp_path: Path) -> dict[str, Any]:
-    """A tiny HTTP server app that listens on every address of its site."""
-    script = tmp_path / "hello.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
-            import http.server, os
-            class H(http.server.BaseHTTPRequestHandler):
-                def do_GET(self):
-                    body = {PAGE!r}.encode()
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                def log_message(self, *args):
-                    pass
-            http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
-            """
-        )
-    )
-    return {
-        "name": APP,
-        "components": [{"name": "main", "command": [sys.executable, str(script)]}],
-        "resources": {"vcpus": 0.01, "memory_mib": 16, "disk_gib": 0.01},
-        "latency_bound_ms": 50,
-    }
 
 
 def require_root_tools() -> None:

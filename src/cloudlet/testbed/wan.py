@@ -21,6 +21,8 @@ import atexit
 import contextlib
 import os
 import signal
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -35,7 +37,7 @@ from cloudlet.testbed import netns
 from cloudlet.testbed.local import LocalAgent, LocalController, wait_for
 from cloudlet.testbed.relay import RelayThread
 
-__all__ = ["AGENT_ENV", "Wan", "WanSite"]
+__all__ = ["AGENT_ENV", "HELLO_APP", "Wan", "WanSite", "hello_app"]
 
 #: Agent settings for the testbed: short intervals so that scenarios stay short.
 AGENT_ENV = {
@@ -47,6 +49,38 @@ AGENT_ENV = {
     "CLOUDLET_AGENT__PRESTAGE_INTERVAL_S": "2",
 }
 MAX_SITES = 250
+#: The app :func:`hello_app` defines.
+HELLO_APP = "hello"
+HELLO_PAGE = "hello from the edge"
+
+
+def hello_app(directory: Path) -> dict[str, Any]:
+    """An app definition (``POST /v1/apps`` body): a tiny HTTP server on every address
+    of its site, its script written into ``directory``."""
+    script = directory / "hello.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import http.server, os
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    body = {HELLO_PAGE!r}.encode()
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                def log_message(self, *args):
+                    pass
+            http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
+            """
+        )
+    )
+    return {
+        "name": HELLO_APP,
+        "components": [{"name": "main", "command": [sys.executable, str(script)]}],
+        "resources": {"vcpus": 0.01, "memory_mib": 16, "disk_gib": 0.01},
+        "latency_bound_ms": 50,
+    }
 
 
 @dataclass
