@@ -15,8 +15,8 @@ pytestmark = pytest.mark.partition
 
 @pytest.mark.parametrize(
     ("cut_s", "report_s"),
-    [(2.0, 1.0), (15.0, 0.1)],
-    ids=["short-cut-under-grace", "long-cut-150-reports"],
+    [(2.0, 1.0), (12.0, 0.1)],
+    ids=["short-cut-under-grace", "long-cut-120-reports"],
 )
 def test_cut_keeps_serving_and_catches_up_exactly_once(
     bed: Bed, cut_s: float, report_s: float
