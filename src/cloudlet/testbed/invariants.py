@@ -199,6 +199,8 @@ class Probe:
                     except httpx.HTTPError as exc:
                         why = f"{type(exc).__name__}: {exc}"
                     with self._lock:
+                        if self.targets.get(name) != endpoint:
+                            continue  # dropped or moved while asked: not a miss
                         if not why:
                             self._live.add(name)
                         if name not in self._live:
