@@ -39,11 +39,11 @@ from rich.table import Table
 from cloudlet.compute.base import WorkloadSpec
 from cloudlet.compute.qemu import QemuDriver
 from cloudlet.testbed.local import LocalAgent, LocalController, Proc, free_port, wait_for
+from cloudlet.testbed.netns import CTL_ADDR, Link, tbf_args
 from cloudlet.testbed.relay import RelayThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _netns import CTL_ADDR, Link, tbf_args
 from _vmapps import VmApp, prepare
 
 DEFAULT_CACHE = Path("/var/tmp/cloudlet-synthesis")

@@ -52,4 +52,5 @@ SYSTEM_TEST=(
   "ls /boot/vmlinuz-*|linux-image-amd64"
   "test -x /bin/busybox|busybox-static"
   "command -v prometheus|prometheus"
+  "command -v nft|nftables"
 )

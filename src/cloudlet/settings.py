@@ -59,6 +59,12 @@ class AgentSettings(BaseModel):
     report_interval_s: float = Field(10.0, gt=0, description="Heartbeat / report interval.")
     reconcile_interval_s: float = Field(5.0, gt=0, description="Periodic reconcile interval.")
     usage_interval_s: float = Field(60.0, gt=0, description="Usage record period per instance.")
+    outbox_cap: int = Field(
+        50_000,
+        ge=10,
+        description="Soft cap on unsent events: past it, back-to-back usage records are "
+        "merged and repeated alarms folded (nothing billed or lifecycle is dropped).",
+    )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
     probe_interval_s: float = Field(
         1.0,

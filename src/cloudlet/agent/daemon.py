@@ -148,6 +148,7 @@ class Agent:
             "last_error": status.last_error if status else None,
             "cursor": self.store.cursor,
             "outbox_depth": outbox.depth(self.store),
+            "outbox_compacted": outbox.compacted(self.store),
             "bytes_sent": client.bytes_sent if client else 0,
             "bytes_received": client.bytes_received if client else 0,
             "artifact_bytes_received": self.stager.bytes_received,
@@ -181,6 +182,7 @@ class Agent:
                     reconnect_spread_s=s.reconnect_spread_s,
                     cache=self.cache,
                     on_desired=self.stager.wake.set,
+                    outbox_cap=s.outbox_cap,
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
             outbox.record(

@@ -3,6 +3,20 @@
 Sequence numbers come from a counter in ``meta``, not from SQLite's rowid, so a
 number is never handed out twice even after every row up to it was deleted: the
 controller stores events once per (site, seq) and would drop a reused one.
+
+Every event is also written to ``event_log``, which an ack does not empty (it
+keeps the last :data:`LOG_KEEP`): the site's own record of what it said. A
+controller restored from an older backup has lost what it acknowledged since;
+:func:`replay` puts the journal back in the outbox, and since the controller
+stores by (site, seq), what it still holds is ignored and what it lost is filled.
+
+The outbox has a soft cap (:func:`compact`). Past it, nothing that bills or tells
+a lifecycle is dropped: usage intervals of one instance that follow each other are
+merged into one record (same seconds, one row), and repeated alarms with the same
+message are folded into the newest, which counts them. Lifecycle events (agent
+started, instance created, state changes) are kept one by one, so the cap only
+bounds what can be folded; the number folded is kept in ``meta`` and reported in
+an alarm.
 """
 
 from __future__ import annotations
@@ -12,8 +26,13 @@ import sqlite3
 from datetime import UTC, datetime
 from typing import Any
 
-from cloudlet.agent.store import NEXT_SEQ, Store, get_meta, set_meta
+from cloudlet.agent.store import NEXT_SEQ, OUTBOX_COMPACTED, Store, get_meta, set_meta
 from cloudlet.schemas import EventKind, OutboxEvent
+
+#: Events kept in ``event_log`` after their ack.
+LOG_KEEP = 50_000
+#: Default soft cap on the outbox, in events.
+DEFAULT_CAP = 50_000
 
 
 def append(
@@ -35,6 +54,11 @@ def append(
     conn.execute(
         "INSERT INTO outbox (seq, kind, instance, at, data) VALUES (?, ?, ?, ?, ?)",
         (seq, str(kind), instance, when, json.dumps(data or {}, sort_keys=True)),
+    )
+    conn.execute(
+        "INSERT INTO event_log (seq, kind, instance, at, data) "
+        "SELECT seq, kind, instance, at, data FROM outbox WHERE seq = ?",
+        (seq,),
     )
     return seq
 
@@ -76,6 +100,7 @@ def pending(store: Store, limit: int = 500, max_bytes: int = 4 << 20) -> list[Ou
 def ack(store: Store, acked_seq: int) -> int:
     """Drop every event the controller has stored (seq <= ``acked_seq``); return how many."""
     with store.transaction() as conn:
+        conn.execute("DELETE FROM event_log WHERE seq <= ?", (acked_seq - LOG_KEEP,))
         return conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,)).rowcount
 
 
@@ -98,6 +123,121 @@ def skip_past(store: Store, seq: int) -> bool:
         return True
 
 
+def replay(store: Store) -> int:
+    """Put every journalled event not folded away back in the outbox; return how many.
+
+    For a controller that went back in time: it ignores what it already holds.
+    """
+    with store.transaction() as conn:
+        return conn.execute(
+            "INSERT INTO outbox (seq, kind, instance, at, data) "
+            "SELECT seq, kind, instance, at, data FROM event_log "
+            "WHERE merged_into IS NULL AND seq NOT IN (SELECT seq FROM outbox)"
+        ).rowcount
+
+
+def last_seq(store: Store) -> int:
+    """The highest seq waiting in the outbox (0 if empty)."""
+    return int(store.query("SELECT coalesce(max(seq), 0) FROM outbox")[0][0])
+
+
 def depth(store: Store) -> int:
     """How many events wait for an acknowledgement."""
     return int(store.query("SELECT count(*) FROM outbox")[0][0])
+
+
+def compacted(store: Store) -> int:
+    """How many records :func:`compact` has folded into others, ever."""
+    return int(store.get_meta(OUTBOX_COMPACTED) or 0)
+
+
+def compact(store: Store, cap: int, after: int = 0) -> int:
+    """Fold what may be folded once the outbox holds more than ``cap`` events.
+
+    Only events with seq > ``after`` are folded: pass the highest seq ever sent. An
+    event in a report that got no answer may be stored at the controller already,
+    and folding it into a later record would count it twice.
+
+    Returns:
+        How many records were folded into others (0 under the cap).
+    """
+    with store.transaction() as conn:
+        if int(conn.execute("SELECT count(*) FROM outbox").fetchone()[0]) <= cap:
+            return 0
+        folded = _merge_usage(conn, after) + _fold_alarms(conn, after)
+        if folded:
+            total = int(get_meta(conn, OUTBOX_COMPACTED) or 0) + folded
+            set_meta(conn, OUTBOX_COMPACTED, total)
+            append(
+                conn,
+                EventKind.ALARM,
+                data={
+                    "severity": "warning",
+                    "message": "outbox over its cap: records folded",
+                    "cap": cap,
+                    "folded": folded,
+                    "folded_total": total,
+                },
+            )
+        return folded
+
+
+def _fold(conn: sqlite3.Connection, into: int, seqs: list[int], data: dict[str, Any]) -> None:
+    doc = json.dumps(data, sort_keys=True)
+    conn.execute("UPDATE outbox SET data = ? WHERE seq = ?", (doc, into))
+    conn.execute("UPDATE event_log SET data = ? WHERE seq = ?", (doc, into))
+    marks = ",".join("?" * len(seqs))
+    conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", seqs)
+    conn.execute(f"UPDATE event_log SET merged_into = ? WHERE seq IN ({marks})", [into, *seqs])
+
+
+def _of_kind(conn: sqlite3.Connection, kind: EventKind, after: int) -> list[sqlite3.Row]:
+    query = "SELECT seq, instance, data FROM outbox WHERE kind = ? AND seq > ? ORDER BY seq"
+    return conn.execute(query, (str(kind), after)).fetchall()
+
+
+def _merge_usage(conn: sqlite3.Connection, after: int) -> int:
+    """Merge each run of back-to-back usage intervals of one instance into its last record."""
+    rows = _of_kind(conn, EventKind.USAGE, after)
+    runs: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    done: list[list[tuple[int, dict[str, Any]]]] = []
+    for row in rows:
+        data = json.loads(row["data"])
+        run = runs.get(row["instance"])
+        if run and run[-1][1].get("end") == data.get("start"):
+            run.append((row["seq"], data))
+            continue
+        if run:
+            done.append(run)
+        runs[row["instance"]] = [(row["seq"], data)]
+    folded = 0
+    for run in [*done, *runs.values()]:
+        if len(run) < 2:
+            continue
+        last_seq, last = run[-1]
+        seconds = sum(float(d["seconds"]) for _, d in run)
+        merged = {**last, "start": run[0][1]["start"], "seconds": round(seconds, 3)}
+        merged["records"] = sum(int(d.get("records", 1)) for _, d in run)
+        _fold(conn, last_seq, [seq for seq, _ in run[:-1]], merged)
+        folded += len(run) - 1
+    return folded
+
+
+def _fold_alarms(conn: sqlite3.Connection, after: int) -> int:
+    """Fold repeated alarms (same instance, same message) into the newest, which counts them."""
+    rows = _of_kind(conn, EventKind.ALARM, after)
+    groups: dict[tuple[str | None, str], list[tuple[int, dict[str, Any]]]] = {}
+    for row in rows:
+        data = json.loads(row["data"])
+        groups.setdefault((row["instance"], str(data.get("message"))), []).append(
+            (row["seq"], data)
+        )
+    folded = 0
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        last_seq, last = group[-1]
+        merged = {**last, "repeats": sum(int(d.get("repeats", 1)) for _, d in group)}
+        _fold(conn, last_seq, [seq for seq, _ in group[:-1]], merged)
+        folded += len(group) - 1
+    return folded

@@ -23,7 +23,9 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import psutil
 
 from cloudlet.agent import actual, desired
 from cloudlet.agent._instance_ops import ACTIVE, InstanceOps
@@ -180,6 +182,15 @@ class Reconciler(InstanceOps):
         comps = inst.components
         st = {c.name: await self._status(c, inst.id) for c in comps}
         if not redefined and all(s.state is WorkloadState.RUNNING for s in st.values()):
+            if row.state is ActualState.RUNNING and self._restarted_while_down(st.values()):
+                # The driver restarted workloads that died with the site: the time the
+                # site was down is not usage, and the restart is a lifecycle event.
+                row = self._move(
+                    row,
+                    ActualState.STARTING,
+                    reason="the site restarted; its workloads were restarted",
+                    usage_end=self._boot_alive_at,
+                )
             if row.state is not ActualState.RUNNING:
                 if self.passes == 0:
                     log.info("instance %s: adopted running workloads", row.id)
@@ -203,6 +214,21 @@ class Reconciler(InstanceOps):
             self._starting[inst.id] = (want.revision, task)
             return
         await self._start(want, row, st, specs, digest)
+
+    def _restarted_while_down(self, statuses: Iterable[WorkloadStatus]) -> bool:
+        """On the first pass: did a workload start after the previous agent was last
+        alive (its driver restarted it), rather than survive the agent's absence?"""
+        if self.passes != 0 or self._boot_alive_at is None:
+            return False
+        for status in statuses:
+            if status.pid is None:
+                return True  # a restart is pending
+            try:
+                if psutil.Process(status.pid).create_time() > self._boot_alive_at:
+                    return True
+            except psutil.Error:
+                continue  # not a local process (or gone): nothing to tell
+        return False
 
     async def _start_guarded(
         self,

@@ -84,6 +84,20 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE actual ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
     """,
+    # v5: the site's own journal of every event it recorded, kept after the
+    # controller's ack: what a controller restored from a backup lost is sent again,
+    # and a check can compare what the site recorded with what the controller stored.
+    # ``merged_into`` names the record a folded one went into.
+    """
+    CREATE TABLE event_log (
+        seq INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        instance TEXT,
+        at TEXT NOT NULL,
+        data TEXT NOT NULL,
+        merged_into INTEGER
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -98,6 +112,7 @@ NEXT_SEQ = "next_seq"
 ACTUAL_VERSION = "actual_version"
 ALIVE_AT = "alive_at"
 CACHE_VERSION = "cache_version"
+OUTBOX_COMPACTED = "outbox_compacted"
 
 
 class Store:

@@ -83,6 +83,7 @@ class Syncer:
         reconnect_spread_s: float = 1.0,
         cache: ArtifactCache | None = None,
         on_desired: Callable[[], None] | None = None,
+        outbox_cap: int = outbox.DEFAULT_CAP,
     ) -> None:
         self.store = store
         self.client = client
@@ -102,6 +103,10 @@ class Syncer:
         self.cache = cache
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
+        self.outbox_cap = outbox_cap
+        #: The highest seq sent in any report, answered or not: never folded. What
+        #: waits at start may have gone out from the previous process.
+        self._sent_upto = outbox.last_seq(store)
         self._capacity: Resources | None = None
         self._acked_version: int | None = None
         self._acked_cache: int | None = None
@@ -135,6 +140,19 @@ class Syncer:
         # Let the other loop notice at once instead of after its sleep.
         self.pull_wake.set()
         self.report_wake.set()
+
+    def _controller_went_back(self, revision: int) -> None:
+        """The controller's revision is behind ours: it was restored from a backup and
+        lost what it stored since. Send our event journal and full lists again."""
+        replayed = outbox.replay(self.store)
+        self._acked_version = self._acked_cache = None
+        log.warning(
+            "the controller is at revision %d, behind this site's %d (restored from a "
+            "backup?): %d journalled events queued again, full state follows",
+            revision,
+            self.store.cursor,
+            replayed,
+        )
 
     # -- enrollment -------------------------------------------------------------------
 
@@ -242,6 +260,8 @@ class Syncer:
             backoff.reset()
             if doc is None:
                 continue
+            if doc.revision < self.store.cursor:
+                self._controller_went_back(doc.revision)
             try:
                 changed = desired.apply_doc(self.store, doc)
             except CursorGapError as exc:
@@ -271,7 +291,12 @@ class Syncer:
         Returns:
             The ack, and whether more events are waiting to go at once.
         """
+        # Between two reports; only events never sent may be folded.
+        if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
+            log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
         events = outbox.pending(self.store, REPORT_BATCH)
+        if events:
+            self._sent_upto = max(self._sent_upto, events[-1].seq)
         version = actual.version(self.store)
         rows = actual.list_all(self.store)
         include = version != self._acked_version
@@ -294,6 +319,8 @@ class Syncer:
             for refused in ack.rejected:
                 log.error("the controller refused event seq %d: %s", refused.seq, refused.reason)
             outbox.drop(self.store, [r.seq for r in ack.rejected])
+        if ack.revision < self.store.cursor:
+            self._controller_went_back(ack.revision)
         if ack.acked_seq > 0:
             outbox.ack(self.store, ack.acked_seq)
             if outbox.skip_past(self.store, ack.acked_seq):

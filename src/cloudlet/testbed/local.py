@@ -79,8 +79,11 @@ class Proc:
             return ""
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cloudlet.cli", *args]
+def _cli(*args: str, netns: str | None = None) -> list[str]:
+    """The command line of ``cloudlet ARGS``, inside network namespace ``netns`` if given
+    (``ip netns exec`` execs it, so the process's pid is the cloudlet process's)."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    return [*prefix, sys.executable, "-m", "cloudlet.cli", *args]
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -99,10 +102,14 @@ class LocalController:
     offline_grace_s: float = 30.0
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
+    #: Address to listen on, and the one clients use.
+    host: str = "127.0.0.1"
+    #: Network namespace to run in (None: this one).
+    netns: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def token(self) -> str:
@@ -112,6 +119,7 @@ class LocalController:
         args = _cli(
             "controller", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
             "--offline-grace", str(self.offline_grace_s), "--log-level", "warning",
+            "--host", self.host, netns=self.netns,
         )  # fmt: skip
         if self.database_url:
             args += ["--database-url", self.database_url]
@@ -145,6 +153,11 @@ class LocalController:
         if self.proc is not None:
             self.proc.stop()
 
+    def kill(self) -> None:
+        """SIGKILL the controller, as a crash would."""
+        if self.proc is not None:
+            self.proc.kill()
+
 
 @dataclass
 class LocalAgent:
@@ -160,12 +173,17 @@ class LocalAgent:
     #: 0: any free port (the agent writes it to data_dir/local-api.port).
     local_port: int = 0
     proc: Proc | None = None
+    #: Network namespace to run in (None: this one).
+    netns: str | None = None
+    #: The address its local API listens on, as seen from here.
+    local_host: str = "127.0.0.1"
 
     def start(self) -> LocalAgent:
         args = _cli(
             "agent", "run", "--controller", self.controller_url, "--data-dir", str(self.data_dir),
             "--driver", self.driver, "--report-interval", "1", "--log-level", "info",
             "--local-port", str(self.local_port),
+            netns=self.netns,
         )  # fmt: skip
         if self.join_token:
             args += ["--join", self.join_token]
@@ -180,7 +198,7 @@ class LocalAgent:
             port = int((self.data_dir / "local-api.port").read_text().strip())
         except (OSError, ValueError):
             return None
-        return f"http://127.0.0.1:{port}"
+        return f"http://{self.local_host}:{port}"
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -5,6 +5,8 @@ chunk read from one side is written to the other ``delay_ms`` later, in order (t
 delay applies in each direction, so a round trip gains twice the delay). ``cut()``
 drops every open connection and closes new ones as soon as they are accepted, the
 way a dead link looks to an agent; ``restore()`` lets traffic through again.
+``stall()`` keeps connections open but holds every byte until ``unstall()`` (a link
+that hangs mid-transfer); ``reset()`` drops the open connections and keeps accepting.
 
 :class:`Relay` lives in an asyncio loop; :class:`RelayThread` runs one in a thread
 of its own so that synchronous code (the demo, tests) can drive it::
@@ -117,6 +119,7 @@ class _Conn:
             wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
+            await self.relay._flowing.wait()
             try:
                 if not data:
                     if writer.can_write_eof():
@@ -170,6 +173,8 @@ class Relay:
         self._conns: set[_Conn] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._is_cut = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._bytes = {"up": 0, "down": 0}
         self._connections = 0
         self._refused = 0
@@ -205,6 +210,17 @@ class Relay:
     def restore(self) -> None:
         """Bring the link back up for new connections."""
         self._is_cut = False
+
+    def stall(self) -> None:
+        """Hold every byte in flight (connections stay open) until :meth:`unstall`."""
+        self._flowing.clear()
+
+    def unstall(self) -> None:
+        self._flowing.set()
+
+    def reset(self) -> None:
+        """Drop the open connections with a reset; new ones are accepted as usual."""
+        self._drop_all()
 
     @property
     def is_cut(self) -> bool:
@@ -369,6 +385,28 @@ class RelayThread:
             self.relay.restore()
 
         self._call(restore())
+
+    def stall(self) -> None:
+        """Hold bytes in flight (see :meth:`Relay.stall`)."""
+
+        async def stall() -> None:
+            self.relay.stall()
+
+        self._call(stall())
+
+    def unstall(self) -> None:
+        async def unstall() -> None:
+            self.relay.unstall()
+
+        self._call(unstall())
+
+    def reset(self) -> None:
+        """Drop the open connections (see :meth:`Relay.reset`)."""
+
+        async def reset() -> None:
+            self.relay.reset()
+
+        self._call(reset())
 
     def set_delay(self, delay_ms: float) -> None:
         """Change the added one-way delay for chunks read from now on."""

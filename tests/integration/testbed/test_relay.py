@@ -211,3 +211,22 @@ def test_connections_are_independent(relay: RelayThread) -> None:
         thread.join(TIMEOUT)
     assert results == {i: f"client {i} ".encode() * 500 for i in range(10)}
     wait_for(lambda: relay.stats().connections == 10, TIMEOUT, "ten connections counted")
+
+
+def test_stall_holds_bytes_with_the_connection_open_until_unstalled(relay: RelayThread) -> None:
+    with connect(relay.port) as sock:
+        relay.stall()
+        sock.sendall(b"held")
+        assert held_back(sock, 0.5)
+        assert relay.stats().open_connections == 1
+        relay.unstall()
+        assert recv_exactly(sock, 4) == b"held"
+
+
+def test_reset_drops_open_connections_but_accepts_new_ones(relay: RelayThread) -> None:
+    with connect(relay.port) as sock:
+        assert echo(relay.port, b"first") == b"first"
+        relay.reset()
+        assert link_is_dead(sock)
+    assert not relay.is_cut
+    assert echo(relay.port, b"again") == b"again"

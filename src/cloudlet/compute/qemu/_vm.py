@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import psutil
+
 from cloudlet.compute import _logfiles
 from cloudlet.compute._logfiles import MARK_PREFIX, MAX_LOG_BYTES, rotate
-from cloudlet.compute._proc import Child, SpawnedChild, spawn
+from cloudlet.compute._proc import Child, SpawnedChild, group_alive, signal_group, spawn
 from cloudlet.compute._proc import terminate as terminate_groups
-from cloudlet.compute.qemu._config import CONSOLE_LOG, QEMU_LOG
+from cloudlet.compute.qemu._config import CONSOLE_LOG, PID_FILE, QEMU_LOG
 from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.errors import DriverError
 
@@ -73,6 +76,27 @@ def copy_sparse(source: Path, target: Path) -> None:
         raise DriverError(f"cannot copy {source}: {detail}") from exc
 
 
+def reap_stray(workload_dir: Path, timeout: float = 5.0) -> int | None:
+    """Kill a QEMU an earlier driver launched in ``workload_dir`` but never recorded
+    (it died between the launch and the record); returns its pid, or None.
+
+    Such a QEMU still holds the workload's pid file, and a new one could not start.
+    It is ours if it runs in ``workload_dir`` (every launch does, as its cwd).
+    """
+    try:
+        pid = int((workload_dir / PID_FILE).read_text().strip())
+        proc = psutil.Process(pid)
+        if Path(proc.cwd()) != workload_dir.resolve() or "qemu" not in proc.name():
+            return None
+    except (OSError, ValueError, psutil.Error):
+        return None
+    signal_group(pid, signal.SIGKILL)  # launched in a session of its own: pgid == pid
+    deadline = time.monotonic() + timeout
+    while group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(_POLL)
+    return pid
+
+
 def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) -> SpawnedChild:
     """Start QEMU in its own session and wait until its QMP socket answers.
 
@@ -85,6 +109,8 @@ def launch(command: list[str], workload_dir: Path, qmp: Path, timeout: float) ->
     for name in (CONSOLE_LOG, QEMU_LOG):
         with contextlib.suppress(OSError):
             rotate(workload_dir / name, MAX_LOG_BYTES)
+    if (stray := reap_stray(workload_dir)) is not None:
+        mark(workload_dir, f"killed QEMU {stray}, left unrecorded by an earlier driver")
     mark(workload_dir, "starting " + shlex.join(command))
     try:
         child = spawn(command, cwd=workload_dir, log_path=workload_dir / QEMU_LOG)
