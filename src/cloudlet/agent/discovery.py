@@ -38,7 +38,7 @@ def service_info(
         ip = ipaddress.ip_address(host)
         if not (ip.is_unspecified or ip.is_loopback):
             addresses = [host]
-    if not addresses and (primary := _primary_address()) is not None:
+    if not addresses and (primary := primary_address()) is not None:
         addresses = [primary]
     hostname = socket.gethostname().split(".")[0] or "cloudlet"
     return ServiceInfo(
@@ -51,7 +51,7 @@ def service_info(
     )
 
 
-def _primary_address() -> str | None:
+def primary_address() -> str | None:
     """The IPv4 address multicast leaves from (no packet is sent), or None."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

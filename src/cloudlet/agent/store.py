@@ -79,6 +79,10 @@ _MIGRATIONS: list[str] = [
         digest TEXT PRIMARY KEY
     );
     """,
+    # v4: the epoch (move count) each instance runs at here, to fence stale copies.
+    """
+    ALTER TABLE actual ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -12,7 +12,17 @@ from sqlalchemy import text
 
 from cloudlet import __version__
 from cloudlet.controller import tasks
-from cloudlet.controller.api import agent, apps, artifacts, events, instances, problems, sites
+from cloudlet.controller.api import (
+    agent,
+    apps,
+    artifacts,
+    discover,
+    events,
+    instances,
+    mobility,
+    problems,
+    sites,
+)
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.services.auth import bootstrap
@@ -89,7 +99,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.cloudlet = state
     problems.install(app)
-    for module in (sites, apps, instances, events, agent, artifacts):
+    for module in (sites, apps, instances, mobility, discover, events, agent, artifacts):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -41,6 +41,9 @@ class InstanceCreate(Input):
     name: Name | None = None
     client_latitude: float | None = Field(None, ge=-90, le=90)
     client_longitude: float | None = Field(None, ge=-180, le=180)
+    follow_client: bool = Field(
+        False, description="Tie the instance to the client: move it when the client moves."
+    )
 
 
 class Instance(Model):
@@ -56,4 +59,10 @@ class Instance(Model):
     reason: str | None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
     created_at: datetime
+    epoch: int = Field(0, description="Moves so far (handoffs, failovers, rebalances).")
+    client_latitude: float | None = None
+    client_longitude: float | None = None
+    placement: dict[str, object] | None = Field(
+        None, description="Why the instance is where it is: ranked and rejected sites."
+    )
     updated_at: datetime

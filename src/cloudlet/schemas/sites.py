@@ -46,6 +46,9 @@ class SiteUpdate(Input):
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)
     labels: LabelMap | None = None
+    access_latency_ms: float | None = Field(
+        None, ge=0, le=10_000, description="Measured last-mile RTT from clients to the site."
+    )
 
 
 class Site(Model):
@@ -69,6 +72,8 @@ class Site(Model):
     instances: int = 0
     agent_version: str | None = None
     created_at: datetime
+    access_latency_ms: float | None = None
+    local_api: str | None = Field(None, description="The site-local API clients call.")
 
 
 class JoinTokenCreate(Input):

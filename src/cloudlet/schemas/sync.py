@@ -20,6 +20,7 @@ from cloudlet.schemas.artifacts import CachedImage
 from cloudlet.schemas.common import Resources, Utilization
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
+from cloudlet.schemas.mobility import HandoffOrder
 
 
 class EnrollRequest(Input):
@@ -46,6 +47,9 @@ class DesiredInstance(Model):
     components: list[Component]
     resources: Resources
     revision: int = Field(description="Site revision at which this entry last changed.")
+    epoch: int = Field(0, ge=0, description="The instance's move count: run it only at this one.")
+    handoff: HandoffOrder | None = Field(None, description="A move in progress, if any.")
+    relocatable: bool = Field(False, description="The controller may restart it elsewhere.")
 
 
 class DesiredStateDoc(Model):
@@ -84,6 +88,7 @@ class ActualInstance(Input):
     reason: str | None = None
     timings: dict[str, float] = Field(default_factory=dict)
     updated_at: datetime
+    epoch: int = Field(0, ge=0, description="The epoch the site runs this instance at.")
 
 
 class AgentReport(Input):
@@ -99,6 +104,9 @@ class AgentReport(Input):
     events: list[OutboxEvent] = Field(default_factory=list, max_length=1000)
     cache: list[CachedImage] | None = Field(
         None, description="The site's artifact cache; omitted when unchanged."
+    )
+    local_api: str | None = Field(
+        None, max_length=255, description="The site-local API's URL, for clients to call."
     )
 
 

@@ -99,6 +99,7 @@ class LocalController:
     offline_grace_s: float = 30.0
     port: int = field(default_factory=free_port)
     proc: Proc | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -115,7 +116,8 @@ class LocalController:
         )  # fmt: skip
         if self.database_url:
             args += ["--database-url", self.database_url]
-        self.proc = Proc("controller", args, self.data_dir / "controller.log", _env()).start()
+        log = self.data_dir / "controller.log"
+        self.proc = Proc("controller", args, log, _env(self.env)).start()
         wait_for(self._healthy, timeout, f"controller on {self.url}\n{self.proc.log_tail()}")
         return self
 

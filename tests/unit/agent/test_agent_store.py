@@ -68,9 +68,9 @@ def test_a_v1_store_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store.open(tmp_path / "a.db")
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 3
-    row = store.query("SELECT state, spec_digest FROM actual WHERE id = 'i1'")[0]
-    assert (row["state"], row["spec_digest"]) == ("running", None)
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 4
+    row = store.query("SELECT state, spec_digest, epoch FROM actual WHERE id = 'i1'")[0]
+    assert (row["state"], row["spec_digest"], row["epoch"]) == ("running", None, 0)
     store.close()
 
 

@@ -9,10 +9,11 @@ from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.dialect import insert_ignore
-from cloudlet.controller.db.models import App, Event, Instance, Site
+from cloudlet.controller.db.models import App, Event, Instance, InstanceDeparture, Site
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
+from cloudlet.controller.services.mobility import handoff_orders, note_running, purge_departures
 from cloudlet.controller.services.site_images import record_cache, site_image_digests
 from cloudlet.schemas import (
     ActualInstance,
@@ -25,9 +26,10 @@ from cloudlet.schemas import (
     InstanceOrigin,
     Resources,
 )
+from cloudlet.schemas.mobility import HandoffOrder
 
 
-def _desired(instance: Instance, app: App) -> DesiredInstance:
+def _desired(instance: Instance, app: App, order: HandoffOrder | None = None) -> DesiredInstance:
     return DesiredInstance(
         id=instance.id,
         name=instance.name,
@@ -37,6 +39,24 @@ def _desired(instance: Instance, app: App) -> DesiredInstance:
         components=[Component.model_validate(c) for c in app.components],
         resources=Resources.model_validate(app.resources),
         revision=instance.revision,
+        epoch=instance.epoch,
+        handoff=order,
+        relocatable=app.relocatable,
+    )
+
+
+def _departed(instance: Instance, app: App, departure: InstanceDeparture) -> DesiredInstance:
+    """What a site an instance moved away from must apply: deleted, at the new epoch."""
+    return DesiredInstance(
+        id=instance.id,
+        name=instance.name,
+        app=app.name,
+        project=instance.project,
+        desired_state=DesiredState.DELETED,
+        components=[Component.model_validate(c) for c in app.components],
+        resources=Resources.model_validate(app.resources),
+        revision=departure.revision,
+        epoch=departure.epoch,
     )
 
 
@@ -56,12 +76,23 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     else:
         query = query.where(Instance.revision > since)
     rows = session.execute(query.order_by(Instance.revision)).all()
+    orders = handoff_orders(session, site)
+    entries = [_desired(i, a, orders.get(i.id)) for i, a in rows]
+    if not full:  # a snapshot says "moved away" by not naming the instance at all
+        departed = session.execute(
+            select(Instance, App, InstanceDeparture)
+            .join(App, App.id == Instance.app_id)
+            .join(InstanceDeparture, InstanceDeparture.instance_id == Instance.id)
+            .where(InstanceDeparture.site_id == site.id, InstanceDeparture.revision > since)
+        ).all()
+        entries += [_departed(i, a, d) for i, a, d in departed]
+        entries.sort(key=lambda e: e.revision)
     return DesiredStateDoc(
         site=site.name,
         revision=site.revision,
         full=full,
         since=0 if full else since,
-        instances=[_desired(i, a) for i, a in rows],
+        instances=entries,
         images=site_image_digests(session, site.id),
     )
 
@@ -108,10 +139,12 @@ def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) 
             if r.origin is InstanceOrigin.SITE:
                 _adopt_site_instance(session, site, r)
             continue
-        if instance.site_id != site.id:
+        if instance.site_id != site.id or r.epoch < instance.epoch:
             continue  # a stale report from a site the instance was moved away from
         if instance.actual_updated_at and r.updated_at < instance.actual_updated_at:
             continue
+        if r.state is ActualState.RUNNING and r.state.value != instance.actual_state:
+            note_running(session, instance)
         instance.actual_state = r.state.value
         instance.endpoint = r.endpoint
         instance.reason = r.reason
@@ -175,6 +208,8 @@ def heartbeat_values(report: AgentReport, now: datetime) -> dict[str, object]:
         values["capacity"] = report.capacity.model_dump()
     if report.utilization is not None:
         values["utilization"] = report.utilization.model_dump()
+    if report.local_api is not None:
+        values["local_api_url"] = report.local_api
     return values
 
 
@@ -208,6 +243,7 @@ def ingest_report(session: Session, site: Site, report: AgentReport, now: dateti
     applied = min(report.applied_revision, site.revision)
     if applied > site.applied_revision:
         values["applied_revision"] = applied
+        purge_departures(session, site.id, applied)
     if report.instances is not None:
         # Deletions the agent applied and no longer reports need no tombstone.
         alive = [r.id for r in report.instances if r.state is not ActualState.DELETED]
