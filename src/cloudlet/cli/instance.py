@@ -8,7 +8,8 @@ from typing import Any
 import typer
 
 from cloudlet.cli._context import JsonOpt, ctx_of
-from cloudlet.cli._output import ago, console, show, show_one
+from cloudlet.cli._explain import print_handoff, print_placement
+from cloudlet.cli._output import ago, console, emit_json, show, show_one
 from cloudlet.errors import CloudletError, InvalidInputError
 
 app = typer.Typer(help="App instances running at sites.", no_args_is_help=True)
@@ -92,8 +93,11 @@ def list_(
 def show_(
     ctx: typer.Context, ref: str = typer.Argument(..., metavar="NAME|ID"), as_json: bool = JsonOpt
 ) -> None:
-    """One instance in detail."""
-    show_one(ctx_of(ctx).client().get(f"/v1/instances/{ref}"), as_json)
+    """One instance in detail, with why it is at its site."""
+    item = ctx_of(ctx).client().get(f"/v1/instances/{ref}")
+    show_one({k: v for k, v in item.items() if as_json or k != "placement"}, as_json)
+    if not as_json:
+        print_placement(item.get("placement"))
 
 
 @app.command("delete")
@@ -101,3 +105,53 @@ def delete(ctx: typer.Context, ref: str = typer.Argument(..., metavar="NAME|ID")
     """Stop and remove an instance."""
     item = ctx_of(ctx).client().delete(f"/v1/instances/{ref}")
     console.print(f"instance [bold]{item['name']}[/] is being deleted")
+
+
+@app.command("move")
+def move(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME|ID"),
+    to: str = typer.Option(..., "--to", help="The destination site."),
+    wait: float = typer.Option(0, help="Seconds to wait until it runs there (0: do not wait)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Hand an instance over to another site (its state comes along)."""
+    c = ctx_of(ctx).client()
+    handoff: dict[str, Any] = c.post(f"/v1/instances/{ref}/move", {"to": to})
+    if wait > 0:
+        item = _wait_running(c, ref, wait)
+        if item["site"] != to:
+            raise CloudletError(f"instance {item['name']} still at {item['site']}")
+        (handoff,) = [h for h in c.get("/v1/handoffs", instance=ref) if h["id"] == handoff["id"]]
+    if as_json:
+        show_one(handoff, True)
+        return
+    print_handoff(handoff)
+
+
+@app.command("client")
+def client_position(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME|ID"),
+    at: str = typer.Option(..., "--at", help="The client's position now, LAT,LON."),
+) -> None:
+    """Record where an instance's client is now (a following instance moves with it)."""
+    lat, lon = _near(at)
+    body = {"latitude": lat, "longitude": lon}
+    item = ctx_of(ctx).client().request("PUT", f"/v1/instances/{ref}/client", json=body)
+    console.print(f"instance [bold]{item['name']}[/]: client at {lat},{lon}")
+
+
+@app.command("handoffs")
+def handoffs(
+    ctx: typer.Context,
+    ref: str | None = typer.Argument(None, metavar="[NAME|ID]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Moves so far, each with its phases and bytes."""
+    rows = ctx_of(ctx).client().get("/v1/handoffs", instance=ref)
+    if as_json:
+        emit_json(rows)
+        return
+    for h in rows:
+        print_handoff(h)

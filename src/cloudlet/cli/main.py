@@ -27,6 +27,7 @@ _GROUPS: list[tuple[str, str]] = [
     ("app", "app"),
     ("instance", "instance"),
     ("event", "event"),
+    ("client", "client"),
     ("overlay", "overlay"),
     ("image", "image"),
     ("demo", "demo"),

@@ -97,3 +97,13 @@ def decommission(
     if not yes:
         typer.confirm(f"Decommission site {name!r}? Its instances will be removed", abort=True)
     show_one(ctx_of(ctx).client().post(f"/v1/sites/{name}/decommission"), as_json)
+
+
+@app.command("drain")
+def drain(ctx: typer.Context, name: str, as_json: bool = JsonOpt) -> None:
+    """Move every instance off a site by handoff (before maintenance)."""
+    site = ctx_of(ctx).client().post(f"/v1/sites/{name}/drain")
+    if as_json:
+        emit_json(site)
+        return
+    console.print(f"site [bold]{name}[/] is draining; {site['instances']} instance(s) to move")

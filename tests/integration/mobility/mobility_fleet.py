@@ -99,7 +99,9 @@ def serves(endpoint: str) -> bool:
 
 
 @contextmanager
-def fleet(tmp_path: Path, sites: list[str], **mobility: str) -> Iterator[Fleet]:
+def fleet(
+    tmp_path: Path, sites: list[str], announce: bool = False, **mobility: str
+) -> Iterator[Fleet]:
     """Start a controller and one agent per site (each behind its own relay)."""
     env = {
         "CLOUDLET_CONTROLLER__MOBILITY__INTERVAL_S": "0.3",
@@ -127,7 +129,7 @@ def fleet(tmp_path: Path, sites: list[str], **mobility: str) -> Iterator[Fleet]:
                     "CLOUDLET_AGENT__USAGE_INTERVAL_S": "0.5",
                     "CLOUDLET_AGENT__POLL_WAIT_S": "5",
                     "CLOUDLET_AGENT__BACKOFF_MAX_S": "1",
-                    "CLOUDLET_AGENT__ANNOUNCE": "false",
+                    "CLOUDLET_AGENT__ANNOUNCE": str(announce).lower(),
                 },
             ).start()
             stack.callback(agent.stop)
