@@ -3,6 +3,8 @@ when their site is cut off, and a returning site stopping its stale copy by epoc
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,35 @@ def test_failover_then_the_returning_site_stops_its_stale_copy(tmp_path: Path) -
         assert final["site"] == "paris" and final["actual_state"] == "running"
         listed = f.api.get("/v1/instances", params={"site": "lyon"}).json()
         assert listed == []
+
+
+def test_drain_moves_everything_off_a_site_by_handoff(tmp_path: Path) -> None:
+    with fleet(tmp_path, ["lyon", "paris"]) as f:
+        app = stateful_app(tmp_path, latency_bound_ms=None)
+        f.api.post("/v1/apps", json=app).raise_for_status()
+        ids = []
+        for n in range(2):
+            created = f.api.post("/v1/instances", json={"app": "notes", "site": "lyon"}).json()
+            item = f.wait_running_at(created["id"], "lyon")
+            get(item["endpoint"], set=f"kept-{n}")
+            ids.append(item["id"])
+        cli = [sys.executable, "-m", "cloudlet.cli", "--url", f.controller.url,
+               "--token", f.controller.token]  # fmt: skip
+        out = subprocess.run(
+            [*cli, "site", "drain", "lyon"], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert "draining" in out.stdout
+        for n, ref in enumerate(ids):
+            item = f.wait_running_at(ref, "paris")
+            assert get(item["endpoint"]).startswith(f"kept-{n} ")
+        assert f.api.get("/v1/sites/lyon").json()["state"] == "draining"
+        refused = f.api.post("/v1/instances", json={"app": "notes"})
+        assert refused.status_code == 201 and refused.json()["site"] == "paris"
+        # `instance show` says why it moved and how the sites scored.
+        out = subprocess.run(
+            [*cli, "instance", "show", ids[0]], capture_output=True, text=True, timeout=60
+        )
+        assert out.returncode == 0, out.stderr
+        assert "moved: drain of lyon" in out.stdout
+        assert "chosen paris" in out.stdout
