@@ -21,6 +21,7 @@ from cloudlet.schemas import (
     EnrollResponse,
     ReportAck,
 )
+from cloudlet.schemas.mobility import HandoffReady, HandoffSent
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -139,6 +140,16 @@ class ControllerClient:
         """Download the state a handoff moves (the destination's side)."""
         response = await self._call("GET", f"/v1/agent/handoffs/{handoff_id}/state", timeout=300)
         return response.content
+
+    async def handoff_ready(self, handoff_id: str, address: str) -> None:
+        """vm, destination: say where it listens for the VM."""
+        await self._call(
+            "POST", f"/v1/agent/handoffs/{handoff_id}/ready", body=HandoffReady(address=address)
+        )
+
+    async def handoff_sent(self, handoff_id: str, sent: HandoffSent) -> None:
+        """vm, source: the VM runs at the destination now."""
+        await self._call("POST", f"/v1/agent/handoffs/{handoff_id}/sent", body=sent)
 
     async def fail_handoff(self, handoff_id: str, reason: str) -> None:
         """Tell the controller the source cannot hand the instance over."""

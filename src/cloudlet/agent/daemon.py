@@ -113,6 +113,11 @@ class Agent:
         except DriverError as exc:
             log.warning("VMs of an earlier run cannot be managed: %s", exc)
 
+    def _peer_host(self) -> str:
+        """The address other sites reach this one at (VM handoffs listen there)."""
+        host = self.settings.local_host
+        return (primary_address() or "127.0.0.1") if host in ("0.0.0.0", "::", "") else host
+
     def _local_api_url(self) -> str:
         """The site-local API's URL as clients should call it."""
         assert self.local_api is not None
@@ -189,7 +194,9 @@ class Agent:
                     on_desired=self.stager.wake.set,
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
-                self.reconciler.handoffs = HandoffRunner(self.store, s.data_dir / STATE_DIR, client)
+                self.reconciler.handoffs = HandoffRunner(
+                    self.store, s.data_dir / STATE_DIR, client, self._peer_host()
+                )
             outbox.record(
                 self.store,
                 EventKind.AGENT_STARTED,

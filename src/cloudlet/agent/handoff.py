@@ -27,6 +27,7 @@ from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import Store
+from cloudlet.agent.vm_handoff import VmHandoffs
 from cloudlet.errors import ControllerUnreachableError, DriverError, SyncError
 from cloudlet.schemas import ActualState, EventKind
 from cloudlet.schemas.mobility import HandoffOrder, HandoffRole
@@ -61,10 +62,13 @@ def unpack(archive: bytes, directory: Path) -> None:
 class HandoffRunner:
     """Carries out the handoff orders in a site's desired state."""
 
-    def __init__(self, store: Store, state_root: Path, client: ControllerClient) -> None:
+    def __init__(
+        self, store: Store, state_root: Path, client: ControllerClient, host: str = "127.0.0.1"
+    ) -> None:
         self.store = store
         self.state_root = state_root
         self.client = client
+        self.vms = VmHandoffs(client, host, self._event)
 
     def _done(self, order: HandoffOrder) -> bool:
         return self.store.get_meta(f"handoff:{order.id}") is not None
@@ -85,6 +89,13 @@ class HandoffRunner:
         """Do this site's part of the order; True when the instance may start here now."""
         order = want.instance.handoff
         assert order is not None
+        if order.kind == "vm":
+            # Either side: never start or adopt here while the order stands; the
+            # destination's VM is adopted once the instance is its own (no order).
+            if row is None and order.role is HandoffRole.DESTINATION:
+                ops._track(want.instance, want.origin, ActualState.RELOCATING)
+            self.vms.step(ops, want, order)
+            return False
         if order.role is HandoffRole.SOURCE:
             await self._send(ops, want, row, order)
             return False

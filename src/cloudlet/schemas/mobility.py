@@ -22,7 +22,8 @@ class HandoffRole(enum.StrEnum):
 
 
 class HandoffPhase(enum.StrEnum):
-    REQUESTED = "requested"  # the source was told to hand the instance over
+    REQUESTED = "requested"  # the source (process) or destination (vm) was told
+    READY = "ready"  # vm: the destination listens for the VM; the source sends it
     TRANSFERRED = "transferred"  # the state reached the controller; the destination owns it
     DONE = "done"  # running at the destination
     FAILED = "failed"  # given up; the instance stays (or is restarted) at the source
@@ -34,6 +35,9 @@ class HandoffOrder(Model):
     id: str
     role: HandoffRole
     peer_site: str = Field(description="The other site's name.")
+    kind: str = Field("process", description="process (state directory) or vm (live).")
+    address: str | None = Field(None, description="vm, source: where the destination listens.")
+    token: str | None = Field(None, description="vm: the one-time transfer token.")
 
 
 class ClientPosition(Input):
@@ -41,6 +45,16 @@ class ClientPosition(Input):
 
     latitude: float = Field(ge=-90, le=90)
     longitude: float = Field(ge=-180, le=180)
+
+
+class HandoffReady(Input):
+    address: str = Field(max_length=255, description="host:port the destination listens on.")
+
+
+class HandoffSent(Input):
+    bytes: int = Field(ge=0)
+    downtime_s: float = Field(ge=0)
+    rounds: int = Field(ge=0)
 
 
 class InstanceMove(Input):

@@ -86,6 +86,22 @@ class Fleet:
         return [e for e in events if e["seq"] > 0 and (kind is None or e["kind"] == kind)]
 
 
+def upload(api: httpx.Client, path: Path, kind: str, name: str) -> dict[str, Any]:
+    """Upload an image or overlay to the controller the way the CLI does."""
+    size = path.stat().st_size
+    up = api.post("/v1/uploads", json={"kind": kind, "name": name, "size": size})
+    assert up.status_code == 201, up.text
+    api.put(
+        f"/v1/uploads/{up.json()['id']}",
+        params={"offset": 0},
+        content=path.read_bytes(),
+        headers={"content-type": "application/octet-stream"},
+    ).raise_for_status()
+    done = api.post(f"/v1/uploads/{up.json()['id']}/complete")
+    assert done.status_code == 201, done.text
+    return done.json()
+
+
 def get(endpoint: str, **params: str) -> str:
     return httpx.get(f"http://{endpoint}/", params=params, timeout=5).text
 

@@ -77,7 +77,11 @@ def test_discover_ranks_with_reasons_and_the_client_connects(tmp_path: Path) -> 
             capture_output=True, text=True, timeout=60, check=True,
         )  # fmt: skip
         rows = json.loads(out.stdout)
-        assert {r["site"]: r["rank"] for r in rows} == {"lyon": 1, "turin": 2}
+        # (The ranking may change now that one site runs the app: its load, its timings.)
+        assert sorted((r["rank"], r["site"]) for r in rows)[0][0] == 1
+        assert {r["site"] for r in rows} == {"lyon", "turin"}
+        (serving,) = [r for r in rows if r["site"] == conn.site]
+        assert serving["details"]["running"] == [conn.endpoint]
         assert all(r["measured_rtt_ms"] is not None for r in rows)
         times = [r["measured_rtt_ms"] for r in rows]
         assert times == sorted(times)
@@ -93,8 +97,8 @@ def test_without_a_controller_the_client_browses_the_lan(tmp_path: Path) -> None
             pytest.skip("multicast DNS does not work here")
         dead = f"http://127.0.0.1:{free_port()}"
         found = client.candidates(dead, "notes", browse_s=3)
-        names = {c.site: c for c in found}
-        assert "lyon" in names, found
-        assert names["lyon"].source == "dns-sd"
-        assert names["lyon"].endpoint.endswith(f":{lyon.local_api().rsplit(':', 1)[1]}")
-        assert names["lyon"].measured_rtt_ms is not None
+        # Other agents on this LAN (other test runs) may answer too: find ours by address.
+        ours = [c for c in found if c.endpoint == lyon.local_api()]
+        assert ours, found
+        assert ours[0].source == "dns-sd" and ours[0].site.startswith("lyon")
+        assert ours[0].measured_rtt_ms is not None

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mobility_fleet import BOUND_MS, SITES, fleet, upload
 
 from cloudlet.compute import WorkloadSpec, WorkloadState
 from cloudlet.compute.ports import free_port
@@ -27,7 +28,8 @@ from cloudlet.compute.qemu.handoff import (
     receive_live,
     send_live,
 )
-from cloudlet.testbed.guest import GuestImage
+from cloudlet.synthesis import create_overlay
+from cloudlet.testbed.guest import GuestImage, with_page
 from cloudlet.testbed.local import wait_for
 
 pytestmark = [
@@ -38,6 +40,7 @@ pytestmark = [
     ),
 ]
 MIB = 256
+PAGE = "served from inside a VM that moves\n"
 
 
 def _token(endpoint: str) -> str:
@@ -151,3 +154,59 @@ def test_a_destination_dying_mid_transfer_leaves_the_vm_at_the_source(
     server.close()
     assert src.status("vm").state is WorkloadState.RUNNING
     assert _token(endpoint) == token
+
+
+def test_a_vm_instance_follows_its_client_between_real_agents(
+    guest: GuestImage, tmp_path: Path
+) -> None:
+    overlay = tmp_path / "app.ovl"
+    create_overlay(guest.disk, with_page(guest, tmp_path / "app.img", PAGE), overlay, threads=2)
+    with fleet(tmp_path, ["lyon", "paris"]) as f:
+        image = upload(f.api, guest.disk, "image", "tiny-guest")
+        ovl = upload(f.api, overlay, "overlay", "app")
+        app = {
+            "name": "vm-app",
+            "components": [
+                {
+                    "kind": "vm",
+                    "image": image["digest"],
+                    "overlay": ovl["id"],
+                    "guest_port": guest.guest_port,
+                    "env": guest.vm_env(),
+                }
+            ],
+            "resources": {"vcpus": 1, "memory_mib": MIB, "disk_gib": 0.1},
+            "latency_bound_ms": BOUND_MS,
+        }
+        f.api.post("/v1/apps", json=app).raise_for_status()
+        lat, lon = SITES["lyon"]
+        created = f.api.post(
+            "/v1/instances",
+            json={"app": "vm-app", "client_latitude": lat, "client_longitude": lon,
+                  "follow_client": True},
+        )  # fmt: skip
+        assert created.status_code == 201, created.text
+        item = f.wait_running_at(created.json()["id"], "lyon", timeout=240)
+        token = _token(item["endpoint"])
+        assert httpx.get(f"http://{item['endpoint']}/", timeout=5).text == PAGE
+
+        plat, plon = SITES["paris"]
+        f.api.put(
+            f"/v1/instances/{item['id']}/client", json={"latitude": plat, "longitude": plon}
+        ).raise_for_status()
+        moved = f.wait_running_at(item["id"], "paris", timeout=240)
+        assert moved["epoch"] == 1
+        # The same guest runs on at paris: no reboot, its RAM-only token came along.
+        assert _token(moved["endpoint"]) == token
+        (handoff,) = f.api.get("/v1/handoffs", params={"instance": item["id"]}).json()
+        assert handoff["kind"] == "vm" and handoff["phase"] == "done"
+        assert 0 < handoff["bytes"] < MIB * 1024 * 1024
+        assert {"ready", "transferred", "done"} <= set(handoff["phases"])
+        sent = wait_for(lambda: f.site_events("lyon", "handoff"), 30, "lyon's handoff event")
+        assert sent[0]["data"]["phase"] == "sent" and sent[0]["data"]["downtime_s"] > 0
+        assert len(sent[0]["data"]["rounds"]) >= 2
+        wait_for(
+            lambda: not list((tmp_path / "lyon" / "vms").glob(f"{item['id']}*")),
+            30,
+            "lyon's copy removed",
+        )

@@ -23,7 +23,8 @@ Wire format (big-endian), one frame after another::
 
     frame  := kind:u8 region:u8 count:u32 length:u32 payload[length]
     kind   'C' chunks: payload = zstd(u32 index * count ++ 4 KiB data * count)
-           'S' device state: payload = zstd(the migration stream); 'E' end (empty)
+           'S' device state: payload = zstd(the migration stream)
+           'E' end: payload = disk size:u64 memory size:u64
     region 0 disk, 1 memory
     answer (destination -> source, after 'E'): b"OK" or b"NO" + u32 length + message
 """
@@ -220,7 +221,8 @@ def send_live(
             packed = send.zstd.compress(state)
             stats.device_state_bytes = len(state)
             send.frame(b"S", 0, 1, packed)
-            send.frame(b"E", 0, 0, b"")
+            sizes = struct.pack("!QQ", source.disk.stat().st_size, source.memory.stat().st_size)
+            send.frame(b"E", 0, 0, sizes)
             stats.rounds.append(
                 {
                     "chunks": chunks,
@@ -312,6 +314,8 @@ def receive_live(
                 elif kind == ord("S"):
                     state.write_bytes(unzstd.decompress(payload, max_output_size=64 << 20))
                 elif kind == ord("E"):
+                    disk_size, _memory_size = struct.unpack("!QQ", payload)
+                    os.ftruncate(files[DISK], disk_size)
                     break
                 else:
                     raise HandoffError(f"unknown frame kind {kind}")

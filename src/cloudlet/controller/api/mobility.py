@@ -18,7 +18,14 @@ from cloudlet.controller.services import fleet, instances, mobility
 from cloudlet.controller.services._util import utcnow
 from cloudlet.errors import AuthError, ConflictError, InvalidInputError, NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, Instance, Site, SiteState
-from cloudlet.schemas.mobility import ClientPosition, Handoff, InstanceMove
+from cloudlet.schemas.mobility import (
+    ClientPosition,
+    Handoff,
+    HandoffPhase,
+    HandoffReady,
+    HandoffSent,
+    InstanceMove,
+)
 
 router = APIRouter(tags=["mobility"])
 
@@ -168,6 +175,45 @@ async def download_state(handoff_id: str, request: Request) -> Response:
     return Response(data, media_type="application/octet-stream")
 
 
+@router.post("/v1/agent/handoffs/{handoff_id}/ready", status_code=status.HTTP_204_NO_CONTENT)
+async def handoff_ready(handoff_id: str, body: HandoffReady, request: Request) -> Response:
+    """vm, destination: it listens for the VM at ``address``."""
+    st = agent_api._state(request)
+    site = await agent_api._authenticate(request, st)
+    row = await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
+    if row.dest_site_id != site.id:
+        raise NotFoundError(f"handoff {handoff_id!r} not found")
+
+    def ready() -> str:
+        with st.sessions.begin() as session:
+            handoff = session.get_one(HandoffRow, handoff_id)
+            mobility.vm_ready(session, handoff, body.address)
+            return handoff.source_site_id
+
+    st.watcher.notify(await run_in_threadpool(ready))
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/v1/agent/handoffs/{handoff_id}/sent", status_code=status.HTTP_204_NO_CONTENT)
+async def handoff_sent(handoff_id: str, body: HandoffSent, request: Request) -> Response:
+    """vm, source: the VM runs at the destination now."""
+    st = agent_api._state(request)
+    site = await agent_api._authenticate(request, st)
+    row = await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
+    if row.source_site_id != site.id:
+        raise NotFoundError(f"handoff {handoff_id!r} not found")
+
+    def sent() -> tuple[str, str]:
+        with st.sessions.begin() as session:
+            handoff = session.get_one(HandoffRow, handoff_id)
+            mobility.vm_sent(session, handoff, body.bytes, body.downtime_s)
+            return handoff.source_site_id, handoff.dest_site_id
+
+    for site_id in await run_in_threadpool(sent):
+        st.watcher.notify(site_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post("/v1/agent/handoffs/{handoff_id}/fail", status_code=status.HTTP_204_NO_CONTENT)
 async def fail_handoff(
     handoff_id: str, request: Request, reason: str = Query(..., max_length=500)
@@ -176,11 +222,13 @@ async def fail_handoff(
     site = await agent_api._authenticate(request, st)
     await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
 
-    def fail() -> str:
+    def fail() -> tuple[str, str]:
         with st.sessions.begin() as session:
             handoff = session.get_one(HandoffRow, handoff_id)
-            mobility.fail_handoff(session, handoff, reason)
-            return handoff.source_site_id
+            if handoff.phase != HandoffPhase.FAILED.value:  # both sides may say so
+                mobility.fail_handoff(session, handoff, reason)
+            return handoff.source_site_id, handoff.dest_site_id
 
-    st.watcher.notify(await run_in_threadpool(fail))
+    for site_id in await run_in_threadpool(fail):
+        st.watcher.notify(site_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -20,6 +20,7 @@ the destination starts the instance from its app's definition.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -35,8 +36,9 @@ from cloudlet.errors import ConflictError
 from cloudlet.schemas import ActualState, ComponentKind, DesiredState, SiteState
 from cloudlet.schemas.mobility import HandoffOrder, HandoffPhase, HandoffRole
 
-REQUESTED, TRANSFERRED = HandoffPhase.REQUESTED.value, HandoffPhase.TRANSFERRED.value
-OPEN = (REQUESTED, TRANSFERRED)
+REQUESTED, READY = HandoffPhase.REQUESTED.value, HandoffPhase.READY.value
+TRANSFERRED = HandoffPhase.TRANSFERRED.value
+OPEN = (REQUESTED, READY, TRANSFERRED)
 
 
 def _elapsed(handoff: Handoff, now: datetime) -> float:
@@ -69,26 +71,65 @@ def open_handoff(session: Session, instance_id: str) -> Handoff | None:
     )
 
 
+def _role(handoff: Handoff, site_id: str) -> HandoffRole | None:
+    """Which part of an open handoff a site plays now, if any."""
+    if handoff.kind == "process":
+        if handoff.phase == REQUESTED and handoff.source_site_id == site_id:
+            return HandoffRole.SOURCE
+        if handoff.phase == TRANSFERRED and handoff.dest_site_id == site_id:
+            return HandoffRole.DESTINATION
+    elif handoff.kind == "vm":
+        if handoff.phase in (REQUESTED, READY) and handoff.dest_site_id == site_id:
+            return HandoffRole.DESTINATION
+        if handoff.phase == READY and handoff.source_site_id == site_id:
+            return HandoffRole.SOURCE
+    return None
+
+
 def handoff_orders(session: Session, site: Site) -> dict[str, HandoffOrder]:
     """The orders a site's desired entries carry, by instance id (moves in progress)."""
     rows = session.scalars(
         select(Handoff).where(
-            Handoff.kind == "process",
-            ((Handoff.phase == REQUESTED) & (Handoff.source_site_id == site.id))
-            | ((Handoff.phase == TRANSFERRED) & (Handoff.dest_site_id == site.id)),
+            Handoff.phase.in_(OPEN),
+            (Handoff.source_site_id == site.id) | (Handoff.dest_site_id == site.id),
         )
     ).all()
     orders = {}
     for handoff in rows:
-        if handoff.source_site_id == site.id and handoff.phase == HandoffPhase.REQUESTED.value:
-            role, peer = HandoffRole.SOURCE, handoff.dest_site_id
-        else:
-            role, peer = HandoffRole.DESTINATION, handoff.source_site_id
+        role = _role(handoff, site.id)
+        if role is None:
+            continue
+        peer = handoff.dest_site_id if role is HandoffRole.SOURCE else handoff.source_site_id
         peer_site = session.get(Site, peer)
         orders[handoff.instance_id] = HandoffOrder(
-            id=handoff.id, role=role, peer_site=peer_site.name if peer_site else peer
+            id=handoff.id,
+            role=role,
+            peer_site=peer_site.name if peer_site else peer,
+            kind=handoff.kind,
+            address=handoff.address if role is HandoffRole.SOURCE else None,
+            token=handoff.token,
         )
     return orders
+
+
+def incoming(
+    session: Session, site: Site, since: int, full: bool
+) -> list[tuple[Instance, App, Handoff]]:
+    """VM instances on their way to ``site``: it holds an entry for each (at the new
+    epoch, with the order to receive it) before they are its own."""
+    query = (
+        select(Instance, App, Handoff)
+        .join(Instance, Instance.id == Handoff.instance_id)
+        .join(App, App.id == Instance.app_id)
+        .where(
+            Handoff.kind == "vm",
+            Handoff.dest_site_id == site.id,
+            Handoff.phase.in_((REQUESTED, READY)),
+        )
+    )
+    if not full:
+        query = query.where(Handoff.dest_revision > since)
+    return [(i, a, h) for i, a, h in session.execute(query).all()]
 
 
 def purge_departures(session: Session, site_id: str, applied: int) -> None:
@@ -115,20 +156,7 @@ def _switch(session: Session, instance: Instance, dest: Site, reason: str) -> No
     """Give the instance to ``dest`` at the next epoch; its old site gets a departure."""
     old = instance.site_id
     instance.epoch += 1
-    departure = session.get(InstanceDeparture, (instance.id, old))
-    revision = bump_revision(session, old)
-    if departure is None:
-        session.add(
-            InstanceDeparture(
-                instance_id=instance.id,
-                site_id=old,
-                epoch=instance.epoch,
-                revision=revision,
-                created_at=utcnow(),
-            )
-        )
-    else:
-        departure.epoch, departure.revision = instance.epoch, revision
+    _depart(session, instance.id, old, instance.epoch)
     # Coming back to a site it left: its entry there supersedes the departure.
     session.execute(
         delete(InstanceDeparture).where(
@@ -146,6 +174,24 @@ def _switch(session: Session, instance: Instance, dest: Site, reason: str) -> No
     record(
         session, "instance.moved", dest.id, instance=instance.id, source=old, epoch=instance.epoch
     )
+
+
+def _depart(session: Session, instance_id: str, site_id: str, epoch: int) -> None:
+    """Tell ``site`` (by a departure in its desired state) to drop its copy, epoch < ``epoch``."""
+    departure = session.get(InstanceDeparture, (instance_id, site_id))
+    revision = bump_revision(session, site_id)
+    if departure is None:
+        session.add(
+            InstanceDeparture(
+                instance_id=instance_id,
+                site_id=site_id,
+                epoch=epoch,
+                revision=revision,
+                created_at=utcnow(),
+            )
+        )
+    else:
+        departure.epoch, departure.revision = epoch, revision
 
 
 def _has_vm(app: App) -> bool:
@@ -175,15 +221,18 @@ def request_move(
             the app has VM components (their live handoff is not implemented yet).
     """
     app = _check_movable(session, instance, dest)
-    if _has_vm(app):
-        raise ConflictError(f"app {app.name!r} has VM components: VM handoff is not available yet")
+    kind = "vm" if _has_vm(app) else "process"
+    if kind == "vm" and len(app.components) != 1:
+        raise ConflictError(f"app {app.name!r}: live handoff moves apps of one VM component")
+    if kind == "vm" and instance.desired_state != DesiredState.RUNNING.value:
+        raise ConflictError(f"instance {instance.name!r} is not running: a live handoff needs it")
     handoff = Handoff(
         id=new_id(),
         instance_id=instance.id,
         project=instance.project,
         source_site_id=instance.site_id,
         dest_site_id=dest.id,
-        kind="process",
+        kind=kind,
         phase=HandoffPhase.REQUESTED.value,
         reason=reason,
         epoch=instance.epoch + 1,
@@ -210,9 +259,49 @@ def request_move(
         handoff.phase = HandoffPhase.DONE.value
         handoff.finished_at = utcnow()
         return handoff
+    if kind == "vm":
+        # The destination prepares first (base cached, a listener); the source hears
+        # of the move once the destination is ready for it.
+        handoff.token = secrets.token_urlsafe(24)
+        handoff.dest_revision = bump_revision(session, dest.id)
+        return handoff
     # The actual state stays the source's word: it reports `relocating` once it acts.
     instance.revision = bump_revision(session, instance.site_id)  # the source sees the order
     return handoff
+
+
+def vm_ready(session: Session, handoff: Handoff, address: str) -> None:
+    """The destination listens for the VM: tell the source where to send it.
+
+    Raises:
+        ConflictError: the handoff is not waiting for its destination.
+    """
+    if handoff.phase == READY and handoff.address == address:
+        return  # a retry
+    if handoff.kind != "vm" or handoff.phase != REQUESTED:
+        raise ConflictError(f"handoff {handoff.id} is {handoff.phase}, not waiting to be ready")
+    handoff.address = address
+    _phase(session, handoff, HandoffPhase.READY, address=address)
+    instance = session.get_one(Instance, handoff.instance_id)
+    instance.revision = bump_revision(session, instance.site_id)
+
+
+def vm_sent(session: Session, handoff: Handoff, nbytes: int, downtime_s: float) -> Instance:
+    """The VM runs at the destination: it owns the instance now (at the next epoch).
+
+    Raises:
+        ConflictError: the handoff is not in flight.
+    """
+    instance = session.get_one(Instance, handoff.instance_id)
+    if handoff.phase == TRANSFERRED:
+        return instance  # a retry
+    if handoff.kind != "vm" or handoff.phase != READY:
+        raise ConflictError(f"handoff {handoff.id} is {handoff.phase}, not in flight")
+    handoff.bytes = nbytes
+    _switch(session, instance, session.get_one(Site, handoff.dest_site_id), handoff.reason or "")
+    instance.actual_state = ActualState.RELOCATING.value
+    _phase(session, handoff, HandoffPhase.TRANSFERRED, downtime_s=downtime_s)
+    return instance
 
 
 def relocate(
@@ -268,11 +357,14 @@ def state_received(session: Session, handoff: Handoff, size: int) -> Instance:
 
 def fail_handoff(session: Session, handoff: Handoff, reason: str) -> None:
     """Give a handoff up before the destination took over: the source keeps it."""
-    if handoff.phase != HandoffPhase.REQUESTED.value:
+    if handoff.phase not in (REQUESTED, READY):
         raise ConflictError(f"handoff {handoff.id} is {handoff.phase}; too late to fail it")
     instance = session.get(Instance, handoff.instance_id)
     handoff.reason = reason
     _phase(session, handoff, HandoffPhase.FAILED, reason=reason)
+    if handoff.kind == "vm":
+        # Whatever the destination took in goes: it holds a departure at the new epoch.
+        _depart(session, handoff.instance_id, handoff.dest_site_id, handoff.epoch)
     if instance is not None and instance.desired_state != DesiredState.DELETED.value:
         instance.revision = bump_revision(session, instance.site_id)  # order withdrawn
 
@@ -309,7 +401,7 @@ def timed_out(session: Session, older_than_s: float) -> list[Handoff]:
     return list(
         session.scalars(
             select(Handoff).where(
-                Handoff.phase == HandoffPhase.REQUESTED.value, Handoff.created_at < cutoff
+                Handoff.phase.in_((REQUESTED, READY)), Handoff.created_at < cutoff
             )
         )
     )

@@ -113,8 +113,8 @@ def relocation_pass(
     now = utcnow()
     result = PassResult()
     for handoff in mobility.timed_out(session, settings.handoff_timeout_s):
-        mobility.fail_handoff(session, handoff, "timed out waiting for the source's state")
-        result.sites.add(handoff.source_site_id)
+        mobility.fail_handoff(session, handoff, "timed out before the destination took over")
+        result.sites |= {handoff.source_site_id, handoff.dest_site_id}
 
     for instance, app, site in _live(session, App.relocatable.is_(True)):
         if app.failover_after_s is None or site.last_seen is None:
@@ -187,7 +187,7 @@ def _rebalance(
             for i, a, _s in _live(session, Instance.site_id == site_id)
             if i.id not in {m for m, _ in result.moves}
             and _dwelt(i, now, settings.min_dwell_s)
-            and not any(c.get("kind") == "vm" for c in a.components)
+            and len(a.components) == 1
         ]
         for instance in sorted(movable, key=lambda i: i.created_at, reverse=True):
             try:

@@ -13,7 +13,12 @@ from cloudlet.controller.db.models import App, Event, Instance, InstanceDepartur
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
-from cloudlet.controller.services.mobility import handoff_orders, note_running, purge_departures
+from cloudlet.controller.services.mobility import (
+    handoff_orders,
+    incoming,
+    note_running,
+    purge_departures,
+)
 from cloudlet.controller.services.site_images import record_cache, site_image_digests
 from cloudlet.schemas import (
     ActualInstance,
@@ -78,6 +83,10 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     rows = session.execute(query.order_by(Instance.revision)).all()
     orders = handoff_orders(session, site)
     entries = [_desired(i, a, orders.get(i.id)) for i, a in rows]
+    for i, a, h in incoming(session, site, since, full):
+        entry = _desired(i, a, orders.get(i.id))
+        update = {"epoch": h.epoch, "revision": h.dest_revision or 0}
+        entries.append(entry.model_copy(update=update))
     if not full:  # a snapshot says "moved away" by not naming the instance at all
         departed = session.execute(
             select(Instance, App, InstanceDeparture)
@@ -86,7 +95,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
             .where(InstanceDeparture.site_id == site.id, InstanceDeparture.revision > since)
         ).all()
         entries += [_departed(i, a, d) for i, a, d in departed]
-        entries.sort(key=lambda e: e.revision)
+    entries.sort(key=lambda e: e.revision)
     return DesiredStateDoc(
         site=site.name,
         revision=site.revision,

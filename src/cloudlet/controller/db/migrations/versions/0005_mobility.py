@@ -63,6 +63,9 @@ def upgrade() -> None:
         sa.Column("phases", sa.JSON(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("token", sa.String(length=64), nullable=True),
+        sa.Column("address", sa.String(length=255), nullable=True),
+        sa.Column("dest_revision", sa.BigInteger(), nullable=True),
     )
     op.create_index("ix_handoffs_instance_id", "handoffs", ["instance_id"])
 
