@@ -22,6 +22,30 @@ from cloudlet.errors import ConfigError
 DEFAULT_LOCAL_PORT = 7480
 
 
+class MobilitySettings(BaseModel):
+    """When the controller moves instances: failover, following clients, draining, load."""
+
+    interval_s: float = Field(2.0, gt=0, description="Seconds between relocation passes.")
+    handoff_timeout_s: float = Field(
+        120.0, gt=0, description="A handoff whose source sent no state by then is given up."
+    )
+    follow_margin_ms: float = Field(
+        2.0,
+        ge=0,
+        description="Hysteresis: a client-following instance moves only to a site this much "
+        "closer (estimated RTT) than its own.",
+    )
+    min_dwell_s: float = Field(
+        30.0, ge=0, description="Hysteresis: no automatic move sooner than this after the last."
+    )
+    overload: float = Field(
+        0.9, gt=0, le=1, description="CPU or memory fraction above which a site sheds load."
+    )
+    overload_for_s: float = Field(
+        60.0, ge=0, description="How long a site must stay overloaded before it sheds."
+    )
+
+
 class ControllerSettings(BaseModel):
     data_dir: Path = Field(Path("./cloudlet-data"), description="Database, admin token, keys.")
     database_url: str | None = Field(
@@ -48,6 +72,7 @@ class ControllerSettings(BaseModel):
         "one (events past it are refused).",
     )
     log_level: str = Field("info", description="Python log level.")
+    mobility: MobilitySettings = Field(default_factory=MobilitySettings)
 
 
 class AgentSettings(BaseModel):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 
 from cloudlet.agent import actual
 from cloudlet.agent._specs import DriverSet, build_spec, workload_id
@@ -50,8 +52,11 @@ class InstanceOps:
         workload_host: str = "127.0.0.1",
         on_change: Callable[[], None] | None = None,
         vm: VmBuilder | None = None,
+        state_root: Path | None = None,
     ) -> None:
         self.store = store
+        #: Stateful components' state directories, one per instance (what handoffs move).
+        self.state_root = state_root
         self.drivers = driver if isinstance(driver, DriverSet) else DriverSet(driver)
         self.workload_host = workload_host
         self.on_change = on_change
@@ -123,6 +128,7 @@ class InstanceOps:
             project=inst.project,
             origin=origin,
             state=state,
+            epoch=inst.epoch,
         )
         self._changed()
         return row
@@ -147,7 +153,7 @@ class InstanceOps:
             disk = None
             if c.kind is ComponentKind.VM and self.vm is not None:
                 disk = self.vm.disk_path(inst.id, c)
-            specs[c.name] = build_spec(inst, c, row.ports.get(c.name), disk)
+            specs[c.name] = build_spec(inst, c, row.ports.get(c.name), disk, self.state_root)
         return specs
 
     # -- desired: stopped / deleted --------------------------------------------------
@@ -262,6 +268,8 @@ class InstanceOps:
             return
         if self.vm is not None:
             await asyncio.to_thread(self.vm.remove_instance, instance_id)
+        if self.state_root is not None:
+            await asyncio.to_thread(shutil.rmtree, self.state_root / instance_id, True)
         if row is not None:
             self._move(row, ActualState.DELETED)
 

@@ -26,12 +26,26 @@ def spec_digest(specs: Iterable[WorkloadSpec]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def state_dir(root: Path, instance_id: str, component: str) -> Path:
+    """Where a stateful component keeps what moves with its instance."""
+    return root / instance_id / component
+
+
 def build_spec(
-    inst: DesiredInstance, comp: Component, port: int | None, disk_image: Path | None = None
+    inst: DesiredInstance,
+    comp: Component,
+    port: int | None,
+    disk_image: Path | None = None,
+    state_root: Path | None = None,
 ) -> WorkloadSpec:
-    """The driver's view of one component of one instance (``disk_image``: vm kind)."""
+    """The driver's view of one component of one instance (``disk_image``: vm kind;
+    ``state_root``: where stateful components get their state directory)."""
     env = dict(comp.env)
     env.update({"CLOUDLET_INSTANCE": inst.id, "CLOUDLET_APP": inst.app})
+    if comp.stateful and state_root is not None:
+        path = state_dir(state_root, inst.id, comp.name)
+        path.mkdir(parents=True, exist_ok=True)
+        env["CLOUDLET_STATE_DIR"] = str(path)
     command = list(comp.command)
     if port is not None:
         env["PORT"] = str(port)

@@ -39,6 +39,7 @@ class ActualRow:
     updated_at: float = 0.0
     spec_digest: str | None = None
     restarts: int = 0
+    epoch: int = 0
 
     def to_wire(self) -> ActualInstance:
         return ActualInstance(
@@ -57,6 +58,7 @@ class ActualRow:
                 else None
             ),
             updated_at=datetime.fromtimestamp(self.updated_at, UTC),
+            epoch=self.epoch,
         )
 
 
@@ -78,6 +80,7 @@ def _from_row(row: sqlite3.Row) -> ActualRow:
         updated_at=row["updated_at"],
         spec_digest=row["spec_digest"],
         restarts=row["restarts"],
+        epoch=row["epoch"],
     )
 
 
@@ -114,6 +117,7 @@ def _event(conn: sqlite3.Connection, row: ActualRow, previous: ActualState | Non
             # So the controller can file the event under its tenant.
             "app": row.app,
             "project": row.project,
+            "epoch": row.epoch,
         },
     )
 
@@ -128,15 +132,18 @@ def create(
     origin: InstanceOrigin,
     state: ActualState = ActualState.PENDING,
     now: float | None = None,
+    epoch: int = 0,
 ) -> ActualRow:
-    """Start tracking an instance, with its first INSTANCE_STATE event."""
+    """Start tracking an instance at ``epoch``, with its first INSTANCE_STATE event."""
     ts = time.time() if now is None else now
-    row = ActualRow(instance_id, name, app, project, origin, state, state_since=ts, updated_at=ts)
+    row = ActualRow(
+        instance_id, name, app, project, origin, state, state_since=ts, updated_at=ts, epoch=epoch
+    )
     with store.transaction() as conn:
         conn.execute(
-            "INSERT INTO actual (id, name, app, project, origin, state, state_since, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (row.id, name, app, project, origin.value, state.value, ts, ts),
+            "INSERT INTO actual (id, name, app, project, origin, state, state_since, updated_at, "
+            "epoch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (row.id, name, app, project, origin.value, state.value, ts, ts, epoch),
         )
         _event(conn, row, None)
         _bump(conn)

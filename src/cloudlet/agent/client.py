@@ -21,6 +21,7 @@ from cloudlet.schemas import (
     EnrollResponse,
     ReportAck,
 )
+from cloudlet.schemas.mobility import HandoffReady, HandoffSent
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -62,6 +63,7 @@ class ControllerClient:
         params: dict[str, str | int] | None = None,
         timeout: float | None = None,
         auth: bool = True,
+        raw: bytes | None = None,
     ) -> httpx.Response:
         headers = {}
         if auth:
@@ -71,6 +73,9 @@ class ControllerClient:
         content = body.model_dump_json(exclude_none=True).encode() if body is not None else None
         if content is not None:
             headers["Content-Type"] = "application/json"
+        elif raw is not None:
+            content = raw
+            headers["Content-Type"] = "application/octet-stream"
         request = self._http.build_request(
             method,
             path,
@@ -130,6 +135,35 @@ class ControllerClient:
         """Send actual state and outbox events; the answer acknowledges stored events."""
         response = await self._call("POST", "/v1/agent/report", body=report)
         return _parse(ReportAck, response)
+
+    async def send_handoff_state(self, handoff_id: str, archive: bytes) -> None:
+        """Upload the state a handoff moves (the source's side).
+
+        Raises:
+            SyncError: the handoff no longer waits for state (it failed or moved on).
+        """
+        await self._call("PUT", f"/v1/agent/handoffs/{handoff_id}/state", raw=archive, timeout=300)
+
+    async def fetch_handoff_state(self, handoff_id: str) -> bytes:
+        """Download the state a handoff moves (the destination's side)."""
+        response = await self._call("GET", f"/v1/agent/handoffs/{handoff_id}/state", timeout=300)
+        return response.content
+
+    async def handoff_ready(self, handoff_id: str, address: str) -> None:
+        """vm, destination: say where it listens for the VM."""
+        await self._call(
+            "POST", f"/v1/agent/handoffs/{handoff_id}/ready", body=HandoffReady(address=address)
+        )
+
+    async def handoff_sent(self, handoff_id: str, sent: HandoffSent) -> None:
+        """vm, source: the VM runs at the destination now."""
+        await self._call("POST", f"/v1/agent/handoffs/{handoff_id}/sent", body=sent)
+
+    async def fail_handoff(self, handoff_id: str, reason: str) -> None:
+        """Tell the controller the source cannot hand the instance over."""
+        await self._call(
+            "POST", f"/v1/agent/handoffs/{handoff_id}/fail", params={"reason": reason[:500]}
+        )
 
 
 def _fmt(seconds: float) -> str:

@@ -28,7 +28,8 @@ from cloudlet.agent import outbox, usage
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
 from cloudlet.agent.client import ControllerClient
-from cloudlet.agent.discovery import Announcer, service_info
+from cloudlet.agent.discovery import Announcer, primary_address, service_info
+from cloudlet.agent.handoff import HandoffRunner
 from cloudlet.agent.local_api import LocalApi, create_app, resolve_token
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
@@ -43,6 +44,8 @@ from cloudlet.settings import AgentSettings
 log = logging.getLogger(__name__)
 
 STORE_FILE = "agent.db"
+#: Under data_dir: stateful components' state directories (what handoffs move).
+STATE_DIR = "state"
 #: Longest the last report may take at exit.
 FINAL_REPORT_S = 2.0
 
@@ -80,6 +83,7 @@ class Agent:
             workload_host=settings.workload_host,
             vm=VmBuilder(self.stager, settings.data_dir / "vms"),
             answer_timeout_s=settings.vm_answer_timeout_s,
+            state_root=settings.data_dir / STATE_DIR,
         )
         self.syncer: Syncer | None = None
         self.local_api: LocalApi | None = None
@@ -108,6 +112,19 @@ class Agent:
             await asyncio.to_thread(self.drivers.for_kind, ComponentKind.VM)
         except DriverError as exc:
             log.warning("VMs of an earlier run cannot be managed: %s", exc)
+
+    def _peer_host(self) -> str:
+        """The address other sites reach this one at (VM handoffs listen there)."""
+        host = self.settings.local_host
+        return (primary_address() or "127.0.0.1") if host in ("0.0.0.0", "::", "") else host
+
+    def _local_api_url(self) -> str:
+        """The site-local API's URL as clients should call it."""
+        assert self.local_api is not None
+        host = self.settings.local_host
+        if host in ("0.0.0.0", "::", ""):
+            host = primary_address() or "127.0.0.1"
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.local_api.port}"
 
     async def _announce(self) -> None:
         """Announce the local API under the site's name; nothing before it is known."""
@@ -185,6 +202,9 @@ class Agent:
                     outbox_cap=s.outbox_cap,
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
+                self.reconciler.handoffs = HandoffRunner(
+                    self.store, s.data_dir / STATE_DIR, client, self._peer_host()
+                )
             outbox.record(
                 self.store,
                 EventKind.AGENT_STARTED,
@@ -206,6 +226,8 @@ class Agent:
                 s.data_dir,
             )
             await self.local_api.start()
+            if self.syncer is not None:
+                self.syncer.local_api = self._local_api_url()
             if s.announce:
                 tasks.append(asyncio.create_task(self._announce()))
             tasks.append(asyncio.create_task(self.reconciler.run(s.reconcile_interval_s, stop)))

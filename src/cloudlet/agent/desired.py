@@ -56,6 +56,10 @@ class DesiredEntry:
     def state(self) -> DesiredState:
         return self.instance.desired_state
 
+    @property
+    def epoch(self) -> int:
+        return self.instance.epoch
+
 
 def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
     """Store a pulled document and advance the cursor to ``doc.revision``.

@@ -29,16 +29,16 @@ def service_info(
 ) -> ServiceInfo:
     """The DNS-SD record for a site-local API served on ``host:port``.
 
-    A wildcard or loopback ``host`` is announced with the host's primary IPv4 address
-    (loopback only if it has none).
+    A wildcard ``host`` is announced with the host's primary IPv4 address (loopback
+    only if it has none); any other address as it is, loopback included: announcing
+    an address the API does not listen on would send clients nowhere.
     """
     safe = name.replace(".", "-")[:63] or "cloudlet"
     addresses: list[str] = []
     with contextlib.suppress(ValueError):
-        ip = ipaddress.ip_address(host)
-        if not (ip.is_unspecified or ip.is_loopback):
+        if not ipaddress.ip_address(host).is_unspecified:
             addresses = [host]
-    if not addresses and (primary := _primary_address()) is not None:
+    if not addresses and (primary := primary_address()) is not None:
         addresses = [primary]
     hostname = socket.gethostname().split(".")[0] or "cloudlet"
     return ServiceInfo(
@@ -51,7 +51,7 @@ def service_info(
     )
 
 
-def _primary_address() -> str | None:
+def primary_address() -> str | None:
     """The IPv4 address multicast leaves from (no packet is sent), or None."""
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:

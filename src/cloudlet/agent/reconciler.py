@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import psutil
 
@@ -39,6 +40,7 @@ from cloudlet.agent._specs import (
 from cloudlet.agent._wait import sleep_or
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.desired import DesiredEntry
+from cloudlet.agent.handoff import HandoffRunner
 from cloudlet.agent.store import ALIVE_AT, Store
 from cloudlet.agent.vm import Opened, VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
@@ -69,8 +71,16 @@ class Reconciler(InstanceOps):
         on_change: Callable[[], None] | None = None,
         vm: VmBuilder | None = None,
         answer_timeout_s: float = 120.0,
+        state_root: Path | None = None,
     ) -> None:
-        super().__init__(store, driver, workload_host=workload_host, on_change=on_change, vm=vm)
+        super().__init__(
+            store,
+            driver,
+            workload_host=workload_host,
+            on_change=on_change,
+            vm=vm,
+            state_root=state_root,
+        )
         self.answer_timeout_s = answer_timeout_s
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -83,6 +93,8 @@ class Reconciler(InstanceOps):
         self.passes = 0
         #: The desired revision the last complete pass acted on (what reports claim).
         self.applied_revision = 0
+        #: Carries out handoff orders (set by the agent once it can reach the controller).
+        self.handoffs: HandoffRunner | None = None
 
     def wake(self) -> None:
         """Ask for a pass soon (desired state changed)."""
@@ -141,7 +153,17 @@ class Reconciler(InstanceOps):
                 # Nothing asks for it any more (its desired entry is gone): remove it.
                 await self._ensure_deleted(row.id, [], row)
             return
+        if row is not None and row.state is not ActualState.DELETED and row.epoch < want.epoch:
+            # Fencing: this copy belongs to an earlier epoch; the instance moved away
+            # since (and maybe back). It must not serve again: remove it first.
+            log.info("instance %s: stale copy (epoch %d < %d)", row.id, row.epoch, want.epoch)
+            await self._ensure_deleted(row.id, want.instance.components, row)
+            row = actual.get(self.store, want.id)
         if want.state is DesiredState.RUNNING:
+            if self.handoffs is not None and want.instance.handoff is not None:
+                if not await self.handoffs.prepare(self, want, row):
+                    return
+                row = actual.get(self.store, want.id)
             await self._ensure_running(want, row)
         elif want.state is DesiredState.STOPPED:
             await self._ensure_stopped(want, row)

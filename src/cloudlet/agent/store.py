@@ -98,6 +98,10 @@ _MIGRATIONS: list[str] = [
         merged_into INTEGER
     );
     """,
+    # v6: the epoch (move count) each instance runs at here, to fence stale copies.
+    """
+    ALTER TABLE actual ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

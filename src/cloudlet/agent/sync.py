@@ -88,6 +88,8 @@ class Syncer:
         self.store = store
         self.client = client
         self.reconciler = reconciler
+        #: The site-local API's URL, reported so that discovery can point clients at it.
+        self.local_api: str | None = None
         self.data_dir = data_dir
         self.poll_wait_s = poll_wait_s
         self.report_interval_s = report_interval_s
@@ -313,6 +315,7 @@ class Syncer:
             instances=[r.to_wire() for r in rows] if include else None,
             events=events,
             cache=self.cache.listing() if self.cache is not None and with_cache else None,
+            local_api=self.local_api,
         )
         ack = await self.client.report(report)
         if ack.rejected:

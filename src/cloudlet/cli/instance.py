@@ -8,7 +8,8 @@ from typing import Any
 import typer
 
 from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
-from cloudlet.cli._output import ago, console, show, show_one
+from cloudlet.cli._explain import print_handoff, print_placement
+from cloudlet.cli._output import ago, console, emit_json, show, show_one
 from cloudlet.errors import CloudletError, InvalidInputError
 
 app = typer.Typer(help="App instances running at sites.", no_args_is_help=True)
@@ -144,7 +145,7 @@ def show_(
     as_json: bool = JsonOpt,
     output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """One instance in detail, with its open usage interval.
+    """One instance in detail: its open usage interval, and why it is at its site.
 
     The site records usage every 60 s (usage_interval_s) and when the instance
     stops; usage_since is where the interval not recorded yet began.
@@ -159,7 +160,10 @@ def show_(
             if since
             else "- (not running: no usage accrues)"
         )
-    show_one(item, fmt)
+        show_one({k: v for k, v in item.items() if k != "placement"}, fmt)
+        print_placement(item.get("placement"))
+    else:
+        show_one(item, fmt)
 
 
 def _action(name: str, doc: str) -> None:
@@ -208,3 +212,53 @@ def delete(ctx: typer.Context, ref: str = typer.Argument(..., metavar="NAME|ID")
     """Stop and remove an instance."""
     item = ctx_of(ctx).client().delete(f"/v1/instances/{ref}")
     console.print(f"instance [bold]{item['name']}[/] is being deleted")
+
+
+@app.command("move")
+def move(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME|ID"),
+    to: str = typer.Option(..., "--to", help="The destination site."),
+    wait: float = typer.Option(0, help="Seconds to wait until it runs there (0: do not wait)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Hand an instance over to another site (its state comes along)."""
+    c = ctx_of(ctx).client()
+    handoff: dict[str, Any] = c.post(f"/v1/instances/{ref}/move", {"to": to})
+    if wait > 0:
+        item = _wait_state(c, ref, "running", wait)
+        if item["site"] != to:
+            raise CloudletError(f"instance {item['name']} still at {item['site']}")
+        (handoff,) = [h for h in c.get("/v1/handoffs", instance=ref) if h["id"] == handoff["id"]]
+    if as_json:
+        show_one(handoff, True)
+        return
+    print_handoff(handoff)
+
+
+@app.command("client")
+def client_position(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="NAME|ID"),
+    at: str = typer.Option(..., "--at", help="The client's position now, LAT,LON."),
+) -> None:
+    """Record where an instance's client is now (a following instance moves with it)."""
+    lat, lon = _near(at)
+    body = {"latitude": lat, "longitude": lon}
+    item = ctx_of(ctx).client().request("PUT", f"/v1/instances/{ref}/client", json=body)
+    console.print(f"instance [bold]{item['name']}[/]: client at {lat},{lon}")
+
+
+@app.command("handoffs")
+def handoffs(
+    ctx: typer.Context,
+    ref: str | None = typer.Argument(None, metavar="[NAME|ID]"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Moves so far, each with its phases and bytes."""
+    rows = ctx_of(ctx).client().get("/v1/handoffs", instance=ref)
+    if as_json:
+        emit_json(rows)
+        return
+    for h in rows:
+        print_handoff(h)

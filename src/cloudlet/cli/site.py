@@ -132,11 +132,11 @@ def decommission(
 ) -> None:
     """Drain a site, then revoke its agent's credential.
 
-    The site turns draining: placement skips it and its instances are stopped
-    (moved, once handoff exists). When its agent reports them gone the
-    credential is revoked and the site is decommissioned.
+    The site turns draining: placement skips it and its instances are handed off
+    to other sites where one fits (stopped where none does). When its agent
+    reports them gone the credential is revoked and the site is decommissioned.
     """
-    confirm(f"Decommission site {name!r}? Its instances will be stopped", yes)
+    confirm(f"Decommission site {name!r}? Its instances will move or stop", yes)
     c = ctx_of(ctx).client()
     site: dict[str, Any] = c.post(f"/v1/sites/{name}/decommission?force={str(force).lower()}")
     deadline = time.monotonic() + wait
@@ -149,10 +149,26 @@ def decommission(
     elif site["state"] == "draining":
         console.print(
             f"site [bold]{name}[/] is draining: placement skips it and its instances are "
-            "being stopped; it is decommissioned once its agent reports them gone "
+            "moving (or stopping); it is decommissioned once its agent reports them gone "
             f"(cloudlet site show {name}; --force revokes at once)"
         )
     else:
         console.print(f"site [bold]{name}[/] is decommissioned; its credential is revoked")
     if wait > 0 and site["state"] == "draining":
         raise CloudletError(f"site {name} still draining after {wait:g}s")
+
+
+@app.command("drain")
+def drain(
+    ctx: typer.Context,
+    name: str,
+    as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
+) -> None:
+    """Move every instance off a site by handoff (before maintenance); the site stays."""
+    site: dict[str, Any] = ctx_of(ctx).client().post(f"/v1/sites/{name}/drain")
+    fmt = output_format(output, as_json)
+    if fmt is not OutputFormat.TABLE:
+        show_one(site, fmt)
+        return
+    console.print(f"site [bold]{name}[/] is draining; {site['instances']} instance(s) to move")

@@ -17,9 +17,11 @@ from cloudlet.controller.api import (
     agent,
     apps,
     artifacts,
+    discover,
     events,
     instances,
     metrics,
+    mobility,
     openapi,
     problems,
     sites,
@@ -112,7 +114,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.cloudlet = state
     problems.install(app)
-    for module in (sites, apps, instances, events, agent, artifacts, metrics):
+    for module in (sites, apps, instances, mobility, discover, events, agent, artifacts, metrics):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

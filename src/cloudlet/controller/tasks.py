@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from cloudlet.controller.db.models import Site
-from cloudlet.controller.services import decommission, sync
+from cloudlet.controller.services import decommission, relocation, sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.state import ControllerState
@@ -120,6 +120,26 @@ async def _watch_revisions(st: ControllerState, interval: float) -> None:
             log.exception("revision watch failed; will retry")
 
 
+def relocate_once(st: ControllerState, memory: relocation.RelocationMemory) -> set[str]:
+    """One relocation pass in its own transaction; returns the sites to wake."""
+    with st.sessions.begin() as session:
+        result = relocation.relocation_pass(
+            session, st.settings.offline_grace_s, st.settings.mobility, memory
+        )
+    return result.sites
+
+
+async def _relocate(st: ControllerState, interval: float) -> None:
+    memory = relocation.RelocationMemory()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for site_id in await asyncio.to_thread(relocate_once, st, memory):
+                st.watcher.notify(site_id)
+        except Exception:
+            log.exception("relocation pass failed; will retry")
+
+
 def start(st: ControllerState) -> list[asyncio.Task[None]]:
     st.watcher.bind(asyncio.get_running_loop())
     liveness_every = max(0.5, min(5.0, st.settings.offline_grace_s / 5))
@@ -129,4 +149,5 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_every(1.0, finish_drains, st)),
         asyncio.create_task(_watch_revisions(st, 1.0)),
         asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
+        asyncio.create_task(_relocate(st, st.settings.mobility.interval_s)),
     ]

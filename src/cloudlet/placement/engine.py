@@ -21,6 +21,7 @@ __all__ = [
     "RankedSite",
     "Rejection",
     "WeightScore",
+    "evaluate",
     "normalize",
     "place",
     "rank",
@@ -228,6 +229,22 @@ def rank(
         ConfigError: the config names a filter or weigher not in the registry.
     """
     return _evaluate(sites, request, config, filters, weighers).ranked
+
+
+def evaluate(
+    sites: Iterable[SiteCandidate],
+    request: PlacementRequest,
+    config: PlacementConfig | None = None,
+    *,
+    filters: Mapping[str, Filter] = FILTERS,
+    weighers: Mapping[str, Weigher] = WEIGHERS,
+) -> tuple[list[RankedSite], list[Rejection]]:
+    """Every site ranked (best first) or rejected (with its filter), none chosen.
+
+    Arguments and errors as for :func:`rank`.
+    """
+    ev = _evaluate(sites, request, config, filters, weighers)
+    return ev.ranked, [r for _, r in ev.rejected]
 
 
 def place(

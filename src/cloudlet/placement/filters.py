@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Protocol, runtime_checkable
 
-from cloudlet.placement.geo import estimate_rtt_ms, great_circle_km
+from cloudlet.placement.geo import ACCESS_LATENCY_MS, estimate_rtt_ms, great_circle_km
 from cloudlet.placement.model import PlacementRequest, SiteCandidate
 
 __all__ = [
@@ -185,6 +185,17 @@ class ConstraintsFilter(BaseFilter):
 RttEstimator = Callable[[float], float]
 
 
+def site_rtt_ms(
+    site: SiteCandidate, distance_km: float, estimate: RttEstimator = estimate_rtt_ms
+) -> float:
+    """The estimated RTT to ``site``: the model's, with the site's measured access
+    latency in place of the model's fixed access term when the site has one."""
+    rtt = estimate(distance_km)
+    if site.access_latency_ms is not None:
+        rtt += site.access_latency_ms - ACCESS_LATENCY_MS
+    return rtt
+
+
 class LatencyFilter(BaseFilter):
     """Drops sites whose estimated RTT to the client exceeds the request's latency bound.
 
@@ -203,7 +214,7 @@ class LatencyFilter(BaseFilter):
         client, where = request.client_location, site.location
         if client is None or where is None:
             return None
-        return self.estimate(great_circle_km(client, where))
+        return site_rtt_ms(site, great_circle_km(client, where), self.estimate)
 
     def __call__(self, site: SiteCandidate, request: PlacementRequest) -> bool:
         bound = request.latency_bound_ms

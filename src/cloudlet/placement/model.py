@@ -62,6 +62,8 @@ class SiteCandidate:
     allocated: Resources = field(default_factory=Resources)
     utilization: Utilization | None = None
     images: frozenset[str] = frozenset()
+    #: Measured last-mile RTT of the site (ms); None: the RTT model's default term.
+    access_latency_ms: float | None = None
 
     @property
     def free(self) -> Resources:

@@ -68,6 +68,11 @@ class Component(Input):
     guest_port: Annotated[int, Field(gt=0, lt=65536), JsonNumber] | None = Field(
         None, description="VM kind: service port."
     )
+    stateful: bool = Field(
+        False,
+        description="Process kind: gets $CLOUDLET_STATE_DIR, a directory that moves with "
+        "the instance when it is handed off to another site.",
+    )
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Component:
@@ -91,6 +96,12 @@ class AppCreate(Input):
         max_length=32,
         description='Placement constraints, e.g. "region==eu-west".',
     )
+    relocatable: bool = Field(
+        False, description="Restart it at another site when its site stays offline."
+    )
+    failover_after_s: float | None = Field(
+        None, gt=0, le=86400, description="Offline time after which a relocatable instance moves."
+    )
 
     @model_validator(mode="after")
     def _unique_components(self) -> AppCreate:
@@ -111,3 +122,5 @@ class App(Model):
     labels: dict[str, str]
     constraints: list[str]
     created_at: datetime
+    relocatable: bool = False
+    failover_after_s: float | None = None

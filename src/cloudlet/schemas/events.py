@@ -18,6 +18,7 @@ class EventKind(enum.StrEnum):
     USAGE = "usage"  # data: instance, app, project, seconds, start, end
     ALARM = "alarm"  # data: severity, message
     SITE = "site"  # controller-side: enrolled, offline, online, decommissioned
+    HANDOFF = "handoff"  # data: handoff, phase (sent, received), bytes, seconds
 
 
 class Event(Model):

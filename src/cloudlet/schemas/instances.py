@@ -54,6 +54,9 @@ class InstanceCreate(Input):
     name: Name | None = None
     client_latitude: Latitude | None = None
     client_longitude: Longitude | None = None
+    follow_client: bool = Field(
+        False, description="Tie the instance to the client: move it when the client moves."
+    )
 
 
 class Instance(Model):
@@ -75,4 +78,10 @@ class Instance(Model):
         "records every 60 s (usage_interval_s) and when the instance stops.",
     )
     created_at: datetime
+    epoch: int = Field(0, description="Moves so far (handoffs, failovers, rebalances).")
+    client_latitude: float | None = None
+    client_longitude: float | None = None
+    placement: dict[str, object] | None = Field(
+        None, description="Why the instance is where it is: ranked and rejected sites."
+    )
     updated_at: datetime

@@ -12,6 +12,7 @@ from pydantic.json_schema import SkipJsonSchema
 from cloudlet.schemas._base import Input, Model, Patch
 from cloudlet.schemas.common import (
     Integer,
+    JsonNumber,
     LabelMap,
     Latitude,
     Longitude,
@@ -60,6 +61,9 @@ class SiteUpdate(Patch):
     latitude: Latitude | None = None
     longitude: Longitude | None = None
     labels: LabelMap | SkipJsonSchema[None] = None
+    access_latency_ms: Annotated[float, Field(ge=0, le=10_000), JsonNumber] | None = Field(
+        None, description="Measured last-mile RTT from clients to the site."
+    )
 
 
 class Site(Model):
@@ -83,6 +87,8 @@ class Site(Model):
     instances: int = 0
     agent_version: str | None = None
     created_at: datetime
+    access_latency_ms: float | None = None
+    local_api: str | None = Field(None, description="The site-local API clients call.")
 
 
 class JoinTokenCreate(Input):

@@ -23,6 +23,7 @@ from cloudlet.schemas.artifacts import CachedImage
 from cloudlet.schemas.common import Float, Integer, Name, Project, Ref, Resources, Utilization
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
+from cloudlet.schemas.mobility import HandoffOrder
 
 
 class EnrollRequest(Input):
@@ -52,6 +53,9 @@ class DesiredInstance(Model):
     restarts: int = Field(
         0, ge=0, description="Bumped by each restart asked for; the site restarts once per bump."
     )
+    epoch: int = Field(0, ge=0, description="The instance's move count: run it only at this one.")
+    handoff: HandoffOrder | None = Field(None, description="A move in progress, if any.")
+    relocatable: bool = Field(False, description="The controller may restart it elsewhere.")
 
 
 class DesiredStateDoc(Model):
@@ -117,6 +121,7 @@ class ActualInstance(Input):
         None, description="Start of the usage interval not yet recorded (while running)."
     )
     updated_at: datetime
+    epoch: int = Field(0, ge=0, description="The epoch the site runs this instance at.")
 
 
 class AgentReport(Input):
@@ -134,6 +139,9 @@ class AgentReport(Input):
     events: list[OutboxEvent] = Field(default_factory=list, max_length=1000)
     cache: list[CachedImage] | None = Field(
         None, max_length=10_000, description="The site's artifact cache; omitted when unchanged."
+    )
+    local_api: str | None = Field(
+        None, max_length=255, description="The site-local API's URL, for clients to call."
     )
 
 

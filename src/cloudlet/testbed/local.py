@@ -106,6 +106,7 @@ class LocalController:
     host: str = "127.0.0.1"
     #: Network namespace to run in (None: this one).
     netns: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -123,7 +124,8 @@ class LocalController:
         )  # fmt: skip
         if self.database_url:
             args += ["--database-url", self.database_url]
-        self.proc = Proc("controller", args, self.data_dir / "controller.log", _env()).start()
+        log = self.data_dir / "controller.log"
+        self.proc = Proc("controller", args, log, _env(self.env)).start()
         wait_for(self._healthy, timeout, f"controller on {self.url}\n{self.proc.log_tail()}")
         return self
 

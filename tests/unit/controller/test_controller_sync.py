@@ -184,3 +184,42 @@ def test_events_about_an_unknown_instance_another_site_reported_are_refused(
     )
     assert [r.seq for r in rejected] == [1] and "another site" in rejected[0].reason
     assert [seq for _, seq, _ in _stored(session)] == [1]
+
+
+def test_a_site_an_instance_moved_away_from_still_reports_its_old_copy(
+    session: Session,
+) -> None:
+    from cloudlet.controller.db.models import Handoff, Instance
+
+    moved = _create(session, "moved")
+    paris = enrolled_site(session, "paris")
+    instance = session.get_one(Instance, moved)
+    lyon_id = instance.site_id
+    instance.site_id = paris.id  # handed off to paris
+    session.add(
+        Handoff(
+            id="h1",
+            instance_id=moved,
+            project="admin",
+            source_site_id=lyon_id,
+            dest_site_id=paris.id,
+            kind="process",
+            phase="done",
+            reason="test",
+            epoch=1,
+            bytes=0,
+            phases={},
+            created_at=NOW,
+            finished_at=NOW,
+        )
+    )
+    session.flush()
+    # lyon's usage of its copy, recorded during a cut, arrives after the move
+    _, rejected = _ingest(
+        session, _site(session), AgentReport(applied_revision=0, events=[_usage(7, moved)])
+    )
+    assert rejected == []
+    nice = enrolled_site(session, "nice")  # never held it
+    session.flush()
+    _, rejected = _ingest(session, nice, AgentReport(applied_revision=0, events=[_usage(1, moved)]))
+    assert [r.seq for r in rejected] == [1]

@@ -50,6 +50,10 @@ def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **ext
         usage_since=row.usage_since,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        epoch=row.epoch,
+        client_latitude=row.client_latitude,
+        client_longitude=row.client_longitude,
+        placement=row.placement,
         **extra,
     )
 
@@ -62,7 +66,8 @@ def create_instance(body: InstanceCreate, session: DB, user: User, st: State) ->
     )
     session.commit()
     st.watcher.notify(row.site_id)
-    return _view(row, _names(session, [row]), InstanceCreated, placement=explanation)
+    del explanation  # stored on the row: every view of the instance carries it
+    return _view(row, _names(session, [row]), InstanceCreated)
 
 
 @router.get("", response_model=list[Instance])

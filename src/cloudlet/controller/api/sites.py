@@ -8,6 +8,7 @@ from cloudlet.controller.api.deps import DB, State, User, load_site, require_adm
 from cloudlet.controller.services import fleet
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.decommission import decommission
+from cloudlet.controller.services.relocation import decommission_relocator
 from cloudlet.schemas import JoinToken, JoinTokenCreate, Site, SiteCreate, SiteCreated, SiteUpdate
 
 router = APIRouter(prefix="/v1/sites", tags=["sites"])
@@ -63,10 +64,13 @@ def decommission_site(
         False, description="Revoke at once, without waiting for the agent to stop instances."
     ),
 ) -> Site:
-    """Drain the site (state ``draining``), then revoke its credential once its agent
-    reports its instances gone (state ``decommissioned``); ``force`` revokes at once."""
+    """Drain the site (state ``draining``): each instance is handed off to the best other
+    site, or stopped where none fits; then revoke its credential once its agent reports
+    its instances gone (state ``decommissioned``). ``force`` revokes at once."""
     _admin(user)
-    site = decommission(session, load_site(session, name), force=force)
+    site = load_site(session, name)
+    relocate = decommission_relocator(site, st.settings.offline_grace_s)
+    site = decommission(session, site, force=force, relocate=relocate)
     session.commit()
     st.watcher.notify(site.id)
     count = fleet.instance_counts(session).get(site.id, 0)

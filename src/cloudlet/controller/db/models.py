@@ -90,7 +90,14 @@ class Site(Base):
     capacity: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     utilization: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     agent_version: Mapped[str | None] = mapped_column(String(64))
+    #: Set by decommission: once drained, the site is decommissioned. A drain for
+    #: maintenance leaves it unset, and the site stays, empty, until it is reopened.
+    decommission_requested_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    #: Last-mile RTT clients see to the site (operator-set; None: the default model).
+    access_latency_ms: Mapped[float | None] = mapped_column(Float)
+    #: The site-local API's URL, as the agent reports it.
+    local_api_url: Mapped[str | None] = mapped_column(String(255))
 
 
 class JoinToken(Base):
@@ -117,6 +124,8 @@ class App(Base):
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
     constraints: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime]
+    relocatable: Mapped[bool] = mapped_column(default=False, server_default=false())
+    failover_after_s: Mapped[float | None] = mapped_column(Float)
 
 
 class Instance(Base):
@@ -145,6 +154,55 @@ class Instance(Base):
     usage_since: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    #: Moves so far; agents run the instance only at this epoch.
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    client_latitude: Mapped[float | None] = mapped_column(Float)
+    client_longitude: Mapped[float | None] = mapped_column(Float)
+    #: Move the instance when its client's position leaves the latency bound.
+    follow_client: Mapped[bool] = mapped_column(default=False, server_default=false())
+    #: The placement explanation of its current site (ranked and rejected sites).
+    placement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    moved_at: Mapped[datetime | None]
+
+
+class InstanceDeparture(Base):
+    """An instance moved away from a site: that site's desired state says so (deleted
+    at the new epoch) until its agent applied it."""
+
+    __tablename__ = "instance_departures"
+
+    instance_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    site_id: Mapped[str] = mapped_column(
+        ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    revision: Mapped[int] = mapped_column(BigInteger, index=True)
+    created_at: Mapped[datetime]
+
+
+class Handoff(Base):
+    """One move of an instance between two sites, phase by phase."""
+
+    __tablename__ = "handoffs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    project: Mapped[str] = mapped_column(String(63))
+    source_site_id: Mapped[str] = mapped_column(String(36))
+    dest_site_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16))
+    phase: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    phases: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    #: vm: the one-time token the source shows the destination, where it listens, and
+    #: the destination's revision at which its incoming entry last changed.
+    token: Mapped[str | None] = mapped_column(String(64))
+    address: Mapped[str | None] = mapped_column(String(255))
+    dest_revision: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Event(Base):

@@ -52,6 +52,8 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
         labels=dict(body.labels),
         constraints=list(body.constraints),
         created_at=utcnow(),
+        relocatable=body.relocatable,
+        failover_after_s=body.failover_after_s,
     )
     session.add(app)
     try:

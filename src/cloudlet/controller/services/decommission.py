@@ -30,7 +30,7 @@ Relocate = Callable[[Session, Instance], bool]
 
 STOP_NOTE = (
     "site {site} is being decommissioned: instance stopped and removed "
-    "(relocation by handoff is not available)"
+    "(no other site could take it by handoff)"
 )
 
 
@@ -60,6 +60,8 @@ def decommission(
         instance.reason = note
         record(session, "instance.drained", site.id, instance=instance.id, note=note)
         stopped += 1
+    if site.decommission_requested_at is None:
+        site.decommission_requested_at = utcnow()
     if site.state != SiteState.DRAINING.value:
         site.state = SiteState.DRAINING.value
         record(session, "site.draining", site.id, instances=len(live), stopped=stopped)
@@ -84,9 +86,13 @@ def _revoke(session: Session, site: Site, *, forced: bool) -> None:
 
 
 def finish_drains(session: Session) -> list[str]:
-    """Decommission every draining site with no instance left; returns their ids."""
+    """Decommission every site being decommissioned with no instance left (a drain for
+    maintenance keeps its site); returns their ids."""
     done = []
-    for site in session.scalars(select(Site).where(Site.state == SiteState.DRAINING.value)):
+    draining = select(Site).where(
+        Site.state == SiteState.DRAINING.value, Site.decommission_requested_at.is_not(None)
+    )
+    for site in session.scalars(draining):
         if not _remaining(session, site.id):
             _revoke(session, site, forced=False)
             done.append(site.id)

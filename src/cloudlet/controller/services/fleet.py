@@ -205,4 +205,6 @@ def site_view(site: Site, now: datetime, grace_s: float, instances: int = 0) -> 
         instances=instances,
         agent_version=site.agent_version,
         created_at=site.created_at,
+        access_latency_ms=site.access_latency_ms,
+        local_api=site.local_api_url,
     )

@@ -96,6 +96,7 @@ def candidates(session: Session, grace_s: float) -> list[placement.SiteCandidate
                 labels=dict(site.labels),
                 allocated=allocated.get(site.id, placement.Resources()),
                 utilization=placement.Utilization(**util) if util else None,
+                access_latency_ms=site.access_latency_ms,
             )
         )
     return out
@@ -161,6 +162,10 @@ def create_instance(
         usage_since=None,
         created_at=now,
         updated_at=now,
+        client_latitude=body.client_latitude,
+        client_longitude=body.client_longitude,
+        follow_client=body.follow_client,
+        placement=explanation,
     )
     session.add(instance)
     record(session, "instance.created", site.id, instance=instance.id, app=app.name)

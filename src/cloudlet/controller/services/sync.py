@@ -10,10 +10,23 @@ from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.dialect import insert_ignore
-from cloudlet.controller.db.models import App, Event, Instance, Site
+from cloudlet.controller.db.models import (
+    App,
+    Event,
+    Handoff,
+    Instance,
+    InstanceDeparture,
+    Site,
+)
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
+from cloudlet.controller.services.mobility import (
+    handoff_orders,
+    incoming,
+    note_running,
+    purge_departures,
+)
 from cloudlet.controller.services.site_images import record_cache, site_image_digests
 from cloudlet.schemas import (
     ActualInstance,
@@ -28,11 +41,12 @@ from cloudlet.schemas import (
     RejectedEvent,
     Resources,
 )
+from cloudlet.schemas.mobility import HandoffOrder
 
 log = logging.getLogger(__name__)
 
 
-def _desired(instance: Instance, app: App) -> DesiredInstance:
+def _desired(instance: Instance, app: App, order: HandoffOrder | None = None) -> DesiredInstance:
     return DesiredInstance(
         id=instance.id,
         name=instance.name,
@@ -43,6 +57,24 @@ def _desired(instance: Instance, app: App) -> DesiredInstance:
         resources=Resources.model_validate(app.resources),
         revision=instance.revision,
         restarts=instance.restarts,
+        epoch=instance.epoch,
+        handoff=order,
+        relocatable=app.relocatable,
+    )
+
+
+def _departed(instance: Instance, app: App, departure: InstanceDeparture) -> DesiredInstance:
+    """What a site an instance moved away from must apply: deleted, at the new epoch."""
+    return DesiredInstance(
+        id=instance.id,
+        name=instance.name,
+        app=app.name,
+        project=instance.project,
+        desired_state=DesiredState.DELETED,
+        components=[Component.model_validate(c) for c in app.components],
+        resources=Resources.model_validate(app.resources),
+        revision=departure.revision,
+        epoch=departure.epoch,
     )
 
 
@@ -62,12 +94,27 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     else:
         query = query.where(Instance.revision > since)
     rows = session.execute(query.order_by(Instance.revision)).all()
+    orders = handoff_orders(session, site)
+    entries = [_desired(i, a, orders.get(i.id)) for i, a in rows]
+    for i, a, h in incoming(session, site, since, full):
+        entry = _desired(i, a, orders.get(i.id))
+        update = {"epoch": h.epoch, "revision": h.dest_revision or 0}
+        entries.append(entry.model_copy(update=update))
+    if not full:  # a snapshot says "moved away" by not naming the instance at all
+        departed = session.execute(
+            select(Instance, App, InstanceDeparture)
+            .join(App, App.id == Instance.app_id)
+            .join(InstanceDeparture, InstanceDeparture.instance_id == Instance.id)
+            .where(InstanceDeparture.site_id == site.id, InstanceDeparture.revision > since)
+        ).all()
+        entries += [_departed(i, a, d) for i, a, d in departed]
+    entries.sort(key=lambda e: e.revision)
     return DesiredStateDoc(
         site=site.name,
         revision=site.revision,
         full=full,
         since=0 if full else since,
-        instances=[_desired(i, a) for i, a in rows],
+        instances=entries,
         images=site_image_digests(session, site.id),
     )
 
@@ -120,8 +167,9 @@ def screen_events(
     is billed to, and those it may not.
 
     A site speaks only for itself: an event about an instance must be about one
-    placed at this site, or one unknown here that no other site has reported on
-    (a site-origin instance, or one purged since). The project of a known instance
+    placed at this site, or one that was (a handoff or failover moved it away: the
+    events of its old copy still count), or one unknown here that no other site
+    has reported on (a site-origin instance, or one purged since). The project of a known instance
     is ours to say, not the site's. A sequence number may run ahead of the last
     acknowledged one (a controller restored from a backup sees that), but only so far.
     """
@@ -134,6 +182,17 @@ def screen_events(
             select(Instance.id, Instance.site_id, Instance.project).where(Instance.id.in_(ids))
         )
         known = {i: (s, p) for i, s, p in rows}
+        moved = [i for i, (owner, _) in known.items() if owner != site.id]
+        if moved:
+            been_here = set(
+                session.scalars(
+                    select(Handoff.instance_id).where(
+                        Handoff.instance_id.in_(moved),
+                        or_(Handoff.source_site_id == site.id, Handoff.dest_site_id == site.id),
+                    )
+                )
+            )
+            known.update({i: (site.id, known[i][1]) for i in been_here})
         unknown = ids - known.keys()
         if unknown:
             foreign = set(
@@ -187,10 +246,12 @@ def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) 
             if r.origin is InstanceOrigin.SITE:
                 _adopt_site_instance(session, site, r)
             continue
-        if instance.site_id != site.id:
+        if instance.site_id != site.id or r.epoch < instance.epoch:
             continue  # a stale report from a site the instance was moved away from
         if instance.actual_updated_at and r.updated_at < instance.actual_updated_at:
             continue
+        if r.state is ActualState.RUNNING and r.state.value != instance.actual_state:
+            note_running(session, instance)
         instance.actual_state = r.state.value
         instance.endpoint = r.endpoint
         instance.reason = r.reason
@@ -257,6 +318,8 @@ def heartbeat_values(report: AgentReport, now: datetime) -> dict[str, object]:
         values["capacity"] = report.capacity.model_dump()
     if report.utilization is not None:
         values["utilization"] = report.utilization.model_dump()
+    if report.local_api is not None:
+        values["local_api_url"] = report.local_api
     return values
 
 
@@ -298,6 +361,7 @@ def ingest_report(
     applied = min(report.applied_revision, site.revision)
     if applied > site.applied_revision:
         values["applied_revision"] = applied
+        purge_departures(session, site.id, applied)
     if report.instances is not None:
         # Deletions the agent applied and no longer reports need no tombstone.
         alive = [r.id for r in report.instances if r.state is not ActualState.DELETED]

@@ -1,0 +1,229 @@
+"""Discovery: which cloudlets can serve an app for a client at a spot, best first, and why.
+
+The placement engine filters and weighs the sites (online, capacity, constraints,
+the app's latency bound against the estimated RTT) with one more weigher,
+``warmth``: the expected time to a first response, from what the site still has
+to fetch (its reported cache against the app's base images and overlays) at the
+site's measured fetch rate, plus its measured start time. Measurements come from
+the phase timings of instances the site ran (``fetch``, ``first_answer``,
+``starting``); a site that has none gets the defaults below, and says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cloudlet import placement
+from cloudlet.controller.db.models import App, Image, Instance, Overlay, SiteCache
+from cloudlet.controller.db.models import Site as SiteRow
+from cloudlet.controller.services.instances import candidates
+from cloudlet.placement.engine import evaluate
+from cloudlet.placement.filters import FILTERS, site_rtt_ms
+from cloudlet.placement.geo import ACCESS_LATENCY_MS, great_circle_km
+from cloudlet.placement.weighers import WEIGHERS
+from cloudlet.schemas import ActualState, ComponentKind
+from cloudlet.schemas.mobility import Cache, DiscoveredSite, Discovery, RejectedSite
+
+#: Fetch rate assumed for a site that has not fetched anything measurable yet (38 Mbit/s).
+DEFAULT_FETCH_BPS = 38e6 / 8
+#: Start times assumed without measurements: a VM's synthesis and boot, a process's start.
+DEFAULT_VM_START_S = 3.0
+DEFAULT_PROCESS_START_S = 0.5
+#: Rejected sites listed in an answer (a big fleet rejects thousands).
+MAX_REJECTED = 50
+#: A fetch shorter than this says nothing about the link's rate.
+_MIN_FETCH_S = 0.05
+
+
+@dataclass(frozen=True)
+class SiteRates:
+    fetch_bps: float
+    start_s: float
+    measured: bool
+
+
+def _artifacts(session: Session, app: App) -> dict[str, int]:
+    """Every artifact (image digest or overlay id) the app's VMs need, with its size."""
+    needed: dict[str, int] = {}
+    for comp in app.components:
+        if comp.get("kind") != ComponentKind.VM.value:
+            continue
+        if comp.get("image") and (image := session.get(Image, comp["image"])) is not None:
+            needed[image.digest] = image.size
+        if comp.get("overlay") and (overlay := session.get(Overlay, comp["overlay"])) is not None:
+            needed[overlay.id] = overlay.size
+            if overlay.memory_base_digest and (
+                mem := session.get(Image, overlay.memory_base_digest)
+            ):
+                needed[mem.digest] = mem.size
+    return needed
+
+
+def _rates(session: Session, has_vm: bool) -> dict[str, SiteRates]:
+    """Per site, the fetch rate and start time its instances' timings show."""
+    sizes = dict(session.execute(select(Overlay.id, Overlay.size)).tuples().all())
+    overlay_size = {
+        a.id: sum(sizes.get(c["overlay"], 0) for c in a.components if c.get("overlay"))
+        for a in session.scalars(select(App))
+    }
+    fetches: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    starts: dict[str, list[float]] = defaultdict(list)
+    key = "first_answer" if has_vm else "starting"
+    rows = session.execute(select(Instance.site_id, Instance.app_id, Instance.timings))
+    for site_id, app_id, timings in rows:
+        if not timings:
+            continue
+        fetch_s = timings.get("fetch")
+        if fetch_s and fetch_s >= _MIN_FETCH_S and overlay_size.get(app_id):
+            fetches[site_id].append((overlay_size[app_id], fetch_s))
+        if (start := timings.get(key)) is not None:
+            starts[site_id].append(float(start) + float(timings.get("synthesize", 0.0)))
+    default_start = DEFAULT_VM_START_S if has_vm else DEFAULT_PROCESS_START_S
+    out = {}
+    for site_id in set(fetches) | set(starts):
+        f = fetches.get(site_id)
+        rate = sum(b for b, _ in f) / sum(s for _, s in f) if f else DEFAULT_FETCH_BPS
+        start = statistics.median(starts[site_id]) if starts.get(site_id) else default_start
+        out[site_id] = SiteRates(rate, start, True)
+    out[""] = SiteRates(DEFAULT_FETCH_BPS, default_start, False)
+    return out
+
+
+def _load(site: placement.SiteCandidate) -> float:
+    cap, alloc = site.capacity, site.allocated
+    fractions = [
+        alloc.vcpus / cap.vcpus if cap.vcpus else 1.0,
+        alloc.memory_mib / cap.memory_mib if cap.memory_mib else 1.0,
+    ]
+    if site.utilization is not None:
+        util = site.utilization
+        fractions = [max(fractions[0], util.cpu), max(fractions[1], util.memory)]
+    return round(max(fractions), 4)
+
+
+def discover(
+    session: Session,
+    app: App,
+    latitude: float | None,
+    longitude: float | None,
+    grace_s: float,
+    *,
+    limit: int = 10,
+    config: placement.PlacementConfig | None = None,
+) -> Discovery:
+    """Rank the sites that can serve ``app`` for a client at ``(latitude, longitude)``."""
+    t0 = time.perf_counter()
+    sites = candidates(session, grace_s)
+    needed = _artifacts(session, app)
+    has_vm = any(c.get("kind") == ComponentKind.VM.value for c in app.components)
+    rates = _rates(session, has_vm)
+    caches = {
+        site_id: {e["digest"]: e for e in entries if e.get("complete")}
+        for site_id, entries in session.execute(select(SiteCache.site_id, SiteCache.entries))
+    }
+    missing = {
+        s.site_id: sum(size for d, size in needed.items() if d not in caches.get(s.site_id, {}))
+        for s in sites
+    }
+    request = placement.PlacementRequest(
+        app=app.name,
+        resources=placement.Resources(**app.resources),
+        constraints=tuple(app.constraints),
+        latency_bound_ms=app.latency_bound_ms,
+        client_latitude=latitude,
+        client_longitude=longitude,
+    )
+    client = request.client_location
+
+    def rtt(site: placement.SiteCandidate) -> float | None:
+        if client is None or site.location is None:
+            return None
+        return site_rtt_ms(site, great_circle_km(client, site.location))
+
+    def first_response(site: placement.SiteCandidate) -> float:
+        r = rates.get(site.site_id, rates[""])
+        return missing[site.site_id] / r.fetch_bps + r.start_s + (rtt(site) or 0.0) / 1000
+
+    base = config or placement.PlacementConfig()
+    config = placement.PlacementConfig(
+        enabled_filters=base.enabled_filters, weighers={**base.weighers, "warmth": 1.0}
+    )
+    weighers = {**WEIGHERS, "warmth": _Warmth(first_response)}
+    ranked, rejected = evaluate(sites, request, config, filters=FILTERS, weighers=weighers)
+    ranked = ranked[:limit]
+    chosen = {r.site.site_id for r in ranked}
+    endpoints = dict(
+        session.execute(select(SiteRow.id, SiteRow.local_api_url).where(SiteRow.id.in_(chosen)))
+        .tuples()
+        .all()
+    )
+    running: dict[str, list[str]] = defaultdict(list)
+    for site_id, endpoint in session.execute(
+        select(Instance.site_id, Instance.endpoint).where(
+            Instance.app_id == app.id,
+            Instance.site_id.in_(chosen),
+            Instance.actual_state == ActualState.RUNNING.value,
+        )
+    ):
+        if endpoint:
+            running[site_id].append(endpoint)
+    out = []
+    for i, r in enumerate(ranked, 1):
+        s = r.site
+        miss = missing[s.site_id]
+        cache = Cache.NONE if not needed else Cache.WARM if miss == 0 else Cache.PARTIAL
+        if needed and miss == sum(needed.values()):
+            cache = Cache.COLD
+        out.append(
+            DiscoveredSite(
+                site=s.name,
+                rank=i,
+                score=round(r.score, 4),
+                distance_km=round(great_circle_km(client, s.location), 2)
+                if client and s.location
+                else None,
+                estimated_rtt_ms=round(v, 2) if (v := rtt(s)) is not None else None,
+                access_latency_ms=s.access_latency_ms
+                if s.access_latency_ms is not None
+                else ACCESS_LATENCY_MS,
+                load=_load(s),
+                cache=cache,
+                missing_bytes=miss,
+                expected_first_response_s=round(first_response(s), 3),
+                endpoint=endpoints.get(s.site_id),
+                running=running.get(s.site_id, []),
+                weighers={w.weigher: round(w.raw, 4) for w in r.scores},
+            )
+        )
+    return Discovery(
+        app=app.name,
+        latitude=latitude,
+        longitude=longitude,
+        latency_bound_ms=app.latency_bound_ms,
+        sites=out,
+        rejected=[
+            RejectedSite(site=j.site.name, filter=j.filter, reason=j.reason)
+            for j in rejected[:MAX_REJECTED]
+        ],
+        rejected_count=len(rejected),
+        elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
+    )
+
+
+class _Warmth:
+    """Prefers the site expected to answer first: minus the expected seconds."""
+
+    name = "warmth"
+
+    def __init__(self, first_response: Callable[[placement.SiteCandidate], float]) -> None:
+        self._first = first_response
+
+    def __call__(self, site: placement.SiteCandidate, request: placement.PlacementRequest) -> float:
+        return -self._first(site)
