@@ -32,7 +32,8 @@ def _fuzz(controller: LocalController, report: Path, token: str | None) -> dict[
     ]  # fmt: skip
     if token:
         args += ["--header", f"Authorization: Bearer {token}"]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    # In the report's directory: schemathesis keeps a cache where it runs.
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=report.parent)
     result = json.loads(report.read_text())
     summary = {
         "cases": result["test_cases"]["generated"],
