@@ -53,9 +53,10 @@ class SiteCreate(Input):
 
 
 class SiteUpdate(Patch):
-    """Omitted fields keep their values; ``null`` clears the coordinates only."""
+    """Omitted fields keep their values; ``null`` clears the coordinates and the
+    access latency (back to the default model) only."""
 
-    nullable: ClassVar[frozenset[str]] = frozenset({"latitude", "longitude"})
+    nullable: ClassVar[frozenset[str]] = frozenset({"latitude", "longitude", "access_latency_ms"})
 
     region: Annotated[str, Field(min_length=1, max_length=63)] | SkipJsonSchema[None] = None
     latitude: Latitude | None = None

@@ -93,20 +93,38 @@ def show_instance(ref: str, session: DB, user: User) -> Instance:
     return _view(row, _names(session, [row]))
 
 
-@router.post(
-    "/{ref}/{action}",
-    status_code=status.HTTP_202_ACCEPTED,
-    response_model=Instance,
-    responses={409: {"description": "Not possible now; the detail says why."}},
-)
-def act_on_instance(
-    ref: str, action: InstanceAction, session: DB, user: User, st: State
-) -> Instance:
-    """Stop, start, suspend (VMs only), resume or restart an instance at its site."""
-    row = instances.act(session, _load(session, user, ref), action)
-    session.commit()
-    st.watcher.notify(row.site_id)
-    return _view(row, _names(session, [row]))
+_ACTION_DOCS = {
+    InstanceAction.STOP: "Stop the instance at its site (no usage while stopped).",
+    InstanceAction.START: "Start a stopped or suspended instance again.",
+    InstanceAction.SUSPEND: "Suspend a VM instance, keeping its RAM and device state at "
+    "the site (409 for an instance with a process component).",
+    InstanceAction.RESUME: "Resume a suspended instance where it left off.",
+    InstanceAction.RESTART: "Restart the instance's workloads.",
+}
+
+
+def _action_route(action: InstanceAction) -> None:
+    # One route per action, not /{ref}/{action}: that pattern would also catch
+    # the other /{ref}/... routes (move, client) and answer them 422.
+    def act_on_instance(ref: str, session: DB, user: User, st: State) -> Instance:
+        row = instances.act(session, _load(session, user, ref), action)
+        session.commit()
+        st.watcher.notify(row.site_id)
+        return _view(row, _names(session, [row]))
+
+    router.add_api_route(
+        f"/{{ref}}/{action.value}",
+        act_on_instance,
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=Instance,
+        name=f"{action.value}_instance",
+        description=_ACTION_DOCS[action],
+    )
+
+
+for _action in InstanceAction:
+    _action_route(_action)
 
 
 @router.delete("/{ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Instance)

@@ -18,7 +18,14 @@ from cloudlet.controller.api.problems import MEDIA_TYPE
 from cloudlet.schemas.common import Problem
 
 #: Operations anyone may call (everything else needs a bearer token).
-PUBLIC = frozenset({("post", "/v1/agent/enroll"), ("get", "/healthz")})
+PUBLIC = frozenset(
+    {
+        ("post", "/v1/agent/enroll"),
+        ("get", "/healthz"),
+        # Open to any caller who knows the app's name until client tokens exist (#12).
+        ("get", "/v1/discover"),
+    }
+)
 _REASONS = {
     400: "The body is not well-formed (malformed JSON, invalid UTF-8).",
     401: "Missing, unknown or expired token or site credential.",
