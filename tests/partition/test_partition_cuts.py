@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from partition_bed import Bed, now
+from partition_bed import Bed
 
 from cloudlet.testbed.invariants import Probe
 
@@ -60,7 +60,6 @@ def test_cut_keeps_serving_and_catches_up_exactly_once(
     print(
         f"{name}: converged {took:.2f}s after restore; {events}; usage {usage.intervals} intervals"
     )
-    assert now() > 0
 
 
 def test_outage_past_the_outbox_cap_folds_usage_and_loses_nothing(bed: Bed) -> None:

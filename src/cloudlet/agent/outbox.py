@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -97,11 +98,22 @@ def pending(store: Store, limit: int = 500, max_bytes: int = 4 << 20) -> list[Ou
     return events
 
 
-def ack(store: Store, acked_seq: int) -> int:
-    """Drop every event the controller has stored (seq <= ``acked_seq``); return how many."""
+def ack(store: Store, acked_seq: int, sent: Sequence[int] | None = None) -> int:
+    """Drop every event the controller has stored (seq <= ``acked_seq``); return how many.
+
+    With ``sent`` (the seqs of the acknowledged report), only those go: events put
+    back by :func:`replay` while the report was in flight are older than its
+    newest, and were not sent.
+    """
     with store.transaction() as conn:
         conn.execute("DELETE FROM event_log WHERE seq <= ?", (acked_seq - LOG_KEEP,))
-        return conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,)).rowcount
+        if sent is None:
+            return conn.execute("DELETE FROM outbox WHERE seq <= ?", (acked_seq,)).rowcount
+        gone = [seq for seq in sent if seq <= acked_seq]
+        marks = ",".join("?" * len(gone))
+        return (
+            conn.execute(f"DELETE FROM outbox WHERE seq IN ({marks})", gone).rowcount if gone else 0
+        )
 
 
 def drop(store: Store, seqs: list[int]) -> int:

@@ -325,7 +325,7 @@ class Syncer:
         if ack.revision < self.store.cursor:
             self._controller_went_back(ack.revision)
         if ack.acked_seq > 0:
-            outbox.ack(self.store, ack.acked_seq)
+            outbox.ack(self.store, ack.acked_seq, sent=[e.seq for e in events])
             if outbox.skip_past(self.store, ack.acked_seq):
                 log.warning(
                     "the controller has events up to seq %d, beyond this site's counter "

@@ -139,7 +139,14 @@ class WanSite:
         url = self.agent.local_api()
         if url is None:
             raise CloudletError(f"site {self.name} has no local API yet")
-        return httpx.Client(base_url=url, timeout=timeout)
+        # Beyond loopback, changing instances needs the token the agent made.
+        token_file = self.agent.data_dir / "local-api.token"
+        headers = (
+            {"Authorization": f"Bearer {token_file.read_text().strip()}"}
+            if token_file.exists()
+            else {}
+        )
+        return httpx.Client(base_url=url, timeout=timeout, headers=headers)
 
 
 @dataclass

@@ -87,3 +87,13 @@ def test_what_was_sent_once_is_never_folded(store: Store) -> None:
     data = {e.seq: e.data for e in outbox.pending(store) if e.kind is EventKind.USAGE}
     assert sorted(data) == [1, 2, 3, 6]
     assert data[6]["start"] == data[3]["end"]  # no second counted twice
+
+
+def test_an_ack_drops_only_what_its_report_sent(store: Store) -> None:
+    for n in range(3):
+        outbox.record(store, EventKind.ALARM, data={"message": str(n)})
+    outbox.ack(store, 3)
+    sent = [outbox.record(store, EventKind.ALARM, data={"message": "x"})]  # seq 4, in flight
+    assert outbox.replay(store) == 3  # meanwhile: the controller went back
+    assert outbox.ack(store, 4, sent=sent) == 1
+    assert [e.seq for e in outbox.pending(store)] == [1, 2, 3]  # still to send
