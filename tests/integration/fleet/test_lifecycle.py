@@ -166,7 +166,7 @@ def test_stop_start_restart_and_suspend_refused_for_processes(fleet: Fleet) -> N
     revision = fleet.api.get("/v1/sites/lyon").json()["revision"]
     assert fleet.act("web", "start").status_code == 202
     assert fleet.api.get("/v1/sites/lyon").json()["revision"] == revision
-    assert fleet.act("web", "jump").status_code == 422
+    assert fleet.act("web", "jump").status_code == 404  # no such action: no such resource
 
 
 def test_site_local_lifecycle_while_the_controller_is_down(fleet: Fleet) -> None:
