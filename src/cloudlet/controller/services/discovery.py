@@ -11,13 +11,14 @@ the phase timings of instances the site ran (``fetch``, ``first_answer``,
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, func, select
 from sqlalchemy.orm import Session
 
 from cloudlet import placement
@@ -26,7 +27,12 @@ from cloudlet.controller.db.models import Site as SiteRow
 from cloudlet.controller.services.instances import candidates
 from cloudlet.placement.engine import evaluate
 from cloudlet.placement.filters import FILTERS, site_rtt_ms
-from cloudlet.placement.geo import ACCESS_LATENCY_MS, great_circle_km
+from cloudlet.placement.geo import (
+    ACCESS_LATENCY_MS,
+    EARTH_RADIUS_KM,
+    FIBER_KM_PER_MS,
+    great_circle_km,
+)
 from cloudlet.placement.weighers import WEIGHERS
 from cloudlet.schemas import ActualState, ComponentKind
 from cloudlet.schemas.mobility import Cache, DiscoveredSite, Discovery, RejectedSite
@@ -36,6 +42,8 @@ DEFAULT_FETCH_BPS = 38e6 / 8
 #: Start times assumed without measurements: a VM's synthesis and boot, a process's start.
 DEFAULT_VM_START_S = 3.0
 DEFAULT_PROCESS_START_S = 0.5
+#: Great-circle km per degree of latitude (and of longitude at the equator).
+KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
 #: Rejected sites listed in an answer (a big fleet rejects thousands).
 MAX_REJECTED = 50
 #: A fetch shorter than this says nothing about the link's rate.
@@ -96,6 +104,29 @@ def _rates(session: Session, has_vm: bool) -> dict[str, SiteRates]:
     return out
 
 
+def _within_reach(
+    session: Session, app: App, latitude: float | None, longitude: float | None
+) -> ColumnElement[bool] | None:
+    """A bounding box around the client outside which no site can meet the app's
+    latency bound (the latency filter would reject them all), or None."""
+    bound = app.latency_bound_ms
+    if bound is None or latitude is None or longitude is None:
+        return None
+    fastest = session.scalar(select(func.min(SiteRow.access_latency_ms)))
+    access = min(ACCESS_LATENCY_MS, fastest if fastest is not None else ACCESS_LATENCY_MS)
+    reach_km = max(0.0, bound - access) * FIBER_KM_PER_MS / 2
+    dlat = reach_km / KM_PER_DEGREE
+    if abs(latitude) + dlat >= 89:
+        return None  # near a pole: longitudes converge, keep it simple
+    dlon = dlat / math.cos(math.radians(abs(latitude) + dlat))
+    if abs(longitude) + dlon >= 180:
+        return None  # the box would cross the antimeridian
+    return and_(
+        SiteRow.latitude.between(latitude - dlat, latitude + dlat),
+        SiteRow.longitude.between(longitude - dlon, longitude + dlon),
+    )
+
+
 def _load(site: placement.SiteCandidate) -> float:
     cap, alloc = site.capacity, site.allocated
     fractions = [
@@ -120,14 +151,26 @@ def discover(
 ) -> Discovery:
     """Rank the sites that can serve ``app`` for a client at ``(latitude, longitude)``."""
     t0 = time.perf_counter()
-    sites = candidates(session, grace_s)
+    near = _within_reach(session, app, latitude, longitude)
+    total = session.scalar(
+        select(func.count()).select_from(SiteRow).where(SiteRow.state != "registered")
+    )
+    sites = candidates(session, grace_s, near)
+    beyond = (total or 0) - len(sites)
     needed = _artifacts(session, app)
     has_vm = any(c.get("kind") == ComponentKind.VM.value for c in app.components)
     rates = _rates(session, has_vm)
-    caches = {
-        site_id: {e["digest"]: e for e in entries if e.get("complete")}
-        for site_id, entries in session.execute(select(SiteCache.site_id, SiteCache.entries))
-    }
+    ids = [s.site_id for s in sites]
+    caches = (
+        {
+            site_id: {e["digest"]: e for e in entries if e.get("complete")}
+            for site_id, entries in session.execute(
+                select(SiteCache.site_id, SiteCache.entries).where(SiteCache.site_id.in_(ids))
+            )
+        }
+        if needed
+        else {}
+    )
     missing = {
         s.site_id: sum(size for d, size in needed.items() if d not in caches.get(s.site_id, {}))
         for s in sites
@@ -212,7 +255,7 @@ def discover(
             RejectedSite(site=j.site.name, filter=j.filter, reason=j.reason)
             for j in rejected[:MAX_REJECTED]
         ],
-        rejected_count=len(rejected),
+        rejected_count=len(rejected) + beyond,
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
     )
 

@@ -396,12 +396,18 @@ def choose_site(
 
 
 def timed_out(session: Session, older_than_s: float) -> list[Handoff]:
-    """Handoffs still waiting for their source's state after ``older_than_s``."""
+    """Handoffs still waiting for their source's state after ``older_than_s``.
+
+    A VM handoff in flight (ready) is left to its sites: the source may be sending
+    it right now, and giving up here could lose the VM between them; a destination
+    whose source never comes fails it itself when its listener times out.
+    """
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     return list(
         session.scalars(
             select(Handoff).where(
-                Handoff.phase.in_((REQUESTED, READY)), Handoff.created_at < cutoff
+                (Handoff.phase == REQUESTED) | ((Handoff.phase == READY) & (Handoff.kind != "vm")),
+                Handoff.created_at < cutoff,
             )
         )
     )
