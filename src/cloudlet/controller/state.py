@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloudlet.controller.services._snapshot import SnapshotCache
 from cloudlet.settings import ControllerSettings
 
 
@@ -102,6 +103,8 @@ class ControllerState:
     #: With SQLite, a connection the event loop reads through itself (see
     #: ``api.agent``); None with a database across the network.
     loop_connection: Connection | None = None
+    #: The fleet as discovery ranks it, rebuilt every couple of seconds.
+    fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
 
     def close(self) -> None:
         if self.loop_connection is not None:

@@ -18,13 +18,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, func, select
+import numpy as np
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloudlet import placement
-from cloudlet.controller.db.models import App, Image, Instance, Overlay, SiteCache
-from cloudlet.controller.db.models import Site as SiteRow
-from cloudlet.controller.services.instances import candidates
+from cloudlet.controller.db.models import App, Image, Instance, Overlay
+from cloudlet.controller.services._snapshot import FleetSnapshot
+from cloudlet.controller.services._snapshot import build as build_snapshot
 from cloudlet.placement.engine import evaluate
 from cloudlet.placement.filters import FILTERS, site_rtt_ms
 from cloudlet.placement.geo import (
@@ -44,6 +45,8 @@ DEFAULT_VM_START_S = 3.0
 DEFAULT_PROCESS_START_S = 0.5
 #: Great-circle km per degree of latitude (and of longitude at the equator).
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
+#: Sites weighed per query: the nearest ones within reach of the latency bound.
+NEAREST = 200
 #: Rejected sites listed in an answer (a big fleet rejects thousands).
 MAX_REJECTED = 50
 #: A fetch shorter than this says nothing about the link's rate.
@@ -104,27 +107,31 @@ def _rates(session: Session, has_vm: bool) -> dict[str, SiteRates]:
     return out
 
 
-def _within_reach(
-    session: Session, app: App, latitude: float | None, longitude: float | None
-) -> ColumnElement[bool] | None:
-    """A bounding box around the client outside which no site can meet the app's
-    latency bound (the latency filter would reject them all), or None."""
-    bound = app.latency_bound_ms
-    if bound is None or latitude is None or longitude is None:
-        return None
-    fastest = session.scalar(select(func.min(SiteRow.access_latency_ms)))
-    access = min(ACCESS_LATENCY_MS, fastest if fastest is not None else ACCESS_LATENCY_MS)
-    reach_km = max(0.0, bound - access) * FIBER_KM_PER_MS / 2
-    dlat = reach_km / KM_PER_DEGREE
-    if abs(latitude) + dlat >= 89:
-        return None  # near a pole: longitudes converge, keep it simple
-    dlon = dlat / math.cos(math.radians(abs(latitude) + dlat))
-    if abs(longitude) + dlon >= 180:
-        return None  # the box would cross the antimeridian
-    return and_(
-        SiteRow.latitude.between(latitude - dlat, latitude + dlat),
-        SiteRow.longitude.between(longitude - dlon, longitude + dlon),
+def _nearest(
+    snap: FleetSnapshot, app: App, latitude: float | None, longitude: float | None
+) -> list[placement.SiteCandidate]:
+    """The sites worth weighing: with a client position, the ``NEAREST`` closest that
+    could meet the app's latency bound (at the fastest access latency of any site);
+    the others can rank only below them on proximity, or fail the latency filter."""
+    if latitude is None or longitude is None or not snap.sites:
+        return snap.sites
+    lat1, lon1 = math.radians(latitude), math.radians(longitude)
+    h = (
+        np.sin((snap.latitude - lat1) / 2) ** 2
+        + math.cos(lat1) * np.cos(snap.latitude) * np.sin((snap.longitude - lon1) / 2) ** 2
     )
+    km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+    km = np.where(np.isnan(km), np.inf, km)
+    if app.latency_bound_ms is not None:
+        access = min(
+            [ACCESS_LATENCY_MS]
+            + [s.access_latency_ms for s in snap.sites if s.access_latency_ms is not None]
+        )
+        reach = max(0.0, app.latency_bound_ms - access) * FIBER_KM_PER_MS / 2
+        km = np.where(km <= reach, km, np.inf)
+    count = min(NEAREST, int(np.isfinite(km).sum()))
+    order = np.argsort(km, kind="stable")[:count]
+    return [snap.sites[i] for i in order]
 
 
 def _load(site: placement.SiteCandidate) -> float:
@@ -148,29 +155,20 @@ def discover(
     *,
     limit: int = 10,
     config: placement.PlacementConfig | None = None,
+    snapshot: FleetSnapshot | None = None,
 ) -> Discovery:
-    """Rank the sites that can serve ``app`` for a client at ``(latitude, longitude)``."""
+    """Rank the sites that can serve ``app`` for a client at ``(latitude, longitude)``.
+
+    ``snapshot``: a recent fleet snapshot to rank from (default: one built now).
+    """
     t0 = time.perf_counter()
-    near = _within_reach(session, app, latitude, longitude)
-    total = session.scalar(
-        select(func.count()).select_from(SiteRow).where(SiteRow.state != "registered")
-    )
-    sites = candidates(session, grace_s, near)
-    beyond = (total or 0) - len(sites)
+    snap = snapshot or build_snapshot(session, grace_s)
+    sites = _nearest(snap, app, latitude, longitude)
+    beyond = len(snap.sites) - len(sites)
     needed = _artifacts(session, app)
     has_vm = any(c.get("kind") == ComponentKind.VM.value for c in app.components)
     rates = _rates(session, has_vm)
-    ids = [s.site_id for s in sites]
-    caches = (
-        {
-            site_id: {e["digest"]: e for e in entries if e.get("complete")}
-            for site_id, entries in session.execute(
-                select(SiteCache.site_id, SiteCache.entries).where(SiteCache.site_id.in_(ids))
-            )
-        }
-        if needed
-        else {}
-    )
+    caches = snap.cached
     missing = {
         s.site_id: sum(size for d, size in needed.items() if d not in caches.get(s.site_id, {}))
         for s in sites
@@ -202,11 +200,7 @@ def discover(
     ranked, rejected = evaluate(sites, request, config, filters=FILTERS, weighers=weighers)
     ranked = ranked[:limit]
     chosen = {r.site.site_id for r in ranked}
-    endpoints = dict(
-        session.execute(select(SiteRow.id, SiteRow.local_api_url).where(SiteRow.id.in_(chosen)))
-        .tuples()
-        .all()
-    )
+    endpoints = snap.endpoints
     running: dict[str, list[str]] = defaultdict(list)
     for site_id, endpoint in session.execute(
         select(Instance.site_id, Instance.endpoint).where(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet import placement
@@ -67,17 +67,12 @@ def _allocated(session: Session) -> dict[str, placement.Resources]:
     return totals
 
 
-def candidates(
-    session: Session, grace_s: float, where: ColumnElement[bool] | None = None
-) -> list[placement.SiteCandidate]:
-    """A placement snapshot of every site that has an agent (and matches ``where``)."""
+def candidates(session: Session, grace_s: float) -> list[placement.SiteCandidate]:
+    """A placement snapshot of every site that has an agent."""
     now = utcnow()
     allocated = _allocated(session)
     out = []
-    query = select(Site).where(Site.state != SiteState.REGISTERED.value)
-    if where is not None:
-        query = query.where(where)
-    for site in session.scalars(query):
+    for site in session.scalars(select(Site).where(Site.state != SiteState.REGISTERED.value)):
         cap = site.capacity or {"vcpus": 0, "memory_mib": 0, "disk_gib": 0}
         util = site.utilization
         out.append(
