@@ -86,6 +86,16 @@ def _role(handoff: Handoff, site_id: str) -> HandoffRole | None:
     return None
 
 
+def moving_from(session: Session, site_id: str) -> bool:
+    """Whether an instance is being handed off away from the site right now."""
+    return (
+        session.scalar(
+            select(Handoff.id).where(Handoff.source_site_id == site_id, Handoff.phase.in_(OPEN))
+        )
+        is not None
+    )
+
+
 def handoff_orders(session: Session, site: Site) -> dict[str, HandoffOrder]:
     """The orders a site's desired entries carry, by instance id (moves in progress)."""
     rows = session.scalars(
