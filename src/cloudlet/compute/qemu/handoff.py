@@ -269,8 +269,6 @@ def send_live(
     except (OSError, HandoffError, DriverError) as exc:
         if paused:
             _resume_here(source.qmp)
-        if isinstance(exc, HandoffError):
-            raise
         raise HandoffError(f"handoff failed; the VM runs on at the source: {exc}") from exc
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
