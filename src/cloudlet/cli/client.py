@@ -74,6 +74,11 @@ def connect(
     top: int = typer.Option(3, help="How many of the ranked sites to measure."),
     offline: bool = typer.Option(False, help="Skip the controller: browse the LAN (DNS-SD)."),
     timeout: float = typer.Option(60.0, help="Longest wait for the app to run."),
+    local_token: str | None = typer.Option(
+        None,
+        envvar="CLOUDLET_LOCAL_TOKEN",
+        help="The site-local token, for sites whose local API listens beyond loopback.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Pick the cloudlet with the lowest measured RTT and start or join APP there."""
@@ -84,7 +89,14 @@ def connect(
     except AuthError:
         token = None  # then only sites that hold the app's definition can start it
     conn = cl.connect(
-        _controller(ctx, offline), app_name, lat, lon, top=top, timeout=timeout, token=token
+        _controller(ctx, offline),
+        app_name,
+        lat,
+        lon,
+        top=top,
+        timeout=timeout,
+        token=token,
+        local_token=local_token,
     )
     if as_json:
         emit_json(dataclasses.asdict(conn))

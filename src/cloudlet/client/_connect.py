@@ -143,12 +143,14 @@ def connect(
     top: int = 3,
     timeout: float = 60.0,
     token: str | None = None,
+    local_token: str | None = None,
 ) -> Connection:
     """Join ``app`` at the best measured site, starting it there if it does not run.
 
     A site starts an app through its local API only if it holds the app's
     definition already; otherwise, given an API ``token``, the controller is asked
-    to start it at that site.
+    to start it at that site. A site-local API that listens beyond loopback needs
+    its ``local_token`` to start one.
 
     Raises:
         CloudletError: no site answered, or none could start the app in time.
@@ -159,7 +161,8 @@ def connect(
     if not reachable:
         raise CloudletError(f"no cloudlet reachable for app {app!r} ({len(found)} found)")
     errors = []
-    with httpx.Client(timeout=10) as http:
+    headers = {"Authorization": f"Bearer {local_token}"} if local_token else {}
+    with httpx.Client(timeout=10, headers=headers) as http:
         for c in reachable:
             try:
                 inst = _running(http, c.endpoint, app)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloudlet.controller.services._snapshot import SnapshotCache
 from cloudlet.settings import ControllerSettings
 
 
@@ -110,6 +111,8 @@ class ControllerState:
     loop_connection: Connection | None = None
     #: Prometheus instruments (``controller.metrics.ControllerMetrics``), set at start.
     metrics: Any = None
+    #: The fleet as discovery ranks it, rebuilt every couple of seconds.
+    fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
 
     def close(self) -> None:
         if self.loop_connection is not None:

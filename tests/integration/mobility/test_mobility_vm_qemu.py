@@ -210,3 +210,42 @@ def test_a_vm_instance_follows_its_client_between_real_agents(
             30,
             "lyon's copy removed",
         )
+
+
+def test_killing_the_destination_agent_mid_handoff_leaves_the_vm_at_the_source(
+    guest: GuestImage, tmp_path: Path
+) -> None:
+    with fleet(tmp_path, ["lyon", "paris"]) as f:
+        image = upload(f.api, guest.disk, "image", "tiny-guest")
+        app = {
+            "name": "vm-app",
+            "components": [
+                {"kind": "vm", "image": image["digest"], "guest_port": guest.guest_port,
+                 "env": guest.vm_env()}
+            ],
+            "resources": {"vcpus": 1, "memory_mib": MIB, "disk_gib": 0.1},
+        }  # fmt: skip
+        f.api.post("/v1/apps", json=app).raise_for_status()
+        created = f.api.post("/v1/instances", json={"app": "vm-app", "site": "lyon"}).json()
+        item = f.wait_running_at(created["id"], "lyon", timeout=240)
+        token = _token(item["endpoint"])
+        move = f.api.post(f"/v1/instances/{item['id']}/move", json={"to": "paris"})
+        assert move.status_code == 202, move.text
+
+        def ready() -> bool:
+            (h,) = f.api.get("/v1/handoffs").json()
+            return h["phase"] in ("ready", "transferred", "done", "failed")
+
+        wait_for(ready, 120, "paris listening for the VM")
+        f.agents["paris"].proc.kill()  # the destination dies with the transfer under way
+        failed = wait_for(
+            lambda: [h for h in f.api.get("/v1/handoffs").json() if h["phase"] == "failed"],
+            120,
+            "the handoff given up",
+        )
+        assert failed[0]["destination"] == "paris"
+        assert "runs on at the source" in failed[0]["reason"]
+        # The same guest runs on at lyon (no reboot: the RAM-only token is unchanged).
+        back = f.wait_running_at(item["id"], "lyon", timeout=60)
+        assert back["epoch"] == 0 and back["endpoint"] == item["endpoint"]
+        assert _token(back["endpoint"]) == token

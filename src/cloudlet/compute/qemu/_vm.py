@@ -141,9 +141,14 @@ def _listening(path: Path) -> bool:
     connecting: QEMU binds before it listens, and qemu.qmp logs an error for every
     refused attempt, while a probing connection would take QEMU's one monitor slot."""
     try:
-        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+        # This thread's network namespace (a driver may run in a thread that joined
+        # another one); /proc/net follows the process's main thread.
+        lines = Path("/proc/thread-self/net/unix").read_text().splitlines()[1:]
     except OSError:
-        return path.exists()
+        try:
+            lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+        except OSError:
+            return path.exists()
     target = str(path)
     for line in lines:
         fields = line.split(None, 7)

@@ -39,6 +39,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,15 @@ class HandoffStats:
     total_s: float = 0.0
 
 
+def _live(path: Path) -> np.ndarray:
+    """The file's bytes as 4 KiB rows, mapped (no copy: a round reads only what it
+    compares and copies only what it sends); a private copy when not 4 KiB aligned."""
+    size = path.stat().st_size
+    if size and size % CHUNK == 0:
+        return np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, CHUNK)
+    return _read(path)
+
+
 def _read(path: Path) -> np.ndarray:
     """The file's bytes as 4 KiB rows (zero padded), a private copy."""
     data = np.fromfile(path, dtype=np.uint8)
@@ -111,23 +121,32 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 class _Sender:
-    def __init__(self, sock: socket.socket, stats: HandoffStats) -> None:
+    """Frames onto the socket; chunk frames are compressed by a small pool (zstd lets
+    go of the GIL) while earlier ones are being sent."""
+
+    def __init__(self, sock: socket.socket, stats: HandoffStats, pool: ThreadPoolExecutor) -> None:
         self.sock = sock
         self.stats = stats
+        self.pool = pool
         self.zstd = zstandard.ZstdCompressor(level=1)
 
     def frame(self, kind: bytes, region: int, count: int, payload: bytes) -> None:
         self.sock.sendall(_HEADER.pack(kind[0], region, count, len(payload)) + payload)
         self.stats.bytes_sent += _HEADER.size + len(payload)
 
-    def chunks(self, region: int, rows: np.ndarray, index: np.ndarray) -> int:
-        sent = 0
-        for start in range(0, len(index), FRAME_CHUNKS):
+    def chunks(self, region: int, data: np.ndarray, index: np.ndarray) -> int:
+        """Send rows ``data`` (one per entry of ``index``, already copied out)."""
+
+        def pack(start: int) -> tuple[int, int, bytes]:
             part = index[start : start + FRAME_CHUNKS]
-            raw = part.astype(">u4").tobytes() + rows[part].tobytes()
-            self.stats.raw_bytes += len(raw)
-            packed = self.zstd.compress(raw)
-            self.frame(b"C", region, len(part), packed)
+            rows = data[start : start + FRAME_CHUNKS]
+            raw = part.astype(">u4").tobytes() + rows.tobytes()
+            return len(part), len(raw), zstandard.ZstdCompressor(level=1).compress(raw)
+
+        sent = 0
+        for count, raw_len, packed in self.pool.map(pack, range(0, len(index), FRAME_CHUNKS)):
+            self.stats.raw_bytes += raw_len
+            self.frame(b"C", region, count, packed)
             sent += _HEADER.size + len(packed)
         return sent
 
@@ -165,44 +184,53 @@ def send_live(
     source: LiveSource,
     sock: socket.socket,
     *,
-    max_rounds: int = 6,
-    final_bytes: int = 2 * 1024 * 1024,
+    max_rounds: int = 8,
+    final_bytes: int = 256 * 1024,
+    target_pause_s: float = 0.1,
     answer_timeout: float = 120.0,
     on_paused: Callable[[], None] | None = None,
 ) -> HandoffStats:
     """Hand the VM over through ``sock``; on success its QEMU here is paused for good
     (the caller stops the workload); on failure the guest runs on here.
 
-    Pre-copy rounds go on while the last one sent more than ``final_bytes`` of raw
-    chunks, shrank, and fewer than ``max_rounds`` ran.
+    Pre-copy rounds go on while the last one shrank, fewer than ``max_rounds`` ran,
+    and it moved more raw bytes than the larger of ``final_bytes`` and what the link
+    moves in ``target_pause_s`` (at the pace the fastest round so far showed): the
+    last delta is sent with the guest paused, so it should take about that long.
 
     Raises:
         HandoffError: the transfer or the resume at the destination failed.
     """
     stats = HandoffStats()
     t_start = time.monotonic()
-    send = _Sender(sock, stats)
+    pool = ThreadPoolExecutor(2, thread_name_prefix="handoff-zstd")
+    send = _Sender(sock, stats, pool)
     images = [(DISK, source.disk, source.base_disk), (MEMORY, source.memory, source.base_memory)]
-    current = {r: _read(p) for r, p, _ in images}
+    current = {r: _live(p) for r, p, _ in images}
     sent_view = {r: _base(b, len(current[r])) for r, _, b in images}
     paused = False
+    pace = 0.0  # raw bytes per second the best round moved
     try:
         last = None
         for n in range(max_rounds):
             t0 = time.monotonic()
             if n:
-                current = {r: _read(p) for r, p, _ in images}
+                current = {r: _live(p) for r, p, _ in images}
             chunks = wire = 0
             for region, _, _ in images:
                 index = _dirty(current[region], sent_view[region])
-                wire += send.chunks(region, current[region], index)
+                # One copy of what is sent, taken once: the guest writes on meanwhile,
+                # and what we remember as sent must be exactly what went.
+                data = np.array(current[region][index])
+                wire += send.chunks(region, data, index)
                 chunks += len(index)
-                sent_view[region][index] = current[region][index]
-            stats.rounds.append(
-                {"chunks": chunks, "bytes": wire, "seconds": round(time.monotonic() - t0, 3)}
-            )
+                sent_view[region][index] = data
+            seconds = time.monotonic() - t0
+            stats.rounds.append({"chunks": chunks, "bytes": wire, "seconds": round(seconds, 3)})
             raw = chunks * CHUNK
-            if raw <= final_bytes or (last is not None and raw >= last):
+            if seconds > 0.05:
+                pace = max(pace, raw / seconds)
+            if raw <= max(final_bytes, pace * target_pause_s) or (last is not None and raw >= last):
                 break
             last = raw
         with QmpSession(source.qmp, timeout=answer_timeout) as session:
@@ -213,9 +241,9 @@ def send_live(
             t0 = time.monotonic()
             chunks = wire = 0
             for region, path, _ in images:
-                rows = _read(path)
+                rows = _live(path)
                 index = _dirty(rows, sent_view[region])
-                wire += send.chunks(region, rows, index)
+                wire += send.chunks(region, np.array(rows[index]), index)
                 chunks += len(index)
             state = _device_state(session, answer_timeout)
             packed = send.zstd.compress(state)
@@ -241,9 +269,9 @@ def send_live(
     except (OSError, HandoffError, DriverError) as exc:
         if paused:
             _resume_here(source.qmp)
-        if isinstance(exc, HandoffError):
-            raise
         raise HandoffError(f"handoff failed; the VM runs on at the source: {exc}") from exc
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     stats.total_s = round(time.monotonic() - t_start, 3)
     return stats
 

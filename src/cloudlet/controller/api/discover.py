@@ -32,4 +32,6 @@ def discover(
     row = session.scalar(select(App).where(App.project == project, App.name == app))
     if row is None:
         raise NotFoundError(f"app {app!r} not found")
-    return discovery.discover(session, row, lat, lon, st.settings.offline_grace_s, limit=limit)
+    grace = st.settings.offline_grace_s
+    snapshot = st.fleet_snapshot.get(st.sessions, grace)
+    return discovery.discover(session, row, lat, lon, grace, limit=limit, snapshot=snapshot)

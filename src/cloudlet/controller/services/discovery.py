@@ -11,22 +11,29 @@ the phase timings of instances the site ran (``fetch``, ``first_answer``,
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloudlet import placement
-from cloudlet.controller.db.models import App, Image, Instance, Overlay, SiteCache
-from cloudlet.controller.db.models import Site as SiteRow
-from cloudlet.controller.services.instances import candidates
+from cloudlet.controller.db.models import App, Image, Instance, Overlay
+from cloudlet.controller.services._snapshot import FleetSnapshot
+from cloudlet.controller.services._snapshot import build as build_snapshot
 from cloudlet.placement.engine import evaluate
 from cloudlet.placement.filters import FILTERS, site_rtt_ms
-from cloudlet.placement.geo import ACCESS_LATENCY_MS, great_circle_km
+from cloudlet.placement.geo import (
+    ACCESS_LATENCY_MS,
+    EARTH_RADIUS_KM,
+    FIBER_KM_PER_MS,
+    great_circle_km,
+)
 from cloudlet.placement.weighers import WEIGHERS
 from cloudlet.schemas import ActualState, ComponentKind
 from cloudlet.schemas.mobility import Cache, DiscoveredSite, Discovery, RejectedSite
@@ -36,6 +43,10 @@ DEFAULT_FETCH_BPS = 38e6 / 8
 #: Start times assumed without measurements: a VM's synthesis and boot, a process's start.
 DEFAULT_VM_START_S = 3.0
 DEFAULT_PROCESS_START_S = 0.5
+#: Great-circle km per degree of latitude (and of longitude at the equator).
+KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
+#: Sites weighed per query: the nearest ones within reach of the latency bound.
+NEAREST = 200
 #: Rejected sites listed in an answer (a big fleet rejects thousands).
 MAX_REJECTED = 50
 #: A fetch shorter than this says nothing about the link's rate.
@@ -96,6 +107,33 @@ def _rates(session: Session, has_vm: bool) -> dict[str, SiteRates]:
     return out
 
 
+def _nearest(
+    snap: FleetSnapshot, app: App, latitude: float | None, longitude: float | None
+) -> list[placement.SiteCandidate]:
+    """The sites worth weighing: with a client position, the ``NEAREST`` closest that
+    could meet the app's latency bound (at the fastest access latency of any site);
+    the others can rank only below them on proximity, or fail the latency filter."""
+    if latitude is None or longitude is None or not snap.sites:
+        return snap.sites
+    lat1, lon1 = math.radians(latitude), math.radians(longitude)
+    h = (
+        np.sin((snap.latitude - lat1) / 2) ** 2
+        + math.cos(lat1) * np.cos(snap.latitude) * np.sin((snap.longitude - lon1) / 2) ** 2
+    )
+    km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+    km = np.where(np.isnan(km), np.inf, km)
+    if app.latency_bound_ms is not None:
+        access = min(
+            [ACCESS_LATENCY_MS]
+            + [s.access_latency_ms for s in snap.sites if s.access_latency_ms is not None]
+        )
+        reach = max(0.0, app.latency_bound_ms - access) * FIBER_KM_PER_MS / 2
+        km = np.where(km <= reach, km, np.inf)
+    count = min(NEAREST, int(np.isfinite(km).sum()))
+    order = np.argsort(km, kind="stable")[:count]
+    return [snap.sites[i] for i in order]
+
+
 def _load(site: placement.SiteCandidate) -> float:
     cap, alloc = site.capacity, site.allocated
     fractions = [
@@ -117,17 +155,20 @@ def discover(
     *,
     limit: int = 10,
     config: placement.PlacementConfig | None = None,
+    snapshot: FleetSnapshot | None = None,
 ) -> Discovery:
-    """Rank the sites that can serve ``app`` for a client at ``(latitude, longitude)``."""
+    """Rank the sites that can serve ``app`` for a client at ``(latitude, longitude)``.
+
+    ``snapshot``: a recent fleet snapshot to rank from (default: one built now).
+    """
     t0 = time.perf_counter()
-    sites = candidates(session, grace_s)
+    snap = snapshot or build_snapshot(session, grace_s)
+    sites = _nearest(snap, app, latitude, longitude)
+    beyond = len(snap.sites) - len(sites)
     needed = _artifacts(session, app)
     has_vm = any(c.get("kind") == ComponentKind.VM.value for c in app.components)
     rates = _rates(session, has_vm)
-    caches = {
-        site_id: {e["digest"]: e for e in entries if e.get("complete")}
-        for site_id, entries in session.execute(select(SiteCache.site_id, SiteCache.entries))
-    }
+    caches = snap.cached
     missing = {
         s.site_id: sum(size for d, size in needed.items() if d not in caches.get(s.site_id, {}))
         for s in sites
@@ -159,11 +200,7 @@ def discover(
     ranked, rejected = evaluate(sites, request, config, filters=FILTERS, weighers=weighers)
     ranked = ranked[:limit]
     chosen = {r.site.site_id for r in ranked}
-    endpoints = dict(
-        session.execute(select(SiteRow.id, SiteRow.local_api_url).where(SiteRow.id.in_(chosen)))
-        .tuples()
-        .all()
-    )
+    endpoints = snap.endpoints
     running: dict[str, list[str]] = defaultdict(list)
     for site_id, endpoint in session.execute(
         select(Instance.site_id, Instance.endpoint).where(
@@ -212,7 +249,7 @@ def discover(
             RejectedSite(site=j.site.name, filter=j.filter, reason=j.reason)
             for j in rejected[:MAX_REJECTED]
         ],
-        rejected_count=len(rejected),
+        rejected_count=len(rejected) + beyond,
         elapsed_ms=round((time.perf_counter() - t0) * 1000, 2),
     )
 

@@ -86,6 +86,16 @@ def _role(handoff: Handoff, site_id: str) -> HandoffRole | None:
     return None
 
 
+def moving_from(session: Session, site_id: str) -> bool:
+    """Whether an instance is being handed off away from the site right now."""
+    return (
+        session.scalar(
+            select(Handoff.id).where(Handoff.source_site_id == site_id, Handoff.phase.in_(OPEN))
+        )
+        is not None
+    )
+
+
 def handoff_orders(session: Session, site: Site) -> dict[str, HandoffOrder]:
     """The orders a site's desired entries carry, by instance id (moves in progress)."""
     rows = session.scalars(
@@ -396,12 +406,18 @@ def choose_site(
 
 
 def timed_out(session: Session, older_than_s: float) -> list[Handoff]:
-    """Handoffs still waiting for their source's state after ``older_than_s``."""
+    """Handoffs still waiting for their source's state after ``older_than_s``.
+
+    A VM handoff in flight (ready) is left to its sites: the source may be sending
+    it right now, and giving up here could lose the VM between them; a destination
+    whose source never comes fails it itself when its listener times out.
+    """
     cutoff = utcnow() - timedelta(seconds=older_than_s)
     return list(
         session.scalars(
             select(Handoff).where(
-                Handoff.phase.in_((REQUESTED, READY)), Handoff.created_at < cutoff
+                (Handoff.phase == REQUESTED) | ((Handoff.phase == READY) & (Handoff.kind != "vm")),
+                Handoff.created_at < cutoff,
             )
         )
     )

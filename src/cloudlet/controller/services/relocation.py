@@ -10,7 +10,8 @@ One pass, run every ``mobility.interval_s`` seconds by the controller:
   RTT from the client to its site exceeds the app's bound and another site is
   better by ``follow_margin_ms``;
 - **rebalance**: a site above ``overload`` CPU or memory for ``overload_for_s``
-  sheds one instance per pass to a site that meets its latency bound.
+  sheds one instance at a time (none while a move away from it is open) to a
+  site that meets its latency bound.
 
 Hysteresis: no automatic move of an instance within ``min_dwell_s`` of its last
 one (failover excepted: a dead site is not a preference), the follow margin, and
@@ -204,6 +205,8 @@ def _rebalance(
         else:
             memory.overloaded_since.pop(site.id, None)
     for site_id in hot:
+        if mobility.moving_from(session, site_id):
+            continue  # a shed is under way: let it show in the site's next reports
         movable = [
             i
             for i, a, _s in _live(session, Instance.site_id == site_id)
