@@ -91,6 +91,13 @@ class AgentSettings(BaseModel):
         "merged and repeated alarms folded (nothing billed or lifecycle is dropped).",
     )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
+    link_dead_after_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection to the controller whose link stays silent this long "
+        "(data unacknowledged, or keepalive probes unanswered) is dropped, so that a cut "
+        "link is noticed and a restored one found on a fresh connection.",
+    )
     probe_interval_s: float = Field(
         1.0,
         gt=0,

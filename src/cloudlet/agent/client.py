@@ -8,6 +8,7 @@ error answer a :class:`~cloudlet.errors.SyncError` carrying the problem's detail
 
 from __future__ import annotations
 
+import socket
 from typing import TypeVar
 
 import httpx
@@ -29,6 +30,29 @@ M = TypeVar("M", bound=BaseModel)
 _POLL_SLACK_S = 10.0
 
 
+def link_socket_options(dead_after_s: float) -> list[tuple[int, int, int]]:
+    """TCP options under which a connection over a link gone silent fails within about
+    ``dead_after_s``, both while data waits for an acknowledgement (TCP_USER_TIMEOUT)
+    and while it is idle in a long poll (keepalive probes).
+
+    Without them a request in flight over a cut link hangs until its own timeout, and
+    after the link returns it waits for TCP's next retransmission, which backs off
+    exponentially: the longer the cut, the longer the site takes to come back.
+    Failing fast hands the agent's probe a fresh connection to find the controller.
+    """
+    idle = max(1, int(dead_after_s / 4))
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", idle),
+        ("TCP_KEEPINTVL", idle),
+        ("TCP_KEEPCNT", 3),
+        ("TCP_USER_TIMEOUT", int(dead_after_s * 1000)),
+    ):
+        if hasattr(socket, name):  # Linux has them all; elsewhere keepalive alone
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
 def _header_bytes(headers: httpx.Headers) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers.raw)
 
@@ -43,12 +67,17 @@ class ControllerClient:
         credential: str | None = None,
         timeout: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        link_dead_after_s: float | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.credential = credential
         self.bytes_sent = 0
         self.bytes_received = 0
         self._timeout = timeout
+        if transport is None and link_dead_after_s is not None:
+            transport = httpx.AsyncHTTPTransport(
+                socket_options=link_socket_options(link_dead_after_s)
+            )
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:

@@ -262,7 +262,9 @@ class Agent:
             return None
         if credential is None and not self.settings.join_token:
             raise ConfigError("this agent is not enrolled: give it a join token (--join)")
-        return ControllerClient(url, credential=credential)
+        return ControllerClient(
+            url, credential=credential, link_dead_after_s=self.settings.link_dead_after_s
+        )
 
     async def _sync(self, syncer: Syncer, stop: asyncio.Event) -> None:
         s = self.settings

@@ -47,6 +47,11 @@ AGENT_ENV = {
     "CLOUDLET_AGENT__RECONCILE_INTERVAL_S": "1",
     "CLOUDLET_AGENT__USAGE_INTERVAL_S": "1",
     "CLOUDLET_AGENT__PRESTAGE_INTERVAL_S": "2",
+    # A cut link is noticed within 3 s; a restored one is found by a probe every
+    # 0.25-0.75 s, and a few dozen sites spread their return over 0.2 s.
+    "CLOUDLET_AGENT__LINK_DEAD_AFTER_S": "3",
+    "CLOUDLET_AGENT__PROBE_INTERVAL_S": "0.5",
+    "CLOUDLET_AGENT__RECONNECT_SPREAD_S": "0.2",
 }
 MAX_SITES = 250
 #: The app :func:`hello_app` defines.

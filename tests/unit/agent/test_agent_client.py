@@ -95,3 +95,21 @@ def test_ack_parses() -> None:
     )
     ack = asyncio.run(client.report(AgentReport(applied_revision=0)))
     assert (ack.acked_seq, ack.revision) == (3, 2)
+
+
+def test_link_options_fail_a_silent_connection_within_the_bound() -> None:
+    import socket
+
+    from cloudlet.agent.client import link_socket_options
+
+    options = {(level, name): value for level, name, value in link_socket_options(8.0)}
+    assert options[(socket.SOL_SOCKET, socket.SO_KEEPALIVE)] == 1
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        assert options[(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)] == 8000
+        idle = options[(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)]
+        count = options[(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)]
+        interval = options[(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL)]
+        assert idle + count * interval <= 8  # an idle long poll is given up in time too
+    with socket.socket() as sock:  # the kernel takes every one of them
+        for level, name, value in link_socket_options(8.0):
+            sock.setsockopt(level, name, value)
