@@ -38,6 +38,11 @@ class MobilitySettings(BaseModel):
     min_dwell_s: float = Field(
         30.0, ge=0, description="Hysteresis: no automatic move sooner than this after the last."
     )
+    rebalance: bool = Field(
+        False,
+        description="Shed load from overloaded sites by handoff. Off unless asked for: "
+        "sites that share one host (tests, demos, a lab) all report that host's load.",
+    )
     overload: float = Field(
         0.9, gt=0, le=1, description="CPU or memory fraction above which a site sheds load."
     )

@@ -52,7 +52,7 @@ def test_an_overloaded_site_sheds_one_instance_per_pass_without_ping_pong(
     session: Session,
 ) -> None:
     first, second = _instance(session, "a"), _instance(session, "b")
-    settings = MobilitySettings(overload=0.8, overload_for_s=0, min_dwell_s=3600)
+    settings = MobilitySettings(rebalance=True, overload=0.8, overload_for_s=0, min_dwell_s=3600)
     memory = RelocationMemory()
     _hot(session, "lyon", 0.95)
     result = relocation_pass(session, 30, settings, memory)
@@ -80,7 +80,7 @@ def test_an_overloaded_site_sheds_one_instance_per_pass_without_ping_pong(
 
 def test_overload_must_last_before_a_site_sheds(session: Session) -> None:
     _instance(session, "a")
-    settings = MobilitySettings(overload=0.8, overload_for_s=3600, min_dwell_s=0)
+    settings = MobilitySettings(rebalance=True, overload=0.8, overload_for_s=3600, min_dwell_s=0)
     _hot(session, "lyon", 0.95)
     assert relocation_pass(session, 30, settings, RelocationMemory()).moves == []
 

@@ -9,9 +9,9 @@ One pass, run every ``mobility.interval_s`` seconds by the controller:
 - **follow the client**: an instance tied to its client moves when the estimated
   RTT from the client to its site exceeds the app's bound and another site is
   better by ``follow_margin_ms``;
-- **rebalance**: a site above ``overload`` CPU or memory for ``overload_for_s``
-  sheds one instance at a time (none while a move away from it is open) to a
-  site that meets its latency bound.
+- **rebalance** (only with ``rebalance`` on): a site above ``overload`` CPU or
+  memory for ``overload_for_s`` sheds one instance at a time (none while a move
+  away from it is open) to a site that meets its latency bound.
 
 Hysteresis: no automatic move of an instance within ``min_dwell_s`` of its last
 one (failover excepted: a dead site is not a preference), the follow margin, and
@@ -182,7 +182,8 @@ def relocation_pass(
         why = f"client moved: est. {rtt:.1f} ms > {bound} ms bound here, {best:.1f} ms there"
         _move(session, result, instance, decision, why, with_state=True)
 
-    _rebalance(session, grace_s, settings, memory, now, result)
+    if settings.rebalance:
+        _rebalance(session, grace_s, settings, memory, now, result)
     return result
 
 
