@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from cloudlet.errors import InvalidInputError
+
 if TYPE_CHECKING:
     from cloudlet.cli._client import Client
     from cloudlet.settings import Settings
@@ -106,3 +108,14 @@ def parse_pairs(values: list[str] | None, what: str = "label") -> dict[str, str]
             raise typer.BadParameter(f"{what} must look like key=value, got {item!r}")
         out[key] = value
     return out
+
+
+def parse_near(value: str | None) -> tuple[float | None, float | None]:
+    """A ``--near LAT,LON`` option as a position (None, None when not given)."""
+    if value is None:
+        return None, None
+    try:
+        lat, lon = (float(p) for p in value.split(","))
+    except ValueError as exc:
+        raise InvalidInputError(f"--near must be LAT,LON, got {value!r}") from exc
+    return lat, lon

@@ -8,23 +8,13 @@ import typer
 
 from cloudlet import client as cl
 from cloudlet.cli._client import resolve_token
-from cloudlet.cli._context import JsonOpt, ctx_of
+from cloudlet.cli._context import JsonOpt, ctx_of, parse_near
 from cloudlet.cli._output import console, emit_json, show
-from cloudlet.errors import AuthError, InvalidInputError
+from cloudlet.errors import AuthError
 
 app = typer.Typer(help="Act as a client: find the best cloudlet, start or join an app.")
 
 NearOpt = typer.Option(None, "--near", help="The client's position LAT,LON.")
-
-
-def _near(value: str | None) -> tuple[float | None, float | None]:
-    if value is None:
-        return None, None
-    try:
-        lat, lon = (float(p) for p in value.split(","))
-    except ValueError as exc:
-        raise InvalidInputError(f"--near must be LAT,LON, got {value!r}") from exc
-    return lat, lon
 
 
 def _controller(ctx: typer.Context, offline: bool) -> str | None:
@@ -61,7 +51,7 @@ def discover(
     as_json: bool = JsonOpt,
 ) -> None:
     """Rank the cloudlets for APP (controller, else DNS-SD) and measure the RTT to each."""
-    lat, lon = _near(near)
+    lat, lon = parse_near(near)
     found = cl.candidates(_controller(ctx, offline), app_name, lat, lon, top=top)
     show([dataclasses.asdict(c) for c in found], COLUMNS, as_json)
 
@@ -82,7 +72,7 @@ def connect(
     as_json: bool = JsonOpt,
 ) -> None:
     """Pick the cloudlet with the lowest measured RTT and start or join APP there."""
-    lat, lon = _near(near)
+    lat, lon = parse_near(near)
     settings = ctx_of(ctx).settings()
     try:
         token: str | None = resolve_token(settings)

@@ -7,10 +7,17 @@ from typing import Any
 
 import typer
 
-from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
+from cloudlet.cli._context import (
+    JsonOpt,
+    OutputFormat,
+    OutputOpt,
+    ctx_of,
+    output_format,
+    parse_near,
+)
 from cloudlet.cli._explain import print_handoff, print_placement
 from cloudlet.cli._output import ago, console, emit_json, show, show_one
-from cloudlet.errors import CloudletError, InvalidInputError
+from cloudlet.errors import CloudletError
 
 app = typer.Typer(help="App instances running at sites.", no_args_is_help=True)
 
@@ -40,16 +47,6 @@ _TARGET = {
 }
 
 
-def _near(value: str | None) -> tuple[float | None, float | None]:
-    if value is None:
-        return None, None
-    try:
-        lat, lon = (float(p) for p in value.split(","))
-    except ValueError as exc:
-        raise InvalidInputError(f"--near must be LAT,LON, got {value!r}") from exc
-    return lat, lon
-
-
 @app.command("create")
 def create(
     ctx: typer.Context,
@@ -63,7 +60,7 @@ def create(
 ) -> None:
     """Start an instance of an app; say where placement put it and why."""
     c = ctx_of(ctx).client()
-    lat, lon = _near(near)
+    lat, lon = parse_near(near)
     body = {"app": app_name, "site": site, "name": name}
     if lat is not None:
         body |= {"client_latitude": lat, "client_longitude": lon}
@@ -243,7 +240,7 @@ def client_position(
     at: str = typer.Option(..., "--at", help="The client's position now, LAT,LON."),
 ) -> None:
     """Record where an instance's client is now (a following instance moves with it)."""
-    lat, lon = _near(at)
+    lat, lon = parse_near(at)
     body = {"latitude": lat, "longitude": lon}
     item = ctx_of(ctx).client().request("PUT", f"/v1/instances/{ref}/client", json=body)
     console.print(f"instance [bold]{item['name']}[/]: client at {lat},{lon}")

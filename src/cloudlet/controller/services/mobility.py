@@ -220,22 +220,15 @@ def _check_movable(session: Session, instance: Instance, dest: Site) -> App:
     return session.get_one(App, instance.app_id)
 
 
-def request_move(
-    session: Session, instance: Instance, dest: Site, reason: str, explanation: dict | None = None
+def _open_handoff(
+    session: Session,
+    instance: Instance,
+    dest: Site,
+    kind: str,
+    reason: str,
+    explanation: dict | None,
 ) -> Handoff:
-    """Start a handoff of ``instance`` to ``dest``: its source stops it and sends its
-    state; a stopped instance simply changes sites.
-
-    Raises:
-        ConflictError: deleted, already there or moving, destination not active, or
-            the app has VM components (their live handoff is not implemented yet).
-    """
-    app = _check_movable(session, instance, dest)
-    kind = "vm" if _has_vm(app) else "process"
-    if kind == "vm" and len(app.components) != 1:
-        raise ConflictError(f"app {app.name!r}: live handoff moves apps of one VM component")
-    if kind == "vm" and instance.desired_state != DesiredState.RUNNING.value:
-        raise ConflictError(f"instance {instance.name!r} is not running: a live handoff needs it")
+    """Record a move of ``instance`` to ``dest`` as requested, at the next epoch."""
     handoff = Handoff(
         id=new_id(),
         instance_id=instance.id,
@@ -255,6 +248,26 @@ def request_move(
     session.flush()
     if explanation is not None:
         instance.placement = explanation
+    return handoff
+
+
+def request_move(
+    session: Session, instance: Instance, dest: Site, reason: str, explanation: dict | None = None
+) -> Handoff:
+    """Start a handoff of ``instance`` to ``dest``: its source stops it and sends its
+    state; a stopped instance simply changes sites.
+
+    Raises:
+        ConflictError: deleted, already there or moving, destination not active, or
+            the app has VM components (their live handoff is not implemented yet).
+    """
+    app = _check_movable(session, instance, dest)
+    kind = "vm" if _has_vm(app) else "process"
+    if kind == "vm" and len(app.components) != 1:
+        raise ConflictError(f"app {app.name!r}: live handoff moves apps of one VM component")
+    if kind == "vm" and instance.desired_state != DesiredState.RUNNING.value:
+        raise ConflictError(f"instance {instance.name!r} is not running: a live handoff needs it")
+    handoff = _open_handoff(session, instance, dest, kind, reason, explanation)
     record(
         session,
         "handoff.requested",
@@ -320,25 +333,7 @@ def relocate(
     """Move ``instance`` to ``dest`` without its state (failover): the destination starts
     it from its app's definition."""
     _check_movable(session, instance, dest)
-    handoff = Handoff(
-        id=new_id(),
-        instance_id=instance.id,
-        project=instance.project,
-        source_site_id=instance.site_id,
-        dest_site_id=dest.id,
-        kind="relocate",
-        phase=HandoffPhase.REQUESTED.value,
-        reason=reason,
-        epoch=instance.epoch + 1,
-        bytes=0,
-        phases={},
-        created_at=utcnow(),
-        finished_at=None,
-    )
-    session.add(handoff)
-    session.flush()
-    if explanation is not None:
-        instance.placement = explanation
+    handoff = _open_handoff(session, instance, dest, "relocate", reason, explanation)
     _switch(session, instance, dest, reason)
     _phase(session, handoff, HandoffPhase.TRANSFERRED, reason=reason)
     return handoff
