@@ -41,6 +41,21 @@ ACTIVE = {
 }
 
 
+async def accepts(endpoint: str, timeout: float = 0.5) -> bool:
+    """Whether ``host:port`` (``[v6]:port``) accepts a TCP connection now."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.strip("[]"), int(port)), timeout
+        )
+    except (OSError, TimeoutError, ValueError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 class InstanceOps:
     """Shared state and per-instance steps of the :class:`~cloudlet.agent.reconciler.Reconciler`."""
 
@@ -115,6 +130,19 @@ class InstanceOps:
         for comp in comps:
             if comp.name in row.ports:
                 return st[comp.name].endpoint or f"{self.workload_host}:{row.ports[comp.name]}"
+        return None
+
+    async def _not_listening(
+        self, comps: list[Component], st: dict[str, WorkloadStatus]
+    ) -> str | None:
+        """The first endpoint of a component whose workload binds its own port
+        (driver capability ``listens``) that does not accept a connection yet."""
+        for comp in comps:
+            where = st[comp.name].endpoint
+            if where is None or not self._drv(comp).capabilities.get("listens"):
+                continue
+            if not await accepts(where):
+                return where
         return None
 
     def _track(

@@ -56,6 +56,11 @@ from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
 
 log = logging.getLogger(__name__)
 
+#: How long a start waits inline for a process to bind its port, and how soon a
+#: pass looks again at one still not listening.
+LISTEN_WAIT_S = 1.0
+LISTEN_RECHECK_S = 0.25
+
 __all__ = ["VM_UNSUPPORTED", "Reconciler", "build_spec", "free_port", "spec_digest", "workload_id"]
 
 
@@ -214,6 +219,8 @@ class Reconciler(InstanceOps):
                     usage_end=self._boot_alive_at,
                 )
             if row.state is not ActualState.RUNNING:
+                if not await self._serving(row, comps, st):
+                    return
                 if self.passes == 0:
                     log.info("instance %s: adopted running workloads", row.id)
                 self._move(
@@ -236,6 +243,27 @@ class Reconciler(InstanceOps):
             self._starting[inst.id] = (want.revision, task)
             return
         await self._start(want, row, st, specs, digest)
+
+    async def _serving(
+        self,
+        row: ActualRow,
+        comps: list[Component],
+        st: dict[str, WorkloadStatus],
+        wait: float = 0.0,
+    ) -> bool:
+        """Whether every workload that binds its own port accepts connections, waiting
+        up to ``wait`` seconds. If not, the instance stays ``starting`` (saying on which
+        endpoint) and a pass comes back soon: ``running`` means serving."""
+        deadline = time.monotonic() + wait
+        while (where := await self._not_listening(comps, st)) is not None:
+            if time.monotonic() >= deadline:
+                if row.state is not ActualState.STARTING:
+                    row = self._move(row, ActualState.STARTING, reason=None)
+                log.debug("instance %s: nothing listens on %s yet", row.id, where)
+                asyncio.get_running_loop().call_later(LISTEN_RECHECK_S, self.wake)
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def _restarted_while_down(self, statuses: Iterable[WorkloadStatus]) -> bool:
         """On the first pass: did a workload start after the previous agent was last
@@ -387,6 +415,8 @@ class Reconciler(InstanceOps):
             self._move(row, ActualState.FAILED, reason=str(exc), applied_revision=want.revision)
             return
         if all(s.state is WorkloadState.RUNNING for s in st.values()):
+            if not await self._serving(row, inst.components, st, wait=LISTEN_WAIT_S):
+                return
             self._move(
                 row,
                 ActualState.RUNNING,

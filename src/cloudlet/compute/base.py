@@ -94,7 +94,9 @@ class ComputeDriver(abc.ABC):
     """
 
     name: str = "abstract"
-    #: What the agent may ask of this driver beyond the basics.
+    #: What the agent may ask of this driver beyond the basics. ``listens``: the
+    #: workload itself accepts connections on its endpoint, so it is serving only once
+    #: a connection there succeeds (a process binds its port some time after it starts).
     capabilities: Mapping[str, bool] = {"suspend": False, "survives_agent": False}
 
     @abc.abstractmethod

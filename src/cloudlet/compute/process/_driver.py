@@ -36,7 +36,8 @@ class ProcessDriver(LocalDriver[Workload]):
     the same ``state_dir``. Only pids this driver spawned are ever waited for.
 
     Capabilities: ``survives_agent`` (``close(keep_running=True)`` leaves the groups
-    running for the next driver). No ``suspend``: stopping a group with SIGSTOP
+    running for the next driver) and ``listens`` (RUNNING means spawned: the command
+    binds ``PORT`` itself, some time later). No ``suspend``: stopping a group with SIGSTOP
     keeps its memory only in RAM, which is not the saved state the contract means.
 
     Args:
@@ -49,7 +50,7 @@ class ProcessDriver(LocalDriver[Workload]):
     """
 
     name = "process"
-    capabilities = {"suspend": False, "survives_agent": True}
+    capabilities = {"suspend": False, "survives_agent": True, "listens": True}
 
     def __init__(
         self,
