@@ -46,7 +46,7 @@ class Chaos:
     rng: random.Random
     probe: Probe
     instances: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (site, origin)
-    convergence: list[float] = field(default_factory=list)
+    convergence: dict[str, list[float]] = field(default_factory=dict)  # fault -> seconds
     unconverged: int = 0
     actions: dict[str, int] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)  # sites with an episode under way
@@ -84,7 +84,7 @@ class Chaos:
         thread.start()
         self.threads.append(thread)
 
-    def measure(self, site: WanSite, since: float, timeout: float = 60.0) -> None:
+    def measure(self, fault: str, site: WanSite, since: float, timeout: float = 60.0) -> None:
         """Time from a restore until the controller shows the site online and in sync."""
         deadline = since + timeout
         while time.monotonic() < deadline:
@@ -92,7 +92,8 @@ class Chaos:
                 view = self.wan.site_view(site.name)
                 if view["availability"] == "online" and view["sync_status"] == "in-sync":
                     with self.lock:
-                        self.convergence.append(time.monotonic() - since)
+                        taken = time.monotonic() - since
+                        self.convergence.setdefault(fault, []).append(taken)
                     return
             except Exception:
                 pass  # the controller may be restarting
@@ -108,7 +109,7 @@ class Chaos:
         site.cut()
         time.sleep(hold)
         site.restore()
-        self.measure(site, time.monotonic())
+        self.measure("cut", site, time.monotonic())
         self.release(site)
 
     def flap(self, site: WanSite) -> None:
@@ -118,7 +119,7 @@ class Chaos:
             time.sleep(2)
             site.restore()
             time.sleep(2)
-        self.measure(site, time.monotonic() - 2)
+        self.measure("flap", site, time.monotonic() - 2)
         self.release(site)
 
     def kill_agent(self, site: WanSite) -> None:
@@ -127,7 +128,7 @@ class Chaos:
         site.agent.proc.kill()  # the workloads keep running; the next agent adopts them
         time.sleep(self.rng.uniform(0.5, 5))
         site.agent.start()
-        self.measure(site, time.monotonic())
+        self.measure("agent-kill", site, time.monotonic())
         self.release(site)
 
     def restart_controller(self) -> None:
@@ -243,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 usage_bad.append(f"{site.name}: {usage.overlaps[:2]} {usage.gaps[:2]}")
         misses = probe.misses()
         asked = sum(probe.asked.values())
-    conv = chaos.convergence
+    conv = [s for taken in chaos.convergence.values() for s in taken]
     return {
         "bench": "chaos",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -274,6 +275,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max": max(conv) if conv else None,
             "mean": statistics.fmean(conv) if conv else None,
             "unconverged_within_60s": chaos.unconverged,
+            "by_fault": {
+                fault: {
+                    "restores": len(taken),
+                    "p50": percentile(taken, 0.5),
+                    "p99": percentile(taken, 0.99),
+                    "max": max(taken),
+                }
+                for fault, taken in sorted(chaos.convergence.items())
+            },
         },
         "errors": chaos.errors[:20],
         "per_site": per_site,
@@ -298,6 +308,11 @@ def show(result: dict[str, Any]) -> None:
     console = Console(width=120)
     console.print(table)
     console.print(f"actions: {result['actions']}")
+    for fault, c in result["convergence_s"]["by_fault"].items():
+        console.print(
+            f"convergence after {fault}: {c['restores']} restores, p50 {fmt(c['p50'])} s, "
+            f"p99 {fmt(c['p99'])} s, max {fmt(c['max'])} s"
+        )
     if result["usage_violations"] or result["errors"]:
         console.print(f"usage violations: {result['usage_violations']}")
         console.print(f"errors: {result['errors']}")

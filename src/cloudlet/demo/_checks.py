@@ -19,7 +19,7 @@ def all_running(world: World) -> bool:
     for inst in world.instances:
         if inst["actual_state"] == "failed":
             raise CloudletError(
-                f"instance {inst['name']} on {inst['site']} failed: {inst.get('reason')}"
+                f"instance {inst['name']} at {inst['site']} failed: {inst.get('reason')}"
             )
     return bool(world.instances) and all(
         i["actual_state"] == "running" and i.get("endpoint") for i in world.instances

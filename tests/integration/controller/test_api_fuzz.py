@@ -1,7 +1,7 @@
 """schemathesis against the live OpenAPI document of a real controller process: every
 operation, every check, as the admin, as a member of another project and with no token.
 
-Bounded (a fixed seed, a few dozen examples per operation) so that it costs well under
+Bounded (a fixed seed, a few to twenty examples per operation) so that it costs well under
 a minute per run; the case counts are printed.
 """
 
@@ -20,15 +20,19 @@ from cloudlet.testbed.local import LocalController
 pytestmark = pytest.mark.integration
 
 CONFIG = Path(__file__).with_name("schemathesis.toml")
-EXAMPLES = 20
+#: Examples per operation: the admin reaches every handler, so it gets the most; the
+#: other callers are refused before the handler, which fewer cases cover as well.
+EXAMPLES = {"admin": 20, "member": 8, "anonymous": 4}
 SEED = 20261202
 
 
-def _fuzz(controller: LocalController, report: Path, token: str | None) -> dict[str, object]:
+def _fuzz(
+    controller: LocalController, report: Path, token: str | None, examples: int
+) -> dict[str, object]:
     st = Path(sys.executable).with_name("st")
     args = [
         str(st), "--config-file", str(CONFIG), "run", f"{controller.url}/openapi.json",
-        "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--no-color",
+        "--max-examples", str(examples), "--seed", str(SEED), "--no-color",
         "--generation-database", "none", "--report", "json", "--report-json-path", str(report),
     ]  # fmt: skip
     if token:
@@ -48,13 +52,13 @@ def _fuzz(controller: LocalController, report: Path, token: str | None) -> dict[
     return summary
 
 
-def _check(summary: dict[str, object]) -> None:
+def _check(summary: dict[str, object], at_least: int) -> None:
     assert summary["failures"] == [] and summary["errors"] == []
-    assert summary["cases"] >= 1000, summary["cases"]  # type: ignore[operator]
+    assert summary["cases"] >= at_least, summary["cases"]  # type: ignore[operator]
 
 
 def test_as_the_admin_on_both_databases(controller: LocalController, tmp_path: Path) -> None:
-    _check(_fuzz(controller, tmp_path / "admin.json", controller.token))
+    _check(_fuzz(controller, tmp_path / "admin.json", controller.token, EXAMPLES["admin"]), 1000)
 
 
 @pytest.fixture
@@ -73,4 +77,5 @@ def test_as_a_member_of_another_project_and_without_a_token(
 ) -> None:
     ctl = sqlite_controller
     token = ctl.create_token("fuzz", project="tenant-b", role="member") if who == "member" else None
-    _check(_fuzz(ctl, tmp_path / f"{who}.json", token))
+    summary = _fuzz(ctl, tmp_path / f"{who}.json", token, EXAMPLES[who])
+    _check(summary, 1000)  # the coverage phase adds its own cases to the examples

@@ -135,7 +135,7 @@ def test_log_of_a_created_workload_is_empty(driver: ProcessDriver) -> None:
 
 
 def test_suspend_is_not_offered(driver: ProcessDriver) -> None:
-    assert driver.capabilities == {"suspend": False, "survives_agent": True}
+    assert driver.capabilities == {"suspend": False, "survives_agent": True, "listens": True}
     driver.create(WorkloadSpec("w1", command=("sleep", "1")))
     with pytest.raises(NotImplementedError):
         driver.suspend("w1")
