@@ -20,6 +20,7 @@ from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import Store
 from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
+from cloudlet.compute.base import split_endpoint
 from cloudlet.compute.ports import free_port
 from cloudlet.errors import DriverError, WorkloadNotFoundError
 from cloudlet.schemas import (
@@ -43,10 +44,9 @@ ACTIVE = {
 
 async def accepts(endpoint: str, timeout: float = 0.5) -> bool:
     """Whether ``host:port`` (``[v6]:port``) accepts a TCP connection now."""
-    host, _, port = endpoint.rpartition(":")
     try:
         _, writer = await asyncio.wait_for(
-            asyncio.open_connection(host.strip("[]"), int(port)), timeout
+            asyncio.open_connection(*split_endpoint(endpoint)), timeout
         )
     except (OSError, TimeoutError, ValueError):
         return False

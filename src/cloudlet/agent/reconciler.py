@@ -252,8 +252,8 @@ class Reconciler(InstanceOps):
         wait: float = 0.0,
     ) -> bool:
         """Whether every workload that binds its own port accepts connections, waiting
-        up to ``wait`` seconds. If not, the instance stays ``starting`` (saying on which
-        endpoint) and a pass comes back soon: ``running`` means serving."""
+        up to ``wait`` seconds. If not, the instance stays ``starting`` and a pass comes
+        back soon: ``running`` means serving."""
         deadline = time.monotonic() + wait
         while (where := await self._not_listening(comps, st)) is not None:
             if time.monotonic() >= deadline:

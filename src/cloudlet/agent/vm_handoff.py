@@ -26,6 +26,7 @@ from cloudlet.agent import actual
 from cloudlet.agent._specs import workload_id
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
+from cloudlet.compute.base import split_endpoint
 from cloudlet.errors import CloudletError, ControllerUnreachableError, SyncError
 from cloudlet.schemas import ActualState, ComponentKind
 from cloudlet.schemas.artifacts import ArtifactKind
@@ -143,9 +144,8 @@ class VmHandoffs:
             driver = await asyncio.to_thread(ops.drivers.for_kind, ComponentKind.VM)
             wid = workload_id(inst.id, name)
             source = LiveSource.of(driver, wid, base)  # type: ignore[arg-type, attr-defined]
-            host, _, port = (order.address or "").rpartition(":")
             token = (order.token or "").encode()
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=30) as sock:
+            with socket.create_connection(split_endpoint(order.address or ""), timeout=30) as sock:
                 sock.sendall(struct.pack("!H", len(token)) + token)
                 stats = await asyncio.to_thread(send_live, source, sock)
             await asyncio.to_thread(finish_source, driver, wid)  # type: ignore[arg-type]

@@ -43,6 +43,16 @@ def endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def split_endpoint(where: str) -> tuple[str, int]:
+    """The inverse of :func:`endpoint`: ``(host, port)``, brackets removed.
+
+    Raises:
+        ValueError: the port is not a number.
+    """
+    host, _, port = where.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 @dataclass(frozen=True)
 class WorkloadSpec:
     """Everything a driver needs to run one workload.

@@ -52,13 +52,14 @@ def _fuzz(
     return summary
 
 
-def _check(summary: dict[str, object], at_least: int) -> None:
+def _check(summary: dict[str, object]) -> None:
     assert summary["failures"] == [] and summary["errors"] == []
-    assert summary["cases"] >= at_least, summary["cases"]  # type: ignore[operator]
+    # The coverage phase adds its own cases to the examples: over 1,000 for each caller.
+    assert summary["cases"] >= 1000, summary["cases"]  # type: ignore[operator]
 
 
 def test_as_the_admin_on_both_databases(controller: LocalController, tmp_path: Path) -> None:
-    _check(_fuzz(controller, tmp_path / "admin.json", controller.token, EXAMPLES["admin"]), 1000)
+    _check(_fuzz(controller, tmp_path / "admin.json", controller.token, EXAMPLES["admin"]))
 
 
 @pytest.fixture
@@ -77,5 +78,4 @@ def test_as_a_member_of_another_project_and_without_a_token(
 ) -> None:
     ctl = sqlite_controller
     token = ctl.create_token("fuzz", project="tenant-b", role="member") if who == "member" else None
-    summary = _fuzz(ctl, tmp_path / f"{who}.json", token, EXAMPLES[who])
-    _check(summary, 1000)  # the coverage phase adds its own cases to the examples
+    _check(_fuzz(ctl, tmp_path / f"{who}.json", token, EXAMPLES[who]))
