@@ -47,6 +47,12 @@ class Chaos:
     probe: Probe
     instances: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (site, origin)
     convergence: dict[str, list[float]] = field(default_factory=dict)  # fault -> seconds
+    #: Every restore: fault, site, seconds after the start, seconds to converge from the
+    #: restore, and from the later of the restore and the controller's return.
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    #: (down, up) monotonic times of each controller restart.
+    controller_down: list[tuple[float, float]] = field(default_factory=list)
+    began: float = field(default_factory=time.monotonic)
     unconverged: int = 0
     actions: dict[str, int] = field(default_factory=dict)
     busy: set[str] = field(default_factory=set)  # sites with an episode under way
@@ -91,15 +97,26 @@ class Chaos:
             try:
                 view = self.wan.site_view(site.name)
                 if view["availability"] == "online" and view["sync_status"] == "in-sync":
-                    with self.lock:
-                        taken = time.monotonic() - since
-                        self.convergence.setdefault(fault, []).append(taken)
+                    self._converged(fault, site, since, time.monotonic())
                     return
             except Exception:
                 pass  # the controller may be restarting
             time.sleep(0.05)
         with self.lock:
             self.unconverged += 1
+
+    def _converged(self, fault: str, site: WanSite, since: float, at: float) -> None:
+        with self.lock:
+            # A controller that was down after the restore delays every site: the time
+            # it took to come back is the controller's, not this site's to make up.
+            ready = max(
+                [since] + [up for down, up in self.controller_down if down < at and up > since]
+            )
+            self.convergence.setdefault(fault, []).append(at - ready)
+            self.samples.append({
+                "fault": fault, "site": site.name, "at_s": round(since - self.began, 2),
+                "from_restore_s": round(at - since, 3), "from_ready_s": round(at - ready, 3),
+            })  # fmt: skip
 
     # -- faults -----------------------------------------------------------------------
 
@@ -133,7 +150,10 @@ class Chaos:
 
     def restart_controller(self) -> None:
         self.count("controller-restart")
+        down = time.monotonic()
         self.wan.restart_controller(kill=True)
+        with self.lock:
+            self.controller_down.append((down, time.monotonic()))
 
     # -- churn ------------------------------------------------------------------------
 
@@ -203,7 +223,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         chaos = Chaos(wan, rng, probe)
         for _ in range(args.sites):
             chaos.create()
-        began = time.monotonic()
+        began = chaos.began = time.monotonic()
         end = began + args.minutes * 60
         next_controller = began + rng.uniform(60, 150)
         while time.monotonic() < end:
@@ -274,6 +294,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99": percentile(conv, 0.99),
             "max": max(conv) if conv else None,
             "mean": statistics.fmean(conv) if conv else None,
+            "from_restore_p99": percentile([r["from_restore_s"] for r in chaos.samples], 0.99),
             "unconverged_within_60s": chaos.unconverged,
             "by_fault": {
                 fault: {
@@ -285,6 +306,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for fault, taken in sorted(chaos.convergence.items())
             },
         },
+        "controller_restarts_s": [round(up - down, 2) for down, up in chaos.controller_down],
+        "slowest_restores": sorted(chaos.samples, key=lambda r: -r["from_restore_s"])[:10],
         "errors": chaos.errors[:20],
         "per_site": per_site,
     }

@@ -9,7 +9,10 @@ third loop probes its ``/healthz`` every ``probe_interval_s`` (jittered), and wh
 probe that failed starts answering it wakes both loops after a random spread of up to
 ``reconnect_spread_s``:
 a restarted controller is found within a couple of seconds, whatever the backoff
-had grown to, and a fleet comes back spread out rather than in one burst.
+had grown to, and a fleet comes back spread out rather than in one burst. A request
+that was already under way when the probe succeeded started during the outage: it
+waits on a connection whose SYN or data TCP retransmits with a growing backoff, so it
+is abandoned and sent again at once over a fresh connection.
 Network failures and 5xx answers only back off; a 401 means the site was
 decommissioned or its credential revoked, and both loops stop while the agent keeps
 running its local workloads.
@@ -21,9 +24,11 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -43,9 +48,18 @@ from cloudlet.agent.store import (
     set_meta,
 )
 from cloudlet.errors import AuthError, ConfigError, ControllerUnreachableError, SyncError
-from cloudlet.schemas import ActualState, AgentReport, EnrollRequest, ReportAck, Resources
+from cloudlet.schemas import (
+    ActualState,
+    AgentReport,
+    DesiredStateDoc,
+    EnrollRequest,
+    ReportAck,
+    Resources,
+)
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M")
 
 #: Events per report; the rest follow at once in the next report.
 REPORT_BATCH = 500
@@ -102,6 +116,8 @@ class Syncer:
         #: Set when actual state changed, so the controller hears of it before the
         #: next interval (at most one report per REPORT_MIN_GAP_S).
         self.report_soon = asyncio.Event()
+        #: Set (and replaced) each time a probe finds the controller back.
+        self._link_back = asyncio.Event()
         self.cache = cache
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
@@ -236,8 +252,29 @@ class Syncer:
                 armed = False
                 log.info("the controller answers again; resuming sync")
                 await sleep_or(stop, random.uniform(0, self.reconnect_spread_s))
+                self._link_back.set()
+                self._link_back = asyncio.Event()
                 self.pull_wake.set()
                 self.report_wake.set()
+
+    async def _unless_link_back(self, call: Awaitable[M]) -> M:
+        """Await ``call``, abandoning it if a probe finds the controller back first: a
+        request begun while the link was down would finish only at TCP's next
+        retransmission, seconds after the link returned."""
+        back = self._link_back
+        task = asyncio.ensure_future(call)
+        waiter = asyncio.ensure_future(back.wait())
+        try:
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            raise ControllerUnreachableError("the link came back under a stalled request")
+        return task.result()
 
     async def _pull_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)
@@ -249,7 +286,9 @@ class Syncer:
                 continue
             since = 0 if force_full else self.store.cursor
             try:
-                doc = await self.client.pull(since, self.poll_wait_s)
+                doc: DesiredStateDoc | None = await self._unless_link_back(
+                    self.client.pull(since, self.poll_wait_s)
+                )
             except AuthError as exc:
                 self._revoked(exc)
                 continue
@@ -317,7 +356,7 @@ class Syncer:
             cache=self.cache.listing() if self.cache is not None and with_cache else None,
             local_api=self.local_api,
         )
-        ack = await self.client.report(report)
+        ack = await self._unless_link_back(self.client.report(report))
         if ack.rejected:
             for refused in ack.rejected:
                 log.error("the controller refused event seq %d: %s", refused.seq, refused.reason)

@@ -252,6 +252,10 @@ class Relay:
         self._handlers.add(task)
         try:
             await self._relay(reader, writer)
+        except asyncio.CancelledError:
+            # The relay is stopping. asyncio's stream server asks a finished handler
+            # for its exception, and a cancelled one answers with a traceback.
+            pass
         finally:
             self._handlers.discard(task)
 
