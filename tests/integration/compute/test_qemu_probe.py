@@ -45,6 +45,25 @@ def test_a_hanging_guest_is_killed_at_the_timeout(tmp_path: Path) -> None:
     assert gone(int(pid_file.read_text()))
 
 
+@pytest.mark.skipif(
+    not os.access("/dev/kvm", os.R_OK | os.W_OK), reason="no usable /dev/kvm to probe"
+)
+@pytest.mark.parametrize(
+    ("console", "usable"),
+    [("Kernel panic - not syncing: VFS: Unable to mount root fs", True), ("", False)],
+)
+def test_a_kernel_passes_only_once_it_reaches_its_panic(
+    tmp_path: Path, console: str, usable: bool
+) -> None:
+    """The guest kernel must get as far as looking for its root filesystem: an exit
+    without the panic on the console (QEMU gave up on the vCPU) is not a pass."""
+    qemu = tmp_path / "qemu"
+    qemu.write_text(f"#!/bin/sh\necho '{console}'\nexit 0\n")
+    qemu.chmod(0o755)
+    verdict = probe_kvm(str(qemu), timeout=5.0, kernel=tmp_path / "vmlinuz")
+    assert verdict.usable is usable, verdict
+
+
 def test_the_verdict_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert QEMU is not None
     calls: list[str] = []

@@ -1,18 +1,25 @@
-"""Whether KVM really runs guests here: boot a 512-byte guest under KVM, with a hard timeout.
+"""Whether KVM really runs guests here: boot a guest under KVM, with a hard timeout.
 
 ``/dev/kvm`` existing is not enough: on some hosts (nested virtualisation, odd kernels)
-a KVM guest hangs without output. The probe boots a boot sector that writes 0x2a to
-QEMU's isa-debug-exit port, so QEMU exits with code 0x2a * 2 + 1 = 85 only if guest
-code really ran. Anything else within the timeout, or no exit at all, means "use
-software emulation". The probe uses ``-cpu host`` like the driver's KVM VMs. (Asking
-QMP ``query-kvm`` is not enough: it says enabled and running while the vCPU is stuck.)
-The verdict is cached in a JSON file keyed by the QEMU binary and the host kernel, so
-a driver does not probe on every start.
+a KVM guest hangs without output. Where the host has a Linux kernel in /boot the probe
+boots it, with no root disk, until it panics for want of a root filesystem; QEMU then
+exits (``panic=-1``, ``-no-reboot``) and the serial console shows the panic. A 64-bit
+kernel is the test that matters: one such host (a ``kvm-pvm`` nested hypervisor) runs
+real-mode code under KVM, but its instruction emulation fails on the guest kernel's
+``lock cmpxchg16b`` and the vCPU stops with nothing on the console. Without a kernel,
+the probe boots a boot sector that writes 0x2a to QEMU's isa-debug-exit port, so QEMU
+exits with code 0x2a * 2 + 1 = 85 only if guest code really ran. Anything else within
+the timeout, or no exit at all, means "use software emulation". The probe uses ``-cpu
+host`` like the driver's KVM VMs. (Asking QMP ``query-kvm`` is not enough: it says
+enabled and running while the vCPU is stuck.) The verdict is cached in a JSON file
+keyed by the QEMU binary, the probe guest and the host kernel, so a driver does not
+probe on every start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -29,6 +36,8 @@ from cloudlet.compute._records import write_json
 _CODE = bytes([0xB0, 0x2A, 0xE6, 0xF4, 0xF4, 0xEB, 0xFE])
 BOOT_SECTOR = _CODE + bytes(510 - len(_CODE)) + b"\x55\xaa"
 EXPECTED_EXIT = 0x2A * 2 + 1
+#: What a kernel booted without a root filesystem prints before it stops.
+PANIC_MARKER = b"Kernel panic"
 
 # Verdicts by cache key, so the drivers of one process probe once whatever their state dirs.
 _verdicts: dict[str, KvmVerdict] = {}
@@ -49,20 +58,40 @@ class KvmVerdict:
     key: str = ""
 
 
-def probe_kvm(qemu: str, timeout: float = 5.0) -> KvmVerdict:
+def host_kernel() -> Path | None:
+    """A Linux kernel image this host boots from (its own first), if one is readable."""
+    own = Path(f"/boot/vmlinuz-{os.uname().release}")
+    candidates = [own, *(Path(p) for p in sorted(glob.glob("/boot/vmlinuz-*"), reverse=True))]
+    return next((p for p in candidates if os.access(p, os.R_OK)), None)
+
+
+def probe_kvm(qemu: str, timeout: float = 5.0, kernel: Path | None = None) -> KvmVerdict:
     """Boot the probe guest with ``-accel kvm`` and say whether it ran; never blocks
-    longer than ``timeout`` seconds plus a short grace to reap a killed QEMU."""
+    longer than ``timeout`` seconds plus a short grace to reap a killed QEMU.
+
+    ``kernel``: the Linux kernel to boot (default: :func:`host_kernel`; without one, the
+    boot sector)."""
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return KvmVerdict(False, "/dev/kvm is missing or not accessible")
+    kernel = kernel or host_kernel()
     with tempfile.TemporaryDirectory(prefix="cloudlet-kvm-probe-") as tmp:
-        image = Path(tmp) / "boot.img"
-        image.write_bytes(BOOT_SECTOR)
         command = [
-            qemu, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-m", "16", "-nodefaults",
-            "-no-user-config", "-display", "none", "-serial", "none", "-monitor", "none",
-            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={image},format=raw,if=floppy",
+            qemu, "-accel", "kvm", "-cpu", "host", "-machine", "pc", "-nodefaults",
+            "-no-user-config", "-display", "none", "-monitor", "none", "-no-reboot",
         ]  # fmt: skip
+        if kernel is not None:
+            command += [
+                "-m", "256", "-serial", "stdio", "-kernel", str(kernel),
+                "-append", "console=ttyS0 panic=-1 loglevel=1 root=/dev/nonexistent",
+            ]  # fmt: skip
+        else:
+            image = Path(tmp) / "boot.img"
+            image.write_bytes(BOOT_SECTOR)
+            command += [
+                "-m", "16", "-serial", "none",
+                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "-drive", f"file={image},format=raw,if=floppy",
+            ]  # fmt: skip
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
@@ -84,9 +113,12 @@ def probe_kvm(qemu: str, timeout: float = 5.0) -> KvmVerdict:
             except subprocess.TimeoutExpired:
                 _stuck.append(proc)
             seconds = time.monotonic() - started
-            return KvmVerdict(False, f"a KVM guest did not finish within {timeout:g}s", seconds)
+            guest = f"the kernel {kernel}" if kernel else "a KVM guest"
+            return KvmVerdict(False, f"{guest} did not finish within {timeout:g}s", seconds)
         seconds = time.monotonic() - started
-    if proc.returncode == EXPECTED_EXIT:
+    if kernel is not None and PANIC_MARKER in output:
+        return KvmVerdict(True, f"a KVM guest booted {kernel}", seconds)
+    if kernel is None and proc.returncode == EXPECTED_EXIT:
         return KvmVerdict(True, "a KVM guest ran", seconds)
     last = output.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
     return KvmVerdict(False, f"KVM guest failed (exit {proc.returncode}): {last[0]}", seconds)
@@ -98,7 +130,8 @@ def _cache_key(qemu: str) -> str:
         binary = f"{os.path.realpath(qemu)}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         binary = qemu
-    return f"{binary}|{os.uname().release}"
+    kernel = host_kernel()
+    return f"{binary}|{kernel or 'boot sector'}|{os.uname().release}"
 
 
 def kvm_verdict(qemu: str, cache_file: Path, timeout: float = 5.0) -> KvmVerdict:
