@@ -6,6 +6,7 @@ import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,3 +43,34 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
         return None
     base = request.getfixturevalue("postgres_base_url")
     return create_database(base, f"cloudlet_test_{next(_db_counter)}")
+
+
+#: Test directories that share something machine-wide, and run as one unit on one
+#: worker, one test after another: the emulated WAN's namespaces and subnets.
+SHARED_UNITS = {"tests/partition/": "wan"}
+
+
+def _unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under ``pytest -n N``: its module (so that
+    module-scoped fixtures start once), or its shared directory's unit."""
+    module = nodeid.split("::", 1)[0]
+    return next(
+        (unit for prefix, unit in SHARED_UNITS.items() if module.startswith(prefix)), module
+    )
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Schedule by :func:`_unit` (``--dist loadgroup`` could do it with markers, but
+    pytest 9 no longer lets xdist rename the test ids it groups by)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByUnit(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid)
+
+    return ByUnit(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The shared units go first: the longest one must not start last and end alone."""
+    items.sort(key=lambda item: _unit(item.nodeid) not in SHARED_UNITS.values())
