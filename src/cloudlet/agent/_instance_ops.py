@@ -10,13 +10,16 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from cloudlet.agent import actual
 from cloudlet.agent._specs import DriverSet, build_spec, workload_id
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.desired import DesiredEntry
+from cloudlet.agent.metrics import AgentMetrics
 from cloudlet.agent.store import Store
 from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
@@ -32,6 +35,9 @@ from cloudlet.schemas import (
 )
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 ACTIVE = {
     ActualState.PENDING,
@@ -68,8 +74,10 @@ class InstanceOps:
         on_change: Callable[[], None] | None = None,
         vm: VmBuilder | None = None,
         state_root: Path | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or AgentMetrics()
         #: Stateful components' state directories, one per instance (what handoffs move).
         self.state_root = state_root
         self.drivers = driver if isinstance(driver, DriverSet) else DriverSet(driver)
@@ -85,6 +93,25 @@ class InstanceOps:
 
     def _drv(self, comp: Component) -> ComputeDriver:
         return self.drivers.for_kind(comp.kind)
+
+    async def _call(self, method: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run a driver method in a worker thread, counting its failures by operation.
+
+        A missing workload is an answer, not a failure: not counted.
+        """
+        try:
+            return await asyncio.to_thread(method, *args, **kwargs)
+        except WorkloadNotFoundError:
+            raise
+        except DriverError:
+            self.metrics.driver_error(method.__name__)
+            raise
+
+    def _timed(self, timings: dict[str, float], phase: str, t0: float) -> None:
+        """Record that ``phase`` of a VM start took from ``t0`` (monotonic) until now."""
+        seconds = time.monotonic() - t0
+        timings[phase] = round(seconds, 3)
+        self.metrics.phase(phase, seconds)
 
     def _move(
         self,
@@ -122,7 +149,7 @@ class InstanceOps:
             driver = self._drv(comp)
         except DriverError:
             return WorkloadStatus(wid, WorkloadState.ABSENT)
-        return await asyncio.to_thread(driver.status, wid)
+        return await self._call(driver.status, wid)
 
     def _endpoint(
         self, row: ActualRow, comps: list[Component], st: dict[str, WorkloadStatus]
@@ -194,7 +221,7 @@ class InstanceOps:
                     driver = self._drv(comp)
                 except DriverError:
                     continue  # no driver for its kind: nothing of it can run
-                await asyncio.to_thread(driver.stop, wid)
+                await self._call(driver.stop, wid)
 
     async def _ensure_stopped(self, want: DesiredEntry, row: ActualRow | None) -> None:
         inst = want.instance
@@ -259,9 +286,9 @@ class InstanceOps:
             for comp in inst.components:
                 driver = self._drv(comp)
                 wid = workload_id(inst.id, comp.name)
-                s = await asyncio.to_thread(driver.status, wid)
+                s = await self._call(driver.status, wid)
                 if s.state is WorkloadState.RUNNING:
-                    await asyncio.to_thread(driver.suspend, wid)
+                    await self._call(driver.suspend, wid)
         except DriverError as exc:
             self._move(
                 row,
@@ -287,9 +314,9 @@ class InstanceOps:
         try:
             for driver in self.drivers.built():
                 wids = {workload_id(instance_id, c.name) for c in comps if self._owns(driver, c)}
-                wids |= {w for w in await asyncio.to_thread(driver.list) if w.startswith(prefix)}
+                wids |= {w for w in await self._call(driver.list) if w.startswith(prefix)}
                 for wid in sorted(wids):
-                    await asyncio.to_thread(driver.delete, wid)
+                    await self._call(driver.delete, wid)
         except DriverError as exc:
             if row is not None:
                 self._move(row, ActualState.FAILED, reason=f"delete failed: {exc}")

@@ -74,11 +74,20 @@ class ArtifactCache:
         root: Path,
         budget_bytes: int,
         on_change: Callable[[], None] | None = None,
+        on_lookup: Callable[[ArtifactKind, bool], None] | None = None,
     ) -> None:
+        """A cache of up to ``budget_bytes`` under ``root``.
+
+        Args:
+            on_change: called (from any thread) after the cache's contents changed.
+            on_lookup: called with the kind and whether it was a hit at each
+                :meth:`lookup` (the agent's metrics).
+        """
         self.store = store
         self.root = Path(root)
         self.budget_bytes = budget_bytes
         self.on_change = on_change
+        self.on_lookup = on_lookup
         #: Artifacts being fetched or applied right now: never evicted.
         self._busy: set[tuple[ArtifactKind, str]] = set()
         self._busy_lock = threading.Lock()
@@ -130,6 +139,16 @@ class ArtifactCache:
         if art is not None and art.complete and path.is_file():
             return path
         return None
+
+    def lookup(self, kind: ArtifactKind, artifact_id: str) -> Path | None:
+        """The artifact's file for someone about to use it, marked used; None if it is
+        not complete here. Counted as a hit or a miss."""
+        path = self.complete_path(kind, artifact_id)
+        if path is not None:
+            self.touch(kind, artifact_id)
+        if self.on_lookup is not None:
+            self.on_lookup(kind, path is not None)
+        return path
 
     def all(self) -> list[Artifact]:
         return all_artifacts(self.store)

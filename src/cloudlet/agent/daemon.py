@@ -31,6 +31,7 @@ from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.discovery import Announcer, primary_address, service_info
 from cloudlet.agent.handoff import HandoffRunner
 from cloudlet.agent.local_api import LocalApi, create_app, resolve_token
+from cloudlet.agent.metrics import AgentMetrics
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME, Store
@@ -69,11 +70,13 @@ class Agent:
         self.settings = settings
         self.store = store
         self.driver = driver
+        self.metrics = AgentMetrics()
         self.cache = ArtifactCache(
             store,
             settings.artifact_dir,
             int(settings.cache_budget_gib * GIB),
             on_change=self._cache_changed,
+            on_lookup=self.metrics.cache_lookup,
         )
         self.stager = Stager(self.cache, self._remote, backoff_max_s=settings.backoff_max_s)
         self.drivers = DriverSet(driver, lambda: make_driver(settings, "qemu"))
@@ -84,7 +87,9 @@ class Agent:
             vm=VmBuilder(self.stager, settings.data_dir / "vms"),
             answer_timeout_s=settings.vm_answer_timeout_s,
             state_root=settings.data_dir / STATE_DIR,
+            metrics=self.metrics,
         )
+        self.metrics.watch(store, self._sync_times)
         self.syncer: Syncer | None = None
         self.local_api: LocalApi | None = None
         self.announcer = Announcer()
@@ -143,6 +148,13 @@ class Agent:
         await self.announcer.start(info)
 
     # -- health -------------------------------------------------------------------------
+
+    def _sync_times(self) -> dict[str, datetime | None]:
+        """When the pull and report loops last succeeded (nothing without a controller)."""
+        if self.syncer is None:
+            return {}
+        status = self.syncer.status
+        return {"pull": status.last_pull_at, "report": status.last_report_at}
 
     def health(self) -> dict[str, Any]:
         status = self.syncer.status if self.syncer else None
@@ -220,6 +232,7 @@ class Agent:
                     self.reconciler.wake,
                     self.reconciler.restart,
                     token=resolve_token(s.local_host, s.local_token, s.data_dir),
+                    metrics=self.metrics.registry,
                 ),
                 s.local_host,
                 s.local_port,

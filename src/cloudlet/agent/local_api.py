@@ -7,14 +7,15 @@ find their service with the controller unreachable); ``POST /v1/local/instances`
 ``POST /v1/local/instances/{id}/{stop|start|suspend|resume|restart}`` changes any
 instance at the site (a controller-origin one as a local override, see
 :func:`cloudlet.agent.desired.set_local_state`), with the controller unreachable too;
-``GET /v1/local/cache`` lists the artifacts the site holds (complete or being fetched).
+``GET /v1/local/cache`` lists the artifacts the site holds (complete or being fetched);
+``GET /metrics`` answers Prometheus's scrapes (:mod:`cloudlet.agent.metrics`).
 
 Bound to loopback it needs no credential. Bound to anything else (to serve clients
 on the site's network), starting, stopping or changing instances needs
 ``Authorization: Bearer <site-local token>``: the configured ``local_token``, or one
 made at first start in ``data_dir/local-api.token``. Reads stay open, so that
 clients can find their service. (Client tokens the controller signs replace this
-once identity reaches the sites.)
+once identity reaches the sites.) ``/metrics`` is a read too.
 
 It runs inside the agent's event loop (uvicorn without its own signal handling:
 the agent owns SIGTERM/SIGINT) and writes the port it bound to
@@ -39,6 +40,7 @@ from typing import Any
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict
 
 from cloudlet._secret_file import write_secret
@@ -128,6 +130,7 @@ def create_app(
     on_desired_change: Callable[[], None] = lambda: None,
     restart: Callable[[str], Awaitable[None]] | None = None,
     token: str | None = None,
+    metrics: CollectorRegistry | None = None,
 ) -> FastAPI:
     """The local API over the agent's store.
 
@@ -138,6 +141,7 @@ def create_app(
         restart: restarts an instance's workloads now (the reconciler's); without it
             restart answers 409.
         token: the bearer token changing instances needs (None: none).
+        metrics: the registry ``GET /metrics`` serves (None: no such endpoint).
     """
     app = FastAPI(title="Cloudlet site agent", docs_url=None, redoc_url=None)
     app.add_exception_handler(CloudletError, _problem)
@@ -185,6 +189,16 @@ def create_app(
     @app.get("/v1/local/cache", response_model=list[CachedImage])
     def list_cache() -> list[CachedImage]:
         return [a.to_wire() for a in artifacts.all_artifacts(store)]
+
+    if metrics is not None:
+
+        @app.get(
+            "/metrics",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}},
+        )
+        def scrape() -> Response:
+            return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/v1/local/instances", status_code=202, response_model=ActualInstance, dependencies=writer

@@ -41,6 +41,7 @@ from cloudlet.agent._wait import sleep_or
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.handoff import HandoffRunner
+from cloudlet.agent.metrics import AgentMetrics
 from cloudlet.agent.store import ALIVE_AT, Store
 from cloudlet.agent.vm import Opened, VmBuilder, wait_for_answer
 from cloudlet.compute import ComputeDriver, WorkloadSpec, WorkloadState, WorkloadStatus
@@ -77,6 +78,7 @@ class Reconciler(InstanceOps):
         vm: VmBuilder | None = None,
         answer_timeout_s: float = 120.0,
         state_root: Path | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         super().__init__(
             store,
@@ -85,6 +87,7 @@ class Reconciler(InstanceOps):
             on_change=on_change,
             vm=vm,
             state_root=state_root,
+            metrics=metrics,
         )
         self.answer_timeout_s = answer_timeout_s
         self._wake = asyncio.Event()
@@ -319,14 +322,14 @@ class Reconciler(InstanceOps):
             for comp in todo:
                 if not self.vm.disk_path(want.id, comp).is_file():
                     opened[comp.name] = await self.vm.fetch(comp)
-            timings["fetch"] = round(time.monotonic() - t0, 3)
+            self._timed(timings, "fetch", t0)
             row = self._move(row, ActualState.SYNTHESIZING, timings=timings)
             t0 = time.monotonic()
             for comp in todo:
                 if comp.name in opened:
                     memory_mib = want.instance.resources.memory_mib
                     await self.vm.synthesize(want.id, comp, opened.pop(comp.name), memory_mib)
-            timings["synthesize"] = round(time.monotonic() - t0, 3)
+            self._timed(timings, "synthesize", t0)
         finally:
             for left in opened.values():  # not synthesized: a later one failed
                 self.vm.discard(left)
@@ -355,7 +358,7 @@ class Reconciler(InstanceOps):
             if replace:
                 for comp in inst.components:
                     wid = workload_id(inst.id, comp.name)
-                    await asyncio.to_thread(self._drv(comp).delete, wid)
+                    await self._call(self._drv(comp).delete, wid)
                 st = {n: WorkloadStatus(s.workload_id, WorkloadState.ABSENT) for n, s in st.items()}
                 row = actual.set_spec_digest(self.store, row, digest)
             if self.vm is not None and any(c.kind is ComponentKind.VM for c in inst.components):
@@ -383,25 +386,25 @@ class Reconciler(InstanceOps):
                 if state is WorkloadState.RUNNING:
                     continue
                 if state is WorkloadState.FAILED:
-                    await asyncio.to_thread(driver.delete, wid)
+                    await self._call(driver.delete, wid)
                     state = WorkloadState.ABSENT
                 if state is WorkloadState.ABSENT:
                     spec = specs[comp.name]
                     if comp.kind is ComponentKind.VM and self.vm is not None:
                         image = self.vm.resume_image(inst.id, comp)
                         spec = dataclasses.replace(spec, memory_image=image)
-                    await asyncio.to_thread(driver.create, spec)
+                    await self._call(driver.create, spec)
                     if spec.memory_image is not None and self.vm is not None:
                         self.vm.drop_resume_image(inst.id, comp)
                 if state is WorkloadState.SUSPENDED and driver.capabilities.get("suspend"):
-                    st[comp.name] = await asyncio.to_thread(driver.resume, wid)
+                    st[comp.name] = await self._call(driver.resume, wid)
                 else:
-                    st[comp.name] = await asyncio.to_thread(driver.start, wid)
+                    st[comp.name] = await self._call(driver.start, wid)
             if any(c.kind is ComponentKind.VM for c in inst.components):
-                timings["boot_or_resume"] = round(time.monotonic() - t0, 3)
+                self._timed(timings, "boot_or_resume", t0)
                 answer = await self._first_answer(inst.id, inst.components, st)
                 if answer is not None:
-                    timings["first_answer"] = round(time.monotonic() - t0, 3)
+                    self._timed(timings, "first_answer", t0)
         except ControllerUnreachableError as exc:
             # Artifacts missing while the link is down: wait in `fetching` (downloads
             # resume) and let a later pass try again, rather than fail for good.

@@ -96,9 +96,8 @@ class Stager:
         key = (kind, artifact_id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            path = self.cache.complete_path(kind, artifact_id)
+            path = self.cache.lookup(kind, artifact_id)
             if path is not None:
-                self.cache.touch(kind, artifact_id)
                 return path
             backoff = Backoff(self.backoff_max_s)
             for attempt in range(1, attempts + 1):

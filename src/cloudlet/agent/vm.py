@@ -111,9 +111,8 @@ class VmBuilder:
         base = await self.stager.ensure(ArtifactKind.IMAGE, comp.image, attempts=FETCH_ATTEMPTS)
         if comp.overlay is None:
             return Opened(base, None)
-        cached = self.cache.complete_path(ArtifactKind.OVERLAY, comp.overlay)
+        cached = self.cache.lookup(ArtifactKind.OVERLAY, comp.overlay)
         if cached is not None:
-            self.cache.touch(ArtifactKind.OVERLAY, comp.overlay)
             source: ByteSource = FileSource(cached)
             remote = None
         else:

@@ -24,6 +24,7 @@ from agent_fakes import doc, instance
 from cloudlet.agent import actual, desired, outbox
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import ArtifactCache
+from cloudlet.agent.metrics import AgentMetrics
 from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import Store
@@ -117,15 +118,23 @@ def vm_instance(
 
 
 def reconciler(
-    store: Store, tmp_path: Path, driver: FakeDriver, remote: object
+    store: Store,
+    tmp_path: Path,
+    driver: FakeDriver,
+    remote: object,
+    metrics: AgentMetrics | None = None,
 ) -> tuple[Reconciler, Stager]:
-    cache = ArtifactCache(store, tmp_path / "cache", budget_bytes=1 << 30)
+    metrics = metrics or AgentMetrics()
+    cache = ArtifactCache(
+        store, tmp_path / "cache", budget_bytes=1 << 30, on_lookup=metrics.cache_lookup
+    )
     stager = Stager(cache, remote, backoff_max_s=0.05)  # type: ignore[arg-type]
     rec = Reconciler(
         store,
         DriverSet(FakeDriver(), lambda: driver),
         vm=VmBuilder(stager, tmp_path / "vms"),
         answer_timeout_s=10,
+        metrics=metrics,
     )
     return rec, stager
 
@@ -148,7 +157,10 @@ def test_a_vm_app_is_fetched_synthesized_started_and_probed(
         server.add_image(str(artifacts["digest"]), Path(str(artifacts["base"])))
         server.add_overlay(str(artifacts["overlay"]), Path(str(artifacts["ovl"])))
         desired.apply_doc(store, doc(1, [vm_instance("i1", artifacts)], full=True))
-        rec, stager = reconciler(store, tmp_path, vm_driver, lambda: (server.url, CREDENTIAL))
+        metrics = AgentMetrics()
+        rec, stager = reconciler(
+            store, tmp_path, vm_driver, lambda: (server.url, CREDENTIAL), metrics
+        )
 
         async def go() -> actual.ActualRow:
             try:
@@ -159,6 +171,16 @@ def test_a_vm_app_is_fetched_synthesized_started_and_probed(
         row = asyncio.run(go())
     assert row.state is ActualState.RUNNING, row.reason
     assert {"fetch", "synthesize", "boot_or_resume", "first_answer"} <= set(row.timings)
+    value = metrics.registry.get_sample_value
+    for phase in ("fetch", "synthesize", "boot_or_resume", "first_answer"):
+        labels = {"phase": phase}
+        assert value("cloudlet_agent_vm_start_phase_seconds_count", labels) == 1
+        observed = value("cloudlet_agent_vm_start_phase_seconds_sum", labels)
+        assert observed == pytest.approx(row.timings[phase], abs=0.001)
+    lookups = "cloudlet_agent_artifact_cache_lookups_total"
+    for kind in ("image", "overlay"):
+        assert value(lookups, {"kind": kind, "result": "miss"}) == 1
+        assert value(lookups, {"kind": kind, "result": "hit"}) is None
     assert httpx.get(f"http://{row.endpoint}/").content.startswith(b"the modified page")
     states = [e.data["state"] for e in outbox.pending(store) if e.instance == "i1"]
     assert states == ["pending", "fetching", "synthesizing", "starting", "running"]
@@ -168,7 +190,7 @@ def test_a_vm_app_is_fetched_synthesized_started_and_probed(
 
     # The blob server is gone: a site-local start of the same app works from the cache.
     site = desired.add_site_instance(store, "vmapp")
-    rec2, stager2 = reconciler(store, tmp_path, vm_driver, lambda: None)
+    rec2, stager2 = reconciler(store, tmp_path, vm_driver, lambda: None, metrics)
 
     async def offline() -> actual.ActualRow:
         try:
@@ -178,6 +200,9 @@ def test_a_vm_app_is_fetched_synthesized_started_and_probed(
 
     row2 = asyncio.run(offline())
     assert row2.state is ActualState.RUNNING, row2.reason
+    for kind in ("image", "overlay"):
+        assert value(lookups, {"kind": kind, "result": "hit"}) == 1
+    assert value("cloudlet_agent_vm_start_phase_seconds_count", {"phase": "fetch"}) == 2
     assert httpx.get(f"http://{row2.endpoint}/").content.startswith(b"the modified page")
 
 
