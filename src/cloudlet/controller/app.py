@@ -15,6 +15,7 @@ from cloudlet import __version__
 from cloudlet.controller import tasks
 from cloudlet.controller.api import (
     agent,
+    alarms,
     apps,
     artifacts,
     discover,
@@ -114,7 +115,9 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.cloudlet = state
     problems.install(app)
-    for module in (sites, apps, instances, mobility, discover, events, agent, artifacts, metrics):
+    for module in (
+        sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
+    ):  # fmt: skip
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])
