@@ -118,6 +118,18 @@ class AgentSettings(BaseModel):
         description="Soft cap on unsent events: past it, back-to-back usage records are "
         "merged and repeated alarms folded (nothing billed or lifecycle is dropped).",
     )
+    crash_loop_restarts: int = Field(
+        3,
+        gt=0,
+        description="Restarts (made by the driver after the workloads exited on their own) "
+        "that raise instance.crash-loop.",
+    )
+    crash_loop_stable_s: float = Field(
+        60.0,
+        gt=0,
+        description="Hysteresis: instance.crash-loop clears once the workloads have run this "
+        "long without a restart (and is raised again only after a new restart).",
+    )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
     link_dead_after_s: float = Field(
         10.0,

@@ -25,6 +25,7 @@ from typing import Any
 
 from cloudlet import __version__
 from cloudlet.agent import outbox, usage
+from cloudlet.agent._crash_loop import CrashWatch
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
 from cloudlet.agent.client import ControllerClient
@@ -84,6 +85,9 @@ class Agent:
             vm=VmBuilder(self.stager, settings.data_dir / "vms"),
             answer_timeout_s=settings.vm_answer_timeout_s,
             state_root=settings.data_dir / STATE_DIR,
+            crashes=CrashWatch(
+                store, after=settings.crash_loop_restarts, stable_s=settings.crash_loop_stable_s
+            ),
         )
         self.syncer: Syncer | None = None
         self.local_api: LocalApi | None = None
