@@ -32,6 +32,7 @@ from cloudlet.controller.db.engine import default_url, make_engine, make_session
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
+from cloudlet.controller.webhook import AlarmWebhook
 from cloudlet.settings import ControllerSettings
 from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
 
@@ -88,6 +89,9 @@ def open_state(settings: ControllerSettings) -> ControllerState:
         settings=settings, engine=engine, sessions=sessions, loop_connection=loop_connection
     )
     state.metrics = ControllerMetrics(engine, settings.offline_grace_s, state.watcher)
+    if settings.alarms.webhook_url:
+        state.alarm_webhook = AlarmWebhook(settings.alarms)
+        state.alarm_webhook.watch(sessions)
     return state
 
 

@@ -147,7 +147,9 @@ async def _relocate(st: ControllerState, interval: float) -> None:
 def start(st: ControllerState) -> list[asyncio.Task[None]]:
     st.watcher.bind(asyncio.get_running_loop())
     liveness_every = max(0.5, min(5.0, st.settings.offline_grace_s / 5))
+    extra = [asyncio.create_task(st.alarm_webhook.run())] if st.alarm_webhook else []
     return [
+        *extra,
         asyncio.create_task(_every(liveness_every, judge_liveness, st)),
         asyncio.create_task(_every(2.0, flush_traffic, st)),
         asyncio.create_task(_every(1.0, finish_drains, st)),
