@@ -158,18 +158,14 @@ def view(alarm: Alarm, site_name: str | None) -> AlarmOut:
     )
 
 
+#: The fields of an alarm a webhook receives, besides ``state``.
+_PAYLOAD = {"alarm_id", "severity", "entity", "site", "raised_at", "cleared_at", "reason"}
+
+
 def payload(alarm: Alarm, site_name: str | None, state: str) -> dict[str, Any]:
-    """What a webhook receives for one raise or clear."""
-    return {
-        "alarm_id": alarm.alarm_id,
-        "severity": alarm.severity,
-        "entity": alarm.entity,
-        "site": site_name,
-        "state": state,
-        "raised_at": alarm.raised_at.isoformat(),
-        "cleared_at": alarm.cleared_at.isoformat() if alarm.cleared_at else None,
-        "reason": alarm.reason,
-    }
+    """What a webhook receives for one raise or clear (times as the API writes them)."""
+    doc = view(alarm, site_name).model_dump(mode="json", include=_PAYLOAD)
+    return {**doc, "state": state}
 
 
 def _notice(session: Session, alarm: Alarm, site_name: str | None, state: str) -> None:
