@@ -174,3 +174,7 @@ def test_site_alarms_raised_and_cleared_offline_arrive_as_one_history_row(
     assert api.get("/v1/alarms", params={"active": "true"}).json() == []
     _problem(api.get("/v1/alarms", params={"site": "nope"}), 404, "not-found")
     _problem(api.get("/v1/alarms", params={"active": "maybe"}), 422, "invalid-input")
+    # A member of another project sees no site alarms (they are the operator's).
+    member = controller.create_token("tenant-ci", project="tenant-b", role="member")
+    with controller.client(member) as tenant:
+        assert tenant.get("/v1/alarms").json() == []
