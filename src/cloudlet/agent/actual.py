@@ -61,7 +61,7 @@ class ActualRow:
             ),
             updated_at=datetime.fromtimestamp(self.updated_at, UTC),
             epoch=self.epoch,
-            crash_restarts=self.crash_restarts,
+            crash_restarts=self.crash_restarts or None,
         )
 
 

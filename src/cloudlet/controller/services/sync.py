@@ -314,7 +314,7 @@ def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) 
         instance.reason = r.reason
         instance.timings = dict(r.timings)
         instance.usage_since = r.usage_since
-        instance.crash_restarts = r.crash_restarts
+        instance.crash_restarts = r.crash_restarts or 0
         instance.actual_updated_at = r.updated_at
         instance.updated_at = utcnow()
 
@@ -341,7 +341,7 @@ def _adopt_site_instance(session: Session, site: Site, r: ActualInstance) -> Non
             timings=dict(r.timings),
             usage_since=r.usage_since,
             restarts=0,
-            crash_restarts=r.crash_restarts,
+            crash_restarts=r.crash_restarts or 0,
             actual_updated_at=r.updated_at,
             created_at=now,
             updated_at=now,
