@@ -51,6 +51,28 @@ class MobilitySettings(BaseModel):
     )
 
 
+class AlarmSettings(BaseModel):
+    """Alarms: the site.offline hysteresis and the optional webhook told of raises and clears."""
+
+    clear_hold_s: float = Field(
+        60.0,
+        ge=0,
+        description="Hysteresis: site.offline clears only once the site has stayed online "
+        "this long without a break (a flapping site keeps its one alarm).",
+    )
+    webhook_url: str | None = Field(
+        None, description="URL that receives each raise and clear as a JSON POST (none: off)."
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_retries: int = Field(
+        5, ge=0, description="Retries of a failed POST, with doubling delays, before it is dropped."
+    )
+    webhook_backoff_s: float = Field(0.5, gt=0, description="Delay before the first retry.")
+    webhook_queue: int = Field(
+        1000, gt=0, description="Notices waiting to be sent; past it the newest are dropped."
+    )
+
+
 class ControllerSettings(BaseModel):
     data_dir: Path = Field(Path("./cloudlet-data"), description="Database, admin token, keys.")
     database_url: str | None = Field(
@@ -78,6 +100,7 @@ class ControllerSettings(BaseModel):
     )
     log_level: str = Field("info", description="Python log level.")
     mobility: MobilitySettings = Field(default_factory=MobilitySettings)
+    alarms: AlarmSettings = Field(default_factory=AlarmSettings)
 
 
 class AgentSettings(BaseModel):
@@ -94,6 +117,18 @@ class AgentSettings(BaseModel):
         ge=10,
         description="Soft cap on unsent events: past it, back-to-back usage records are "
         "merged and repeated alarms folded (nothing billed or lifecycle is dropped).",
+    )
+    crash_loop_restarts: int = Field(
+        3,
+        gt=0,
+        description="Restarts (made by the driver after the workloads exited on their own) "
+        "that raise instance.crash-loop.",
+    )
+    crash_loop_stable_s: float = Field(
+        60.0,
+        gt=0,
+        description="Hysteresis: instance.crash-loop clears once the workloads have run this "
+        "long without a restart (and is raised again only after a new restart).",
     )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
     link_dead_after_s: float = Field(

@@ -40,6 +40,8 @@ class ActualRow:
     spec_digest: str | None = None
     restarts: int = 0
     epoch: int = 0
+    #: Restarts the driver made after the workloads exited on their own.
+    crash_restarts: int = 0
 
     def to_wire(self) -> ActualInstance:
         return ActualInstance(
@@ -59,6 +61,7 @@ class ActualRow:
             ),
             updated_at=datetime.fromtimestamp(self.updated_at, UTC),
             epoch=self.epoch,
+            crash_restarts=self.crash_restarts or None,
         )
 
 
@@ -81,6 +84,7 @@ def _from_row(row: sqlite3.Row) -> ActualRow:
         spec_digest=row["spec_digest"],
         restarts=row["restarts"],
         epoch=row["epoch"],
+        crash_restarts=row["crash_restarts"],
     )
 
 
@@ -236,6 +240,14 @@ def set_restarts(store: Store, row: ActualRow, restarts: int) -> ActualRow:
     with store.transaction() as conn:
         conn.execute("UPDATE actual SET restarts = ? WHERE id = ?", (restarts, row.id))
     return replace(row, restarts=restarts)
+
+
+def set_crash_restarts(store: Store, row: ActualRow, count: int) -> ActualRow:
+    """Record how often the driver restarted the workloads on its own (reported)."""
+    with store.transaction() as conn:
+        conn.execute("UPDATE actual SET crash_restarts = ? WHERE id = ?", (count, row.id))
+        _bump(conn)
+    return replace(row, crash_restarts=count)
 
 
 def set_applied(store: Store, row: ActualRow, revision: int) -> ActualRow:

@@ -25,6 +25,7 @@ from typing import Any
 
 from cloudlet import __version__
 from cloudlet.agent import outbox, usage
+from cloudlet.agent._crash_loop import CrashWatch
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
 from cloudlet.agent.client import ControllerClient
@@ -88,6 +89,9 @@ class Agent:
             answer_timeout_s=settings.vm_answer_timeout_s,
             state_root=settings.data_dir / STATE_DIR,
             metrics=self.metrics,
+            crashes=CrashWatch(
+                store, after=settings.crash_loop_restarts, stable_s=settings.crash_loop_stable_s
+            ),
         )
         self.metrics.watch(store, self._sync_times)
         self.syncer: Syncer | None = None

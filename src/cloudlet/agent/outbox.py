@@ -13,8 +13,10 @@ stores by (site, seq), what it still holds is ignored and what it lost is filled
 The outbox has a soft cap (:func:`compact`). Past it, nothing that bills or tells
 a lifecycle is dropped: usage intervals of one instance that follow each other are
 merged into one record (same seconds, one row), and repeated alarms with the same
-message are folded into the newest, which counts them. Lifecycle events (agent
-started, instance created, state changes) are kept one by one, so the cap only
+message are folded into the newest, which counts them (never a raise or clear of a
+stateful alarm: those come once each by construction, and their order matters).
+Lifecycle events (agent started, instance created, state changes) are kept one by
+one, so the cap only
 bounds what can be folded; the number folded is kept in ``meta`` and reported in
 an alarm.
 """
@@ -241,6 +243,8 @@ def _fold_alarms(conn: sqlite3.Connection, after: int) -> int:
     groups: dict[tuple[str | None, str], list[tuple[int, dict[str, Any]]]] = {}
     for row in rows:
         data = json.loads(row["data"])
+        if "state" in data:  # a raise or clear (cloudlet.agent.alarms): kept in order
+            continue
         groups.setdefault((row["instance"], str(data.get("message"))), []).append(
             (row["seq"], data)
         )

@@ -29,6 +29,7 @@ from pathlib import Path
 import psutil
 
 from cloudlet.agent import actual, desired
+from cloudlet.agent._crash_loop import CrashWatch
 from cloudlet.agent._instance_ops import ACTIVE, InstanceOps
 from cloudlet.agent._specs import (
     VM_UNSUPPORTED,
@@ -79,6 +80,7 @@ class Reconciler(InstanceOps):
         answer_timeout_s: float = 120.0,
         state_root: Path | None = None,
         metrics: AgentMetrics | None = None,
+        crashes: CrashWatch | None = None,
     ) -> None:
         super().__init__(
             store,
@@ -90,6 +92,8 @@ class Reconciler(InstanceOps):
             metrics=metrics,
         )
         self.answer_timeout_s = answer_timeout_s
+        #: Restart counts and the instance.crash-loop alarm.
+        self.crashes = crashes or CrashWatch(store)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         #: VM instances starting in the background: instance id -> (revision, task).
@@ -160,6 +164,7 @@ class Reconciler(InstanceOps):
             if row is not None and row.state is not ActualState.DELETED:
                 # Nothing asks for it any more (its desired entry is gone): remove it.
                 await self._ensure_deleted(row.id, [], row)
+                self.crashes.forget(row.id, "instance deleted")
             return
         if row is not None and row.state is not ActualState.DELETED and row.epoch < want.epoch:
             # Fencing: this copy belongs to an earlier epoch; the instance moved away
@@ -175,10 +180,13 @@ class Reconciler(InstanceOps):
             await self._ensure_running(want, row)
         elif want.state is DesiredState.STOPPED:
             await self._ensure_stopped(want, row)
+            self.crashes.forget(want.id, "instance stopped")
         elif want.state is DesiredState.SUSPENDED:
             await self._ensure_suspended(want, row)
+            self.crashes.forget(want.id, "instance suspended")
         else:
             await self._ensure_deleted(want.id, want.instance.components, row)
+            self.crashes.forget(want.id, "instance deleted")
             if row is None:
                 desired.forget(self.store, [want.id])
 
@@ -211,7 +219,13 @@ class Reconciler(InstanceOps):
         redefined = row.spec_digest != digest and row.applied_revision < want.revision
         comps = inst.components
         st = {c.name: await self._status(c, inst.id) for c in comps}
+        row, looping = self.crashes.observe(row, st.values())
         if not redefined and all(s.state is WorkloadState.RUNNING for s in st.values()):
+            if looping:
+                # Up between two crashes is not serving: it reads starting, with why.
+                why = f"crash loop: restarted {row.crash_restarts} times"
+                self._move(row, ActualState.STARTING, reason=why)
+                return
             if row.state is ActualState.RUNNING and self._restarted_while_down(st.values()):
                 # The driver restarted workloads that died with the site: the time the
                 # site was down is not usage, and the restart is a lifecycle event.

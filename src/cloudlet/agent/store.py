@@ -102,6 +102,20 @@ _MIGRATIONS: list[str] = [
     """
     ALTER TABLE actual ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
     """,
+    # v7: site-local alarms (raised once, cleared once: the active ones are kept here,
+    # each raise and clear goes out through the outbox), and the restarts the driver
+    # made on its own, which the report shows.
+    """
+    CREATE TABLE alarms (
+        alarm_id TEXT NOT NULL,
+        instance TEXT NOT NULL DEFAULT '',
+        severity TEXT NOT NULL,
+        reason TEXT,
+        raised_at TEXT NOT NULL,
+        PRIMARY KEY (alarm_id, instance)
+    );
+    ALTER TABLE actual ADD COLUMN crash_restarts INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

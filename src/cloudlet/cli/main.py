@@ -28,6 +28,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "app": ("app", "Applications in the catalog."),
     "instance": ("instance", "App instances running at sites."),
     "event": ("event", "Events from sites and the controller."),
+    "alarm": ("alarm", "Alarms: raised and cleared once each, history kept."),
     "client": ("client", "Act as a client: find the best cloudlet, start or join an app."),
     "overlay": ("overlay", "Create, inspect, verify and apply VM overlays."),
     "image": ("image", "Base images."),

@@ -15,6 +15,7 @@ from cloudlet import __version__
 from cloudlet.controller import tasks
 from cloudlet.controller.api import (
     agent,
+    alarms,
     apps,
     artifacts,
     discover,
@@ -31,6 +32,7 @@ from cloudlet.controller.db.engine import default_url, make_engine, make_session
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
+from cloudlet.controller.webhook import AlarmWebhook
 from cloudlet.settings import ControllerSettings
 from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
 
@@ -87,6 +89,9 @@ def open_state(settings: ControllerSettings) -> ControllerState:
         settings=settings, engine=engine, sessions=sessions, loop_connection=loop_connection
     )
     state.metrics = ControllerMetrics(engine, settings.offline_grace_s, state.watcher)
+    if settings.alarms.webhook_url:
+        state.alarm_webhook = AlarmWebhook(settings.alarms)
+        state.alarm_webhook.watch(sessions)
     return state
 
 
@@ -114,7 +119,9 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     )
     app.state.cloudlet = state
     problems.install(app)
-    for module in (sites, apps, instances, mobility, discover, events, agent, artifacts, metrics):
+    for module in (
+        sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
+    ):  # fmt: skip
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

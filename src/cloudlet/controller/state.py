@@ -111,6 +111,8 @@ class ControllerState:
     loop_connection: Connection | None = None
     #: Prometheus instruments (``controller.metrics.ControllerMetrics``), set at start.
     metrics: Any = None
+    #: The alarm webhook (``controller.webhook.AlarmWebhook``), if one is configured.
+    alarm_webhook: Any = None
     #: The fleet as discovery ranks it, rebuilt every couple of seconds.
     fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
 

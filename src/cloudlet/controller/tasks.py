@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from cloudlet.controller.db.models import Site
-from cloudlet.controller.services import decommission, relocation, sync
+from cloudlet.controller.services import alarms, decommission, relocation, sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.state import ControllerState
@@ -24,21 +24,25 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
     """Flip availability for sites that crossed the grace period; one event per flip.
 
     Conditional updates make the verdict race-free between replicas.
+    The same pass raises site.offline for each site judged offline and clears it for
+    sites back online for ``alarms.clear_hold_s`` (see ``alarms.judge_site_alarms``).
     """
     now = utcnow()
-    cutoff = now - timedelta(seconds=st.settings.offline_grace_s)
+    grace = st.settings.offline_grace_s
+    cutoff = now - timedelta(seconds=grace)
     flips: list[tuple[str, str]] = []
     with st.sessions.begin() as session:
         for new, cond in (
             (Availability.OFFLINE, (Site.availability == "online") & (Site.last_seen < cutoff)),
             (Availability.ONLINE, (Site.availability != "online") & (Site.last_seen >= cutoff)),
         ):
-            ids = session.scalars(
-                update(Site).where(cond).values(availability=new.value).returning(Site.id)
-            ).all()
+            changed = {"availability": new.value, "availability_changed_at": now}
+            ids = session.scalars(update(Site).where(cond).values(changed).returning(Site.id)).all()
             for site_id in ids:
                 record(session, f"site.{new.value}", site_id)
                 flips.append((site_id, new.value))
+        offline = [site_id for site_id, new in flips if new == Availability.OFFLINE.value]
+        alarms.judge_site_alarms(session, offline, grace, st.settings.alarms.clear_hold_s)
     return flips
 
 
@@ -143,7 +147,9 @@ async def _relocate(st: ControllerState, interval: float) -> None:
 def start(st: ControllerState) -> list[asyncio.Task[None]]:
     st.watcher.bind(asyncio.get_running_loop())
     liveness_every = max(0.5, min(5.0, st.settings.offline_grace_s / 5))
+    extra = [asyncio.create_task(st.alarm_webhook.run())] if st.alarm_webhook else []
     return [
+        *extra,
         asyncio.create_task(_every(liveness_every, judge_liveness, st)),
         asyncio.create_task(_every(2.0, flush_traffic, st)),
         asyncio.create_task(_every(1.0, finish_drains, st)),

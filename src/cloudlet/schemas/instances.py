@@ -72,6 +72,11 @@ class Instance(Model):
     reason: str | None
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per phase.")
     restarts: int = Field(0, description="Restarts asked for so far (each one bumps it).")
+    crash_restarts: int = Field(
+        0,
+        description="Times the site restarted the workloads after they exited on their own "
+        "(since they were last started); a crash loop raises instance.crash-loop.",
+    )
     usage_since: datetime | None = Field(
         None,
         description="Start of the usage interval not yet recorded: the site writes usage "

@@ -122,6 +122,14 @@ class ActualInstance(Input):
     )
     updated_at: datetime
     epoch: int = Field(0, ge=0, description="The epoch the site runs this instance at.")
+    crash_restarts: Integer | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Times the site restarted the workloads after they exited on their own, "
+        "since they were last started; omitted when none, so that a report from a healthy "
+        "site reads as it did before the field existed.",
+    )
 
 
 class AgentReport(Input):

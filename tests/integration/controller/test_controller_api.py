@@ -38,7 +38,9 @@ def _counts(api: httpx.Client) -> tuple[int, int, int]:
 
 def test_openapi_lists_every_resource(api: httpx.Client) -> None:
     paths = api.get("/openapi.json").json()["paths"]
-    for path in ("/v1/sites", "/v1/apps", "/v1/instances", "/v1/events", "/v1/agent/desired"):
+    for path in (
+        "/v1/sites", "/v1/apps", "/v1/instances", "/v1/events", "/v1/alarms", "/v1/agent/desired",
+    ):  # fmt: skip
         assert path in paths
 
 
@@ -141,3 +143,38 @@ def test_events_are_stored_once_per_sequence(
     assert again.json()["acked_seq"] == 4
     usage = api.get("/v1/events", params={"kind": "usage", "site": "lyon"}).json()
     assert sorted(e["seq"] for e in usage) == [1, 2, 3, 4]
+
+
+def test_site_alarms_raised_and_cleared_offline_arrive_as_one_history_row(
+    api: httpx.Client, controller: LocalController
+) -> None:
+    token = api.post("/v1/sites", json={"name": "lyon"}).json()["join_token"]["token"]
+    cred = httpx.post(f"{controller.url}/v1/agent/enroll", json={"join_token": token}).json()
+    headers = {"Authorization": f"Bearer {cred['credential']}"}
+    signal = {"alarm_id": "site.disk-low", "severity": "minor", "reason": "disk 95% full"}
+    events = [
+        {"seq": 1, "kind": "alarm", "at": "2026-12-03T05:00:00Z",
+         "data": {**signal, "state": "raise", "entity": "site=elsewhere"}},
+        {"seq": 2, "kind": "alarm", "at": "2026-12-03T05:10:00Z",
+         "data": {**signal, "state": "clear"}},
+        # A plain alarm (no alarm_id, no state) stays an event only.
+        {"seq": 3, "kind": "alarm", "at": "2026-12-03T05:11:00Z", "data": {"message": "folded"}},
+    ]  # fmt: skip
+    url = f"{controller.url}/v1/agent/report"
+    ack = httpx.post(url, json={"applied_revision": 0, "events": events}, headers=headers)
+    assert ack.json()["acked_seq"] == 3, ack.text
+    # The ack was lost: the raise comes again, and must not raise the alarm anew.
+    again = httpx.post(url, json={"applied_revision": 0, "events": events[:1]}, headers=headers)
+    assert again.status_code == 200, again.text
+    [alarm] = api.get("/v1/alarms", params={"site": "lyon"}).json()
+    assert alarm["alarm_id"] == "site.disk-low" and alarm["entity"] == "site=lyon"
+    assert alarm["raised_at"].startswith("2026-12-03T05:00:00")
+    assert alarm["cleared_at"].startswith("2026-12-03T05:10:00")
+    assert alarm["source"] == "site" and alarm["severity"] == "minor" and not alarm["active"]
+    assert api.get("/v1/alarms", params={"active": "true"}).json() == []
+    _problem(api.get("/v1/alarms", params={"site": "nope"}), 404, "not-found")
+    _problem(api.get("/v1/alarms", params={"active": "maybe"}), 422, "invalid-input")
+    # A member of another project sees no site alarms (they are the operator's).
+    member = controller.create_token("tenant-ci", project="tenant-b", role="member")
+    with controller.client(member) as tenant:
+        assert tenant.get("/v1/alarms").json() == []

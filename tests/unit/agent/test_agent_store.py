@@ -68,14 +68,12 @@ def test_a_v1_store_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = Store.open(tmp_path / "a.db")
-    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 6
-    row = store.query("SELECT state, spec_digest, restarts, epoch FROM actual WHERE id = 'i1'")[0]
-    assert (row["state"], row["spec_digest"], row["restarts"], row["epoch"]) == (
-        "running",
-        None,
-        0,
-        0,
-    )
+    assert store.query("PRAGMA user_version")[0][0] == SCHEMA_VERSION == 7
+    row = store.query(
+        "SELECT state, spec_digest, restarts, epoch, crash_restarts FROM actual WHERE id = 'i1'"
+    )[0]
+    assert tuple(row) == ("running", None, 0, 0, 0)
+    assert store.query("SELECT count(*) FROM alarms")[0][0] == 0
     store.close()
 
 

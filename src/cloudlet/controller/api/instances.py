@@ -47,6 +47,7 @@ def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **ext
         reason=row.reason,
         timings=row.timings,
         restarts=row.restarts,
+        crash_restarts=row.crash_restarts or 0,
         usage_since=row.usage_since,
         created_at=row.created_at,
         updated_at=row.updated_at,

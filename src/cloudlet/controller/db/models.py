@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -98,6 +99,8 @@ class Site(Base):
     access_latency_ms: Mapped[float | None] = mapped_column(Float)
     #: The site-local API's URL, as the agent reports it.
     local_api_url: Mapped[str | None] = mapped_column(String(255))
+    #: When ``availability`` last flipped (the site.offline clear waits for a hold).
+    availability_changed_at: Mapped[datetime | None]
 
 
 class JoinToken(Base):
@@ -163,6 +166,8 @@ class Instance(Base):
     #: The placement explanation of its current site (ranked and rejected sites).
     placement: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     moved_at: Mapped[datetime | None]
+    #: Times the site restarted the workloads after they exited on their own (reported).
+    crash_restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class InstanceDeparture(Base):
@@ -231,6 +236,34 @@ class ControllerEvent(Base):
     kind: Mapped[str] = mapped_column(String(32))
     at: Mapped[datetime] = mapped_column(index=True)
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Alarm(Base):
+    """One alarm's life: raised once, cleared once (``cleared_at`` None while active)."""
+
+    __tablename__ = "alarms"
+    __table_args__ = (
+        Index(
+            "ux_alarms_active",
+            "alarm_id",
+            "entity",
+            unique=True,
+            sqlite_where=text("cleared_at IS NULL"),
+            postgresql_where=text("cleared_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    alarm_id: Mapped[str] = mapped_column(String(63))
+    severity: Mapped[str] = mapped_column(String(16))
+    entity: Mapped[str] = mapped_column(String(255))
+    site_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    project: Mapped[str | None] = mapped_column(String(63))
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    reason: Mapped[str | None] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16))
+    raised_at: Mapped[datetime] = mapped_column(index=True)
+    cleared_at: Mapped[datetime | None]
 
 
 class Image(Base):

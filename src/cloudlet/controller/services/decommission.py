@@ -20,6 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import Instance, JoinToken, Site
+from cloudlet.controller.services import alarms
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.services.instances import delete_instance
@@ -83,6 +84,8 @@ def _revoke(session: Session, site: Site, *, forced: bool) -> None:
     site.credential_hash = None
     session.execute(update(JoinToken).where(JoinToken.site_id == site.id).values(used_at=utcnow()))
     record(session, "site.decommissioned", site.id, forced=forced)
+    # A decommissioned site is silent for good: what it was alarmed for is over.
+    alarms.clear_site(session, site)
 
 
 def finish_drains(session: Session) -> list[str]:

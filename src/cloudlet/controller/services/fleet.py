@@ -143,7 +143,9 @@ def enroll(session: Session, body: EnrollRequest) -> EnrollResponse:
     if body.capacity is not None:
         site.capacity = body.capacity.model_dump()
     site.last_seen = now
-    site.availability = Availability.ONLINE.value
+    if site.availability != Availability.ONLINE.value:
+        site.availability = Availability.ONLINE.value
+        site.availability_changed_at = now
     record(session, "site.enrolled", site.id, agent_version=body.agent_version)
     return EnrollResponse(
         site_id=site.id, site_name=site.name, credential=credential, revision=site.revision

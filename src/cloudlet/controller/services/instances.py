@@ -159,6 +159,7 @@ def create_instance(
         timings={},
         actual_updated_at=None,
         restarts=0,
+        crash_restarts=0,
         usage_since=None,
         created_at=now,
         updated_at=now,

@@ -18,6 +18,7 @@ from cloudlet.controller.db.models import (
     InstanceDeparture,
     Site,
 )
+from cloudlet.controller.services import alarms
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
@@ -36,11 +37,13 @@ from cloudlet.schemas import (
     DesiredInstance,
     DesiredState,
     DesiredStateDoc,
+    EventKind,
     InstanceOrigin,
     OutboxEvent,
     RejectedEvent,
     Resources,
 )
+from cloudlet.schemas.alarms import AlarmSignal, AlarmSource, AlarmState
 from cloudlet.schemas.mobility import HandoffOrder
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,7 @@ def store_events(
     if not report.events:
         return site.acked_seq, []
     accepted, rejected = screen_events(session, site, report, max_seq_jump)
+    signals = _new_alarm_signals(session, site, accepted)
     if accepted:
         now = utcnow()
         rows = [
@@ -155,9 +159,62 @@ def store_events(
             for e, project in accepted
         ]
         session.execute(insert_ignore(Event.__table__, session.get_bind().dialect.name), rows)
+    for event, project, signal in signals:
+        apply_alarm_signal(session, site, event, project, signal)
     ceiling = site.acked_seq + max_seq_jump
     settled = [e.seq for e, _ in accepted] + [r.seq for r in rejected if r.seq <= ceiling]
     return max([site.acked_seq, *settled]), rejected
+
+
+def _new_alarm_signals(
+    session: Session, site: Site, accepted: list[tuple[OutboxEvent, str | None]]
+) -> list[tuple[OutboxEvent, str | None, AlarmSignal]]:
+    """The raise/clear signals among events not stored before, oldest first: an event
+    sent again (its ack was lost) must not raise an alarm cleared since."""
+    found = [
+        (e, project, signal)
+        for e, project in accepted
+        if e.kind is EventKind.ALARM and (signal := AlarmSignal.parse(e.data)) is not None
+    ]
+    if not found:
+        return []
+    seqs = [e.seq for e, _, _ in found]
+    stored = set(
+        session.scalars(select(Event.seq).where(Event.site_id == site.id, Event.seq.in_(seqs)))
+    )
+    return sorted((f for f in found if f[0].seq not in stored), key=lambda f: f[0].seq)
+
+
+def apply_alarm_signal(
+    session: Session,
+    site: Site,
+    event: OutboxEvent,
+    project: str | None,
+    signal: AlarmSignal,
+) -> None:
+    """Turn a site's alarm event into an alarm row, at the site's own times: a raise
+    and a clear sent after an outage make one history row with both."""
+    if event.instance is not None:
+        entity = alarms.instance_entity(site.name, event.instance)
+    else:
+        entity = alarms.site_entity(site.name)  # a site speaks only for itself
+    if signal.state is AlarmState.CLEAR:
+        if alarms.clear_alarm(session, signal.alarm_id, entity, at=event.at, site_name=site.name):
+            return
+        log.info("site %s cleared %s about %s, not active here", site.name, signal.alarm_id, entity)
+        return
+    alarms.raise_alarm(
+        session,
+        signal.alarm_id,
+        entity,
+        signal.severity,
+        site=site,
+        project=project,
+        instance_id=event.instance,
+        reason=signal.reason,
+        source=AlarmSource.SITE,
+        at=event.at,
+    )
 
 
 def screen_events(
@@ -257,6 +314,7 @@ def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) 
         instance.reason = r.reason
         instance.timings = dict(r.timings)
         instance.usage_since = r.usage_since
+        instance.crash_restarts = r.crash_restarts or 0
         instance.actual_updated_at = r.updated_at
         instance.updated_at = utcnow()
 
@@ -283,6 +341,7 @@ def _adopt_site_instance(session: Session, site: Site, r: ActualInstance) -> Non
             timings=dict(r.timings),
             usage_since=r.usage_since,
             restarts=0,
+            crash_restarts=r.crash_restarts or 0,
             actual_updated_at=r.updated_at,
             created_at=now,
             updated_at=now,

@@ -1,0 +1,217 @@
+"""Alarms: raise once, clear once, keep the history; the site.offline verdict's alarm.
+
+One active alarm per (alarm id, entity), held by a partial unique index: raising an
+active alarm is a no-op and clearing clears it once, race-free between replicas.
+Every raise and clear that happened is noted in ``session.info`` so that, once the
+transaction commits, a notifier (the webhook) can pass it on (:func:`take_notices`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from cloudlet.controller.db.dialect import insert_ignore
+from cloudlet.controller.db.models import Alarm, Site
+from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.schemas.alarms import MAX_ALARM_REASON, AlarmId, AlarmSeverity, AlarmSource
+from cloudlet.schemas.alarms import Alarm as AlarmOut
+
+_NOTICES = "cloudlet.alarm_notices"
+
+
+def site_entity(site_name: str) -> str:
+    return f"site={site_name}"
+
+
+def instance_entity(site_name: str, instance_id: str) -> str:
+    return f"site={site_name}/instance={instance_id}"
+
+
+def _cut(reason: str | None) -> str | None:
+    if reason is None or len(reason) <= MAX_ALARM_REASON:
+        return reason
+    return reason[: MAX_ALARM_REASON - 1] + "…"
+
+
+def raise_alarm(
+    session: Session,
+    alarm_id: str,
+    entity: str,
+    severity: AlarmSeverity,
+    *,
+    site: Site | None = None,
+    project: str | None = None,
+    instance_id: str | None = None,
+    reason: str | None = None,
+    source: AlarmSource = AlarmSource.CONTROLLER,
+    at: datetime | None = None,
+) -> Alarm | None:
+    """Raise ``alarm_id`` about ``entity`` unless it is active already.
+
+    Returns:
+        The new alarm row, or None when one was active (nothing changes).
+    """
+    row = {
+        "id": new_id(),
+        "alarm_id": alarm_id,
+        "severity": AlarmSeverity(severity).value,
+        "entity": entity,
+        "site_id": site.id if site is not None else None,
+        "project": project,
+        "instance_id": instance_id,
+        "reason": _cut(reason),
+        "source": AlarmSource(source).value,
+        "raised_at": at or utcnow(),
+        "cleared_at": None,
+    }
+    dialect = session.get_bind().dialect.name
+    inserted = session.execute(
+        insert_ignore(Alarm.__table__, dialect).values(row).returning(Alarm.__table__.c.id)
+    ).scalar()
+    if inserted is None:
+        return None
+    alarm = session.get_one(Alarm, inserted)
+    _notice(session, alarm, site.name if site is not None else None, "raise")
+    return alarm
+
+
+def clear_alarm(
+    session: Session,
+    alarm_id: str,
+    entity: str,
+    *,
+    at: datetime | None = None,
+    site_name: str | None = None,
+) -> Alarm | None:
+    """Clear the active ``alarm_id`` about ``entity``.
+
+    Returns:
+        The cleared row, or None when none was active (nothing changes).
+    """
+    when = at or utcnow()
+    cleared = session.execute(
+        update(Alarm)
+        .where(Alarm.alarm_id == alarm_id, Alarm.entity == entity, Alarm.cleared_at.is_(None))
+        .values(cleared_at=when)
+        .returning(Alarm.id)
+        .execution_options(synchronize_session=False)
+    ).scalar()
+    if cleared is None:
+        return None
+    alarm = session.get_one(Alarm, cleared)
+    session.refresh(alarm)
+    _notice(session, alarm, site_name, "clear")
+    return alarm
+
+
+def clear_site(session: Session, site: Site, at: datetime | None = None) -> int:
+    """Clear every active alarm about a site and its instances (it was decommissioned)."""
+    active = session.scalars(
+        select(Alarm).where(Alarm.site_id == site.id, Alarm.cleared_at.is_(None))
+    ).all()
+    return sum(
+        clear_alarm(session, a.alarm_id, a.entity, at=at, site_name=site.name) is not None
+        for a in active
+    )
+
+
+def list_alarms(
+    session: Session,
+    *,
+    active: bool | None = None,
+    site: Site | None = None,
+    project: str | None = None,
+    limit: int = 1000,
+) -> list[AlarmOut]:
+    """Alarms newest first: only active ones (``active``), one site's, one project's."""
+    query = select(Alarm, Site.name).outerjoin(Site, Site.id == Alarm.site_id)
+    if active is True:
+        query = query.where(Alarm.cleared_at.is_(None))
+    elif active is False:
+        query = query.where(Alarm.cleared_at.is_not(None))
+    if site is not None:
+        query = query.where(Alarm.site_id == site.id)
+    if project is not None:
+        query = query.where(Alarm.project == project)
+    rows = session.execute(query.order_by(Alarm.raised_at.desc(), Alarm.id).limit(limit))
+    return [view(alarm, name) for alarm, name in rows]
+
+
+def view(alarm: Alarm, site_name: str | None) -> AlarmOut:
+    return AlarmOut(
+        id=alarm.id,
+        alarm_id=alarm.alarm_id,
+        severity=AlarmSeverity(alarm.severity),
+        entity=alarm.entity,
+        site=site_name,
+        project=alarm.project,
+        instance=alarm.instance_id,
+        reason=alarm.reason,
+        source=AlarmSource(alarm.source),
+        raised_at=alarm.raised_at,
+        cleared_at=alarm.cleared_at,
+        active=alarm.cleared_at is None,
+    )
+
+
+#: The fields of an alarm a webhook receives, besides ``state``.
+_PAYLOAD = {"alarm_id", "severity", "entity", "site", "raised_at", "cleared_at", "reason"}
+
+
+def payload(alarm: Alarm, site_name: str | None, state: str) -> dict[str, Any]:
+    """What a webhook receives for one raise or clear (times as the API writes them)."""
+    doc = view(alarm, site_name).model_dump(mode="json", include=_PAYLOAD)
+    return {**doc, "state": state}
+
+
+def _notice(session: Session, alarm: Alarm, site_name: str | None, state: str) -> None:
+    if site_name is None and alarm.site_id is not None:
+        site_name = session.scalar(select(Site.name).where(Site.id == alarm.site_id))
+    session.info.setdefault(_NOTICES, []).append(payload(alarm, site_name, state))
+
+
+def take_notices(session: Session) -> list[dict[str, Any]]:
+    """The raises and clears this session made since the last call (call after commit)."""
+    return session.info.pop(_NOTICES, [])
+
+
+def drop_notices(session: Session) -> None:
+    """Forget what a rolled-back transaction raised or cleared."""
+    session.info.pop(_NOTICES, None)
+
+
+def judge_site_alarms(
+    session: Session, offline: list[str], grace_s: float, clear_hold_s: float
+) -> None:
+    """Raise site.offline for sites just judged offline; clear it for sites online
+    for at least ``clear_hold_s`` without a break (hysteresis: a flapping site keeps
+    its one alarm instead of raising and clearing it on every flap)."""
+    now = utcnow()
+    for site in session.scalars(select(Site).where(Site.id.in_(offline))) if offline else ():
+        seen = site.last_seen.isoformat() if site.last_seen else "never"
+        raise_alarm(
+            session,
+            AlarmId.SITE_OFFLINE,
+            site_entity(site.name),
+            AlarmSeverity.MAJOR,
+            site=site,
+            reason=f"no report since {seen} (grace {grace_s:g} s)",
+            at=now,
+        )
+    held = now - timedelta(seconds=clear_hold_s)
+    back = session.execute(
+        select(Alarm.entity, Site.name)
+        .join(Site, Site.id == Alarm.site_id)
+        .where(
+            Alarm.alarm_id == AlarmId.SITE_OFFLINE.value,
+            Alarm.cleared_at.is_(None),
+            Site.availability == "online",
+            or_(Site.availability_changed_at.is_(None), Site.availability_changed_at <= held),
+        )
+    ).all()
+    for entity, name in back:
+        clear_alarm(session, AlarmId.SITE_OFFLINE, entity, at=now, site_name=name)
