@@ -133,7 +133,12 @@ class VmHandoffs:
     # -- source -------------------------------------------------------------------------
 
     async def _send(self, ops: InstanceOps, want: DesiredEntry, order: HandoffOrder) -> None:
-        from cloudlet.compute.qemu.handoff import LiveSource, finish_source, send_live
+        from cloudlet.compute.qemu.handoff import (
+            HandoffError,
+            LiveSource,
+            finish_source,
+            send_live,
+        )
 
         inst = want.instance
         row = actual.get(ops.store, inst.id)
@@ -145,7 +150,16 @@ class VmHandoffs:
             wid = workload_id(inst.id, name)
             source = LiveSource.of(driver, wid, base)  # type: ignore[arg-type, attr-defined]
             token = (order.token or "").encode()
-            with socket.create_connection(split_endpoint(order.address or ""), timeout=30) as sock:
+            try:  # off the event loop: a connect to a silent peer takes up to 30 s
+                sock = await asyncio.to_thread(
+                    socket.create_connection, split_endpoint(order.address or ""), 30
+                )
+            except OSError as exc:
+                raise HandoffError(
+                    f"handoff failed; the VM runs on at the source: cannot reach the "
+                    f"destination at {order.address}: {exc}"
+                ) from exc
+            with sock:
                 sock.sendall(struct.pack("!H", len(token)) + token)
                 stats = await asyncio.to_thread(send_live, source, sock)
             await asyncio.to_thread(finish_source, driver, wid)  # type: ignore[arg-type]
