@@ -2,7 +2,8 @@
 
 Fills a controller database with N sites (random positions over Europe, capacity,
 utilization, a reported cache for a tenth of them, all online), one VM app with a
-latency bound and one without, then asks a real controller process
+latency bound and one without, two running instances of them per site with phase
+timings (2N instances), then asks a real controller process
 ``GET /v1/discover?app=&lat=&lon=`` from random client positions. Reports the
 controller's ranking time (``elapsed_ms`` in each answer), the round trip the client
 sees (it includes the fleet snapshot's rebuild, at most every 2 s), and what one
@@ -29,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloudlet.controller.app import open_state
-from cloudlet.controller.db.models import App, Image, Site, SiteCache
+from cloudlet.controller.db.models import App, Image, Instance, Site, SiteCache
 from cloudlet.controller.services._snapshot import build
 from cloudlet.settings import ControllerSettings
 from cloudlet.testbed.local import LocalController
@@ -64,6 +65,7 @@ def fill(data_dir: Path, n: int, rng: random.Random) -> None:
                     resources={"vcpus": 1, "memory_mib": 512, "disk_gib": 2},
                 )
             )  # fmt: skip
+        instances = []
         for i in range(n):
             site_id = f"site-{i:05d}"
             session.add(
@@ -80,6 +82,21 @@ def fill(data_dir: Path, n: int, rng: random.Random) -> None:
             if i % 10 == 0:
                 entry = {"digest": digest, "kind": "image", "size": 2 << 30, "complete": True}
                 session.add(SiteCache(site_id=site_id, entries=[entry], reported_at=now))
+            # Two running instances per site with phase timings, as a busy fleet has:
+            # the warmth estimate reads every instance's timings.
+            for k, app in enumerate(("near-app", "any-app")):
+                instances.append(
+                    Instance(
+                        id=f"{site_id}-{k}", project="admin", name=f"{app}-{i}", app_id=app,
+                        site_id=site_id, origin="controller", desired_state="running",
+                        revision=1, actual_state="running", endpoint=f"10.0.0.1:{8000 + k}",
+                        timings={"fetch": rng.uniform(1, 20), "synthesize": rng.uniform(0.2, 2),
+                                 "first_answer": rng.uniform(0.2, 1)},
+                        created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+        session.flush()  # the sites and apps the instances point at
+        session.add_all(instances)
     st.close()
 
 

@@ -11,41 +11,65 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudlet import placement
-from cloudlet.controller.db.models import Site, SiteCache
-from cloudlet.controller.services.instances import candidates
+from cloudlet.controller.db.models import SiteCache
+from cloudlet.controller.services._rates import SiteRates, measure
+from cloudlet.controller.services.instances import SiteRows, site_rows
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class FleetSnapshot:
-    sites: list[placement.SiteCandidate]
+    found: SiteRows
     latitude: np.ndarray  # radians, NaN where unknown
     longitude: np.ndarray
+    access_latency_ms: np.ndarray  # NaN where the operator set none
     cached: dict[str, frozenset[str]]  # site id -> complete artifact digests
     endpoints: dict[str, str | None]  # site id -> site-local API URL
+    rates: dict[bool, dict[str, SiteRates]]  # VM apps or not -> site id -> measured rates
     built_at: float
+    #: Candidates made so far, by row: a query makes only those it weighs.
+    _made: dict[int, placement.SiteCandidate] = field(default_factory=dict, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.found.rows)
+
+    def site(self, i: int) -> placement.SiteCandidate:
+        made = self._made.get(i)
+        if made is None:  # two threads may both make it: the same value either way
+            made = self._made[i] = self.found.candidate(i)
+        return made
+
+    def sites(self, rows: Iterable[int] | None = None) -> list[placement.SiteCandidate]:
+        """The candidates of ``rows`` (default: every site), in that order."""
+        return [self.site(int(i)) for i in (range(len(self)) if rows is None else rows)]
 
 
 def build(session: Session, grace_s: float) -> FleetSnapshot:
-    sites = candidates(session, grace_s)
-    lat = np.array([s.latitude if s.latitude is not None else np.nan for s in sites], float)
-    lon = np.array([s.longitude if s.longitude is not None else np.nan for s in sites], float)
+    found = site_rows(session, grace_s)
+    rows = found.rows
+
+    def column(i: int) -> np.ndarray:
+        return np.array([r[i] if r[i] is not None else np.nan for r in rows], float)
+
+    caches = session.connection().execute(select(SiteCache.site_id, SiteCache.entries))
     cached = {
         site_id: frozenset(e["digest"] for e in entries if e.get("complete"))
-        for site_id, entries in session.execute(select(SiteCache.site_id, SiteCache.entries))
+        for site_id, entries in caches
     }
-    endpoints = dict(session.execute(select(Site.id, Site.local_api_url)).tuples().all())
+    endpoints = {r[0]: r[15] for r in rows}
     return FleetSnapshot(
-        sites, np.radians(lat), np.radians(lon), cached, endpoints, time.monotonic()
-    )
+        found, np.radians(column(4)), np.radians(column(5)), column(8), cached, endpoints,
+        measure(session), time.monotonic(),
+    )  # fmt: skip
 
 
 class SnapshotCache:

@@ -4,19 +4,17 @@ The placement engine filters and weighs the sites (online, capacity, constraints
 the app's latency bound against the estimated RTT) with one more weigher,
 ``warmth``: the expected time to a first response, from what the site still has
 to fetch (its reported cache against the app's base images and overlays) at the
-site's measured fetch rate, plus its measured start time. Measurements come from
-the phase timings of instances the site ran (``fetch``, ``first_answer``,
-``starting``); a site that has none gets the defaults below, and says so.
+site's measured fetch rate, plus its measured start time (see ``_rates``). Every
+fleet-wide read (sites, caches, rates) comes from the fleet snapshot, rebuilt in
+the background, so a query reads only the app and the chosen sites' instances.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
@@ -38,26 +36,12 @@ from cloudlet.placement.weighers import WEIGHERS
 from cloudlet.schemas import ActualState, ComponentKind
 from cloudlet.schemas.mobility import Cache, DiscoveredSite, Discovery, RejectedSite
 
-#: Fetch rate assumed for a site that has not fetched anything measurable yet (38 Mbit/s).
-DEFAULT_FETCH_BPS = 38e6 / 8
-#: Start times assumed without measurements: a VM's synthesis and boot, a process's start.
-DEFAULT_VM_START_S = 3.0
-DEFAULT_PROCESS_START_S = 0.5
 #: Great-circle km per degree of latitude (and of longitude at the equator).
 KM_PER_DEGREE = math.pi * EARTH_RADIUS_KM / 180
 #: Sites weighed per query: the nearest ones within reach of the latency bound.
 NEAREST = 200
 #: Rejected sites listed in an answer (a big fleet rejects thousands).
 MAX_REJECTED = 50
-#: A fetch shorter than this says nothing about the link's rate.
-_MIN_FETCH_S = 0.05
-
-
-@dataclass(frozen=True)
-class SiteRates:
-    fetch_bps: float
-    start_s: float
-    measured: bool
 
 
 def _artifacts(session: Session, app: App) -> dict[str, int]:
@@ -77,44 +61,14 @@ def _artifacts(session: Session, app: App) -> dict[str, int]:
     return needed
 
 
-def _rates(session: Session, has_vm: bool) -> dict[str, SiteRates]:
-    """Per site, the fetch rate and start time its instances' timings show."""
-    sizes = dict(session.execute(select(Overlay.id, Overlay.size)).tuples().all())
-    overlay_size = {
-        a.id: sum(sizes.get(c["overlay"], 0) for c in a.components if c.get("overlay"))
-        for a in session.scalars(select(App))
-    }
-    fetches: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    starts: dict[str, list[float]] = defaultdict(list)
-    key = "first_answer" if has_vm else "starting"
-    rows = session.execute(select(Instance.site_id, Instance.app_id, Instance.timings))
-    for site_id, app_id, timings in rows:
-        if not timings:
-            continue
-        fetch_s = timings.get("fetch")
-        if fetch_s and fetch_s >= _MIN_FETCH_S and overlay_size.get(app_id):
-            fetches[site_id].append((overlay_size[app_id], fetch_s))
-        if (start := timings.get(key)) is not None:
-            starts[site_id].append(float(start) + float(timings.get("synthesize", 0.0)))
-    default_start = DEFAULT_VM_START_S if has_vm else DEFAULT_PROCESS_START_S
-    out = {}
-    for site_id in set(fetches) | set(starts):
-        f = fetches.get(site_id)
-        rate = sum(b for b, _ in f) / sum(s for _, s in f) if f else DEFAULT_FETCH_BPS
-        start = statistics.median(starts[site_id]) if starts.get(site_id) else default_start
-        out[site_id] = SiteRates(rate, start, True)
-    out[""] = SiteRates(DEFAULT_FETCH_BPS, default_start, False)
-    return out
-
-
 def _nearest(
     snap: FleetSnapshot, app: App, latitude: float | None, longitude: float | None
 ) -> list[placement.SiteCandidate]:
     """The sites worth weighing: with a client position, the ``NEAREST`` closest that
     could meet the app's latency bound (at the fastest access latency of any site);
     the others can rank only below them on proximity, or fail the latency filter."""
-    if latitude is None or longitude is None or not snap.sites:
-        return snap.sites
+    if latitude is None or longitude is None or not len(snap):
+        return snap.sites()
     lat1, lon1 = math.radians(latitude), math.radians(longitude)
     h = (
         np.sin((snap.latitude - lat1) / 2) ** 2
@@ -123,15 +77,13 @@ def _nearest(
     km = 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
     km = np.where(np.isnan(km), np.inf, km)
     if app.latency_bound_ms is not None:
-        access = min(
-            [ACCESS_LATENCY_MS]
-            + [s.access_latency_ms for s in snap.sites if s.access_latency_ms is not None]
-        )
+        known = snap.access_latency_ms[~np.isnan(snap.access_latency_ms)]
+        access = min(ACCESS_LATENCY_MS, float(known.min())) if known.size else ACCESS_LATENCY_MS
         reach = max(0.0, app.latency_bound_ms - access) * FIBER_KM_PER_MS / 2
         km = np.where(km <= reach, km, np.inf)
     count = min(NEAREST, int(np.isfinite(km).sum()))
     order = np.argsort(km, kind="stable")[:count]
-    return [snap.sites[i] for i in order]
+    return snap.sites(order)
 
 
 def _load(site: placement.SiteCandidate) -> float:
@@ -164,10 +116,10 @@ def discover(
     t0 = time.perf_counter()
     snap = snapshot or build_snapshot(session, grace_s)
     sites = _nearest(snap, app, latitude, longitude)
-    beyond = len(snap.sites) - len(sites)
+    beyond = len(snap) - len(sites)
     needed = _artifacts(session, app)
     has_vm = any(c.get("kind") == ComponentKind.VM.value for c in app.components)
-    rates = _rates(session, has_vm)
+    rates = snap.rates[has_vm]
     caches = snap.cached
     missing = {
         s.site_id: sum(size for d, size in needed.items() if d not in caches.get(s.site_id, {}))

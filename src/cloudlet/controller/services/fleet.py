@@ -154,9 +154,14 @@ def enroll(session: Session, body: EnrollRequest) -> EnrollResponse:
 
 def availability(site: Site, now: datetime, grace_s: float) -> Availability:
     """Online while the agent was heard from within the grace period."""
-    if site.last_seen is None:
+    return availability_since(site.last_seen, now, grace_s)
+
+
+def availability_since(last_seen: datetime | None, now: datetime, grace_s: float) -> Availability:
+    """:func:`availability` of a site last heard from at ``last_seen``."""
+    if last_seen is None:
         return Availability.UNKNOWN
-    if (now - site.last_seen).total_seconds() <= grace_s:
+    if (now - last_seen).total_seconds() <= grace_s:
         return Availability.ONLINE
     return Availability.OFFLINE
 
