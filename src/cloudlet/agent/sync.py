@@ -33,7 +33,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from cloudlet import __version__
-from cloudlet.agent import actual, desired, outbox, resources
+from cloudlet.agent import actual, alarms, desired, outbox, resources
 from cloudlet.agent._wait import Backoff, sleep_or
 from cloudlet.agent.artifacts import ArtifactCache
 from cloudlet.agent.client import ControllerClient
@@ -56,10 +56,13 @@ from cloudlet.schemas import (
     ReportAck,
     Resources,
 )
+from cloudlet.schemas.alarms import AlarmId, AlarmSeverity
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M")
+
+BACKLOG = AlarmId.SITE_OUTBOX_BACKLOG.value
 
 #: Events per report; the rest follow at once in the next report.
 REPORT_BATCH = 500
@@ -126,6 +129,8 @@ class Syncer:
         #: waits at start may have gone out from the previous process.
         self._sent_upto = outbox.last_seq(store)
         self._capacity: Resources | None = None
+        #: Whether site.outbox-backlog is raised (None: not read from the store yet).
+        self._backlogged: bool | None = None
         self._acked_version: int | None = None
         self._acked_cache: int | None = None
 
@@ -335,6 +340,7 @@ class Syncer:
         # Between two reports; only events never sent may be folded.
         if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
             log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
+        self._watch_backlog()
         events = outbox.pending(self.store, REPORT_BATCH)
         if events:
             self._sent_upto = max(self._sent_upto, events[-1].seq)
@@ -384,6 +390,21 @@ class Syncer:
             self.pull_wake.set()
         more = bool(events) and outbox.depth(self.store) > 0 and ack.acked_seq >= events[-1].seq
         return ack, more
+
+    def _watch_backlog(self) -> None:
+        """Raise site.outbox-backlog while more events wait than the outbox's cap, and
+        clear it once they are down to half of it (so a backlog that hovers at the cap
+        raises and clears once, not once a report)."""
+        if self._backlogged is None:
+            self._backlogged = alarms.is_active(self.store, BACKLOG)
+        depth = outbox.depth(self.store)
+        if not self._backlogged and depth > self.outbox_cap:
+            reason = f"{depth} events wait to be sent, over the outbox's cap of {self.outbox_cap}"
+            alarms.raise_alarm(self.store, BACKLOG, AlarmSeverity.MINOR, reason)
+            self._backlogged = True
+        elif self._backlogged and depth <= self.outbox_cap // 2:
+            alarms.clear_alarm(self.store, BACKLOG, f"{depth} events wait to be sent")
+            self._backlogged = False
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)

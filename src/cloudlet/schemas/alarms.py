@@ -36,6 +36,7 @@ class AlarmId(enum.StrEnum):
 
     SITE_OFFLINE = "site.offline"
     INSTANCE_CRASH_LOOP = "instance.crash-loop"
+    SITE_OUTBOX_BACKLOG = "site.outbox-backlog"
 
 
 class AlarmSignal(Input):

@@ -43,7 +43,7 @@ class AckingClient:
         )
 
 
-def syncer_for(store: Store, tmp_path: Path, client: AckingClient) -> Syncer:
+def syncer_for(store: Store, tmp_path: Path, client: AckingClient, **kw: int) -> Syncer:
     return Syncer(
         store,
         client,  # type: ignore[arg-type]
@@ -52,6 +52,7 @@ def syncer_for(store: Store, tmp_path: Path, client: AckingClient) -> Syncer:
         poll_wait_s=1,
         report_interval_s=1,
         backoff_max_s=1,
+        **kw,
     )
 
 
@@ -161,3 +162,24 @@ def test_refused_events_are_logged_and_dropped(
     asyncio.run(syncer_for(store, tmp_path, client).report_once())
     assert [e.seq for e in outbox.pending(store)] == [2]
     assert "refused event seq 3: seq 3 is more than 1 past the last" in caplog.text
+
+
+def test_a_backlog_over_the_cap_raises_its_alarm_once_and_clears_at_half(
+    store: Store, tmp_path: Path
+) -> None:
+    from cloudlet.agent import alarms
+
+    client = AckingClient()
+    client.ack_upto = 0  # the controller stores nothing: the backlog grows
+    syncer = syncer_for(store, tmp_path, client, outbox_cap=10)
+    for n in range(12):  # lifecycle events: never folded
+        outbox.record(store, EventKind.INSTANCE_STATE, data={"state": "running", "n": n})
+    asyncio.run(syncer.report_once())
+    asyncio.run(syncer.report_once())
+    assert alarms.is_active(store, "site.outbox-backlog")
+    raised = [e for e in outbox.pending(store, 100) if e.data.get("alarm_id")]
+    assert [e.data["state"] for e in raised] == ["raise"]  # once, not once a report
+    client.ack_upto = None  # the link is back: everything is acknowledged
+    asyncio.run(syncer.report_once())
+    asyncio.run(syncer.report_once())
+    assert not alarms.is_active(store, "site.outbox-backlog")
