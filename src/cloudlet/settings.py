@@ -60,6 +60,12 @@ class AlarmSettings(BaseModel):
         description="Hysteresis: site.offline clears only once the site has stayed online "
         "this long without a break (a flapping site keeps its one alarm).",
     )
+    sync_lag_s: float = Field(
+        120.0,
+        gt=0,
+        description="site.sync-lag is raised for an online site whose applied revision has "
+        "stayed behind its desired revision this long; it clears once the site is in sync.",
+    )
     webhook_url: str | None = Field(
         None, description="URL that receives each raise and clear as a JSON POST (none: off)."
     )

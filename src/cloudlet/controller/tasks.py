@@ -25,7 +25,8 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
 
     Conditional updates make the verdict race-free between replicas.
     The same pass raises site.offline for each site judged offline and clears it for
-    sites back online for ``alarms.clear_hold_s`` (see ``alarms.judge_site_alarms``).
+    sites back online for ``alarms.clear_hold_s`` (see ``alarms.judge_site_alarms``), and
+    judges site.sync-lag (``alarms.judge_sync_lag``).
     """
     now = utcnow()
     grace = st.settings.offline_grace_s
@@ -43,6 +44,7 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
                 flips.append((site_id, new.value))
         offline = [site_id for site_id, new in flips if new == Availability.OFFLINE.value]
         alarms.judge_site_alarms(session, offline, grace, st.settings.alarms.clear_hold_s)
+        alarms.judge_sync_lag(session, st.settings.alarms.sync_lag_s)
     return flips
 
 

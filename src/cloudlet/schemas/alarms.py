@@ -37,6 +37,7 @@ class AlarmId(enum.StrEnum):
     SITE_OFFLINE = "site.offline"
     INSTANCE_CRASH_LOOP = "instance.crash-loop"
     SITE_OUTBOX_BACKLOG = "site.outbox-backlog"
+    SITE_SYNC_LAG = "site.sync-lag"
 
 
 class AlarmSignal(Input):

@@ -142,3 +142,26 @@ def test_alarm_signals_follow_the_contract() -> None:
     assert AlarmSignal.parse({"severity": "warning", "message": "outbox over its cap"}) is None
     assert AlarmSignal.parse({"alarm_id": "BAD ID", "state": "raise"}) is None
     assert AlarmSignal.parse({"alarm_id": "a.b", "state": "flap"}) is None
+
+
+def test_sync_lag_is_raised_for_an_online_site_behind_for_long_and_cleared_in_sync(
+    maker: sessionmaker[Session],
+) -> None:
+    with maker.begin() as s:
+        long_ago = datetime.now(UTC) - timedelta(seconds=600)
+        s.execute(
+            update(Site)
+            .where(Site.name.in_(["lyon", "nice"]))
+            .values(revision=5, applied_revision=3, revision_changed_at=long_ago)
+        )
+        # nice changed just now: behind, but not for long
+        s.execute(update(Site).where(Site.name == "nice").values(revision_changed_at=T0.now(UTC)))
+        alarms.judge_sync_lag(s, lag_s=120)
+        alarms.judge_sync_lag(s, lag_s=120)  # once, not once a pass
+        rows = s.scalars(select(Alarm).where(Alarm.alarm_id == "site.sync-lag")).all()
+        assert [(a.entity, a.cleared_at) for a in rows] == [("site=lyon", None)]
+        assert "applied revision 3 of 5" in (rows[0].reason or "")
+        s.execute(update(Site).where(Site.name == "lyon").values(applied_revision=5))
+        alarms.judge_sync_lag(s, lag_s=120)
+        (cleared,) = s.scalars(select(Alarm).where(Alarm.alarm_id == "site.sync-lag")).all()
+        assert cleared.cleared_at is not None

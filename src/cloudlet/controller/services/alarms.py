@@ -1,4 +1,5 @@
-"""Alarms: raise once, clear once, keep the history; the site.offline verdict's alarm.
+"""Alarms: raise once, clear once, keep the history; the controller's own site alarms
+(site.offline from the liveness verdict, site.sync-lag from the revisions).
 
 One active alarm per (alarm id, entity), held by a partial unique index: raising an
 active alarm is a no-op and clearing clears it once, race-free between replicas.
@@ -215,3 +216,45 @@ def judge_site_alarms(
     ).all()
     for entity, name in back:
         clear_alarm(session, AlarmId.SITE_OFFLINE, entity, at=now, site_name=name)
+
+
+def judge_sync_lag(session: Session, lag_s: float) -> None:
+    """Raise site.sync-lag for online sites that have applied nothing of a change made
+    ``lag_s`` ago or more; clear it for sites in sync again (or no longer online,
+    where site.offline says more)."""
+    now = utcnow()
+    active = (
+        select(Alarm.site_id)
+        .where(Alarm.alarm_id == AlarmId.SITE_SYNC_LAG.value, Alarm.cleared_at.is_(None))
+        .scalar_subquery()
+    )
+    lagging = session.scalars(
+        select(Site).where(
+            Site.availability == "online",
+            Site.applied_revision < Site.revision,
+            Site.revision_changed_at <= now - timedelta(seconds=lag_s),
+            Site.id.not_in(active),
+        )
+    )
+    for site in lagging:
+        raise_alarm(
+            session,
+            AlarmId.SITE_SYNC_LAG,
+            site_entity(site.name),
+            AlarmSeverity.MINOR,
+            site=site,
+            reason=f"applied revision {site.applied_revision} of {site.revision}, "
+            f"changed at {site.revision_changed_at.isoformat()}",
+            at=now,
+        )
+    caught_up = session.execute(
+        select(Alarm.entity, Site.name)
+        .join(Site, Site.id == Alarm.site_id)
+        .where(
+            Alarm.alarm_id == AlarmId.SITE_SYNC_LAG.value,
+            Alarm.cleared_at.is_(None),
+            or_(Site.applied_revision >= Site.revision, Site.availability != "online"),
+        )
+    ).all()
+    for entity, name in caught_up:
+        clear_alarm(session, AlarmId.SITE_SYNC_LAG, entity, at=now, site_name=name)
