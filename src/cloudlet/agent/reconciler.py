@@ -59,9 +59,11 @@ from cloudlet.schemas import ActualState, Component, ComponentKind, DesiredState
 log = logging.getLogger(__name__)
 
 #: How long a start waits inline for a process to bind its port, and how soon a
-#: pass looks again at one still not listening.
+#: pass looks again at one still not listening: 0.25 s, doubling up to 5 s, so that
+#: a workload that never listens does not drive a full pass four times a second.
 LISTEN_WAIT_S = 1.0
 LISTEN_RECHECK_S = 0.25
+LISTEN_RECHECK_MAX_S = 5.0
 
 __all__ = ["VM_UNSUPPORTED", "Reconciler", "build_spec", "free_port", "spec_digest", "workload_id"]
 
@@ -96,6 +98,8 @@ class Reconciler(InstanceOps):
         self.crashes = crashes or CrashWatch(store)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        #: Instance id -> passes in a row that found its port not listening yet.
+        self._listen_checks: dict[str, int] = {}
         #: VM instances starting in the background: instance id -> (revision, task).
         self._starting: dict[str, tuple[int, asyncio.Task[None]]] = {}
         alive = store.get_meta(ALIVE_AT)
@@ -277,9 +281,13 @@ class Reconciler(InstanceOps):
                 if row.state is not ActualState.STARTING:
                     row = self._move(row, ActualState.STARTING, reason=None)
                 log.debug("instance %s: nothing listens on %s yet", row.id, where)
-                asyncio.get_running_loop().call_later(LISTEN_RECHECK_S, self.wake)
+                checks = self._listen_checks.get(row.id, 0)
+                self._listen_checks[row.id] = checks + 1
+                delay = min(LISTEN_RECHECK_S * 2**checks, LISTEN_RECHECK_MAX_S)
+                asyncio.get_running_loop().call_later(delay, self.wake)
                 return False
             await asyncio.sleep(0.05)
+        self._listen_checks.pop(row.id, None)
         return True
 
     def _restarted_while_down(self, statuses: Iterable[WorkloadStatus]) -> bool:
