@@ -34,7 +34,7 @@ from selenium.common.exceptions import (  # noqa: E402
     StaleElementReferenceException,
 )
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 AGENT_ENV = {
     "CLOUDLET_AGENT__ANNOUNCE": "false",
@@ -194,3 +194,32 @@ def test_dashboard_shows_the_fleet_a_cut_site_and_an_instance(
     detail = until(browser, lambda d: css(d, fields)[0].text, "the instance's page")
     assert instance["id"] in detail and HOME in detail and "sleeper" in detail
     assert browser.current_url.endswith(f"#/instances/{instance['id']}")
+
+    # The site's page charts the utilization the page sampled, its cache and instances.
+    browser.get(f"{ctl.url}/ui/#/sites/{HOME}")
+    chart = "#util-chart"
+    until(
+        browser,
+        lambda d: int(css(d, chart)[0].get_attribute("data-samples")) >= 2,
+        "utilization samples on the site's page",
+    )
+    assert css(browser, "#cache-table")
+    until(browser, lambda d: css(d, f'#site-instances tr[data-instance="{instance["id"]}"]'),
+          f"the instance among {HOME}'s")  # fmt: skip
+
+    # The events, filtered by site and kind: the controller's verdict on the cut site.
+    browser.get(f"{ctl.url}/ui/#/events")
+    site_filter = until(browser, lambda d: d.find_element(By.ID, "filter-ev-site"), "filters")
+    Select(site_filter).select_by_value(CUT_SITE)
+    browser.find_element(By.ID, "filter-ev-kind").send_keys("site.offline\t")
+
+    def offline_events(d: Any) -> bool:
+        kinds = [r.get_attribute("data-kind") for r in css(d, "#events-table tbody tr")]
+        return bool(kinds) and set(kinds) == {"site.offline"}
+
+    until(browser, offline_events, f"{CUT_SITE}'s site.offline events, filtered")
+
+    # Signing out forgets the token.
+    browser.find_element(By.ID, "sign-out").click()
+    until(browser, lambda d: d.find_element(By.ID, "token").is_displayed(), "the sign-in form")
+    assert browser.execute_script("return sessionStorage.getItem('cloudlet.token')") is None
