@@ -319,7 +319,10 @@ const views = {
 
   events() {
     const f = state.filters;
-    const kinds = ["lifecycle", "usage", "alarm", "site.online", "site.offline"];
+    // Site kinds (schemas EventKind) and the controller's site.* verdicts.
+    const kinds = ["instance.state", "instance.created", "usage", "alarm", "handoff",
+      "agent.started", "site.enrolled", "site.online", "site.offline", "site.draining",
+      "site.decommissioned"];
     return {
       frame: [h("section", { class: "panel" }, h("h2", {}, "Events (newest 200)"),
         h("div", { class: "filters", id: "event-filters" }),
@@ -437,16 +440,20 @@ function cacheTable(entries) {
 }
 
 function chart(samples) {
-  const W = 400, H = 100;
+  const W = 600, H = 120, PAD = 4;
   const svg = s("svg", { id: "util-chart", class: "chart", viewBox: `0 0 ${W} ${H}`,
-    preserveAspectRatio: "none", "data-samples": samples.length });
+    "data-samples": samples.length });
   for (const y of [0.25, 0.5, 0.75]) {
     svg.append(s("line", { x1: 0, x2: W, y1: H * (1 - y), y2: H * (1 - y), stroke: "#dde", "stroke-width": 1 }));
   }
+  svg.append(s("text", { class: "axis", x: 3, y: 11 }, "100%"), s("text", { class: "axis", x: 3, y: H - 3 }, "0%"));
   if (samples.length > 1) {
     const t0 = samples[0].t, span = Math.max(samples[samples.length - 1].t - t0, 1);
+    svg.append(s("text", { class: "axis", x: W - 3, y: H - 3, "text-anchor": "end" },
+      `last ${Math.round(span / 1000)} s`));
     for (const key of ["cpu", "memory", "disk"]) {
-      const points = samples.map((x) => `${((x.t - t0) / span) * W},${H - x[key] * H}`).join(" ");
+      const y = (v) => PAD + (1 - v) * (H - 2 * PAD);
+      const points = samples.map((x) => `${((x.t - t0) / span) * W},${y(x[key])}`).join(" ");
       svg.append(s("polyline", { class: key, points }));
     }
   }
