@@ -53,4 +53,6 @@ SYSTEM_TEST=(
   "test -x /bin/busybox|busybox-static"
   "command -v prometheus|prometheus"
   "command -v nft|nftables"
+  "command -v chromium|chromium"
+  "command -v chromedriver|chromium-driver"
 )

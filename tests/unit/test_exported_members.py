@@ -22,6 +22,7 @@ PUBLIC = {
     },
     "cloudlet.agent": {"Agent", "Store", "run_agent"},
     "cloudlet.web": {"MIB", "BodyGuard", "BodyLimits", "StreamedRoute"},
+    "cloudlet.controller.ui": {"STATIC_DIR", "install"},
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 
 from cloudlet import __version__
-from cloudlet.controller import tasks
+from cloudlet.controller import tasks, ui
 from cloudlet.controller.api import (
     agent,
     alarms,
@@ -131,6 +131,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     openapi.install(app)
+    ui.install(app)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(TrafficMiddleware, state=state)
     # Outermost: an oversized or malformed body costs nothing further, not even a
