@@ -38,8 +38,8 @@ def test_availability_filter_agrees_with_the_site_view(session: Session) -> None
             if fleet.site_view(s, now, grace).availability is wanted
         ]
         assert [s.name for s in rows] == expected
-    assert [s.name for s in fleet.list_sites(session, availability=Availability.OFFLINE, now=now,
-                                             grace_s=grace)] == ["stale"]  # fmt: skip
+    offline = fleet.list_sites(session, availability=Availability.OFFLINE, now=now, grace_s=grace)
+    assert [s.name for s in offline] == ["stale"]
 
 
 def test_cursors_round_trip_and_refuse_anything_else() -> None:
