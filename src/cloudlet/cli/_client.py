@@ -70,7 +70,7 @@ class Client:
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
-    def request(
+    def _exchange(
         self,
         method: str,
         path: str,
@@ -79,8 +79,8 @@ class Client:
         params: dict[str, Any] | None = None,
         content: bytes | Iterable[bytes] | None = None,
         timeout: float | None = _DEFAULT,
-    ) -> Any:
-        """Send one request; the answer's JSON (None for an empty answer).
+    ) -> tuple[Any, http.client.HTTPResponse]:
+        """Send one request; the answer's JSON (None for an empty answer) and the answer.
 
         Raises:
             ControllerUnreachableError: no connection, or it broke.
@@ -94,9 +94,13 @@ class Client:
         elif content is not None:
             headers["Content-Type"] = "application/octet-stream"
         target = self._prefix + path
-        query = {k: _param(v) for k, v in (params or {}).items() if v is not None}
+        query = {
+            k: [_param(x) for x in v] if isinstance(v, list) else _param(v)
+            for k, v in (params or {}).items()
+            if v is not None
+        }
         if query:
-            target += ("&" if "?" in target else "?") + urlencode(query)
+            target += ("&" if "?" in target else "?") + urlencode(query, doseq=True)
         conn = self._connection(self._timeout if timeout is _DEFAULT else timeout)
         try:
             # An iterable body goes chunked (http.client adds Transfer-Encoding).
@@ -120,13 +124,39 @@ class Client:
             detail = problem.get("detail") or problem.get("title") or text or response.reason
             raise ApiError(response.status, problem.get("type", ""), str(detail))
         if response.status == 204 or not data:
-            return None
+            return None, response
         try:
-            return jsonlib.loads(data)
+            return jsonlib.loads(data), response
         except ValueError as exc:
             raise ControllerUnreachableError(
                 f"the controller at {self.url} answered something that is not JSON"
             ) from exc
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, Any] | None = None,
+        content: bytes | Iterable[bytes] | None = None,
+        timeout: float | None = _DEFAULT,
+    ) -> Any:
+        """Send one request; the answer's JSON (None for an empty answer).
+
+        Raises:
+            ControllerUnreachableError: no connection, or it broke.
+            ApiError: the controller answered an error (its problem detail).
+        """
+        data, _ = self._exchange(
+            method, path, json=json, params=params, content=content, timeout=timeout
+        )
+        return data
+
+    def get_page(self, path: str, **params: Any) -> tuple[list[Any], str | None]:
+        """One page of a paged list and the cursor of the next (None: the last page)."""
+        data, response = self._exchange("GET", path, params=params)
+        return list(data or []), response.getheader("X-Next-Cursor")
 
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=params)

@@ -26,6 +26,8 @@ EVENT_COLUMNS = [
 ]
 #: The API's largest page.
 MAX_LIMIT = 10_000
+#: Shown without --limit.
+DEFAULT_LIMIT = 50
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -68,8 +70,15 @@ def list_(
         None,
         help="Only before this time (ISO or duration): the page before the oldest shown.",
     ),
-    limit: int = typer.Option(
-        50, min=1, max=MAX_LIMIT, help="At most this many, the newest; says if it left some out."
+    limit: int | None = typer.Option(
+        None,
+        min=1,
+        max=MAX_LIMIT,
+        help=f"At most this many, the newest (default {DEFAULT_LIMIT}); says if it left some "
+        "out. With --all, this many a page.",
+    ),
+    every: bool = typer.Option(
+        False, "--all", help="Every event (in the time range): page back to the oldest."
     ),
     follow: bool = typer.Option(
         False, "--follow", "-f", help="Then print new events as they arrive, until Ctrl-C."
@@ -83,12 +92,8 @@ def list_(
     fmt = output_format(output, as_json)
     query = {"site": site, "kind": kind, "instance": instance}
     since_iso, before_iso = parse_time(since, "--since"), parse_time(before, "--before")
-    ask = min(limit + 1, MAX_LIMIT)  # one more than shown tells whether some were left out
-    rows: list[dict[str, Any]] = c.get(
-        "/v1/events", **query, since=since_iso, until=before_iso, limit=ask
-    )
-    dropped = len(rows) > limit
-    rows = rows[-limit:]
+    page = limit or (MAX_LIMIT if every else DEFAULT_LIMIT)
+    rows, dropped = _newest(c, query, since_iso, before_iso, page, every)
     if follow and fmt in (OutputFormat.JSON, OutputFormat.YAML):
         for e in rows:
             print(json.dumps(e, sort_keys=True, default=str), flush=True)
@@ -96,12 +101,34 @@ def list_(
         show(rows, EVENT_COLUMNS, fmt, name=lambda e: f"{e['site']}/{e['seq']}")
     if dropped:
         err_console.print(
-            f"[yellow]note:[/] showing the newest {limit}; older events were left out "
-            f"(--limit, or --before {rows[0]['at']} for the page before)",
+            f"[yellow]note:[/] showing the newest {page}; older events were left out "
+            f"(--all for every one, --limit, or --before {rows[0]['at']} for the page before)",
             highlight=False,
         )
     if follow:
         _follow(c, query, rows, since_iso, fmt, interval)
+
+
+def _newest(
+    c: Any,
+    query: dict[str, Any],
+    since: str | None,
+    until: str | None,
+    limit: int,
+    every: bool,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The newest ``limit`` events (``every``: all, ``limit`` a page back), oldest first,
+    and whether older ones were left out."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor = None
+    while True:
+        page, cursor = c.get_page(
+            "/v1/events", **query, since=since, until=until, limit=limit, cursor=cursor
+        )
+        pages.append(page)
+        if cursor is None or not every:
+            # Each page is oldest first, and each next page is older than the last.
+            return [e for p in reversed(pages) for e in p], cursor is not None
 
 
 def _follow(

@@ -17,6 +17,7 @@ from cloudlet.cli._context import (
 )
 from cloudlet.cli._explain import print_handoff, print_placement
 from cloudlet.cli._output import ago, console, emit_json, show, show_one
+from cloudlet.cli._paging import AllOpt, collect, more_note
 from cloudlet.errors import CloudletError
 
 app = typer.Typer(help="App instances running at sites.", no_args_is_help=True)
@@ -127,12 +128,18 @@ def _reached(c: Any, item: dict[str, Any], target: str, after: str) -> bool:
 def list_(
     ctx: typer.Context,
     site: str | None = typer.Option(None, help="Only this site's instances."),
+    limit: int | None = typer.Option(
+        None, min=1, help="At most this many, oldest first (default: the API's first page, 1000)."
+    ),
+    every: bool = AllOpt,
     as_json: bool = JsonOpt,
     output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """Every instance with its desired and actual state."""
-    rows = ctx_of(ctx).client().get("/v1/instances", site=site)
+    """Instances, oldest first, with their desired and actual state."""
+    rows, more = collect(ctx_of(ctx).client(), "/v1/instances", limit, every, site=site)
     show(rows, INSTANCE_COLUMNS, output_format(output, as_json), wide=WIDE_COLUMNS)
+    if more:
+        more_note("instances", len(rows), "cloudlet instance list")
 
 
 @app.command("show")

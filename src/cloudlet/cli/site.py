@@ -17,6 +17,7 @@ from cloudlet.cli._context import (
     parse_pairs,
 )
 from cloudlet.cli._output import ago, console, emit_json, human_bytes, pct, show, show_one
+from cloudlet.cli._paging import AllOpt, collect, more_note
 from cloudlet.errors import CloudletError
 
 app = typer.Typer(help="Edge sites.", no_args_is_help=True)
@@ -94,11 +95,27 @@ def token(
 
 @app.command("list")
 def list_(
-    ctx: typer.Context, as_json: bool = JsonOpt, output: OutputFormat | None = OutputOpt
+    ctx: typer.Context,
+    region: str | None = typer.Option(None, help="Only sites in this region."),
+    availability: str | None = typer.Option(
+        None, help="Only sites this available: online, offline or unknown."
+    ),
+    label: list[str] | None = typer.Option(
+        None, "--label", "-l", help="Only sites with this key=value label (repeatable)."
+    ),
+    limit: int | None = typer.Option(
+        None, min=1, help="At most this many, by name (default: the API's first page, 1000)."
+    ),
+    every: bool = AllOpt,
+    as_json: bool = JsonOpt,
+    output: OutputFormat | None = OutputOpt,
 ) -> None:
-    """Every site with availability, sync status and traffic."""
-    rows = ctx_of(ctx).client().get("/v1/sites")
+    """Sites by name with availability, sync status and traffic."""
+    query = {"region": region, "availability": availability, "label": label or None}
+    rows, more = collect(ctx_of(ctx).client(), "/v1/sites", limit, every, **query)
     show(rows, SITE_COLUMNS, output_format(output, as_json), wide=WIDE_COLUMNS)
+    if more:
+        more_note("sites", len(rows), "cloudlet site list")
 
 
 @app.command("show")

@@ -117,3 +117,27 @@ def test_decommission_revokes_the_site(controller: LocalController) -> None:
     assert json.loads(result.stdout)["state"] == "decommissioned"
     token = cli(controller, "site", "token", "toulon")
     assert token.returncode == 1 and "decommissioned" in token.stderr
+
+
+def test_site_and_instance_lists_page(controller: LocalController) -> None:
+    with controller.client() as api:
+        for i in range(5):
+            body = {"name": f"page-{i}", "region": "paged", "labels": {"paged": "yes"}}
+            api.post("/v1/sites", json=body).raise_for_status()
+    first = cli(controller, "site", "list", "--region", "paged", "--limit", "2", "-o", "name")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["page-0", "page-1"]
+    assert "more exist" in first.stderr and "--all" in first.stderr
+    every = cli(
+        controller, "site", "list", "-l", "paged=yes", "--all", "--limit", "2", "-o", "name"
+    )
+    assert every.returncode == 0, every.stderr
+    assert every.stdout.split() == [f"page-{i}" for i in range(5)] and not every.stderr
+    upto = ok_json(controller, "site", "list", "--region", "paged", "--limit", "5")
+    assert [s["name"] for s in upto] == [f"page-{i}" for i in range(5)]
+    online = ok_json(controller, "site", "list", "--availability", "online", "--region", "paged")
+    assert online == []
+    bad = cli(controller, "site", "list", "--label", "nokey")
+    assert bad.returncode == 1 and "label" in bad.stderr
+    listed = cli(controller, "instance", "list", "--all", "--limit", "1")
+    assert listed.returncode == 0, listed.stderr

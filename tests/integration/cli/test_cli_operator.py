@@ -128,6 +128,7 @@ def test_event_list_since_limit_and_follow(world: World) -> None:
     older = world.json("event", "list", "--before", cut, "--limit", "10000")
     assert older and all(e["at"] < cut for e in older)
     assert len(newer) + len(older) == len(everything)
+    assert world.json("event", "list", "--before", cut, "--all", "--limit", "2") == older
     bad = world.cli("event", "list", "--since", "yesterday-ish")
     assert bad.returncode == 1 and "--since must be" in bad.stderr
     assert world.json("event", "list", "--since", "0s", "--kind", "instance.created") == []

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from datetime import datetime
+
+from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 
 from cloudlet.controller.api.deps import DB, State, User, load_site, scope_project
+from cloudlet.controller.api.paging import MAX_LIMIT, PAGED, Cursor, limit_query, set_next
 from cloudlet.controller.db.models import App
 from cloudlet.controller.db.models import Instance as InstanceRow
+from cloudlet.controller.services import _paging as paging
 from cloudlet.controller.services import fleet, instances
 from cloudlet.errors import NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, Instance, InstanceAction, InstanceCreate
@@ -71,14 +75,35 @@ def create_instance(body: InstanceCreate, session: DB, user: User, st: State) ->
     return _view(row, _names(session, [row]), InstanceCreated)
 
 
-@router.get("", response_model=list[Instance])
+@router.get("", response_model=list[Instance], responses=PAGED)
 def list_instances(
-    session: DB, user: User, site: str | None = Query(None), project: str | None = Query(None)
+    request: Request,
+    response: Response,
+    session: DB,
+    user: User,
+    site: str | None = Query(None, description="Only this site's instances."),
+    project: str | None = Query(None, description="Only this project's (admins)."),
+    limit: int = limit_query(MAX_LIMIT, MAX_LIMIT),
+    cursor: Cursor = None,
 ) -> list[Instance]:
+    """Instances oldest first, a page at a time."""
+    after = paging.decode("instances", cursor, _KEY) if cursor is not None else None
     site_id = load_site(session, site).id if site is not None else None
-    rows = instances.list_instances(session, scope_project(user, project), site_id)
+    rows = instances.list_instances(
+        session, scope_project(user, project), site_id, after=after, limit=limit + 1
+    )
+    more, rows = len(rows) > limit, rows[:limit]
+    if more:
+        last = rows[-1]
+        set_next(
+            request, response, paging.encode("instances", [last.created_at, last.name, last.id])
+        )
     names = _names(session, rows)
     return [_view(r, names) for r in rows]
+
+
+#: The types of an instance list's key: (created_at, name, id).
+_KEY = (datetime, str, str)
 
 
 def _load(session: DB, user: User, ref: str) -> InstanceRow:

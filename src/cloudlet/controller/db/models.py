@@ -136,6 +136,8 @@ class Instance(Base):
     __table_args__ = (
         UniqueConstraint("project", "name"),
         Index("ix_instances_site_revision", "site_id", "revision"),
+        # The list order (GET /v1/instances pages by this key).
+        Index("ix_instances_list_order", "created_at", "name", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -41,8 +41,42 @@ def site_names(session: Session, site_ids: set[str]) -> dict[str, str]:
     return dict(rows.all())
 
 
-def list_sites(session: Session) -> list[Site]:
-    return list(session.scalars(select(Site).order_by(Site.name)))
+def list_sites(
+    session: Session,
+    *,
+    region: str | None = None,
+    availability: Availability | None = None,
+    labels: dict[str, str] | None = None,
+    now: datetime | None = None,
+    grace_s: float = 0.0,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[Site]:
+    """Sites by name, filtered in the database, the first ``limit`` after the name ``after``.
+
+    ``availability`` is worked out as :func:`availability_since` does, from
+    ``last_seen`` against ``now`` minus ``grace_s``; ``labels`` must all match.
+    """
+    query = select(Site).order_by(Site.name)
+    if region is not None:
+        query = query.where(Site.region == region)
+    if availability is not None:
+        query = query.where(_availability_is(availability, now or utcnow(), grace_s))
+    for key, value in (labels or {}).items():
+        query = query.where(Site.labels[key].as_string() == value)
+    if after is not None:
+        query = query.where(Site.name > after)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def _availability_is(wanted: Availability, now: datetime, grace_s: float) -> ColumnElement[bool]:
+    """:func:`availability_since` as SQL: online when heard from within the grace."""
+    if wanted is Availability.UNKNOWN:
+        return Site.last_seen.is_(None)
+    cutoff = now - timedelta(seconds=grace_s)
+    return Site.last_seen >= cutoff if wanted is Availability.ONLINE else Site.last_seen < cutoff
 
 
 def create_site(session: Session, body: SiteCreate) -> tuple[Site, JoinTokenOut]:
@@ -173,9 +207,13 @@ def sync_status(site: Site, avail: Availability) -> SyncStatus:
 
 
 def instance_counts(
-    session: Session, project: str | None = None, site_id: str | None = None
+    session: Session,
+    project: str | None = None,
+    site_id: str | None = None,
+    site_ids: set[str] | None = None,
 ) -> dict[str, int]:
-    """Live instances per site, of one project (None: all) and one site (None: all)."""
+    """Live instances per site, of one project (None: all) and one site or a set of
+    sites (None: all)."""
     query = select(Instance.site_id, func.count()).where(
         Instance.desired_state != DesiredState.DELETED.value
     )
@@ -183,6 +221,8 @@ def instance_counts(
         query = query.where(Instance.project == project)
     if site_id is not None:
         query = query.where(Instance.site_id == site_id)
+    if site_ids is not None:
+        query = query.where(Instance.site_id.in_(site_ids))
     rows = session.execute(query.group_by(Instance.site_id))
     return {site_id: count for site_id, count in rows}
 

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from cloudlet import placement
 from cloudlet.controller.db.models import App, Instance, Site
+from cloudlet.controller.services import _paging as paging
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.fleet import availability_since, get_site, record
 from cloudlet.errors import ConflictError, NotFoundError
@@ -50,14 +51,29 @@ def get_instance(session: Session, project: str, ref: str) -> Instance | None:
     )
 
 
+#: The order instances are listed in; unique, so it can be paged by key.
+LIST_ORDER = (Instance.created_at, Instance.name, Instance.id)
+
+
 def list_instances(
-    session: Session, project: str | None, site_id: str | None = None
+    session: Session,
+    project: str | None,
+    site_id: str | None = None,
+    *,
+    after: tuple[datetime, str, str] | None = None,
+    limit: int | None = None,
 ) -> list[Instance]:
-    query = select(Instance).order_by(Instance.created_at, Instance.name)
+    """Oldest first (then by name and id), the first ``limit`` after the key ``after``
+    (``(created_at, name, id)`` of the last row of the page before)."""
+    query = select(Instance).order_by(*LIST_ORDER)
     if project is not None:
         query = query.where(Instance.project == project)
     if site_id is not None:
         query = query.where(Instance.site_id == site_id)
+    if after is not None:
+        query = query.where(paging.after(LIST_ORDER, after))
+    if limit is not None:
+        query = query.limit(limit)
     return list(session.scalars(query))
 
 
