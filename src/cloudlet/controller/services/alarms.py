@@ -204,18 +204,24 @@ def judge_site_alarms(
             at=now,
         )
     held = now - timedelta(seconds=clear_hold_s)
-    back = session.execute(
+    _clear_where(
+        session,
+        AlarmId.SITE_OFFLINE,
+        (Site.availability == "online")
+        & or_(Site.availability_changed_at.is_(None), Site.availability_changed_at <= held),
+        now,
+    )
+
+
+def _clear_where(session: Session, alarm_id: str, site_is: Any, at: datetime) -> None:
+    """Clear every active ``alarm_id`` about a site that meets ``site_is``."""
+    rows = session.execute(
         select(Alarm.entity, Site.name)
         .join(Site, Site.id == Alarm.site_id)
-        .where(
-            Alarm.alarm_id == AlarmId.SITE_OFFLINE.value,
-            Alarm.cleared_at.is_(None),
-            Site.availability == "online",
-            or_(Site.availability_changed_at.is_(None), Site.availability_changed_at <= held),
-        )
+        .where(Alarm.alarm_id == alarm_id, Alarm.cleared_at.is_(None), site_is)
     ).all()
-    for entity, name in back:
-        clear_alarm(session, AlarmId.SITE_OFFLINE, entity, at=now, site_name=name)
+    for entity, name in rows:
+        clear_alarm(session, alarm_id, entity, at=at, site_name=name)
 
 
 def judge_sync_lag(session: Session, lag_s: float) -> None:
@@ -247,14 +253,5 @@ def judge_sync_lag(session: Session, lag_s: float) -> None:
             f"changed at {site.revision_changed_at.isoformat()}",
             at=now,
         )
-    caught_up = session.execute(
-        select(Alarm.entity, Site.name)
-        .join(Site, Site.id == Alarm.site_id)
-        .where(
-            Alarm.alarm_id == AlarmId.SITE_SYNC_LAG.value,
-            Alarm.cleared_at.is_(None),
-            or_(Site.applied_revision >= Site.revision, Site.availability != "online"),
-        )
-    ).all()
-    for entity, name in caught_up:
-        clear_alarm(session, AlarmId.SITE_SYNC_LAG, entity, at=now, site_name=name)
+    caught_up = or_(Site.applied_revision >= Site.revision, Site.availability != "online")
+    _clear_where(session, AlarmId.SITE_SYNC_LAG, caught_up, now)
