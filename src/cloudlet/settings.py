@@ -136,6 +136,13 @@ class AgentSettings(BaseModel):
         description="Hysteresis: instance.crash-loop clears once the workloads have run this "
         "long without a restart (and is raised again only after a new restart).",
     )
+    disk_low_at: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="site.disk-low is raised once the data directory's disk is this full "
+        "(a fraction), and cleared once it is 5 points below.",
+    )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
     link_dead_after_s: float = Field(
         10.0,

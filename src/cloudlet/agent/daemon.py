@@ -216,6 +216,7 @@ class Agent:
                     cache=self.cache,
                     on_desired=self.stager.wake.set,
                     outbox_cap=s.outbox_cap,
+                    disk_low_at=s.disk_low_at,
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
                 self.reconciler.handoffs = HandoffRunner(

@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 M = TypeVar("M")
 
 BACKLOG = AlarmId.SITE_OUTBOX_BACKLOG.value
+DISK_LOW = AlarmId.SITE_DISK_LOW.value
 
 #: Events per report; the rest follow at once in the next report.
 REPORT_BATCH = 500
@@ -101,6 +102,7 @@ class Syncer:
         cache: ArtifactCache | None = None,
         on_desired: Callable[[], None] | None = None,
         outbox_cap: int = outbox.DEFAULT_CAP,
+        disk_low_at: float = 0.9,
     ) -> None:
         self.store = store
         self.client = client
@@ -125,12 +127,14 @@ class Syncer:
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
         self.outbox_cap = outbox_cap
+        self.disk_low_at = disk_low_at
         #: The highest seq sent in any report, answered or not: never folded. What
         #: waits at start may have gone out from the previous process.
         self._sent_upto = outbox.last_seq(store)
         self._capacity: Resources | None = None
-        #: Whether site.outbox-backlog is raised (None: not read from the store yet).
+        #: Whether site.outbox-backlog and site.disk-low are raised (None: not read yet).
         self._backlogged: bool | None = None
+        self._disk_low: bool | None = None
         self._acked_version: int | None = None
         self._acked_cache: int | None = None
 
@@ -341,6 +345,8 @@ class Syncer:
         if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
             log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
         self._watch_backlog()
+        utilization = await asyncio.to_thread(resources.utilization, self.data_dir)
+        self._watch_disk(utilization.disk)  # before the events are taken: it may add one
         events = outbox.pending(self.store, REPORT_BATCH)
         if events:
             self._sent_upto = max(self._sent_upto, events[-1].seq)
@@ -356,7 +362,7 @@ class Syncer:
             agent_version=__version__,
             applied_revision=self.reconciler.applied_revision,
             capacity=self.capacity,
-            utilization=await asyncio.to_thread(resources.utilization, self.data_dir),
+            utilization=utilization,
             instances=[r.to_wire() for r in rows] if include else None,
             events=events,
             cache=self.cache.listing() if self.cache is not None and with_cache else None,
@@ -405,6 +411,19 @@ class Syncer:
         elif self._backlogged and depth <= self.outbox_cap // 2:
             alarms.clear_alarm(self.store, BACKLOG, f"{depth} events wait to be sent")
             self._backlogged = False
+
+    def _watch_disk(self, used: float) -> None:
+        """Raise site.disk-low once the data directory's disk is ``disk_low_at`` full;
+        clear it 5 points below, so a disk that hovers at the mark does not flap."""
+        if self._disk_low is None:
+            self._disk_low = alarms.is_active(self.store, DISK_LOW)
+        if not self._disk_low and used >= self.disk_low_at:
+            reason = f"the data directory's disk is {used:.0%} full"
+            alarms.raise_alarm(self.store, DISK_LOW, AlarmSeverity.MAJOR, reason)
+            self._disk_low = True
+        elif self._disk_low and used <= self.disk_low_at - 0.05:
+            alarms.clear_alarm(self.store, DISK_LOW, f"the disk is {used:.0%} full")
+            self._disk_low = False
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)

@@ -38,6 +38,7 @@ class AlarmId(enum.StrEnum):
     INSTANCE_CRASH_LOOP = "instance.crash-loop"
     SITE_OUTBOX_BACKLOG = "site.outbox-backlog"
     SITE_SYNC_LAG = "site.sync-lag"
+    SITE_DISK_LOW = "site.disk-low"
 
 
 class AlarmSignal(Input):

@@ -43,7 +43,7 @@ class AckingClient:
         )
 
 
-def syncer_for(store: Store, tmp_path: Path, client: AckingClient, **kw: int) -> Syncer:
+def syncer_for(store: Store, tmp_path: Path, client: AckingClient, **kw: float) -> Syncer:
     return Syncer(
         store,
         client,  # type: ignore[arg-type]
@@ -183,3 +183,26 @@ def test_a_backlog_over_the_cap_raises_its_alarm_once_and_clears_at_half(
     asyncio.run(syncer.report_once())
     asyncio.run(syncer.report_once())
     assert not alarms.is_active(store, "site.outbox-backlog")
+
+
+def test_a_full_disk_raises_site_disk_low_and_a_freed_one_clears_it(
+    store: Store, tmp_path: Path
+) -> None:
+    from cloudlet.agent import alarms
+
+    client = AckingClient()
+    # The real disk under tmp_path is some fraction full: a mark just above 0 is
+    # crossed, the top mark (1.0, "100 % full") is not.
+    syncer = syncer_for(store, tmp_path, client, disk_low_at=0.0001)
+    asyncio.run(syncer.report_once())
+    assert alarms.is_active(store, "site.disk-low")
+    syncer.disk_low_at = 1.0
+    asyncio.run(syncer.report_once())
+    assert not alarms.is_active(store, "site.disk-low")
+    states = [
+        e.data["state"]
+        for r in client.reports
+        for e in r.events
+        if e.data.get("alarm_id") == "site.disk-low"
+    ]
+    assert states == ["raise", "clear"]
