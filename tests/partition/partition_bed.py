@@ -56,10 +56,18 @@ class Bed:
         return made.json()["id"]
 
     def create_at_site(self, site: WanSite, name: str) -> str:
-        with site.local() as local:
-            made = local.post("/v1/local/instances", json={"app": APP, "name": name})
-        assert made.status_code == 202, made.text
-        return made.json()["id"]
+        """Start the app at the site's local API, once the site holds its definition (it
+        comes with the first instance the controller placed there)."""
+
+        def made() -> httpx.Response | None:
+            with site.local() as local:
+                answer = local.post("/v1/local/instances", json={"app": APP, "name": name})
+            held = not (answer.status_code == 404 and "holds no definition" in answer.text)
+            return answer if held else None
+
+        answer = wait_for(made, 30, f"{site.name} to hold the app's definition")
+        assert answer.status_code == 202, answer.text
+        return answer.json()["id"]
 
     def local_states(self, site: WanSite) -> dict[str, dict[str, Any]]:
         """The site's own view (over its LAN): id -> instance."""

@@ -341,10 +341,11 @@ class Syncer:
         Returns:
             The ack, and whether more events are waiting to go at once.
         """
+        # Measured before folding, which keeps the depth near the cap during an outage.
+        self._watch_backlog(outbox.depth(self.store))
         # Between two reports; only events never sent may be folded.
         if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
             log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
-        self._watch_backlog()
         utilization = await asyncio.to_thread(resources.utilization, self.data_dir)
         self._watch_disk(utilization.disk)  # before the events are taken: it may add one
         events = outbox.pending(self.store, REPORT_BATCH)
@@ -397,13 +398,12 @@ class Syncer:
         more = bool(events) and outbox.depth(self.store) > 0 and ack.acked_seq >= events[-1].seq
         return ack, more
 
-    def _watch_backlog(self) -> None:
-        """Raise site.outbox-backlog while more events wait than the outbox's cap, and
+    def _watch_backlog(self, depth: int) -> None:
+        """Raise site.outbox-backlog once more events wait than the outbox's cap, and
         clear it once they are down to half of it (so a backlog that hovers at the cap
         raises and clears once, not once a report)."""
         if self._backlogged is None:
             self._backlogged = alarms.is_active(self.store, BACKLOG)
-        depth = outbox.depth(self.store)
         if not self._backlogged and depth > self.outbox_cap:
             reason = f"{depth} events wait to be sent, over the outbox's cap of {self.outbox_cap}"
             alarms.raise_alarm(self.store, BACKLOG, AlarmSeverity.MINOR, reason)
