@@ -41,6 +41,9 @@ class CrashWatch:
         self.clock = clock
         #: Instance id -> time.monotonic() the restart count last moved.
         self._moved_at: dict[str, float] = {}
+        #: Instances whose alarm is active: read once, so a pass neither queries nor
+        #: writes the store for instances that are not looping.
+        self._looping = {i for a, i in alarms.active(store) if a == CRASH_LOOP and i}
 
     def observe(self, row: ActualRow, statuses: Iterable[WorkloadStatus]) -> tuple[ActualRow, bool]:
         """Record the restart count of ``row``'s workloads, raise or clear the alarm.
@@ -58,23 +61,27 @@ class CrashWatch:
         # calmed down before the agent restarted is not raised again.
         moved_at = self._moved_at.setdefault(row.id, now - self.stable_s)
         quiet = now - moved_at >= self.stable_s
-        looping = alarms.is_active(self.store, CRASH_LOOP, instance=row.id)
+        looping = row.id in self._looping
         if not looping and count >= self.after and not quiet:
             last = next((s for s in statuses if s.restarts), None)
             code = f"; last exit code {last.exit_code}" if last and last.exit_code else ""
             reason = f"restarted {count} times{code}"
             alarms.raise_alarm(self.store, CRASH_LOOP, AlarmSeverity.MAJOR, reason, instance=row.id)
+            self._looping.add(row.id)
             return row, True
         if looping and quiet and all(_runs(s) for s in statuses):
             reason = f"ran {self.stable_s:g} s without a restart"
             alarms.clear_alarm(self.store, CRASH_LOOP, reason, instance=row.id)
+            self._looping.discard(row.id)
             return row, False
         return row, looping
 
     def forget(self, instance_id: str, reason: str) -> None:
         """The instance stopped or went away: its crash loop is over."""
         self._moved_at.pop(instance_id, None)
-        alarms.clear_alarm(self.store, CRASH_LOOP, reason, instance=instance_id)
+        if instance_id in self._looping:
+            alarms.clear_alarm(self.store, CRASH_LOOP, reason, instance=instance_id)
+            self._looping.discard(instance_id)
 
 
 def _runs(status: WorkloadStatus) -> bool:

@@ -5,6 +5,7 @@ with the site's own times. The active alarms are kept in the store's ``alarms`` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from cloudlet.agent import outbox
@@ -77,3 +78,36 @@ def active(store: Store) -> list[tuple[str, str | None]]:
     """The active alarms: (alarm id, instance or None)."""
     rows = store.query("SELECT alarm_id, instance FROM alarms ORDER BY raised_at")
     return [(r["alarm_id"], r["instance"] or None) for r in rows]
+
+
+class ThresholdAlarm:
+    """A site alarm on a measured value, with hysteresis: raised once the value reaches
+    ``raise_at``, cleared once it is back to ``clear_at`` or below, so a value that
+    hovers at the mark raises and clears once rather than at every measurement."""
+
+    def __init__(
+        self,
+        store: Store,
+        alarm_id: str,
+        severity: AlarmSeverity,
+        raise_at: float,
+        clear_at: float,
+        describe: Callable[[float], str],
+    ) -> None:
+        self.store = store
+        self.alarm_id = alarm_id
+        self.severity = severity
+        self.raise_at = raise_at
+        self.clear_at = clear_at
+        self.describe = describe
+        self._active: bool | None = None  # read from the store at the first measurement
+
+    def observe(self, value: float) -> None:
+        if self._active is None:
+            self._active = is_active(self.store, self.alarm_id)
+        if not self._active and value >= self.raise_at:
+            raise_alarm(self.store, self.alarm_id, self.severity, self.describe(value))
+            self._active = True
+        elif self._active and value <= self.clear_at:
+            clear_alarm(self.store, self.alarm_id, self.describe(value))
+            self._active = False

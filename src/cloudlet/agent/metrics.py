@@ -35,13 +35,15 @@ PHASE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 SyncTimes = Callable[[], "dict[str, datetime | None]"]
 
 
+# A `_created` series per counter and histogram would double the answer's size for a
+# timestamp nobody graphs (process-wide: once, not per registry).
+disable_created_metrics()
+
+
 class AgentMetrics:
     """The agent's registry: instruments its loops update, plus the site collector."""
 
     def __init__(self) -> None:
-        # A `_created` series per counter and histogram would double the answer's size
-        # for a timestamp nobody graphs.
-        disable_created_metrics()
         self.registry = CollectorRegistry()
         self.phase_seconds = Histogram(
             "cloudlet_agent_vm_start_phase_seconds",

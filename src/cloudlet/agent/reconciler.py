@@ -168,7 +168,7 @@ class Reconciler(InstanceOps):
             if row is not None and row.state is not ActualState.DELETED:
                 # Nothing asks for it any more (its desired entry is gone): remove it.
                 await self._ensure_deleted(row.id, [], row)
-                self.crashes.forget(row.id, "instance deleted")
+                self._forget_watches(row.id, "instance deleted")
             return
         if row is not None and row.state is not ActualState.DELETED and row.epoch < want.epoch:
             # Fencing: this copy belongs to an earlier epoch; the instance moved away
@@ -184,13 +184,13 @@ class Reconciler(InstanceOps):
             await self._ensure_running(want, row)
         elif want.state is DesiredState.STOPPED:
             await self._ensure_stopped(want, row)
-            self.crashes.forget(want.id, "instance stopped")
+            self._forget_watches(want.id, "instance stopped")
         elif want.state is DesiredState.SUSPENDED:
             await self._ensure_suspended(want, row)
-            self.crashes.forget(want.id, "instance suspended")
+            self._forget_watches(want.id, "instance suspended")
         else:
             await self._ensure_deleted(want.id, want.instance.components, row)
-            self.crashes.forget(want.id, "instance deleted")
+            self._forget_watches(want.id, "instance deleted")
             if row is None:
                 desired.forget(self.store, [want.id])
 
@@ -264,6 +264,11 @@ class Reconciler(InstanceOps):
             self._starting[inst.id] = (want.revision, task)
             return
         await self._start(want, row, st, specs, digest)
+
+    def _forget_watches(self, instance_id: str, reason: str) -> None:
+        """The instance stopped or went away: its crash loop and listen rechecks end."""
+        self.crashes.forget(instance_id, reason)
+        self._listen_checks.pop(instance_id, None)
 
     async def _serving(
         self,

@@ -127,14 +127,19 @@ class Syncer:
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
         self.outbox_cap = outbox_cap
-        self.disk_low_at = disk_low_at
+        # More waiting than the cap (counted before folding), cleared at half of it.
+        self._backlog = alarms.ThresholdAlarm(
+            store, BACKLOG, AlarmSeverity.MINOR, outbox_cap + 1, outbox_cap // 2,
+            lambda n: f"{n:.0f} events wait to be sent (the outbox's cap is {outbox_cap})",
+        )  # fmt: skip
+        self._disk_low = alarms.ThresholdAlarm(
+            store, DISK_LOW, AlarmSeverity.MAJOR, disk_low_at, disk_low_at - 0.05,
+            lambda used: f"the data directory's disk is {used:.0%} full",
+        )  # fmt: skip
         #: The highest seq sent in any report, answered or not: never folded. What
         #: waits at start may have gone out from the previous process.
         self._sent_upto = outbox.last_seq(store)
         self._capacity: Resources | None = None
-        #: Whether site.outbox-backlog and site.disk-low are raised (None: not read yet).
-        self._backlogged: bool | None = None
-        self._disk_low: bool | None = None
         self._acked_version: int | None = None
         self._acked_cache: int | None = None
 
@@ -342,12 +347,12 @@ class Syncer:
             The ack, and whether more events are waiting to go at once.
         """
         # Measured before folding, which keeps the depth near the cap during an outage.
-        self._watch_backlog(outbox.depth(self.store))
+        self._backlog.observe(outbox.depth(self.store))
         # Between two reports; only events never sent may be folded.
         if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
             log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
         utilization = await asyncio.to_thread(resources.utilization, self.data_dir)
-        self._watch_disk(utilization.disk)  # before the events are taken: it may add one
+        self._disk_low.observe(utilization.disk)  # before the events are taken: it may add one
         events = outbox.pending(self.store, REPORT_BATCH)
         if events:
             self._sent_upto = max(self._sent_upto, events[-1].seq)
@@ -397,33 +402,6 @@ class Syncer:
             self.pull_wake.set()
         more = bool(events) and outbox.depth(self.store) > 0 and ack.acked_seq >= events[-1].seq
         return ack, more
-
-    def _watch_backlog(self, depth: int) -> None:
-        """Raise site.outbox-backlog once more events wait than the outbox's cap, and
-        clear it once they are down to half of it (so a backlog that hovers at the cap
-        raises and clears once, not once a report)."""
-        if self._backlogged is None:
-            self._backlogged = alarms.is_active(self.store, BACKLOG)
-        if not self._backlogged and depth > self.outbox_cap:
-            reason = f"{depth} events wait to be sent, over the outbox's cap of {self.outbox_cap}"
-            alarms.raise_alarm(self.store, BACKLOG, AlarmSeverity.MINOR, reason)
-            self._backlogged = True
-        elif self._backlogged and depth <= self.outbox_cap // 2:
-            alarms.clear_alarm(self.store, BACKLOG, f"{depth} events wait to be sent")
-            self._backlogged = False
-
-    def _watch_disk(self, used: float) -> None:
-        """Raise site.disk-low once the data directory's disk is ``disk_low_at`` full;
-        clear it 5 points below, so a disk that hovers at the mark does not flap."""
-        if self._disk_low is None:
-            self._disk_low = alarms.is_active(self.store, DISK_LOW)
-        if not self._disk_low and used >= self.disk_low_at:
-            reason = f"the data directory's disk is {used:.0%} full"
-            alarms.raise_alarm(self.store, DISK_LOW, AlarmSeverity.MAJOR, reason)
-            self._disk_low = True
-        elif self._disk_low and used <= self.disk_low_at - 0.05:
-            alarms.clear_alarm(self.store, DISK_LOW, f"the disk is {used:.0%} full")
-            self._disk_low = False
 
     async def _report_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(self.backoff_max_s)

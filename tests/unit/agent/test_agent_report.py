@@ -196,7 +196,7 @@ def test_a_full_disk_raises_site_disk_low_and_a_freed_one_clears_it(
     syncer = syncer_for(store, tmp_path, client, disk_low_at=0.0001)
     asyncio.run(syncer.report_once())
     assert alarms.is_active(store, "site.disk-low")
-    syncer.disk_low_at = 1.0
+    syncer._disk_low.clear_at = 1.0  # as if the disk were freed below the mark
     asyncio.run(syncer.report_once())
     assert not alarms.is_active(store, "site.disk-low")
     states = [

@@ -57,17 +57,18 @@ def build(session: Session, grace_s: float) -> FleetSnapshot:
     found = site_rows(session, grace_s)
     rows = found.rows
 
-    def column(i: int) -> np.ndarray:
-        return np.array([r[i] if r[i] is not None else np.nan for r in rows], float)
+    def column(name: str) -> np.ndarray:
+        return np.array([np.nan if (v := getattr(r, name)) is None else v for r in rows], float)
 
     caches = session.connection().execute(select(SiteCache.site_id, SiteCache.entries))
     cached = {
         site_id: frozenset(e["digest"] for e in entries if e.get("complete"))
         for site_id, entries in caches
     }
-    endpoints = {r[0]: r[15] for r in rows}
+    endpoints = {r.id: r.local_api_url for r in rows}
     return FleetSnapshot(
-        found, np.radians(column(4)), np.radians(column(5)), column(8), cached, endpoints,
+        found, np.radians(column("latitude")), np.radians(column("longitude")),
+        column("access_latency_ms"), cached, endpoints,
         measure(session), time.monotonic(),
     )  # fmt: skip
 

@@ -95,14 +95,17 @@ def _allocated(session: Session) -> dict[str, placement.Resources]:
     return totals
 
 
-#: What placement reads of a site, in the order of :func:`site_rows`' columns.
+#: What placement reads of a site, each column named for :class:`SiteRows`' rows.
 _CAP, _UTIL = Site.capacity, Site.utilization
 _CANDIDATE_COLUMNS = (
     Site.id, Site.name, Site.state, Site.region, Site.latitude, Site.longitude, Site.labels,
-    Site.last_seen, Site.access_latency_ms,
-    _CAP["vcpus"].as_float(), _CAP["memory_mib"].as_integer(), _CAP["disk_gib"].as_float(),
-    _UTIL["cpu"].as_float(), _UTIL["memory"].as_float(), _UTIL["disk"].as_float(),
-    Site.local_api_url,
+    Site.last_seen, Site.access_latency_ms, Site.local_api_url,
+    _CAP["vcpus"].as_float().label("vcpus"),
+    _CAP["memory_mib"].as_integer().label("memory_mib"),
+    _CAP["disk_gib"].as_float().label("disk_gib"),
+    _UTIL["cpu"].as_float().label("cpu"),
+    _UTIL["memory"].as_float().label("memory"),
+    _UTIL["disk"].as_float().label("disk"),
 )  # fmt: skip
 
 
@@ -119,24 +122,23 @@ class SiteRows:
     grace_s: float
 
     def candidate(self, i: int) -> placement.SiteCandidate:
-        site_id, name, state, region, lat, lon, labels, last_seen, access = self.rows[i][:9]
-        vcpus, memory_mib, disk_gib, cpu, memory, disk = self.rows[i][9:15]
-        used = (cpu, memory, disk)
+        r = self.rows[i]
+        used = (r.cpu, r.memory, r.disk)
         return placement.SiteCandidate(
-            site_id=site_id,
-            name=name,
-            capacity=placement.Resources(vcpus or 0, memory_mib or 0, disk_gib or 0),
-            online=availability_since(last_seen, self.now, self.grace_s) is Availability.ONLINE,
-            state="online" if state == SiteState.ACTIVE.value else state,
-            region=region,
-            latitude=lat,
-            longitude=lon,
-            labels=dict(labels) if labels else {},
-            allocated=self.allocated.get(site_id, placement.Resources()),
+            site_id=r.id,
+            name=r.name,
+            capacity=placement.Resources(r.vcpus or 0, r.memory_mib or 0, r.disk_gib or 0),
+            online=availability_since(r.last_seen, self.now, self.grace_s) is Availability.ONLINE,
+            state="online" if r.state == SiteState.ACTIVE.value else r.state,
+            region=r.region,
+            latitude=r.latitude,
+            longitude=r.longitude,
+            labels=dict(r.labels) if r.labels else {},
+            allocated=self.allocated.get(r.id, placement.Resources()),
             utilization=None
             if used == (None, None, None)
             else placement.Utilization(*(u or 0.0 for u in used)),
-            access_latency_ms=access,
+            access_latency_ms=r.access_latency_ms,
         )
 
 
