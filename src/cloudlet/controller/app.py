@@ -26,10 +26,12 @@ from cloudlet.controller.api import (
     openapi,
     problems,
     sites,
+    upgrades,
 )
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
+from cloudlet.controller.services import agent_packages
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
 from cloudlet.controller.webhook import AlarmWebhook
@@ -41,7 +43,10 @@ from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
 BODY_LIMITS = BodyLimits(
     json=1 * MIB,
     paths={"/v1/agent/report": 8 * MIB, "/v1/agent/enroll": 16 * 1024},
-    streamed=(StreamedRoute("PUT", re.compile(r"^/v1/uploads/[^/]+$"), 64 * MIB),),
+    streamed=(
+        StreamedRoute("PUT", re.compile(r"^/v1/uploads/[^/]+$"), 64 * MIB),
+        StreamedRoute("POST", upgrades.UPLOAD_PATH, agent_packages.MAX_PACKAGE_BYTES),
+    ),
 )
 
 
@@ -121,6 +126,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
+        upgrades,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -124,3 +124,4 @@ class App(Model):
     created_at: datetime
     relocatable: bool = False
     failover_after_s: float | None = None
+    version: int = Field(1, description="The latest published version; new instances run it.")

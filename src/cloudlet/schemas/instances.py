@@ -84,6 +84,7 @@ class Instance(Model):
     )
     created_at: datetime
     epoch: int = Field(0, description="Moves so far (handoffs, failovers, rebalances).")
+    app_version: int = Field(1, description="The app version it runs.")
     client_latitude: float | None = None
     client_longitude: float | None = None
     placement: dict[str, object] | None = Field(

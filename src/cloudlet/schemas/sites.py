@@ -87,6 +87,9 @@ class Site(Model):
     utilization: Utilization | None
     instances: int = 0
     agent_version: str | None = None
+    agent_target: str | None = Field(
+        None, description="The agent version the site is told to run (None: any)."
+    )
     created_at: datetime
     access_latency_ms: float | None = None
     local_api: str | None = Field(None, description="The site-local API clients call.")

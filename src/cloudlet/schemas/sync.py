@@ -56,6 +56,19 @@ class DesiredInstance(Model):
     epoch: int = Field(0, ge=0, description="The instance's move count: run it only at this one.")
     handoff: HandoffOrder | None = Field(None, description="A move in progress, if any.")
     relocatable: bool = Field(False, description="The controller may restart it elsewhere.")
+    app_version: int = Field(1, ge=1, description="The app version these components are.")
+
+
+class AgentTarget(Model):
+    """The agent version a site should run (set by an agent upgrade or its rollback)."""
+
+    version: str = Field(max_length=64)
+    digest: str | None = Field(
+        None,
+        description="Blake3 of the wheel at GET /v1/agent/packages/{version}; None when "
+        "the controller holds no package of it (the site must already hold an install).",
+    )
+    size: int | None = Field(None, ge=0)
 
 
 class DesiredStateDoc(Model):
@@ -72,6 +85,9 @@ class DesiredStateDoc(Model):
     images: list[str] = Field(
         default_factory=list,
         description="Digests of the base images the site should hold (always the full list).",
+    )
+    agent: AgentTarget | None = Field(
+        None, description="The agent version to run (always complete); None: keep the current."
     )
 
 

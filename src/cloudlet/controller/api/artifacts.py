@@ -189,7 +189,7 @@ def _record_brief(
     return row
 
 
-async def _body(request: Request) -> AsyncIterator[bytes]:
+async def body_chunks(request: Request) -> AsyncIterator[bytes]:
     """The request body; a client that goes away mid-body just ends it early."""
     try:
         async for piece in request.stream():
@@ -225,7 +225,7 @@ async def put_chunk(
             f"{offset} + {length} bytes runs past the upload's declared size {upload.size}"
         )
     path = _store(st).upload_path(upload.id)
-    result = await write_chunk(path, offset, upload.size, _body(request))
+    result = await write_chunk(path, offset, upload.size, body_chunks(request))
     if result.overflow:
         raise ConflictError(f"the body runs past the upload's declared size {upload.size}")
     if result.written == 0:

@@ -101,6 +101,9 @@ class Site(Base):
     local_api_url: Mapped[str | None] = mapped_column(String(255))
     #: When ``availability`` last flipped (the site.offline clear waits for a hold).
     availability_changed_at: Mapped[datetime | None]
+    #: The agent version the site should run (None: whichever it runs); part of its
+    #: desired state, set by an agent upgrade.
+    agent_target: Mapped[str | None] = mapped_column(String(64))
 
 
 class JoinToken(Base):
@@ -129,6 +132,21 @@ class App(Base):
     created_at: Mapped[datetime]
     relocatable: Mapped[bool] = mapped_column(default=False, server_default=false())
     failover_after_s: Mapped[float | None] = mapped_column(Float)
+    #: The latest published version: new instances run it; ``components`` and
+    #: ``resources`` above are its definition (older ones live in app_versions).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+
+
+class AppVersion(Base):
+    """One published definition of an app; instances run one version each."""
+
+    __tablename__ = "app_versions"
+
+    app_id: Mapped[str] = mapped_column(ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    components: Mapped[list[Any]]
+    resources: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
 
 
 class Instance(Base):
@@ -170,6 +188,8 @@ class Instance(Base):
     moved_at: Mapped[datetime | None]
     #: Times the site restarted the workloads after they exited on their own (reported).
     crash_restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The app version this instance runs (a rollout moves it, wave by wave).
+    app_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class InstanceDeparture(Base):
@@ -266,6 +286,64 @@ class Alarm(Base):
     source: Mapped[str] = mapped_column(String(16))
     raised_at: Mapped[datetime] = mapped_column(index=True)
     cleared_at: Mapped[datetime | None]
+
+
+class AgentPackage(Base):
+    """A wheel of the agent that sites can upgrade to; its bytes live in the blob store."""
+
+    __tablename__ = "agent_packages"
+
+    version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class Rollout(Base):
+    """Moving many things to a new version in waves: an app's instances, or the
+    agents of many sites. Stops at the first unhealthy wave and rolls it back."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    #: The app's id (kind app) or None (kind agent).
+    app_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    project: Mapped[str] = mapped_column(String(63))
+    to_version: Mapped[str] = mapped_column(String(64))
+    strategy: Mapped[str] = mapped_column(String(16))
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    canary: Mapped[int] = mapped_column(Integer)
+    health_timeout_s: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    #: The wave being updated (0-based); waves after it have not been touched.
+    wave: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class RolloutItem(Base):
+    """One instance (app rollout) or site (agent upgrade) of a rollout."""
+
+    __tablename__ = "rollout_items"
+
+    rollout_id: Mapped[str] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True
+    )
+    entity_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    wave: Mapped[int] = mapped_column(Integer)
+    site_id: Mapped[str] = mapped_column(String(36))
+    from_version: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    #: The site revision the update was written at: health counts only after it.
+    revision: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Image(Base):

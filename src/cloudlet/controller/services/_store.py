@@ -55,6 +55,9 @@ class ArtifactStore:
     def overlay_path(self, overlay_id: str) -> Path:
         return self.data_dir / "artifacts" / "overlays" / overlay_id
 
+    def package_path(self, version: str) -> Path:
+        return self.data_dir / "artifacts" / "agent-packages" / f"{version}.whl"
+
     def create_upload_file(self, upload_id: str) -> Path:
         self.uploads.mkdir(parents=True, exist_ok=True)
         path = self.upload_path(upload_id)

@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import App, Instance, Overlay
+from cloudlet.controller.db.models import App, AppVersion, Instance, Overlay
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import live_instance_count, purge_tombstones
 from cloudlet.controller.services.projects import require_project
@@ -60,6 +60,15 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
         session.flush()
     except DBIntegrityError as exc:
         raise ConflictError(f"app {body.name!r} exists already in project {project!r}") from exc
+    session.add(
+        AppVersion(
+            app_id=app.id,
+            version=1,
+            components=app.components,
+            resources=app.resources,
+            created_at=app.created_at,
+        )
+    )
     return app
 
 

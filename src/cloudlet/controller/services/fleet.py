@@ -251,6 +251,7 @@ def site_view(site: Site, now: datetime, grace_s: float, instances: int = 0) -> 
         utilization=UtilizationOut.model_validate(site.utilization) if site.utilization else None,
         instances=instances,
         agent_version=site.agent_version,
+        agent_target=site.agent_target,
         created_at=site.created_at,
         access_latency_ms=site.access_latency_ms,
         local_api=site.local_api_url,

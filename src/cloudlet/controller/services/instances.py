@@ -205,6 +205,7 @@ def create_instance(
         project=project,
         name=name,
         app_id=app.id,
+        app_version=app.version,
         site_id=site.id,
         origin=InstanceOrigin.CONTROLLER.value,
         desired_state=DesiredState.RUNNING.value,

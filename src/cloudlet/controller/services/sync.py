@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from cloudlet.controller.db.dialect import insert_ignore
 from cloudlet.controller.db.models import (
     App,
+    AppVersion,
     Event,
     Handoff,
     Instance,
@@ -20,6 +21,7 @@ from cloudlet.controller.db.models import (
 )
 from cloudlet.controller.services import alarms
 from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.agent_packages import agent_target
 from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
 from cloudlet.controller.services.mobility import (
@@ -49,35 +51,68 @@ from cloudlet.schemas.mobility import HandoffOrder
 log = logging.getLogger(__name__)
 
 
-def _desired(instance: Instance, app: App, order: HandoffOrder | None = None) -> DesiredInstance:
+#: An app's definition at one version: its components and resources.
+Definition = tuple[list[Component], Resources]
+
+
+class _Definitions:
+    """App definitions by (app, version), read once per desired document: the latest
+    from the app row, older ones (instances a rollout has not moved yet) on demand."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._held: dict[tuple[str, int], Definition] = {}
+
+    def of(self, instance: Instance, app: App) -> Definition:
+        key = (app.id, instance.app_version)
+        if key not in self._held:
+            source: App | AppVersion | None = app
+            if instance.app_version != app.version:
+                source = self._session.get(AppVersion, key) or app
+            self._held[key] = (
+                [Component.model_validate(c) for c in source.components],
+                Resources.model_validate(source.resources),
+            )
+        return self._held[key]
+
+
+def _desired(
+    instance: Instance, app: App, definition: Definition, order: HandoffOrder | None = None
+) -> DesiredInstance:
+    components, resources = definition
     return DesiredInstance(
         id=instance.id,
         name=instance.name,
         app=app.name,
         project=instance.project,
         desired_state=DesiredState(instance.desired_state),
-        components=[Component.model_validate(c) for c in app.components],
-        resources=Resources.model_validate(app.resources),
+        components=components,
+        resources=resources,
         revision=instance.revision,
         restarts=instance.restarts,
         epoch=instance.epoch,
         handoff=order,
         relocatable=app.relocatable,
+        app_version=instance.app_version,
     )
 
 
-def _departed(instance: Instance, app: App, departure: InstanceDeparture) -> DesiredInstance:
+def _departed(
+    instance: Instance, app: App, definition: Definition, departure: InstanceDeparture
+) -> DesiredInstance:
     """What a site an instance moved away from must apply: deleted, at the new epoch."""
+    components, resources = definition
     return DesiredInstance(
         id=instance.id,
         name=instance.name,
         app=app.name,
         project=instance.project,
         desired_state=DesiredState.DELETED,
-        components=[Component.model_validate(c) for c in app.components],
-        resources=Resources.model_validate(app.resources),
+        components=components,
+        resources=resources,
         revision=departure.revision,
         epoch=departure.epoch,
+        app_version=instance.app_version,
     )
 
 
@@ -98,9 +133,10 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
         query = query.where(Instance.revision > since)
     rows = session.execute(query.order_by(Instance.revision)).all()
     orders = handoff_orders(session, site)
-    entries = [_desired(i, a, orders.get(i.id)) for i, a in rows]
+    definitions = _Definitions(session)
+    entries = [_desired(i, a, definitions.of(i, a), orders.get(i.id)) for i, a in rows]
     for i, a, h in incoming(session, site, since, full):
-        entry = _desired(i, a, orders.get(i.id))
+        entry = _desired(i, a, definitions.of(i, a), orders.get(i.id))
         update = {"epoch": h.epoch, "revision": h.dest_revision or 0}
         entries.append(entry.model_copy(update=update))
     if not full:  # a snapshot says "moved away" by not naming the instance at all
@@ -110,7 +146,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
             .join(InstanceDeparture, InstanceDeparture.instance_id == Instance.id)
             .where(InstanceDeparture.site_id == site.id, InstanceDeparture.revision > since)
         ).all()
-        entries += [_departed(i, a, d) for i, a, d in departed]
+        entries += [_departed(i, a, definitions.of(i, a), d) for i, a, d in departed]
     entries.sort(key=lambda e: e.revision)
     return DesiredStateDoc(
         site=site.name,
@@ -119,6 +155,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
         since=0 if full else since,
         instances=entries,
         images=site_image_digests(session, site.id),
+        agent=agent_target(session, site),
     )
 
 
@@ -331,6 +368,7 @@ def _adopt_site_instance(session: Session, site: Site, r: ActualInstance) -> Non
             project=r.project,
             name=r.name if not _name_taken(session, r) else f"{r.name}-{new_id()[:6]}",
             app_id=app.id,
+            app_version=app.version,
             site_id=site.id,
             origin=InstanceOrigin.SITE.value,
             desired_state=DesiredState.RUNNING.value,

@@ -1,0 +1,109 @@
+"""/v1/agent-packages and a site's agent target: what agent upgrades are made of."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from cloudlet.controller.api.artifacts import OCTET, BlobReader, BriefUser, body_chunks
+from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin
+from cloudlet.controller.services import agent_packages, fleet
+from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
+from cloudlet.controller.services._util import utcnow
+from cloudlet.controller.state import ControllerState
+from cloudlet.errors import InvalidInputError, TooLargeError
+from cloudlet.schemas import Site
+from cloudlet.schemas._base import Input
+from cloudlet.schemas.rollouts import AgentPackage
+
+router = APIRouter(prefix="/v1", tags=["upgrades"])
+#: The upload route, for the body guard: wheels stream to disk.
+UPLOAD_PATH = re.compile(r"^/v1/agent-packages$")
+#: A wheel file name, as PEP 427 spells it (parse_wheel_filename checks the rest).
+_WHEEL_NAME = r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][^-]*)?-[^-]+-[^-]+-[^-]+\.whl$"
+
+
+class AgentTargetUpdate(Input):
+    version: str | None = None
+
+
+def _store(st: ControllerState) -> ArtifactStore:
+    return ArtifactStore(st.settings.data_dir)
+
+
+def _register(st: ControllerState, filename: str, path: object) -> AgentPackage:
+    with st.sessions() as session:
+        row = agent_packages.add_package(session, _store(st), filename, path)  # type: ignore[arg-type]
+        session.commit()
+        return AgentPackage.model_validate(row)
+
+
+@router.post(
+    "/agent-packages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AgentPackage,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {OCTET: {"schema": {"type": "string", "format": "binary", "minLength": 1}}},
+        }
+    },
+)
+async def upload_package(
+    request: Request,
+    user: BriefUser,
+    st: State,
+    filename: str = Query(
+        ..., max_length=255, pattern=_WHEEL_NAME, description="The wheel's name."
+    ),
+) -> AgentPackage:
+    """Add a wheel of the agent (raw bytes); sites upgrade to its version."""
+    require_admin(user, "adding agent packages")
+    store = _store(st)
+    path = store.create_upload_file(f"package-{secrets.token_hex(8)}")
+    try:
+        limit = agent_packages.MAX_PACKAGE_BYTES
+        result = await write_chunk(path, 0, limit, body_chunks(request))
+        if result.overflow:
+            raise TooLargeError(f"an agent package is at most {limit} bytes")
+        if result.written == 0:
+            raise InvalidInputError("the body is empty; send the wheel's bytes")
+        return await run_in_threadpool(_register, st, filename, path)
+    finally:
+        discard(path)
+
+
+@router.get("/agent-packages", response_model=list[AgentPackage])
+def list_packages(session: DB, user: User) -> list[AgentPackage]:
+    return [AgentPackage.model_validate(p) for p in agent_packages.list_packages(session)]
+
+
+@router.get("/agent-packages/{version}/blob", response_class=FileResponse)
+def package_blob(version: str, reader: BlobReader, st: State) -> FileResponse:
+    """The wheel's bytes; HTTP Range supported. Sites fetch it with their credential."""
+    with st.sessions() as session:
+        row = agent_packages.get_package(session, version)
+        digest = row.digest
+    path = _store(st).package_path(version)
+    return FileResponse(path, media_type=OCTET, headers={"etag": f'"{digest}"'})
+
+
+@router.put("/sites/{name}/agent-target", response_model=Site)
+def set_agent_target(
+    name: str, body: AgentTargetUpdate, session: DB, user: User, st: State
+) -> Site:
+    """Pin one site's agent version (null: leave it at whichever it runs). Rollouts
+    (POST /v1/upgrades/agents) do this wave by wave, with health checks."""
+    require_admin(user, "upgrading agents")
+    site = load_site(session, name)
+    if body.version is not None:
+        agent_packages.get_package(session, body.version)
+    agent_packages.set_agent_target(session, site, body.version)
+    session.commit()
+    st.watcher.notify(site.id)
+    session.refresh(site)
+    return fleet.site_view(site, utcnow(), st.settings.offline_grace_s)
