@@ -388,6 +388,8 @@ class Reconciler(InstanceOps):
                     await self._call(self._drv(comp).delete, wid)
                 st = {n: WorkloadStatus(s.workload_id, WorkloadState.ABSENT) for n, s in st.items()}
                 row = actual.set_spec_digest(self.store, row, digest)
+                # A crash loop was the old definition's: the new one starts afresh.
+                self._forget_watches(inst.id, "its definition changed")
             if self.vm is not None and any(c.kind is ComponentKind.VM for c in inst.components):
                 if replace:
                     self.vm.remove_instance(inst.id)

@@ -10,6 +10,7 @@ from typing import Any
 import typer
 import yaml
 
+from cloudlet.cli import _rollout
 from cloudlet.cli._context import (
     JsonOpt,
     OutputFormat,
@@ -44,6 +45,45 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _components(
+    ctx: typer.Context,
+    command: str | None,
+    env: list[str] | None,
+    vm_overlay: str | None,
+    vm_image: str | None,
+    guest_port: int | None,
+) -> list[dict[str, Any]] | None:
+    """The one component the flags describe, or None if they describe none."""
+    if command is not None and (vm_overlay or vm_image):
+        raise InvalidInputError("give --command (a process) or --vm-overlay/--vm-image, not both")
+    if vm_overlay or vm_image:
+        client = ctx_of(ctx).client()
+        overlay = client.get(f"/v1/overlays/{vm_overlay}") if vm_overlay else None
+        image = client.get(f"/v1/images/{vm_image}")["digest"] if vm_image else None
+        if overlay is not None and image is not None and image != overlay["base"]:
+            raise InvalidInputError(f"overlay {vm_overlay!r} is not made on image {vm_image!r}")
+        return [
+            {
+                "name": "main",
+                "kind": "vm",
+                "image": image or (overlay or {}).get("base"),
+                "overlay": overlay["id"] if overlay else None,
+                "guest_port": guest_port,
+                "env": parse_pairs(env, "env"),
+            }
+        ]
+    if command is not None:
+        return [
+            {
+                "name": "main",
+                "kind": "process",
+                "command": shlex.split(command),
+                "env": parse_pairs(env, "env"),
+            }
+        ]
+    return None
+
+
 @app.command("create")
 def create(
     ctx: typer.Context,
@@ -72,33 +112,9 @@ def create(
     body: dict[str, Any] = _read_file(file) if file else {}
     if name:
         body["name"] = name
-    if command is not None and (vm_overlay or vm_image):
-        raise InvalidInputError("give --command (a process) or --vm-overlay/--vm-image, not both")
-    if vm_overlay or vm_image:
-        client = ctx_of(ctx).client()
-        overlay = client.get(f"/v1/overlays/{vm_overlay}") if vm_overlay else None
-        image = client.get(f"/v1/images/{vm_image}")["digest"] if vm_image else None
-        if overlay is not None and image is not None and image != overlay["base"]:
-            raise InvalidInputError(f"overlay {vm_overlay!r} is not made on image {vm_image!r}")
-        body["components"] = [
-            {
-                "name": "main",
-                "kind": "vm",
-                "image": image or (overlay or {}).get("base"),
-                "overlay": overlay["id"] if overlay else None,
-                "guest_port": guest_port,
-                "env": parse_pairs(env, "env"),
-            }
-        ]
-    elif command is not None:
-        body["components"] = [
-            {
-                "name": "main",
-                "kind": "process",
-                "command": shlex.split(command),
-                "env": parse_pairs(env, "env"),
-            }
-        ]
+    components = _components(ctx, command, env, vm_overlay, vm_image, guest_port)
+    if components is not None:
+        body["components"] = components
     resources = body.setdefault("resources", {})
     for key, value in (("vcpus", vcpus), ("memory_mib", memory), ("disk_gib", disk)):
         if value is not None:
@@ -146,3 +162,44 @@ def delete(ctx: typer.Context, name: str) -> None:
     """Delete an app that has no live instances."""
     ctx_of(ctx).client().delete(f"/v1/apps/{name}")
     console.print(f"app [bold]{name}[/] deleted")
+
+
+@app.command("publish")
+def publish(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The app to publish a new version of."),
+    file: Path | None = typer.Option(
+        None, "--file", "-f", help="YAML or JSON holding the new components (and resources)."
+    ),
+    command: str | None = typer.Option(None, help="The new command ($PORT holds its port)."),
+    env: list[str] | None = typer.Option(None, "--env", "-e", help="KEY=value for the process."),
+    vm_overlay: str | None = typer.Option(None, "--vm-overlay", help="The new overlay."),
+    vm_image: str | None = typer.Option(None, "--vm-image", help="The new base image."),
+    guest_port: int | None = typer.Option(None, "--guest-port", help="The VM's service port."),
+    strategy: str = _rollout.STRATEGY,
+    max_parallel: int = _rollout.MAX_PARALLEL,
+    canary: int = _rollout.CANARY,
+    health_timeout: float | None = _rollout.HEALTH_TIMEOUT,
+    wait: bool = _rollout.WAIT,
+    output: OutputFormat | None = OutputOpt,
+) -> None:
+    """Publish the app's next version and roll its instances to it in waves.
+
+    Each wave must serve at the new version before the next starts; an unhealthy
+    wave is rolled back and the rollout stops."""
+    definition = _read_file(file) if file else {}
+    body: dict[str, Any] = {
+        k: definition[k] for k in ("components", "resources") if k in definition
+    }
+    components = _components(ctx, command, env, vm_overlay, vm_image, guest_port)
+    if components is not None:
+        body["components"] = components
+    if "components" not in body:
+        raise InvalidInputError("give the new version: --command, --vm-overlay or --file")
+    body["rollout"] = _rollout.options(strategy, max_parallel, canary, health_timeout)
+    client = ctx_of(ctx).client()
+    rollout = client.post(f"/v1/apps/{name}/versions", body)
+    fmt = output_format(output, False)
+    if fmt is OutputFormat.TABLE:
+        console.print(f"app [bold]{name}[/] version {rollout['to_version']} published")
+    _rollout.finish(client, rollout, wait, fmt)

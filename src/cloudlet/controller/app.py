@@ -25,6 +25,7 @@ from cloudlet.controller.api import (
     mobility,
     openapi,
     problems,
+    rollouts,
     sites,
     upgrades,
 )
@@ -126,7 +127,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
-        upgrades,
+        upgrades, rollouts,
     ):  # fmt: skip
         app.include_router(module.router)
 

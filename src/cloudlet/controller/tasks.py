@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import bindparam, select, update
 
 from cloudlet.controller.db.models import Site
-from cloudlet.controller.services import alarms, decommission, relocation, sync
+from cloudlet.controller.services import alarms, decommission, relocation, rollouts, sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.state import ControllerState
@@ -69,6 +69,9 @@ def flush_traffic(st: ControllerState) -> None:
             [{"sid": k, "bin": v[0], "bout": v[1]} for k, v in pending.items()],
         )
 
+
+#: Seconds between rollout passes: a wave's health is judged this often.
+ROLLOUT_PASS_S = 1.0
 
 #: Seconds between heartbeat writes: small against the offline grace period (30 s).
 HEARTBEAT_FLUSH_S = 1.0
@@ -135,6 +138,22 @@ def relocate_once(st: ControllerState, memory: relocation.RelocationMemory) -> s
     return result.sites
 
 
+def advance_rollouts(st: ControllerState) -> set[str]:
+    """One pass over the running rollouts in its own transaction; the sites to wake."""
+    with st.sessions.begin() as session:
+        return rollouts.advance(session, st.settings.offline_grace_s).sites
+
+
+async def _advance_rollouts(st: ControllerState, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for site_id in await asyncio.to_thread(advance_rollouts, st):
+                st.watcher.notify(site_id)
+        except Exception:
+            log.exception("rollout pass failed; will retry")
+
+
 async def _relocate(st: ControllerState, interval: float) -> None:
     memory = relocation.RelocationMemory()
     while True:
@@ -158,4 +177,5 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_watch_revisions(st, 1.0)),
         asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
         asyncio.create_task(_relocate(st, st.settings.mobility.interval_s)),
+        asyncio.create_task(_advance_rollouts(st, ROLLOUT_PASS_S)),
     ]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response, status
 
 from cloudlet.controller.api.deps import DB, User, scope_project
-from cloudlet.controller.services import catalog
+from cloudlet.controller.services import catalog, rollouts
 from cloudlet.errors import ForbiddenError, NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, App, AppCreate
+from cloudlet.schemas.rollouts import AppVersionCreate, Rollout
 
 router = APIRouter(prefix="/v1/apps", tags=["apps"])
 
@@ -41,3 +42,18 @@ def show_app(name: str, session: DB, user: User, project: str | None = Query(Non
 def delete_app(name: str, session: DB, user: User, project: str | None = Query(None)) -> Response:
     catalog.delete_app(session, _load(session, user, name, project))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{name}/versions", status_code=status.HTTP_201_CREATED, response_model=Rollout)
+def publish_version(
+    name: str,
+    body: AppVersionCreate,
+    session: DB,
+    user: User,
+    project: str | None = Query(None),
+) -> Rollout:
+    """Publish the app's next version and roll its instances to it in waves (see
+    `rollout`): the answer is the rollout, which GET /v1/rollouts/{id} follows."""
+    app = catalog.publish_version(session, _load(session, user, name, project), body)
+    rollout = rollouts.start_app_rollout(session, app, body.rollout)
+    return rollouts.rollout_view(session, rollout)

@@ -56,6 +56,7 @@ def _view(row: InstanceRow, names: _Names, cls: type[Instance] = Instance, **ext
         created_at=row.created_at,
         updated_at=row.updated_at,
         epoch=row.epoch,
+        app_version=row.app_version,
         client_latitude=row.client_latitude,
         client_longitude=row.client_longitude,
         placement=row.placement,

@@ -11,14 +11,14 @@ from fastapi.responses import FileResponse
 
 from cloudlet.controller.api.artifacts import OCTET, BlobReader, BriefUser, body_chunks
 from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin
-from cloudlet.controller.services import agent_packages, fleet
+from cloudlet.controller.services import agent_packages, fleet, rollouts
 from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import InvalidInputError, TooLargeError
 from cloudlet.schemas import Site
 from cloudlet.schemas._base import Input
-from cloudlet.schemas.rollouts import AgentPackage
+from cloudlet.schemas.rollouts import AgentPackage, AgentUpgradeCreate, Rollout
 
 router = APIRouter(prefix="/v1", tags=["upgrades"])
 #: The upload route, for the body guard: wheels stream to disk.
@@ -107,3 +107,14 @@ def set_agent_target(
     st.watcher.notify(site.id)
     session.refresh(site)
     return fleet.site_view(site, utcnow(), st.settings.offline_grace_s)
+
+
+@router.post("/upgrades/agents", status_code=status.HTTP_201_CREATED, response_model=Rollout)
+def upgrade_agents(body: AgentUpgradeCreate, session: DB, user: User, st: State) -> Rollout:
+    """Upgrade the sites' agents to an uploaded package in waves; a site that does not
+    come back healthy at it stops the rollout, and its wave goes back."""
+    require_admin(user, "upgrading agents")
+    rollout = rollouts.start_agent_rollout(
+        session, body.to, body.rollout, body.sites, st.settings.offline_grace_s
+    )
+    return rollouts.rollout_view(session, rollout)

@@ -10,9 +10,11 @@ from cloudlet.controller.db.models import App, AppVersion, Instance, Overlay
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import live_instance_count, purge_tombstones
 from cloudlet.controller.services.projects import require_project
+from cloudlet.controller.services.rollouts import refuse_if_rolling
 from cloudlet.errors import ConflictError, InvalidInputError
 from cloudlet.placement import parse_constraints
-from cloudlet.schemas import AppCreate
+from cloudlet.schemas import AppCreate, Component, Resources
+from cloudlet.schemas.rollouts import AppVersionCreate
 
 MIB = 1024 * 1024
 
@@ -40,7 +42,7 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
         parse_constraints(body.constraints)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from exc
-    _check_resumable_memory(session, body)
+    _check_resumable_memory(session, body.components, body.resources)
     app = App(
         id=new_id(),
         project=project,
@@ -72,11 +74,39 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
     return app
 
 
-def _check_resumable_memory(session: Session, body: AppCreate) -> None:
+def publish_version(session: Session, app: App, body: AppVersionCreate) -> App:
+    """Make ``body`` the app's next version: new instances run it at once, existing
+    ones move to it by the rollout the caller starts (ConflictError while one runs).
+    """
+    refuse_if_rolling(session, app)
+    resources = body.resources or Resources.model_validate(app.resources)
+    _check_resumable_memory(session, body.components, resources)
+    app.version += 1
+    app.components = [c.model_dump(mode="json") for c in body.components]
+    app.resources = resources.model_dump()
+    session.add(
+        AppVersion(
+            app_id=app.id,
+            version=app.version,
+            components=app.components,
+            resources=app.resources,
+            created_at=utcnow(),
+        )
+    )
+    try:
+        session.flush()
+    except DBIntegrityError as exc:
+        raise ConflictError(f"another version of {app.name!r} was published meanwhile") from exc
+    return app
+
+
+def _check_resumable_memory(
+    session: Session, components: list[Component], resources: Resources
+) -> None:
     """A VM resumes only into the memory size it was suspended with. Overlays not
     uploaded yet are not checked here; the site checks again before it resumes."""
-    want = body.resources.memory_mib * MIB
-    for comp in body.components:
+    want = resources.memory_mib * MIB
+    for comp in components:
         overlay = session.get(Overlay, comp.overlay) if comp.overlay else None
         if overlay is not None and overlay.resumable and overlay.memory_size != want:
             raise InvalidInputError(
