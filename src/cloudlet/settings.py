@@ -111,7 +111,11 @@ class ControllerSettings(BaseModel):
 
 class AgentSettings(BaseModel):
     data_dir: Path = Field(Path("./cloudlet-agent"), description="Local store, logs, workloads.")
-    controller_url: str | None = Field(None, description="Base URL of the controller.")
+    controller_url: str | None = Field(
+        None,
+        description="Base URL of the controller, or its replicas' URLs separated by commas "
+        "(the agent moves to the next when one stops answering).",
+    )
     join_token: str | None = Field(None, description="One-time token, needed only to enroll.")
     driver: str = Field("process", description="Compute driver: process, fake or qemu.")
     poll_wait_s: float = Field(25.0, gt=0, description="Long-poll wait asked of the controller.")

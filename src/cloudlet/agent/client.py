@@ -8,13 +8,14 @@ error answer a :class:`~cloudlet.errors.SyncError` carrying the problem's detail
 
 from __future__ import annotations
 
+import logging
 import socket
 from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from cloudlet.errors import AuthError, ControllerUnreachableError, SyncError
+from cloudlet.errors import AuthError, ConfigError, ControllerUnreachableError, SyncError
 from cloudlet.schemas import (
     AgentReport,
     DesiredStateDoc,
@@ -23,6 +24,8 @@ from cloudlet.schemas import (
     ReportAck,
 )
 from cloudlet.schemas.mobility import HandoffReady, HandoffSent
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -57,8 +60,20 @@ def _header_bytes(headers: httpx.Headers) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers.raw)
 
 
+def controller_urls(value: str) -> list[str]:
+    """The controller's replicas, from a URL or a comma-separated list of them."""
+    urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+    if not urls:
+        raise ConfigError(f"no controller URL in {value!r}")
+    return urls
+
+
 class ControllerClient:
-    """Calls the controller on behalf of one site; counts the bytes it exchanges."""
+    """Calls the controller on behalf of one site; counts the bytes it exchanges.
+
+    Given several replicas' URLs, it sends to one until that one fails to answer
+    (no connection, or one that broke), then to the next.
+    """
 
     def __init__(
         self,
@@ -69,7 +84,8 @@ class ControllerClient:
         transport: httpx.AsyncBaseTransport | None = None,
         link_dead_after_s: float | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_urls = controller_urls(base_url)
+        self._current = 0
         self.credential = credential
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -78,7 +94,18 @@ class ControllerClient:
             transport = httpx.AsyncHTTPTransport(
                 socket_options=link_socket_options(link_dead_after_s)
             )
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+
+    @property
+    def base_url(self) -> str:
+        """The controller replica requests go to now."""
+        return self.base_urls[self._current]
+
+    def _fail_over(self) -> None:
+        """That replica did not answer: the next request tries the next one."""
+        if len(self.base_urls) > 1:
+            self._current = (self._current + 1) % len(self.base_urls)
+            log.info("trying the controller at %s next", self.base_url)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -105,9 +132,10 @@ class ControllerClient:
         elif raw is not None:
             content = raw
             headers["Content-Type"] = "application/octet-stream"
+        url = f"{self.base_url}{path}"
         request = self._http.build_request(
             method,
-            path,
+            url,
             content=content,
             params=params,
             headers=headers,
@@ -117,8 +145,9 @@ class ControllerClient:
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
+            self._fail_over()
             raise ControllerUnreachableError(
-                f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}"
+                f"{method} {url}: {type(exc).__name__}: {exc}"
             ) from exc
         self.bytes_received += len(response.content) + _header_bytes(response.headers)
         if response.status_code >= 400:
@@ -126,6 +155,8 @@ class ControllerClient:
             message = f"controller answered {response.status_code} to {method} {path}: {detail}"
             if response.status_code in (401, 403):
                 raise AuthError(message)
+            if response.status_code in (502, 503, 504):
+                self._fail_over()  # a proxy, or a replica, that cannot serve now
             if response.status_code >= 500 or response.status_code in (408, 429):
                 raise ControllerUnreachableError(message)
             raise SyncError(message)
@@ -134,8 +165,9 @@ class ControllerClient:
     async def probe(self, timeout: float = 2.0) -> bool:
         """Whether the controller answers its health check now (no credential sent)."""
         try:
-            response = await self._http.get("/healthz", timeout=timeout)
+            response = await self._http.get(f"{self.base_url}/healthz", timeout=timeout)
         except httpx.HTTPError:
+            self._fail_over()
             return False
         return response.status_code == 200
 

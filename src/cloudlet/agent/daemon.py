@@ -103,6 +103,8 @@ class Agent:
     def _remote(self) -> tuple[str, str] | None:
         """The controller's URL and this site's credential, once both are known."""
         url = self.settings.controller_url or self.store.get_meta(CONTROLLER_URL)
+        if self.syncer is not None:  # the replica it talks to now
+            url = self.syncer.client.base_url
         credential = self.store.get_meta(CREDENTIAL)
         return (url, credential) if url and credential else None
 

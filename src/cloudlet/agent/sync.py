@@ -216,7 +216,7 @@ class Syncer:
                 set_meta(conn, CREDENTIAL, answer.credential)
                 set_meta(conn, SITE_ID, answer.site_id)
                 set_meta(conn, SITE_NAME, answer.site_name)
-                set_meta(conn, CONTROLLER_URL, self.client.base_url)
+                set_meta(conn, CONTROLLER_URL, ",".join(self.client.base_urls))
             self.client.credential = answer.credential
             self.status.reachable = True
             log.info("enrolled as site %s (%s)", answer.site_name, answer.site_id)

@@ -135,7 +135,8 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     def healthz() -> dict[str, str]:
         with state.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        return {"status": "ok", "version": __version__}
+        leads = state.leadership is not None and state.leadership.held
+        return {"status": "ok", "version": __version__, "role": "leader" if leads else "standby"}
 
     openapi.install(app)
     ui.install(app)

@@ -18,8 +18,9 @@ from cloudlet.settings import ControllerSettings
 class RevisionWatcher:
     """Wakes long-polling agents when their site's desired state changes.
 
-    Changes made in this process notify directly; a poll of recently changed
-    sites (see ``tasks.watch_revisions``) catches those made by other replicas.
+    Changes made in this process notify directly; those made by other replicas
+    arrive by PostgreSQL NOTIFY (``replicas.listen_revisions``), or with SQLite
+    workers by a poll of recently changed sites (``tasks._watch_revisions``).
     """
 
     def __init__(self) -> None:
@@ -113,6 +114,8 @@ class ControllerState:
     metrics: Any = None
     #: The alarm webhook (``controller.webhook.AlarmWebhook``), if one is configured.
     alarm_webhook: Any = None
+    #: Whether this replica runs the fleet-wide loops (``replicas.Leadership``).
+    leadership: Any = None
     #: The fleet as discovery ranks it, rebuilt every couple of seconds.
     fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
 

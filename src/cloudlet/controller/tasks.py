@@ -1,6 +1,6 @@
 """Background loops of a controller process: liveness verdicts, waking long polls
 for changes made by other replicas, flushing traffic counters and heartbeats,
-finishing the drains of decommissioned sites."""
+finishing the drains of decommissioned sites, relocation and rollout passes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from datetime import timedelta
 
 from sqlalchemy import bindparam, select, update
 
+from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.models import Site
+from cloudlet.controller.replicas import Leadership, listen_revisions
 from cloudlet.controller.services import alarms, decommission, relocation, rollouts, sync
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
@@ -108,9 +110,12 @@ def changed_sites(st: ControllerState, since_s: float) -> list[str]:
         return list(session.scalars(select(Site.id).where(Site.revision_changed_at >= cutoff)))
 
 
-async def _every(interval: float, fn, *args) -> None:  # type: ignore[no-untyped-def]
+async def _every(interval: float, fn, *args, leader: Leadership | None = None) -> None:  # type: ignore[no-untyped-def]
+    """Run ``fn`` every ``interval`` seconds (only while leading, given a ``leader``)."""
     while True:
         await asyncio.sleep(interval)
+        if leader is not None and not leader.held:
+            continue
         try:
             await asyncio.to_thread(fn, *args)
         except Exception:
@@ -144,9 +149,11 @@ def advance_rollouts(st: ControllerState) -> set[str]:
         return rollouts.advance(session, st.settings.offline_grace_s).sites
 
 
-async def _advance_rollouts(st: ControllerState, interval: float) -> None:
+async def _advance_rollouts(st: ControllerState, interval: float, leader: Leadership) -> None:
     while True:
         await asyncio.sleep(interval)
+        if not leader.held:
+            continue
         try:
             for site_id in await asyncio.to_thread(advance_rollouts, st):
                 st.watcher.notify(site_id)
@@ -154,10 +161,12 @@ async def _advance_rollouts(st: ControllerState, interval: float) -> None:
             log.exception("rollout pass failed; will retry")
 
 
-async def _relocate(st: ControllerState, interval: float) -> None:
+async def _relocate(st: ControllerState, interval: float, leader: Leadership) -> None:
     memory = relocation.RelocationMemory()
     while True:
         await asyncio.sleep(interval)
+        if not leader.held:
+            continue
         try:
             for site_id in await asyncio.to_thread(relocate_once, st, memory):
                 st.watcher.notify(site_id)
@@ -166,16 +175,23 @@ async def _relocate(st: ControllerState, interval: float) -> None:
 
 
 def start(st: ControllerState) -> list[asyncio.Task[None]]:
+    """Start the background loops. Those that act on the whole fleet run only in the
+    replica that leads (see ``replicas.Leadership``); the others in every process."""
     st.watcher.bind(asyncio.get_running_loop())
+    leader = st.leadership = Leadership(st.engine)
     liveness_every = max(0.5, min(5.0, st.settings.offline_grace_s / 5))
     extra = [asyncio.create_task(st.alarm_webhook.run())] if st.alarm_webhook else []
+    if is_sqlite(st.engine):
+        extra.append(asyncio.create_task(_watch_revisions(st, 1.0)))
+    else:
+        extra.append(asyncio.create_task(listen_revisions(st.engine, st.watcher)))
     return [
         *extra,
-        asyncio.create_task(_every(liveness_every, judge_liveness, st)),
+        asyncio.create_task(leader.run()),
+        asyncio.create_task(_every(liveness_every, judge_liveness, st, leader=leader)),
         asyncio.create_task(_every(2.0, flush_traffic, st)),
-        asyncio.create_task(_every(1.0, finish_drains, st)),
-        asyncio.create_task(_watch_revisions(st, 1.0)),
+        asyncio.create_task(_every(1.0, finish_drains, st, leader=leader)),
         asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
-        asyncio.create_task(_relocate(st, st.settings.mobility.interval_s)),
-        asyncio.create_task(_advance_rollouts(st, ROLLOUT_PASS_S)),
+        asyncio.create_task(_relocate(st, st.settings.mobility.interval_s, leader)),
+        asyncio.create_task(_advance_rollouts(st, ROLLOUT_PASS_S, leader)),
     ]

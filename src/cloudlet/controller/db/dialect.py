@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, Insert, event
+from sqlalchemy import Engine, Insert, event, func, select
 from sqlalchemy import Table as SATable
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+#: The PostgreSQL channel a site's revision bump is announced on (payload: its id).
+REVISION_CHANNEL = "cloudlet_revisions"
 
 
 def is_sqlite(url_or_engine: str | Engine) -> bool:
@@ -34,3 +38,10 @@ def insert_ignore(table: SATable, dialect_name: str) -> Insert:
     if dialect_name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
     return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def announce_revision(session: Session, site_id: str) -> None:
+    """On PostgreSQL, tell every replica at commit that ``site_id``'s desired state
+    changed (``controller.replicas.listen_revisions`` wakes its long polls)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_notify(REVISION_CHANNEL, site_id)))

@@ -15,6 +15,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet import placement
+from cloudlet.controller.db.dialect import announce_revision
 from cloudlet.controller.db.models import App, Instance, Site
 from cloudlet.controller.services import _paging as paging
 from cloudlet.controller.services._util import new_id, utcnow
@@ -34,12 +35,14 @@ from cloudlet.schemas import (
 
 def bump_revision(session: Session, site_id: str) -> int:
     """Advance a site's desired-state revision atomically and return the new one."""
-    return session.execute(
+    revision = session.execute(
         update(Site)
         .where(Site.id == site_id)
         .values(revision=Site.revision + 1, revision_changed_at=utcnow())
         .returning(Site.revision)
     ).scalar_one()
+    announce_revision(session, site_id)
+    return revision
 
 
 def get_instance(session: Session, project: str, ref: str) -> Instance | None:
