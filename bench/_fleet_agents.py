@@ -32,6 +32,8 @@ IDLE_REPOLL_S = 2.0
 #: Client-side timeout of one request (a long-poll gets its wait on top).
 REQUEST_TIMEOUT_S = 30.0
 SETUP_CONCURRENCY = 8
+#: Usage records a silent agent queues per interval (ten instances' worth).
+STORM_RECORDS = 10
 
 
 class HTTPFailure(Exception):
@@ -144,6 +146,13 @@ class Stats:
     events_sent: int = 0
     long_polls: int = 0
     long_polls_open: int = 0
+    #: Reconnect storm: seconds from the storm's end until each returning agent's
+    #: backlog was all acknowledged, and errors the returning agents met.
+    storm_recover_s: list[float] = field(default_factory=list)
+    storm_agents: int = 0
+    storm_errors: int = 0
+    #: Events acknowledged by the controller (the rest still wait in outboxes).
+    events_acked: int = 0
 
     def in_window(self, t: float) -> bool:
         return self.window[0] <= t < self.window[1]
@@ -169,6 +178,12 @@ class Plan:
     instances_fraction: float
     keepalive: bool
     seed: int
+    #: Reconnect storm: this fraction of agents goes silent from ``storm`` [0] to
+    #: [1] (absolute times), queueing usage records, then all report at once.
+    storm_fraction: float = 0.0
+    storm: tuple[float, float] = (0.0, 0.0)
+    #: More replicas to spread agents over: (host, port) of each (the plan's own first).
+    replicas: tuple[tuple[str, int], ...] = ()
 
 
 class Agent:
@@ -181,22 +196,30 @@ class Agent:
         self.outbox: list[dict[str, Any]] = []
         self.conn: _Connection | None = None
         self.instance_id = f"bench-{name}"
+        #: A reconnect storm's member (goes silent once, then returns with the others).
+        self.storms = False
+        self.stormed = False
+
+    def record(self, stats: Stats, count: int) -> None:
+        """Queue ``count`` usage records in the outbox, as the agent's usage loop does."""
+        now = datetime.now(UTC).isoformat()
+        for _ in range(count):
+            self.outbox.append(
+                {
+                    "seq": self.next_seq,
+                    "kind": "usage",
+                    "instance": self.instance_id,
+                    "at": now,
+                    "data": {"project": "admin", "app": "bench", "seconds": 15.0},
+                }
+            )
+            self.next_seq += 1
+            stats.events_sent += 1
 
     def _report_body(self, plan: Plan, stats: Stats) -> bytes:
         now = datetime.now(UTC).isoformat()
         if self.rng.random() < plan.events_fraction:
-            for _ in range(self.rng.randint(1, 3)):
-                self.outbox.append(
-                    {
-                        "seq": self.next_seq,
-                        "kind": "usage",
-                        "instance": self.instance_id,
-                        "at": now,
-                        "data": {"project": "admin", "app": "bench", "seconds": 15.0},
-                    }
-                )
-                self.next_seq += 1
-                stats.events_sent += 1
+            self.record(stats, self.rng.randint(1, 3))
         report: dict[str, Any] = {
             "agent_version": "bench",
             "applied_revision": self.cursor,
@@ -240,7 +263,9 @@ class Agent:
             if status != 200:
                 raise HTTPFailure(f"report {status}")
             ack = orjson.loads(answer)
+            held = len(self.outbox)
             self.outbox = [e for e in self.outbox if e["seq"] > ack["acked_seq"]]
+            stats.events_acked += held - len(self.outbox)
             status, answer = await self.conn.request(
                 ep.get(f"/v1/agent/desired?since={self.cursor}&wait=0", self.credential),
                 REQUEST_TIMEOUT_S,
@@ -252,6 +277,8 @@ class Agent:
                 raise HTTPFailure(f"desired {status}")
         except HTTPFailure as exc:
             stats.error(exc.kind, started)
+            if self.storms and started >= plan.storm[1]:
+                stats.storm_errors += 1
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
@@ -273,16 +300,44 @@ class Agent:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             if time.time() >= stop:
                 return
+            if self.storms and not self.stormed and time.time() >= plan.storm[0]:
+                await self.storm(plan, stats, stop)
+                due = time.monotonic()
+                continue
             await self.sync_round(plan, stats)
             due += plan.interval * self.rng.uniform(1 - plan.jitter, 1 + plan.jitter)
 
-    async def long_poll_loop(self, stats: Stats, stop: float) -> None:
+    async def storm(self, plan: Plan, stats: Stats, stop: float) -> None:
+        """Go silent until the storm ends (usage records pile up, one per interval),
+        then report the backlog at once, as every returning agent does together."""
+        self.stormed = True
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        while time.time() < plan.storm[1]:
+            self.record(stats, STORM_RECORDS)
+            await asyncio.sleep(min(plan.interval, max(0.0, plan.storm[1] - time.time())))
+        back = plan.storm[1]
+        while self.outbox and time.time() < stop:
+            await self.sync_round(plan, stats)
+            if self.outbox:
+                await asyncio.sleep(0.2)
+        if not self.outbox:
+            stats.storm_recover_s.append(time.time() - back)
+
+    async def long_poll_loop(self, plan: Plan, stats: Stats, stop: float) -> None:
         """Hold a long-poll open, re-polling as soon as one answers (the pull loop)."""
         await asyncio.sleep(self.rng.uniform(0, LONG_POLL_WAIT_S))
         conn: _Connection | None = None
         path = f"/v1/agent/desired?since={{}}&wait={LONG_POLL_WAIT_S:g}"
         while time.time() < stop:
             started = time.time()
+            if self.storms and plan.storm[0] <= started < plan.storm[1]:
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                await asyncio.sleep(plan.storm[1] - started)
+                continue
             try:
                 if conn is None or conn.lost:
                     conn = await self.endpoint.connect()
@@ -364,13 +419,22 @@ async def _run(plan: Plan, pipe: Connection) -> None:
     enrolled, retries = await _enroll_slice(ep, plan)
     pipe.send({"enrolled": len(enrolled), "retries": retries, "seconds": time.time() - t0})
     # The parent answers with the measuring window and the time to stop.
-    window_start, window_end, stop = await asyncio.to_thread(pipe.recv)
+    window_start, window_end, stop, storm = await asyncio.to_thread(pipe.recv)
+    plan.storm = storm
     stats = Stats(window=(window_start, window_end))
     rng = random.Random(plan.seed + 1)
-    agents = [Agent(ep, name, cred, random.Random(rng.random())) for name, cred in enrolled]
+    endpoints = [ep, *(Endpoint(h, p) for h, p in plan.replicas)]
+    agents = [
+        Agent(endpoints[i % len(endpoints)], name, cred, random.Random(rng.random()))
+        for i, (name, cred) in enumerate(enrolled)
+    ]
+    stormers = agents[: round(len(agents) * plan.storm_fraction)]
+    for agent in stormers:
+        agent.storms = True
+    stats.storm_agents = len(stormers)
     tasks = [asyncio.create_task(a.sync_loop(plan, stats, stop)) for a in agents]
     pollers = agents[: round(len(agents) * plan.long_poll_fraction)]
-    tasks += [asyncio.create_task(a.long_poll_loop(stats, stop)) for a in pollers]
+    tasks += [asyncio.create_task(a.long_poll_loop(plan, stats, stop)) for a in pollers]
     peak_open = 0
     while time.time() < stop:
         await asyncio.sleep(1.0)
@@ -395,6 +459,10 @@ async def _run(plan: Plan, pipe: Connection) -> None:
             "long_polls": stats.long_polls,
             "long_pollers": len(pollers),
             "long_polls_open_peak": peak_open,
+            "storm_agents": stats.storm_agents,
+            "storm_recover_s": stats.storm_recover_s,
+            "storm_errors": stats.storm_errors,
+            "events_acked": stats.events_acked,
             "cpu_s": usage.ru_utime + usage.ru_stime,
         }
     )

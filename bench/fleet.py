@@ -36,11 +36,14 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _profile
 from _fleet_agents import Plan, run_worker
 from cloudlet.controller.db.engine import default_url
 from cloudlet.testbed.local import LocalController, Proc, _cli, _env, wait_for
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fleet.json"
+#: Seconds into the window a reconnect storm's agents go silent.
+STORM_START_S = 5.0
 #: File descriptors the controller keeps for itself (database, logs, listeners).
 FD_RESERVE = 300
 
@@ -87,10 +90,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--load-workers", type=int, default=2, help="load generator processes")
     p.add_argument("--workers", type=int, default=1, help="controller worker processes")
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="controller processes on the one --database-url; agents are spread over them",
+    )
+    p.add_argument(
+        "--storm",
+        type=float,
+        default=0.0,
+        help="reconnect storm: this fraction of agents goes silent 5 s into the window "
+        "for --storm-offline seconds (past the offline grace), queueing usage records, "
+        "then all report their backlog at once",
+    )
+    p.add_argument("--storm-offline", type=float, default=45.0)
     p.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a directory: sample the controller with py-spy during the window and "
+        "write the profile there (its top entries go in the results)",
+    )
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sites.split(",") if s.strip()]
+    if args.replicas > 1 and not args.database_url:
+        p.error("--replicas needs --database-url: replicas share a PostgreSQL database")
+    if args.storm and args.duration < STORM_START_S + args.storm_offline + 30:
+        p.error(f"--duration must cover the storm and 30 s after it ({args.storm_offline + 35:g})")
     if args.warmup is None:
         args.warmup = args.interval + 15.0
     return args
@@ -207,6 +236,30 @@ def set_revision(url: str, revision: int) -> None:
     engine.dispose()
 
 
+def count_usage_events(url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        count = conn.execute(text("SELECT count(*) FROM events WHERE kind = 'usage'")).scalar()
+    engine.dispose()
+    return int(count or 0)
+
+
+def storm_result(args: argparse.Namespace, stats: list[dict[str, Any]]) -> dict[str, Any]:
+    recover = [v for s in stats for v in s["storm_recover_s"]]
+    agents = sum(s["storm_agents"] for s in stats)
+    return {
+        "storm": {
+            "agents": agents,
+            "offline_s": args.storm_offline,
+            "recovered": len(recover),
+            "back_in_sync_s": percentiles(recover),
+            "errors": sum(s["storm_errors"] for s in stats),
+        }
+    }
+
+
 def fd_budget() -> int:
     """Connections the controller can hold: its fd limit (raised to the hard one)."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -260,12 +313,22 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
     if args.database_url:
         reset_database(args.database_url)
     data_dir = Path(tempfile.mkdtemp(prefix="cloudlet-fleet-"))
-    ctrl = BenchController(data_dir=data_dir, database_url=args.database_url, workers=args.workers)
+    ctrls = [
+        BenchController(
+            data_dir=data_dir / f"replica-{i}" if i else data_dir,
+            database_url=args.database_url,
+            workers=args.workers,
+        )
+        for i in range(args.replicas)
+    ]
+    ctrl = ctrls[0]
     ctx = mp.get_context("spawn")
     children: list[tuple[Any, Any]] = []
     try:
         console.print(f"[bold]{sites} sites[/]: starting controller in {data_dir}")
-        ctrl.start()
+        for replica in ctrls:  # one after another: the first migrates the database
+            replica.data_dir.mkdir(parents=True, exist_ok=True)
+            replica.start()
         assert ctrl.proc is not None and ctrl.proc.popen is not None
         started = time.time()
         for i, (first, count) in enumerate(split(sites, args.load_workers)):
@@ -282,6 +345,8 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
                 instances_fraction=args.instances_fraction,
                 keepalive=args.keepalive,
                 seed=args.seed * 1000 + i,
+                storm_fraction=args.storm,
+                replicas=tuple(("127.0.0.1", r.port) for r in ctrls[1:]),
             )
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=run_worker, args=(plan, child), daemon=True)
@@ -299,28 +364,42 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
             set_revision(args.database_url or default_url(data_dir), args.start_revision)
         window_start = time.time() + args.warmup
         window_end = window_start + args.duration
+        storm_at = window_start + STORM_START_S
+        storm = (storm_at, storm_at + args.storm_offline)
         for _, pipe in children:
-            pipe.send((window_start, window_end, window_end + 2.0))
+            pipe.send((window_start, window_end, window_end + 2.0, storm))
         time.sleep(max(0.0, window_start - time.time()))
-        ctrl_procs = process_tree(ctrl.proc.popen.pid)
+        ctrl_procs = [
+            p for r in ctrls if r.proc and r.proc.popen for p in process_tree(r.proc.popen.pid)
+        ]
         load_procs = [psutil.Process(p.pid) for p, _ in children]
         ctrl_cpu0, load_cpu0, t0 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
         busy0 = machine_busy_seconds()
         console.print(f"  measuring for {args.duration:g}s (after {args.warmup:g}s warm-up)")
+        spy, profile = None, None
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            label = f"{sites}-{'pg' if args.database_url else 'sqlite'}-w{args.workers}"
+            profile = args.profile / f"fleet-{label}.txt"
+            spy = _profile.record(ctrl.proc.popen.pid, args.duration - 2, profile)
         time.sleep(max(0.0, window_end - time.time()))
         ctrl_cpu1, load_cpu1, t1 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
         busy1 = machine_busy_seconds()
         rss = peak_rss_mb(ctrl_procs)
+        if spy is not None:
+            spy.wait(30)
         stats = [_recv(proc, pipe, 120, ctrl) for proc, pipe in children]
         for proc, _ in children:
             proc.join(10)
+        stored_events = count_usage_events(args.database_url or default_url(data_dir))
     finally:
         for proc, _ in children:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-        ctrl.stop()
-        ctrl.kill_group()
+        for replica in ctrls:
+            replica.stop()
+            replica.kill_group()
         log = data_dir / "controller.log"
         if log.exists() and log.stat().st_size > 200:
             kept = Path(tempfile.gettempdir()) / f"cloudlet-fleet-{sites}-controller.log"
@@ -339,6 +418,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         "interval_s": args.interval,
         "database": "postgresql" if args.database_url else "sqlite",
         "controller_workers": args.workers,
+        "controller_replicas": args.replicas,
         "keepalive": args.keepalive,
         "setup_s": round(setup_s, 1),
         "enroll_retries": enroll_retries,
@@ -354,6 +434,11 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         "errors": sum(errors.values()),
         "errors_by_kind": errors,
         "events_sent": sum(s["events_sent"] for s in stats),
+        # Events the controller acknowledged, and the usage events it stored: equal
+        # when none was lost or stored twice.
+        "events_acked": sum(s["events_acked"] for s in stats),
+        "events_stored": stored_events,
+        **(storm_result(args, stats) if args.storm else {}),
         "long_pollers": sum(s["long_pollers"] for s in stats),
         "long_polls_open_peak": sum(s["long_polls_open_peak"] for s in stats),
         "long_polls_per_s": round(sum(s["long_polls"] for s in stats) / wall, 1),
@@ -369,6 +454,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         "other_processes_cpu_pct": round(
             100 * ((busy1 - busy0) - (ctrl_cpu1 - ctrl_cpu0) - (load_cpu1 - load_cpu0)) / wall, 1
         ),
+        **({"profile": _profile.top(profile)} if profile is not None and profile.exists() else {}),
     }
 
 
@@ -397,7 +483,7 @@ def render(runs: list[dict[str, Any]]) -> Table:
     for r in runs:
         table.add_row(
             str(r["sites"]),
-            r["database"] + (f" x{r['controller_workers']}" if r["controller_workers"] > 1 else ""),
+            _db(r),
             f"{r['interval_s']:g}",
             f"{r['target_syncs_per_s']:.0f}",
             f"{r['syncs_per_s']:.0f}",
@@ -416,6 +502,17 @@ def render(runs: list[dict[str, Any]]) -> Table:
     return table
 
 
+def _db(r: dict[str, Any]) -> str:
+    text = r["database"]
+    if r["controller_workers"] > 1:
+        text += f" x{r['controller_workers']} workers"
+    if r.get("controller_replicas", 1) > 1:
+        text += f" x{r['controller_replicas']} replicas"
+    if "storm" in r:
+        text += f", storm of {r['storm']['agents']}"
+    return text
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -426,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     runs = [run_one(args, n) for n in args.sizes]
     console.print(render(runs))
-    params = {k: v for k, v in vars(args).items() if k not in ("out", "sites")}
+    params = {k: v for k, v in vars(args).items() if k not in ("out", "sites", "profile")}
     params["database_url"] = "<given>" if args.database_url else None
     results = {
         "bench": "fleet",
