@@ -55,10 +55,12 @@ class AlarmSettings(BaseModel):
     """Alarms: the site.offline hysteresis and the optional webhook told of raises and clears."""
 
     clear_hold_s: float = Field(
-        60.0,
+        5.0,
         ge=0,
         description="Hysteresis: site.offline clears only once the site has stayed online "
-        "this long without a break (a flapping site keeps its one alarm).",
+        "this long without a break (a flapping site keeps its one alarm). Keep it longer "
+        "than a flap's up time and shorter than the agents' report interval, so that a "
+        "recovery clears within one report.",
     )
     sync_lag_s: float = Field(
         120.0,

@@ -68,7 +68,7 @@ def test_the_verdict_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert QEMU is not None
     calls: list[str] = []
 
-    def fake_probe(qemu: str, timeout: float = 5.0) -> KvmVerdict:
+    def fake_probe(qemu: str, timeout: float = 5.0, kernel: Path | None = None) -> KvmVerdict:
         calls.append(qemu)
         return KvmVerdict(False, "pretend KVM hangs", 0.1)
 

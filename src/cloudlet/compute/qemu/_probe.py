@@ -124,20 +124,20 @@ def probe_kvm(qemu: str, timeout: float = 5.0, kernel: Path | None = None) -> Kv
     return KvmVerdict(False, f"KVM guest failed (exit {proc.returncode}): {last[0]}", seconds)
 
 
-def _cache_key(qemu: str) -> str:
+def _cache_key(qemu: str, kernel: Path | None) -> str:
     try:
         st = os.stat(qemu)
         binary = f"{os.path.realpath(qemu)}:{st.st_size}:{st.st_mtime_ns}"
     except OSError:
         binary = qemu
-    kernel = host_kernel()
     return f"{binary}|{kernel or 'boot sector'}|{os.uname().release}"
 
 
 def kvm_verdict(qemu: str, cache_file: Path, timeout: float = 5.0) -> KvmVerdict:
     """The verdict for this QEMU on this kernel: remembered in this process, else read
     from ``cache_file``, else probed (and written there)."""
-    key = _cache_key(qemu)
+    kernel = host_kernel()
+    key = _cache_key(qemu, kernel)
     with _verdicts_lock:
         if key in _verdicts:
             return _verdicts[key]
@@ -147,7 +147,7 @@ def kvm_verdict(qemu: str, cache_file: Path, timeout: float = 5.0) -> KvmVerdict
             if data.get("key") == key:
                 verdict = KvmVerdict(**data)
         if verdict is None:
-            probed = probe_kvm(qemu, timeout)
+            probed = probe_kvm(qemu, timeout, kernel)
             verdict = KvmVerdict(probed.usable, probed.reason, round(probed.seconds, 3), key)
             with contextlib.suppress(OSError):
                 write_json(cache_file, asdict(verdict))

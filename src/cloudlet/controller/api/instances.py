@@ -93,12 +93,10 @@ def list_instances(
     rows = instances.list_instances(
         session, scope_project(user, project), site_id, after=after, limit=limit + 1
     )
-    more, rows = len(rows) > limit, rows[:limit]
-    if more:
-        last = rows[-1]
-        set_next(
-            request, response, paging.encode("instances", [last.created_at, last.name, last.id])
-        )
+    rows, last = paging.split_page(rows, limit)
+    if last is not None:
+        key = [last.created_at, last.name, last.id]
+        set_next(request, response, paging.encode("instances", key))
     names = _names(session, rows)
     return [_view(r, names) for r in rows]
 

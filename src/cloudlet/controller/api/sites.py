@@ -72,8 +72,8 @@ def list_sites(
         after=after,
         limit=limit + 1,
     )
-    more, rows = len(rows) > limit, rows[:limit]
-    set_next(request, response, paging.encode("sites", [rows[-1].name]) if more else None)
+    rows, last = paging.split_page(rows, limit)
+    set_next(request, response, paging.encode("sites", [last.name]) if last else None)
     counts = fleet.instance_counts(session, scope_project(user), site_ids={s.id for s in rows})
     return [fleet.site_view(s, now, grace, counts.get(s.id, 0)) for s in rows]
 

@@ -14,7 +14,7 @@ import binascii
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, and_, or_
 
@@ -23,6 +23,8 @@ from cloudlet.errors import InvalidInputError
 VERSION = 1
 #: Longest cursor accepted (a key of a few names and a timestamp is ~200).
 MAX_CURSOR = 1024
+
+T = TypeVar("T")
 
 #: One element of a key: how it is read back from JSON.
 KeyType = type[str] | type[int] | type[datetime]
@@ -91,3 +93,10 @@ def after(
         past = col < value if descending else col > value
         terms.append(and_(*(c == v for c, v in zip(columns[:i], key[:i], strict=True)), past))
     return or_(*terms)
+
+
+def split_page(rows: Sequence[T], limit: int) -> tuple[list[T], T | None]:
+    """A page of at most ``limit`` of ``rows`` (fetched as ``limit + 1``), and its last
+    row when more follow: the one the next page's cursor names."""
+    page = list(rows[:limit])
+    return page, page[-1] if len(rows) > limit else None

@@ -21,6 +21,7 @@ from sqlalchemy import true as sql_true
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import ControllerEvent, Event, Instance, Site
+from cloudlet.controller.services._paging import split_page
 
 #: One row: (site_id, seq, kind, instance_id, at, data); controller events have seq 0.
 EventRow = tuple[str | None, int, str, str | None, datetime, dict[str, Any]]
@@ -116,10 +117,7 @@ def list_events(
         .limit(limit + 1)
     )
     rows = session.execute(query).all()
-    more, rows = len(rows) > limit, rows[:limit]
-    nxt = None
-    if more:
-        last = rows[-1]
-        nxt = (last.at, last.src, last.skey, last.n)
+    rows, last = split_page(rows, limit)
+    nxt = (last.at, last.src, last.skey, last.n) if last is not None else None
     out = [(r.site_id, r.seq, r.kind, r.instance_id, r.at, r.data) for r in reversed(rows)]
     return out, nxt
