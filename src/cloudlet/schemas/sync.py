@@ -65,8 +65,9 @@ class AgentTarget(Model):
     version: str = Field(max_length=64)
     digest: str | None = Field(
         None,
-        description="Blake3 of the wheel at GET /v1/agent/packages/{version}; None when "
-        "the controller holds no package of it (the site must already hold an install).",
+        description="Blake3 of the wheel at GET /v1/agent-packages/{version}/blob; None "
+        "when the controller holds no package of it (the site must already hold an "
+        "install of it: its base one, or an earlier upgrade's).",
     )
     size: int | None = Field(None, ge=0)
 

@@ -8,6 +8,7 @@ import secrets
 from fastapi import APIRouter, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
+from pydantic import Field
 
 from cloudlet.controller.api.artifacts import OCTET, BlobReader, BriefUser, body_chunks
 from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin
@@ -28,7 +29,7 @@ _WHEEL_NAME = r"^[A-Za-z0-9_.]+-[A-Za-z0-9_.!+]+(-[0-9][^-]*)?-[^-]+-[^-]+-[^-]+
 
 
 class AgentTargetUpdate(Input):
-    version: str | None = None
+    version: str | None = Field(None, min_length=1, max_length=64)
 
 
 def _store(st: ControllerState) -> ArtifactStore:
@@ -96,12 +97,12 @@ def package_blob(version: str, reader: BlobReader, st: State) -> FileResponse:
 def set_agent_target(
     name: str, body: AgentTargetUpdate, session: DB, user: User, st: State
 ) -> Site:
-    """Pin one site's agent version (null: leave it at whichever it runs). Rollouts
-    (POST /v1/upgrades/agents) do this wave by wave, with health checks."""
+    """Pin one site's agent version (null: leave it at whichever it runs). A version
+    with no uploaded package must be one the site holds an install of (the one it
+    was installed with, or an earlier upgrade's): the way back. Rollouts (POST
+    /v1/upgrades/agents) do this wave by wave, with health checks."""
     require_admin(user, "upgrading agents")
     site = load_site(session, name)
-    if body.version is not None:
-        agent_packages.get_package(session, body.version)
     agent_packages.set_agent_target(session, site, body.version)
     session.commit()
     st.watcher.notify(site.id)

@@ -179,7 +179,7 @@ def store_events(
     if not report.events:
         return site.acked_seq, []
     accepted, rejected = screen_events(session, site, report, max_seq_jump)
-    signals = _new_alarm_signals(session, site, accepted)
+    signals = _alarm_signals(accepted)
     if accepted:
         now = utcnow()
         rows = [
@@ -195,7 +195,14 @@ def store_events(
             }
             for e, project in accepted
         ]
-        session.execute(insert_ignore(Event.__table__, session.get_bind().dialect.name), rows)
+        insert = insert_ignore(Event.__table__, session.get_bind().dialect.name)
+        if signals:
+            # Only events stored now raise or clear: one sent again after a lost ack
+            # must not raise an alarm cleared since.
+            stored = set(session.scalars(insert.returning(Event.seq), rows))
+            signals = [f for f in signals if f[0].seq in stored]
+        else:
+            session.execute(insert, rows)
     for event, project, signal in signals:
         apply_alarm_signal(session, site, event, project, signal)
     ceiling = site.acked_seq + max_seq_jump
@@ -203,23 +210,16 @@ def store_events(
     return max([site.acked_seq, *settled]), rejected
 
 
-def _new_alarm_signals(
-    session: Session, site: Site, accepted: list[tuple[OutboxEvent, str | None]]
+def _alarm_signals(
+    accepted: list[tuple[OutboxEvent, str | None]],
 ) -> list[tuple[OutboxEvent, str | None, AlarmSignal]]:
-    """The raise/clear signals among events not stored before, oldest first: an event
-    sent again (its ack was lost) must not raise an alarm cleared since."""
+    """The raise/clear signals among the events, oldest first."""
     found = [
         (e, project, signal)
         for e, project in accepted
         if e.kind is EventKind.ALARM and (signal := AlarmSignal.parse(e.data)) is not None
     ]
-    if not found:
-        return []
-    seqs = [e.seq for e, _, _ in found]
-    stored = set(
-        session.scalars(select(Event.seq).where(Event.site_id == site.id, Event.seq.in_(seqs)))
-    )
-    return sorted((f for f in found if f[0].seq not in stored), key=lambda f: f[0].seq)
+    return sorted(found, key=lambda f: f[0].seq)
 
 
 def apply_alarm_signal(
