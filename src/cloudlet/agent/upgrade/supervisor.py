@@ -10,8 +10,9 @@ this needs the controller. A trial found running when the supervisor starts (the
 machine or the supervisor went down during it) is failed the same way.
 
 Stopping the supervisor (SIGTERM, SIGINT) stops the agent as ``agent run`` stops
-(workloads too, unless ``--keep-workloads``). A killed trial agent leaves its
-workloads running, as any killed agent does: the next agent adopts them. Standard
+(workloads too, unless ``--keep-workloads``; an agent on trial always keeps them, and
+the trial fails at the next start). A killed trial agent leaves its workloads
+running, as any killed agent does: the next agent adopts them. Standard
 library only, besides the record and the installs: the supervisor is the one process
 an upgrade never replaces, so it stays small.
 """
@@ -44,8 +45,6 @@ SUPERVISED_ENV = "CLOUDLET_AGENT_SUPERVISED"
 POLL_S = 0.2
 #: An agent that ran this long before it exited restarts without a pause.
 STABLE_S = 60.0
-#: How long a stopping agent may take (it stops its workloads) before it is killed.
-STOP_TIMEOUT_S = 60.0
 
 
 class Supervisor:
@@ -141,35 +140,40 @@ class Supervisor:
         self._child = child
         if self._stopping.is_set():
             child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + trial.deadline_s if trial else 0.0
         try:
-            while True:
-                try:
-                    code: int | None = child.wait(POLL_S)
-                except subprocess.TimeoutExpired:
-                    code = None
-                if self._stopping.is_set():
-                    _wait_or_kill(child, STOP_TIMEOUT_S)
-                    return None
-                if trial is not None and not self._still_on_trial(trial):
-                    log.info("agent %s is healthy: the upgrade is committed", trial.to_version)
-                    trial = None
-                if trial is not None and (code is not None or time.monotonic() > deadline):
-                    reason = f"agent {trial.to_version} " + (
-                        f"exited with code {code} before it was healthy"
-                        if code is not None
-                        else f"was not healthy within {trial.deadline_s:g}s"
-                    )
-                    if self._give_up(trial, reason):
-                        _wait_or_kill(child, 0)
-                        log.warning("%s: rolling back to %s", reason, trial.from_version)
-                        return None
-                    trial = None  # it committed just now
-                    continue
-                if code is not None:
-                    return code
+            if trial is not None and self._judge(child, trial):
+                return None
+            # A signal interrupts this wait only to run the handler, which passes
+            # SIGTERM on: the agent stops, then the wait returns.
+            code = child.wait()
+            return None if self._stopping.is_set() else code
         finally:
             self._child = None
+
+    def _judge(self, child: subprocess.Popen[bytes], trial: record.Trial) -> bool:
+        """Watch a trial agent until it commits (False) or fails: then kill it, record the
+        failure and return True. Stopping the supervisor meanwhile leaves the trial
+        running in the record (failed at the next start) and returns False."""
+        deadline = time.monotonic() + trial.deadline_s
+        while not self._stopping.is_set():
+            code = child.poll()
+            if not self._still_on_trial(trial):
+                log.info("agent %s is healthy: the upgrade is committed", trial.to_version)
+                return False
+            if code is None and time.monotonic() < deadline:
+                self._stopping.wait(POLL_S)
+                continue
+            reason = f"agent {trial.to_version} " + (
+                f"exited with code {code} before it was healthy"
+                if code is not None
+                else f"was not healthy within {trial.deadline_s:g}s"
+            )
+            if not self._give_up(trial, reason):
+                return False  # it committed just now
+            _kill(child)
+            log.warning("%s: rolling back to %s", reason, trial.from_version)
+            return True
+        return False
 
     def _still_on_trial(self, trial: record.Trial) -> bool:
         current = record.read(self.data_dir).trial
@@ -193,9 +197,7 @@ def _fail(rec: record.Record, reason: str) -> None:
     rec.trial = None
 
 
-def _wait_or_kill(child: subprocess.Popen[bytes], timeout: float) -> None:
-    try:
-        child.wait(timeout)
-    except subprocess.TimeoutExpired:
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
         child.kill()
-        child.wait()
+    child.wait()

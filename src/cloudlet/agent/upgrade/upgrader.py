@@ -203,7 +203,11 @@ class Upgrader:
                 "cannot restart into another version",
             )
             return False
-        python = installs.python_of(self.data_dir, version, record.read(self.data_dir))
+        try:
+            python = installs.python_of(self.data_dir, version, record.read(self.data_dir))
+        except InvalidInputError as exc:
+            self._fail(version, str(exc))
+            return False
         if python is None:
             if target.digest is None:
                 self._fail(
