@@ -189,7 +189,9 @@ def test_a_wheel_that_crashes_at_start_rolls_back(site: Site, wheels: dict[str, 
     failed = site.wait_event("failed", CRASHES)
     took = time.monotonic() - began
     assert failed["from"] == __version__
-    assert "exited with code 1 before it was healthy" in failed["reason"]
+    assert failed["reason"].endswith(
+        "exited with code 1 before it was healthy: RuntimeError: a deliberately broken agent"
+    )
     health = site.local_health(__version__)
     assert health["upgrade"]["last"]["phase"] == "failed"
     assert health["upgrade"]["blocked"] == CRASHES

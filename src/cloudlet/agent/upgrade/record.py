@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 #: Under data_dir: the installs and this record.
 VERSIONS_DIR = "agent-versions"
@@ -99,10 +102,15 @@ def versions_dir(data_dir: Path) -> Path:
 
 
 def read(data_dir: Path) -> Record:
-    """The record as it is now (an empty one before the first write)."""
+    """The record as it is now: an empty one before the first write, or if it cannot be
+    read (then the base install runs and no trial is under way)."""
+    path = versions_dir(data_dir) / FILE
     try:
-        return Record.from_json((versions_dir(data_dir) / FILE).read_text())
+        return Record.from_json(path.read_text())
     except FileNotFoundError:
+        return Record()
+    except (OSError, ValueError, TypeError) as exc:
+        log.error("the upgrade record %s is unreadable (%s); starting from an empty one", path, exc)
         return Record()
 
 

@@ -19,6 +19,7 @@ an upgrade never replaces, so it stays small.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 from cloudlet import __version__
 from cloudlet.agent._wait import Backoff
@@ -136,12 +138,15 @@ class Supervisor:
         exiting before, is killed and its trial failed. Returns the exit code; None when
         the supervisor stopped it or rolled it back."""
         env = {**os.environ, SUPERVISED_ENV: "1"}
-        child = subprocess.Popen([str(python), "-P", "-m", "cloudlet.cli", *self.args], env=env)
+        argv = [str(python), "-P", "-m", "cloudlet.cli", *self.args]
+        child = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
         self._child = child
         if self._stopping.is_set():
             child.send_signal(signal.SIGTERM)
+        assert child.stderr is not None
+        tail = _StderrTail(child.stderr)
         try:
-            if trial is not None and self._judge(child, trial):
+            if trial is not None and self._judge(child, trial, tail):
                 return None
             # A signal interrupts this wait only to run the handler, which passes
             # SIGTERM on: the agent stops, then the wait returns.
@@ -150,7 +155,9 @@ class Supervisor:
         finally:
             self._child = None
 
-    def _judge(self, child: subprocess.Popen[bytes], trial: record.Trial) -> bool:
+    def _judge(
+        self, child: subprocess.Popen[bytes], trial: record.Trial, tail: _StderrTail
+    ) -> bool:
         """Watch a trial agent until it commits (False) or fails: then kill it, record the
         failure and return True. Stopping the supervisor meanwhile leaves the trial
         running in the record (failed at the next start) and returns False."""
@@ -164,14 +171,14 @@ class Supervisor:
                 self._stopping.wait(POLL_S)
                 continue
             reason = f"agent {trial.to_version} " + (
-                f"exited with code {code} before it was healthy"
+                f"exited with code {code} before it was healthy: {tail.finish()}"
                 if code is not None
                 else f"was not healthy within {trial.deadline_s:g}s"
             )
             if not self._give_up(trial, reason):
                 return False  # it committed just now
             _kill(child)
-            log.warning("%s: rolling back to %s", reason, trial.from_version)
+            log.warning("%s; rolling back to %s", reason, trial.from_version)
             return True
         return False
 
@@ -201,3 +208,27 @@ def _kill(child: subprocess.Popen[bytes]) -> None:
     if child.poll() is None:
         child.kill()
     child.wait()
+
+
+class _StderrTail:
+    """Passes a child's stderr on to the supervisor's, keeping its last line: what a
+    crashed agent said last (its error) goes into the failure's reason."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.last = ""
+        self._thread = threading.Thread(target=self._copy, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _copy(self, stream: IO[bytes]) -> None:
+        out = sys.stderr.buffer
+        for line in stream:
+            with contextlib.suppress(OSError, ValueError):
+                out.write(line)
+                out.flush()
+            if line.strip():
+                self.last = line.decode(errors="replace").strip()[:300]
+
+    def finish(self, timeout: float = 2.0) -> str:
+        """The last line, once the stream ended (or ``timeout`` passed)."""
+        self._thread.join(timeout)
+        return self.last

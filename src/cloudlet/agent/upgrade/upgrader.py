@@ -238,6 +238,8 @@ class Upgrader:
         if reported != version:
             self._fail(version, f"the install of agent {version} says it is {reported!r}")
             return False
+        if desired.agent_target(self.store) != target:
+            return True  # the target moved on while this one was fetched
         self._stage(version)
         return False
 
