@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 REPORTED = "upgrade_reported"
 #: A version that failed here: not tried again until the target names another.
 BLOCKED = "upgrade_blocked"
+#: The version an agent without a supervisor last said it cannot move to (once each:
+#: not a block, so that the same agent run supervised later does move).
+TOLD_UNSUPERVISED = "upgrade_told_unsupervised"
 #: The data of the last agent.upgrade event, with its time (for the local API).
 LAST = "upgrade_last"
 #: The wheel being fetched: its digest and the bytes of it held.
@@ -197,11 +200,13 @@ class Upgrader:
             return False
         version = target.version
         if not self.supervised:
-            self._fail(
-                version,
-                "this agent runs without a supervisor (cloudlet agent supervise), so it "
-                "cannot restart into another version",
-            )
+            if self.store.get_meta(TOLD_UNSUPERVISED) != version:
+                self._fail(
+                    version,
+                    "this agent runs without a supervisor (cloudlet agent supervise), so it "
+                    "cannot restart into another version",
+                    remember=TOLD_UNSUPERVISED,
+                )
             return False
         try:
             python = installs.python_of(self.data_dir, version, record.read(self.data_dir))
@@ -290,13 +295,14 @@ class Upgrader:
         self._switching = True
         self.switch()
 
-    def _fail(self, version: str, reason: str) -> None:
-        """Report that ``version`` will not run here, once, and block it."""
+    def _fail(self, version: str, reason: str, remember: str = BLOCKED) -> None:
+        """Report that ``version`` will not run here, and remember it under ``remember``
+        (BLOCKED: not tried again until the target names another version)."""
         with self.store.transaction() as conn:
             self._event(
                 conn, {"phase": record.FAILED, "from": __version__, "to": version, "reason": reason}
             )
-            set_meta(conn, BLOCKED, version)
+            set_meta(conn, remember, version)
         log.warning("not upgrading to agent %s: %s", version, reason)
 
     @staticmethod
