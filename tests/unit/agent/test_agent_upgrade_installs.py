@@ -5,30 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
+from agent_fakes import wheel as _wheel
 
 from cloudlet.agent.upgrade import installs, record
 from cloudlet.errors import InvalidInputError
-
-
-def _wheel(
-    path: Path, version: str, *, says: str | None = None, extra: dict[str, str] | None = None
-) -> Path:
-    info = f"cloudlet-{version}.dist-info"
-    with zipfile.ZipFile(path, "w") as whl:
-        whl.writestr("cloudlet/__init__.py", f"__version__ = {version!r}\n")
-        whl.writestr(
-            f"{info}/METADATA",
-            f"Metadata-Version: 2.1\nName: cloudlet\nVersion: {says or version}\n",
-        )
-        whl.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n")
-        whl.writestr(f"cloudlet-{version}.data/purelib/cloudlet/extra.py", "X = 1\n")
-        for name, text in (extra or {}).items():
-            whl.writestr(name, text)
-    return path
 
 
 def test_a_wheel_becomes_an_install_that_reuses_the_running_dependencies(tmp_path: Path) -> None:
