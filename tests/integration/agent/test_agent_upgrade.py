@@ -231,6 +231,33 @@ def test_a_hanging_wheel_rolls_back_with_the_controller_down(
     print(f"rollback from a hanging {HANGS}, controller down: {took:.1f}s")
 
 
+def test_a_trial_cut_short_by_a_site_restart_is_rolled_back(
+    site: Site, wheels: dict[str, Wheel]
+) -> None:
+    site.upload(wheels[HANGS])
+    site.target(HANGS)
+    wait_for(
+        lambda: (_record(site).get("trial") or {}).get("state") == "running",
+        60,
+        f"the trial running\n{site.agent.proc.log_tail()}",
+    )
+    # The site goes down mid-trial (a power cut): supervisor and trial agent die at once.
+    assert site.agent.proc is not None and site.agent.proc.popen is not None
+    supervisor = psutil.Process(site.agent.proc.popen.pid)
+    trial_agent = supervisor.children()
+    supervisor.kill()
+    for p in trial_agent:
+        p.kill()
+    site.agent.proc.popen.wait(10)
+
+    site.agent.join_token = None
+    site.agent.start()
+    failed = site.wait_event("failed", HANGS)
+    assert failed["reason"] == "the supervisor restarted during the trial"
+    site.local_health(__version__)
+    site.serves_as_before()
+
+
 def test_an_unsupervised_agent_says_it_cannot_upgrade(
     tmp_path: Path, wheels: dict[str, Wheel]
 ) -> None:
