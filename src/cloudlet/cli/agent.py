@@ -85,7 +85,8 @@ def supervise(ctx: typer.Context, **_options: Any) -> None:
 
 
 def _settings(ctx: typer.Context) -> AgentSettings:
-    """The agent's settings from the command's options, with logging configured."""
+    """The agent's settings from the command's options (``run``'s, which ``supervise``
+    shares: so they are read from ``ctx``), with logging configured."""
     options = ctx.params
     settings = (
         ctx_of(ctx)
