@@ -56,7 +56,9 @@ def dependency_paths() -> list[str]:
         pth = Path(directory) / DEPS_PTH
         if pth.exists():
             return [line for line in pth.read_text().splitlines() if line.strip()]
-    return own
+    user = site.getusersitepackages()
+    # A venv turns the user's site-packages off: list it if the running agent uses it.
+    return [user, *own] if site.ENABLE_USER_SITE and user in sys.path else own
 
 
 def _site_packages(env_dir: Path) -> Path:

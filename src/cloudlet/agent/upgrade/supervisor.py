@@ -88,8 +88,8 @@ class Supervisor:
             code = self._run_child(python, trial)
             if self._stopping.is_set():
                 break
-            if code is None or code == EXIT_SWITCH:
-                continue  # rolled back, or asked to switch: start the next one at once
+            if code is None or (code == EXIT_SWITCH and record.read(self.data_dir).trial):
+                continue  # rolled back, or a trial staged: start the next one at once
             if time.monotonic() - started > STABLE_S:
                 self._backoff.reset()
             delay = self._backoff.next()
