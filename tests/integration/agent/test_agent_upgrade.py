@@ -208,25 +208,26 @@ def test_a_hanging_wheel_rolls_back_with_the_controller_down(
 ) -> None:
     site.upload(wheels[HANGS])
     site.target(HANGS)
-    site.wait_event("staged", HANGS)
+    _wait_trial_running(site)
     began = time.monotonic()
     site.controller.stop()
 
-    health = site.local_health(__version__)
-    wait_for(
-        lambda: (h := site.agent.health()) and h["upgrade"]["last"]["phase"] == "failed",
-        DEADLINE_S + 60,
-        f"the rollback\n{site.agent.proc.log_tail()}",
-    )
+    def rolled_back() -> dict[str, Any] | None:
+        health = site.agent.health()
+        if health is None or health["agent_version"] != __version__:
+            return None
+        last = health["upgrade"]["last"]
+        return health if last["phase"] == "failed" and not health["controller_reachable"] else None
+
+    health = wait_for(rolled_back, DEADLINE_S + 60, f"the rollback\n{site.agent.proc.log_tail()}")
     took = time.monotonic() - began
-    health = site.agent.health()
-    assert health is not None and health["controller_reachable"] is False
-    assert f"not healthy within {DEADLINE_S}s" in health["upgrade"]["last"]["reason"]
+    reason = health["upgrade"]["last"]["reason"]
+    assert reason == f"agent {HANGS} was not healthy within {DEADLINE_S}s"
     site.serves_as_before()
 
     site.controller.start()  # what the site recorded offline arrives
-    failed = site.wait_event("failed", HANGS)
-    assert failed["from"] == __version__
+    assert site.wait_event("failed", HANGS)["from"] == __version__
+    assert [e["phase"] for e in site.upgrade_events()] == ["staged", "failed"]
     wait_for(lambda: site.reported_version() == __version__, 30, "the old version reported")
     print(f"rollback from a hanging {HANGS}, controller down: {took:.1f}s")
 
@@ -236,11 +237,7 @@ def test_a_trial_cut_short_by_a_site_restart_is_rolled_back(
 ) -> None:
     site.upload(wheels[HANGS])
     site.target(HANGS)
-    wait_for(
-        lambda: (_record(site).get("trial") or {}).get("state") == "running",
-        60,
-        f"the trial running\n{site.agent.proc.log_tail()}",
-    )
+    _wait_trial_running(site)
     # The site goes down mid-trial (a power cut): supervisor and trial agent die at once.
     assert site.agent.proc is not None and site.agent.proc.popen is not None
     supervisor = psutil.Process(site.agent.proc.popen.pid)
@@ -256,6 +253,15 @@ def test_a_trial_cut_short_by_a_site_restart_is_rolled_back(
     assert failed["reason"] == "the supervisor restarted during the trial"
     site.local_health(__version__)
     site.serves_as_before()
+
+
+def _wait_trial_running(site: Site) -> None:
+    """Until the supervisor has started the staged install on trial."""
+    wait_for(
+        lambda: (_record(site).get("trial") or {}).get("state") == "running",
+        60,
+        f"the trial running\n{site.agent.proc.log_tail()}",
+    )
 
 
 def test_an_unsupervised_agent_says_it_cannot_upgrade(
