@@ -115,6 +115,9 @@ def create(data_dir: Path, version: str, wheel_path: Path) -> Path:
                     shutil.copyfileobj(src, out)
         (target / f"cloudlet-{version}.dist-info" / "INSTALLER").write_text("cloudlet-agent\n")
         (target / DEPS_PTH).write_text("".join(f"{p}\n" for p in dependency_paths()))
+        # The name says "complete": after a power cut it must not name truncated files.
+        # A few hundred files, once per upgrade: one sync rather than an fsync each.
+        os.sync()
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
