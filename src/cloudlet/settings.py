@@ -211,6 +211,12 @@ class AgentSettings(BaseModel):
     announce: bool = Field(
         True, description="Announce the site-local API by DNS-SD (_cloudlet._tcp) on the LAN."
     )
+    upgrade_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long an upgraded agent has, from its start, to be healthy (its "
+        "site-local API answers and a reconcile pass ran) before the supervisor rolls it back.",
+    )
 
     @property
     def artifact_dir(self) -> Path:

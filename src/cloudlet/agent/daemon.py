@@ -4,7 +4,10 @@ Start order follows the offline-autonomy rule: record AGENT_STARTED, reconcile f
 the local store alone (adopting or restarting workloads), serve the local API (and
 announce it by DNS-SD under the site's name, once enrollment has told it: never under
 a stand-in name clients would cache), and only then enroll (first start), sync and pre-stage
-images. Stop order: stop the loops, stop the instances (unless ``keep_workloads``),
+images. An agent on trial (an upgrade the supervisor started) commits it once its
+local API answers, before sync (see :mod:`cloudlet.agent.upgrade`). Stop order: stop
+the loops, stop the instances (unless ``keep_workloads``, or the agent stops to
+restart into another install, or it is an agent on trial),
 record usage, send a last report within a couple of seconds if the controller
 answers, withdraw the announcement, close the drivers.
 
@@ -37,6 +40,8 @@ from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME, Store
 from cloudlet.agent.sync import Syncer
+from cloudlet.agent.upgrade.supervisor import EXIT_SWITCH
+from cloudlet.agent.upgrade.upgrader import Upgrader
 from cloudlet.agent.vm import VmBuilder
 from cloudlet.compute import ComputeDriver, get_driver
 from cloudlet.errors import ConfigError, DriverError
@@ -67,7 +72,14 @@ def make_driver(settings: AgentSettings, name: str | None = None) -> ComputeDriv
 class Agent:
     """One running site agent. Build with settings, a store and a driver; then :meth:`run`."""
 
-    def __init__(self, settings: AgentSettings, store: Store, driver: ComputeDriver) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        store: Store,
+        driver: ComputeDriver,
+        *,
+        supervised: bool = False,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.driver = driver
@@ -97,8 +109,21 @@ class Agent:
         self.syncer: Syncer | None = None
         self.local_api: LocalApi | None = None
         self.announcer = Announcer()
+        self.upgrader = Upgrader(
+            store,
+            settings.data_dir,
+            deadline_s=settings.upgrade_deadline_s,
+            supervised=supervised,
+            remote=self._remote,
+            switch=self._switch,
+            backoff_max_s=settings.backoff_max_s,
+        )
         self.started_at = datetime.now(UTC)
+        #: The process's exit code once run() returns: EXIT_SWITCH to restart into a
+        #: staged install.
+        self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
 
     def _remote(self) -> tuple[str, str] | None:
         """The controller's URL and this site's credential, once both are known."""
@@ -107,6 +132,16 @@ class Agent:
             url = self.syncer.client.base_url
         credential = self.store.get_meta(CREDENTIAL)
         return (url, credential) if url and credential else None
+
+    def _switch(self) -> None:
+        """Stop, keeping the workloads, for the supervisor to start the staged install."""
+        self.exit_code = EXIT_SWITCH
+        if self._stop is not None:
+            self._stop.set()
+
+    def _desired_changed(self) -> None:
+        self.stager.wake.set()
+        self.upgrader.wake.set()
 
     def _cache_changed(self) -> None:
         # Called from worker threads too (evictions, overlays cached after synthesis).
@@ -188,6 +223,7 @@ class Agent:
             "bytes_received": client.bytes_received if client else 0,
             "artifact_bytes_received": self.stager.bytes_received,
             "announced": self.announcer.announced,
+            "upgrade": self.upgrader.status(),
         }
 
     # -- run ----------------------------------------------------------------------------
@@ -202,6 +238,7 @@ class Agent:
         s = self.settings
         tasks: list[asyncio.Task[None]] = []
         self._loop = asyncio.get_running_loop()
+        self._stop = stop
         try:
             client = self._client()
             if client is not None:
@@ -216,7 +253,7 @@ class Agent:
                     probe_interval_s=s.probe_interval_s,
                     reconnect_spread_s=s.reconnect_spread_s,
                     cache=self.cache,
-                    on_desired=self.stager.wake.set,
+                    on_desired=self._desired_changed,
                     outbox_cap=s.outbox_cap,
                     disk_low_at=s.disk_low_at,
                 )
@@ -248,6 +285,7 @@ class Agent:
             await self.local_api.start()
             if self.syncer is not None:
                 self.syncer.local_api = self._local_api_url()
+            await self.upgrader.settle(self._local_api_url())
             if s.announce:
                 tasks.append(asyncio.create_task(self._announce()))
             tasks.append(asyncio.create_task(self.reconciler.run(s.reconcile_interval_s, stop)))
@@ -258,6 +296,7 @@ class Agent:
             if self.syncer is None:
                 await stop.wait()
                 return
+            tasks.append(asyncio.create_task(self.upgrader.run(stop)))
             sync_task = asyncio.create_task(self._sync(self.syncer, stop))
             tasks.append(sync_task)
             stopper = asyncio.create_task(stop.wait())
@@ -311,8 +350,13 @@ class Agent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        keep = (
+            self.settings.keep_workloads
+            or self.exit_code == EXIT_SWITCH
+            or self.upgrader.trial is not None
+        )
         try:
-            await self.reconciler.shutdown(self.settings.keep_workloads)
+            await self.reconciler.shutdown(keep)
             usage.flush(self.store)
         except Exception:
             log.exception("stopping instances at exit failed")
@@ -330,7 +374,7 @@ class Agent:
             await self.local_api.stop()
         for driver in self.drivers.built():
             try:
-                await asyncio.to_thread(driver.close, self.settings.keep_workloads)
+                await asyncio.to_thread(driver.close, keep)
             except Exception:
                 log.exception("closing the %s driver failed", driver.name)
 
@@ -340,7 +384,8 @@ async def run_agent(
     *,
     stop: asyncio.Event | None = None,
     driver: ComputeDriver | None = None,
-) -> None:
+    supervised: bool = False,
+) -> int:
     """Run the site agent until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None).
 
     Args:
@@ -350,6 +395,12 @@ async def run_agent(
             event owns signal handling.
         driver: a ready compute driver (tests); default: built from ``settings.driver``.
             The agent closes it on exit either way.
+        supervised: a supervisor runs this agent (``cloudlet agent supervise``), so it
+            may stop to restart into another install.
+
+    Returns:
+        The process's exit code: 0, or EXIT_SWITCH when the agent stopped for the
+        supervisor to start a staged install.
 
     Raises:
         AuthError: the controller refused the join token (unknown, used or expired).
@@ -368,11 +419,13 @@ async def run_agent(
         if own_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
+        agent = Agent(settings, store, driver, supervised=supervised)
         try:
-            await Agent(settings, store, driver).run(stop)
+            await agent.run(stop)
         finally:
             if own_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
     finally:
         store.close()
+    return agent.exit_code

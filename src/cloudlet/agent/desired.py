@@ -9,8 +9,9 @@ Rules (the controller's side is in the sync protocol of ``schemas/sync.py``):
 - A delta must start at the cursor the agent holds (``since == cursor``). If it
   does not, a change may have been missed: :class:`CursorGapError` is raised, the
   document is not applied, and the caller re-pulls with ``since=0`` for a snapshot.
-- The document (with its ``images`` list, always complete) and the new cursor are
-  stored in one transaction before anyone acts on them.
+- The document (with its ``images`` list and ``agent`` target, both always
+  complete) and the new cursor are stored in one transaction before anyone acts
+  on them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from cloudlet.agent import outbox
-from cloudlet.agent.store import CURSOR, Store, get_meta, set_meta
+from cloudlet.agent.store import AGENT_TARGET, CURSOR, Store, get_meta, set_meta
 from cloudlet.errors import ConflictError, NotFoundError, SyncError
 from cloudlet.schemas import (
     ComponentKind,
@@ -31,6 +32,7 @@ from cloudlet.schemas import (
     EventKind,
     InstanceOrigin,
 )
+from cloudlet.schemas.sync import AgentTarget
 
 
 class CursorGapError(SyncError):
@@ -114,6 +116,7 @@ def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
             "INSERT OR IGNORE INTO desired_images (digest) VALUES (?)",
             [(d,) for d in doc.images],
         )
+        set_meta(conn, AGENT_TARGET, doc.agent.model_dump_json() if doc.agent else "")
         set_meta(conn, CURSOR, doc.revision)
     return changed
 
@@ -121,6 +124,12 @@ def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
 def images(store: Store) -> list[str]:
     """Digests of the base images the controller wants this site to hold."""
     return [r["digest"] for r in store.query("SELECT digest FROM desired_images ORDER BY digest")]
+
+
+def agent_target(store: Store) -> AgentTarget | None:
+    """The agent version the controller wants this site to run (None: any)."""
+    held = store.get_meta(AGENT_TARGET)
+    return AgentTarget.model_validate_json(held) if held else None
 
 
 def _upsert(

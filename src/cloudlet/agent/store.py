@@ -131,6 +131,8 @@ ACTUAL_VERSION = "actual_version"
 ALIVE_AT = "alive_at"
 CACHE_VERSION = "cache_version"
 OUTBOX_COMPACTED = "outbox_compacted"
+#: The agent version the controller wants here (AgentTarget JSON; empty: none).
+AGENT_TARGET = "agent_target"
 
 
 class Store:

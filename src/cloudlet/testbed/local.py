@@ -179,10 +179,13 @@ class LocalAgent:
     netns: str | None = None
     #: The address its local API listens on, as seen from here.
     local_host: str = "127.0.0.1"
+    #: ``run``, or ``supervise`` for an agent that can upgrade (its pid is the supervisor's).
+    command: str = "run"
 
     def start(self) -> LocalAgent:
         args = _cli(
-            "agent", "run", "--controller", self.controller_url, "--data-dir", str(self.data_dir),
+            "agent", self.command, "--controller", self.controller_url,
+            "--data-dir", str(self.data_dir),
             "--driver", self.driver, "--report-interval", "1", "--log-level", "info",
             "--local-port", str(self.local_port),
             netns=self.netns,

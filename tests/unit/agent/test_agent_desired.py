@@ -9,6 +9,7 @@ from cloudlet.agent import desired
 from cloudlet.agent.desired import CursorGapError
 from cloudlet.agent.store import Store
 from cloudlet.schemas import DesiredState, InstanceOrigin
+from cloudlet.schemas.sync import AgentTarget
 
 
 def states(store: Store) -> dict[str, tuple[str, int]]:
@@ -94,3 +95,12 @@ def test_forget_drops_only_deleted_entries(store: Store) -> None:
     desired.apply_doc(store, doc(2, [instance("a", state="deleted"), instance("b")], full=True))
     desired.forget(store, ["a", "b"])
     assert set(desired.entries(store)) == {"b"}
+
+
+def test_the_agent_target_is_whatever_the_last_document_said(store: Store) -> None:
+    assert desired.agent_target(store) is None
+    target = AgentTarget(version="0.1.1", digest="ab" * 32, size=10)
+    desired.apply_doc(store, doc(1, [], full=True).model_copy(update={"agent": target}))
+    assert desired.agent_target(store) == target
+    desired.apply_doc(store, doc(2, [], since=1))  # always complete: none any more
+    assert desired.agent_target(store) is None
