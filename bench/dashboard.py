@@ -50,7 +50,8 @@ TARGET_MS = 2000
 # Installed before the page's own script on every document (CDP, so the page's CSP
 # does not apply). Times are performance.now(): ms since the navigation started. A
 # frame "with" the sites is the one after the DOM change: rAF runs just before a
-# frame is painted, and a task queued from it runs once that frame is out.
+# frame is painted, and a task queued from it runs once that frame is out. The map
+# says how many sites it has drawn in #map-svg's data-sites.
 INSTRUMENT = """
 (() => {
   const N = %d;
@@ -62,7 +63,7 @@ INSTRUMENT = """
   document.addEventListener("submit", () => mark("sign-in"), true);
   let first = false;
   const watch = new MutationObserver(() => {
-    const n = document.querySelectorAll("#map-svg g.site").length;
+    const n = Number(document.getElementById("map-svg")?.dataset.sites || 0);
     b.dots = n;
     if (n > 0 && !first) { first = true; painted("map-first"); }
     if (n >= N) { painted("map-all"); watch.disconnect(); }
@@ -87,6 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=60.0, help="longest wait for the full map")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--screenshot", type=Path, help="save the last run's map here (PNG)")
     return p.parse_args(argv)
 
 
@@ -154,7 +156,9 @@ def summarize(flow: str, got: dict[str, Any], origin: float) -> dict[str, Any]:
     }
 
 
-def one_run(ctl: LocalController, sites: int, timeout: float) -> list[dict[str, Any]]:
+def one_run(
+    ctl: LocalController, sites: int, timeout: float, screenshot: Path | None = None
+) -> list[dict[str, Any]]:
     driver = chromium()
     try:
         driver.execute_cdp_cmd(
@@ -170,6 +174,8 @@ def one_run(ctl: LocalController, sites: int, timeout: float) -> list[dict[str, 
         signed_in["first_paint_ms"] = signed_in["first_contentful_paint_ms"] = None
         driver.refresh()
         reload = summarize("reload", wait_for_map(driver, timeout), 0.0)
+        if screenshot is not None:
+            driver.save_screenshot(str(screenshot))
         return [signed_in, reload]
     finally:
         driver.quit()
@@ -213,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             with ctl.client() as http:  # warm the controller up, as an operator's would be
                 http.get("/v1/sites").raise_for_status()
             for run in range(1, args.runs + 1):
-                for row in one_run(ctl, args.sites, args.timeout):
+                shot = args.screenshot if run == args.runs else None
+                for row in one_run(ctl, args.sites, args.timeout, shot):
                     rows.append({"run": run, **row})
         finally:
             ctl.stop()
