@@ -426,8 +426,12 @@ const views = {
             select("filter-inst-state", "State", states, f.instState, (v) => { f.instState = v; refresh(); }));
         }
         const query = f.instSite ? `?site=${encodeURIComponent(f.instSite)}` : "";
-        const all = await api(`/v1/instances${query}`);
-        fill("instances", instancesTable(all.filter((i) => !f.instState || i.actual_state === f.instState)));
+        const response = await request(`/v1/instances${query}`);
+        const all = await response.json();
+        // One page (1000, oldest first) is what a table can show; say when more exist.
+        const more = response.headers.get("X-Next-Cursor") ? h("p", { class: "empty", id: "instances-more" },
+          `The oldest ${all.length.toLocaleString()} instances only; filter by site to see a site's.`) : null;
+        fill("instances", instancesTable(all.filter((i) => !f.instState || i.actual_state === f.instState)), more);
       },
     };
   },
