@@ -86,9 +86,18 @@ def test_demo_runs_the_story_and_leaves_nothing_behind() -> None:
         "marseille online again",
         "(origin: site)",
         "CATCH-UP: marseille is in-sync (lag 0)",
+        "ALARM cleared: site.offline for site=marseille at ",
+        "Alarms site.offline in its history: 1 (raised once, cleared once)",
         "Demo complete.",
     ):
         assert expected in output, f"missing {expected!r} in:\n{output}"
+    dashboard = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+/ui) .*admin token, the contents"
+                          r" of (\S+admin\.token)", output)  # fmt: skip
+    assert dashboard and dashboard.group(2).startswith(demo_dir(output)), output
+    raised = re.search(r"ALARM raised: site\.offline \(major\) for site=marseille at [\d:]{8},"
+                       r" ([\d.]+)s after the cut", output)  # fmt: skip
+    assert raised and float(raised.group(1)) > 0, output
+    assert output.index("ALARM raised") < output.index("RESTORE:") < output.index("ALARM cleared")
     arrived = re.search(r"the (\d+) events it recorded while cut off arrived", output)
     assert arrived and int(arrived.group(1)) > 0, output
     assert "leftover" not in output, output

@@ -242,6 +242,16 @@ class ArtifactCache:
         with self._busy_lock:
             return keep | self._busy
 
+    def pinned_fraction(self) -> float:
+        """Bytes held by pinned artifacts, as a fraction of the budget (may pass 1).
+
+        Unpinned bytes are left out: eviction frees them on demand, so a cache full of
+        them is an LRU cache doing its job; pinned ones it may never free.
+        """
+        keep = self.pinned()
+        held = sum(a.held for a in self.all() if (a.kind, a.id) in keep)
+        return held / self.budget_bytes
+
     def evict(self, extra_pins: Iterable[tuple[ArtifactKind, str]] = ()) -> list[Artifact]:
         """Remove least recently used, unpinned artifacts until the cache fits its budget.
 

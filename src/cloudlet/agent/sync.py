@@ -64,6 +64,7 @@ M = TypeVar("M")
 
 BACKLOG = AlarmId.SITE_OUTBOX_BACKLOG.value
 DISK_LOW = AlarmId.SITE_DISK_LOW.value
+CACHE_FULL = AlarmId.SITE_CACHE_FULL.value
 
 #: Events per report; the rest follow at once in the next report.
 REPORT_BATCH = 500
@@ -103,6 +104,7 @@ class Syncer:
         on_desired: Callable[[], None] | None = None,
         outbox_cap: int = outbox.DEFAULT_CAP,
         disk_low_at: float = 0.9,
+        cache_full_at: float = 0.9,
     ) -> None:
         self.store = store
         self.client = client
@@ -135,6 +137,10 @@ class Syncer:
         self._disk_low = alarms.ThresholdAlarm(
             store, DISK_LOW, AlarmSeverity.MAJOR, disk_low_at, disk_low_at - 0.05,
             lambda used: f"the data directory's disk is {used:.0%} full",
+        )  # fmt: skip
+        self._cache_full = alarms.ThresholdAlarm(
+            store, CACHE_FULL, AlarmSeverity.MAJOR, cache_full_at, cache_full_at - 0.05,
+            lambda used: f"artifacts the site must keep fill {used:.0%} of its cache budget",
         )  # fmt: skip
         #: The highest seq sent in any report, answered or not: never folded. What
         #: waits at start may have gone out from the previous process.
@@ -352,7 +358,10 @@ class Syncer:
         if folded := outbox.compact(self.store, self.outbox_cap, after=self._sent_upto):
             log.warning("outbox over its cap of %d: %d records folded", self.outbox_cap, folded)
         utilization = await asyncio.to_thread(resources.utilization, self.data_dir)
-        self._disk_low.observe(utilization.disk)  # before the events are taken: it may add one
+        # Both before the events are taken: each may add one.
+        self._disk_low.observe(utilization.disk)
+        if self.cache is not None:
+            self._cache_full.observe(await asyncio.to_thread(self.cache.pinned_fraction))
         events = outbox.pending(self.store, REPORT_BATCH)
         if events:
             self._sent_upto = max(self._sent_upto, events[-1].seq)

@@ -28,6 +28,9 @@ from cloudlet.testbed.relay import RelayThread
 
 #: How long an agent may take to stop its workloads and send its last report.
 AGENT_STOP_S = 15.0
+#: How long a site must stay back online before its site.offline alarm clears,
+#: shortened from the default as the offline grace is, so the demo shows the clear.
+ALARM_CLEAR_HOLD_S = 3.0
 
 
 def _agent_env() -> dict[str, str]:
@@ -64,6 +67,7 @@ class Fleet:
 
     root: Path
     offline_grace_s: float
+    alarm_clear_hold_s: float = ALARM_CLEAR_HOLD_S
     controller: LocalController | None = None
     relays: dict[str, RelayThread] = field(default_factory=dict)
     agents: dict[str, DemoAgent] = field(default_factory=dict)
@@ -73,7 +77,9 @@ class Fleet:
         """Start the controller on a free port, trying another if that one was taken meanwhile."""
         for attempt in range(attempts):
             self.controller = LocalController(
-                self.root / "controller", offline_grace_s=self.offline_grace_s
+                self.root / "controller",
+                offline_grace_s=self.offline_grace_s,
+                env={"CLOUDLET_CONTROLLER__ALARMS__CLEAR_HOLD_S": str(self.alarm_clear_hold_s)},
             )
             try:
                 return self.controller.start()

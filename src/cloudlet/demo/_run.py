@@ -93,7 +93,11 @@ def run_demo(
 
 
 def _stay(scenario: Scenario) -> None:
-    scenario.say("The story is over; the fleet keeps running. Press Ctrl-C to stop and clean up.")
+    ctl = scenario.fleet.controller
+    dashboard = f" The dashboard stays at {ctl.url}/ui." if ctl is not None else ""
+    scenario.say(
+        f"The story is over; the fleet keeps running.{dashboard} Press Ctrl-C to stop and clean up."
+    )
     try:
         while True:
             scenario.tick()

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from cloudlet.demo._alarms import cleared_line, offline_alarms, raised_line
 from cloudlet.demo._checks import (
     all_answering,
     all_running,
@@ -38,11 +39,12 @@ from cloudlet.demo._probe import probe_instance, probe_local_api
 from cloudlet.demo._view import Display
 from cloudlet.demo._world import World
 from cloudlet.errors import CloudletError
-from cloudlet.settings import ControllerSettings
+from cloudlet.settings import AlarmSettings, ControllerSettings
 
 _T = TypeVar("_T")
 
 DEFAULT_GRACE_S = ControllerSettings.model_fields["offline_grace_s"].default
+DEFAULT_CLEAR_HOLD_S = AlarmSettings.model_fields["clear_hold_s"].default
 
 TICK_S = 0.5
 ENROLL_TIMEOUT_S = 60.0
@@ -191,7 +193,11 @@ class Scenario:
             f" {self.fleet.offline_grace_s:g}s, shortened for the demo; the default is"
             f" {DEFAULT_GRACE_S:g}s)."
         )
-        self.fleet.start_controller()
+        ctl = self.fleet.start_controller()
+        self.say(
+            f"Dashboard: {ctl.url}/ui (while the demo runs); sign in with the admin token,"
+            f" the contents of {ctl.data_dir / 'admin.token'}."
+        )
         for spec in SITES:
             self.fleet.add_site(spec)
             self.world.delays_ms[spec.name] = spec.link_delay_ms
@@ -278,6 +284,12 @@ class Scenario:
             f"Controller: {CUT_SITE} is offline, {time.monotonic() - started:.1f}s after the cut"
             f" (grace {grace:g}s). Its instances stay where they are: the site is autonomous."
         )
+        alarm = self.wait(
+            f"the controller raising site.offline for {CUT_SITE}",
+            VERDICT_SLACK_S,
+            lambda: offline_alarms(self.fleet.api, CUT_SITE),
+        )[0]
+        self.say(raised_line(alarm, cut_at))
         return cut_at
 
     def start_locally(self) -> None:
@@ -384,6 +396,13 @@ class Scenario:
             f" the {len(events)} events it recorded while cut off arrived ({detail}),"
             f" each once (seq {min(seqs)}..{max(seqs)})."
         )
+        hold = self.fleet.alarm_clear_hold_s
+        alarms = self.wait(
+            f"site.offline for {CUT_SITE} clearing",
+            hold + VERDICT_SLACK_S,
+            lambda: (found := offline_alarms(self.fleet.api, CUT_SITE))[0]["cleared_at"] and found,
+        )
+        self.say(cleared_line(alarms[0], hold, DEFAULT_CLEAR_HOLD_S, len(alarms)))
         ok, failed = self.direct_answers[True], self.direct_answers[False]
         self.say(
             f"Summary: {CUT_SITE} was cut off for"

@@ -39,6 +39,7 @@ class AlarmId(enum.StrEnum):
     SITE_OUTBOX_BACKLOG = "site.outbox-backlog"
     SITE_SYNC_LAG = "site.sync-lag"
     SITE_DISK_LOW = "site.disk-low"
+    SITE_CACHE_FULL = "site.cache-full"
 
 
 class AlarmSignal(Input):

@@ -10,31 +10,20 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ui_browser import browser, click, css, sign_in, until  # noqa: F401 (browser: a fixture)
 
 from cloudlet.demo._plan import CUT_SITE, SITES
 from cloudlet.testbed.local import LocalAgent, LocalController, wait_for
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(
-        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-        allow_module_level=True,
-    )
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the test extra)")
-from selenium.common.exceptions import (  # noqa: E402
-    NoSuchElementException,
-    StaleElementReferenceException,
-)
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402 (after ui_browser's skip)
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 AGENT_ENV = {
     "CLOUDLET_AGENT__ANNOUNCE": "false",
@@ -65,44 +54,6 @@ def fleet(tmp_path: Path) -> Iterator[tuple[LocalController, dict[str, LocalAgen
         ctl.stop()
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,900"):  # fmt: skip
-        options.add_argument(arg)
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
-    driver = webdriver.Chrome(options=options, service=service)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def until(driver: Any, check: Callable[[Any], Any], what: str, timeout: float = 30) -> Any:
-    """Wait for ``check(driver)``; the page redraws as it polls, so stale or missing
-    elements just mean "not yet"."""
-    wait = WebDriverWait(
-        driver,
-        timeout,
-        poll_frequency=0.2,
-        ignored_exceptions=(NoSuchElementException, StaleElementReferenceException, IndexError),
-    )
-    return wait.until(check, message=f"waiting for {what}")
-
-
-def css(driver: Any, selector: str) -> list[Any]:
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def sign_in(driver: Any, token: str) -> None:
-    field = driver.find_element(By.ID, "token")
-    field.clear()
-    field.send_keys(token)
-    driver.find_element(By.ID, "sign-in-button").click()
-
-
 def map_sites(driver: Any) -> dict[str, str]:
     """Site name -> availability, as the map draws them."""
     return {
@@ -111,17 +62,10 @@ def map_sites(driver: Any) -> dict[str, str]:
     }
 
 
-def click(driver: Any, selector: str) -> bool:
-    """Click the first match; False while there is none."""
-    found = css(driver, selector)
-    if not found:
-        return False
-    found[0].click()
-    return True
-
-
 def test_dashboard_shows_the_fleet_a_cut_site_and_an_instance(
-    fleet: tuple[LocalController, dict[str, LocalAgent]], browser: Any, tmp_path: Path
+    fleet: tuple[LocalController, dict[str, LocalAgent]],
+    browser: Any,  # noqa: F811 (the fixture imported from ui_browser)
+    tmp_path: Path,
 ) -> None:
     ctl, agents = fleet
     names = {s.name for s in SITES}

@@ -206,3 +206,50 @@ def test_a_full_disk_raises_site_disk_low_and_a_freed_one_clears_it(
         if e.data.get("alarm_id") == "site.disk-low"
     ]
     assert states == ["raise", "clear"]
+
+
+def _cache_alarm_states(client: AckingClient) -> list[str]:
+    return [
+        e.data["state"]
+        for r in client.reports
+        for e in r.events
+        if e.data.get("alarm_id") == "site.cache-full"
+    ]
+
+
+def test_pinned_artifacts_filling_the_cache_raise_site_cache_full_also_offline(
+    store: Store, tmp_path: Path
+) -> None:
+    from cloudlet.agent import alarms
+    from cloudlet.agent.artifacts import ArtifactCache
+    from cloudlet.errors import ControllerUnreachableError
+    from cloudlet.schemas.artifacts import ArtifactKind
+
+    cache = ArtifactCache(store, tmp_path / "cache", budget_bytes=1000)
+    cache.mark_complete(ArtifactKind.IMAGE, "a" * 64, 950)  # unpinned: evictable
+    cache.mark_complete(ArtifactKind.IMAGE, "b" * 64, 880)
+    client = AckingClient()
+    syncer = syncer_for(store, tmp_path, client)
+    syncer.cache = cache
+    asyncio.run(syncer.report_once())
+    assert not alarms.is_active(store, "site.cache-full")  # 183% full, all of it evictable
+
+    class Unreachable(AckingClient):
+        async def report(self, report: AgentReport) -> ReportAck:
+            raise ControllerUnreachableError("the link is down")
+
+    syncer.client = Unreachable()  # type: ignore[assignment]
+    assert cache.hold(ArtifactKind.IMAGE, "a" * 64)  # being used: pinned, 95 % of the budget
+    with pytest.raises(ControllerUnreachableError):
+        asyncio.run(syncer.report_once())
+    assert alarms.is_active(store, "site.cache-full")  # raised while offline
+
+    syncer.client = client  # type: ignore[assignment]
+    cache.hold(ArtifactKind.IMAGE, "b" * 64)
+    cache.release(ArtifactKind.IMAGE, "a" * 64)  # 88 %: under the mark, not 5 points under
+    asyncio.run(syncer.report_once())
+    assert alarms.is_active(store, "site.cache-full")
+    cache.release(ArtifactKind.IMAGE, "b" * 64)
+    asyncio.run(syncer.report_once())
+    assert not alarms.is_active(store, "site.cache-full")
+    assert _cache_alarm_states(client) == ["raise", "clear"]

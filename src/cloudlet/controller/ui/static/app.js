@@ -1,17 +1,27 @@
 // The Cloudlet dashboard: one page against the controller's JSON API, no dependencies.
 // The token lives in sessionStorage (this tab only); every call sends it.
-// Live updates: the current view polls every POLL_MS. Utilization history is kept
-// here, in the page, for as long as it stays open (the controller keeps none).
+// Live updates: the current view polls every POLL_MS, or less often when a refresh
+// takes long (a large fleet). Utilization history is kept here, in the page, for as
+// long as it stays open (the controller keeps none).
 "use strict";
 
 const POLL_MS = 1500;
+// The next poll waits at least this many times what the last refresh took: 10,000
+// sites are ten pages of /v1/sites, and the controller has other work.
+const POLL_BACKOFF = 4;
 const HISTORY = 120; // utilization samples kept per site (3 minutes at POLL_MS)
+// Past this many sites the page samples utilization only for the site it shows.
+const HISTORY_FLEET = 1000;
+const LABELLED_SITES = 60; // more sites than this: dots without names on the map
+const MAP_TABLE_ROWS = 100; // the map page's fleet table: those needing attention first
+const SITES_TABLE_ROWS = 1000;
 const TOKEN_KEY = "cloudlet.token";
 const SVG_NS = "http://www.w3.org/2000/svg";
 
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY),
   sites: [],
+  partial: false, // state.sites is the first page only, more are coming
   alarms: [],
   history: new Map(), // site name -> [{t, cpu, memory, disk}]
   timer: null,
@@ -27,7 +37,7 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, token = state.token) {
+async function request(path, token = state.token) {
   let response;
   try {
     response = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
@@ -42,7 +52,32 @@ async function api(path, token = state.token) {
     } catch (err) { /* not problem+json */ }
     throw new ApiError(response.status, detail);
   }
-  return response.json();
+  return response;
+}
+
+async function api(path, token = state.token) {
+  return (await request(path, token)).json();
+}
+
+// Every site: /v1/sites answers up to 1000 a page, the next page's cursor in
+// X-Next-Cursor. Each page is asked for before the one before it is parsed and
+// drawn, so the network and the drawing overlap. onFirst(sites) sees the first
+// page when more follow.
+async function allSites(onFirst = null) {
+  let sites = [];
+  let next = request("/v1/sites");
+  while (next) {
+    const response = await next;
+    const cursor = response.headers.get("X-Next-Cursor");
+    next = cursor ? request(`/v1/sites?cursor=${encodeURIComponent(cursor)}`) : null;
+    next?.catch(() => {}); // a failure is thrown where it is awaited, not reported twice
+    sites = sites.concat(await response.json());
+    if (onFirst && next) {
+      await onFirst(sites);
+      onFirst = null;
+    }
+  }
+  return sites;
 }
 
 // --- DOM helpers: text goes in as text, never as HTML ---------------------------------
@@ -168,29 +203,82 @@ function graticule(proj) {
   return lines;
 }
 
+function describe(site, alarms) {
+  return `${site.name}: ${site.availability}, ${alarms.get(site.name) || 0} active alarm(s)`;
+}
+
+function goToSite(name) {
+  location.hash = `#/sites/${encodeURIComponent(name)}`;
+}
+
+// A small fleet: one <g class="site"> per site (data-site, data-availability,
+// data-alarms) with its name and a tooltip.
+function labelledDots(svg, placed, proj, alarms) {
+  for (const site of placed) {
+    const [x, y] = proj.project(site.latitude, site.longitude);
+    const count = alarms.get(site.name) || 0;
+    svg.append(s("g", {
+      class: `site ${site.availability}`, "data-site": site.name,
+      "data-availability": site.availability, "data-alarms": count,
+      onclick: () => goToSite(site.name),
+    },
+    s("title", {}, describe(site, alarms)),
+    count ? s("circle", { class: "ring", cx: x, cy: y, r: 15 }) : null,
+    s("circle", { class: "dot", cx: x, cy: y, r: 9 }),
+    s("text", { x: x + 14, y: y + 5 }, site.name)));
+  }
+}
+
+function circles(points, r) {
+  return points.map(([x, y]) => `M${(x - r).toFixed(1)} ${y.toFixed(1)}a${r} ${r} 0 1 0 ${2 * r} 0`
+    + `a${r} ${r} 0 1 0 ${-2 * r} 0`).join("");
+}
+
+// A large fleet: thousands of elements cost seconds of style and layout, so each
+// availability is one <path> of dots (and the alarms one of rings); a click or a
+// hover finds the nearest site in the page.
+function denseDots(svg, placed, proj, alarms) {
+  const R = 3;
+  const points = placed.map((site) => [...proj.project(site.latitude, site.longitude), site]);
+  for (const availability of ["online", "unknown", "offline"]) { // offline drawn on top
+    const mine = points.filter((p) => p[2].availability === availability);
+    if (mine.length) {
+      svg.append(s("path", { class: `dots ${availability}`, d: circles(mine, R),
+        "data-sites": mine.length }));
+    }
+  }
+  const ringed = points.filter((p) => alarms.get(p[2].name));
+  if (ringed.length) svg.append(s("path", { class: "rings", d: circles(ringed, R * 5 / 3) }));
+  const nearest = (ev) => {
+    const at = new DOMPoint(ev.clientX, ev.clientY).matrixTransform(svg.getScreenCTM().inverse());
+    let best = null, bestD = (3 * R) ** 2;
+    for (const [x, y, site] of points) {
+      const d = (x - at.x) ** 2 + (y - at.y) ** 2;
+      if (d < bestD) [best, bestD] = [site, d];
+    }
+    return best;
+  };
+  svg.addEventListener("click", (ev) => { const site = nearest(ev); if (site) goToSite(site.name); });
+  svg.addEventListener("mousemove", (ev) => {
+    const site = nearest(ev);
+    fill("map-hover", site ? describe(site, alarms) : "");
+    svg.classList.toggle("pointing", !!site);
+  });
+}
+
+// data-sites on #map-svg: how many sites are drawn on it.
 function drawMap() {
   const placed = state.sites.filter((x) => x.latitude !== null && x.longitude !== null);
   const unplaced = state.sites.filter((x) => x.latitude === null || x.longitude === null);
   const alarms = alarmsBySite();
-  const svg = s("svg", { id: "map-svg", class: "map", viewBox: `0 0 ${MAP_W} ${MAP_H}`,
-    role: "img", "aria-label": "Map of the sites" });
+  const labelled = placed.length <= LABELLED_SITES;
+  const svg = s("svg", { id: "map-svg", class: `map${labelled ? "" : " dense"}`,
+    viewBox: `0 0 ${MAP_W} ${MAP_H}`, role: "img", "aria-label": "Map of the sites",
+    "data-sites": placed.length });
   if (placed.length) {
     const proj = projection(placed);
     svg.append(...graticule(proj));
-    for (const site of placed) {
-      const [x, y] = proj.project(site.latitude, site.longitude);
-      const count = alarms.get(site.name) || 0;
-      const g = s("g", {
-        class: `site ${site.availability}`, "data-site": site.name,
-        "data-availability": site.availability, "data-alarms": count,
-        onclick: () => { location.hash = `#/sites/${encodeURIComponent(site.name)}`; },
-      },
-      s("title", {}, `${site.name}: ${site.availability}, ${count} active alarm(s)`),
-      count ? s("circle", { class: "ring", cx: x, cy: y, r: 15 }) : null,
-      s("circle", { class: "dot", cx: x, cy: y, r: 9 }),
-      s("text", { x: x + 14, y: y + 5 }, site.name));
-      svg.append(g);
-    }
+    (labelled ? labelledDots : denseDots)(svg, placed, proj, alarms);
   } else {
     svg.append(s("text", { x: MAP_W / 2, y: MAP_H / 2, "text-anchor": "middle" },
       "No site has coordinates yet (cloudlet site add --lat --lon)."));
@@ -198,25 +286,50 @@ function drawMap() {
   fill("map", svg,
     h("div", { class: "legend" }, h("span", { class: "online" }, "online"),
       h("span", { class: "offline" }, "offline"), h("span", { class: "unknown" }, "never seen"),
-      h("span", { class: "alarm" }, "active alarm")),
+      h("span", { class: "alarm" }, "active alarm"),
+      h("span", { id: "map-count", class: "count" }, `${placed.length.toLocaleString()} sites`
+        + (state.partial ? " so far, more coming" : "")),
+      labelled ? null : h("span", { id: "map-hover", class: "hover" })),
     unplaced.length ? h("p", { class: "empty" },
-      `Not on the map (no coordinates): ${unplaced.map((x) => x.name).join(", ")}`) : null);
+      `Not on the map (no coordinates): ${unplaced.slice(0, 50).map((x) => x.name).join(", ")}`
+      + (unplaced.length > 50 ? ` and ${unplaced.length - 50} more` : "")) : null);
 }
 
 // --- tables ----------------------------------------------------------------------------
 
-function sitesTable() {
+// Sites with alarms, not online, or behind come first.
+function attention(x, alarms) {
+  return (alarms.get(x.name) ? 4 : 0) + (x.availability !== "online" ? 2 : 0)
+    + (x.sync_status !== "in-sync" ? 1 : 0);
+}
+
+// At most ``limit`` rows (a fleet has thousands), and a line saying how many are left out.
+function sitesTable(limit, urgentFirst = false) {
   const alarms = alarmsBySite();
-  const rows = state.sites.map((x) => h("tr", { "data-site": x.name, "data-availability": x.availability },
+  let sites = state.sites;
+  if (urgentFirst) {
+    sites = sites.map((x) => [attention(x, alarms), x]).filter(([a]) => a > 0)
+      .sort((p, q) => q[0] - p[0]).map(([, x]) => x);
+    if (sites.length < limit) {
+      const shown = new Set(sites.map((x) => x.name));
+      sites = sites.concat(state.sites.filter((x) => !shown.has(x.name)).slice(0, limit - sites.length));
+    }
+  }
+  const rows = sites.slice(0, limit).map((x) => h("tr", { "data-site": x.name, "data-availability": x.availability },
     h("td", {}, siteLink(x.name)), h("td", {}, x.region),
     h("td", {}, badge(x.availability, x.availability)), h("td", {}, when(x.last_seen)),
     h("td", {}, x.sync_status, x.revision_lag ? ` (lag ${x.revision_lag})` : ""),
     h("td", { class: "num" }, x.instances),
     h("td", { class: "num" }, pct(x.utilization && x.utilization.cpu)),
     h("td", { class: "num" }, alarms.get(x.name) || "")));
-  return table("sites-table",
+  const more = state.sites.length - rows.length;
+  return [table("sites-table",
     ["Site", "Region", "Availability", "Last seen", "Sync", "Instances#", "CPU#", "Alarms#"],
-    rows, "No sites yet.");
+    rows, "No sites yet."),
+  more > 0 ? h("p", { class: "empty", id: "sites-more" }, `${rows.length.toLocaleString()} of `
+    + `${state.sites.length.toLocaleString()} sites shown`
+    + (urgentFirst ? " (those with alarms, not online or behind first)." : ".")
+    + (state.partial ? " More are coming." : "")) : null];
 }
 
 function alarmsTable(alarms, id = "alarms-table") {
@@ -264,6 +377,7 @@ function siteNames() {
 const views = {
   map() {
     return {
+      progressive: true,
       frame: [h("div", { class: "grid" },
         h("section", { class: "panel" }, h("h2", {}, "Sites"), h("div", { id: "map" })),
         h("div", {},
@@ -272,15 +386,16 @@ const views = {
       async update() {
         drawMap();
         fill("alarms", alarmsTable(state.alarms));
-        fill("sites", sitesTable());
+        fill("sites", sitesTable(MAP_TABLE_ROWS, true));
       },
     };
   },
 
   sites() {
     return {
+      progressive: true,
       frame: [h("section", { class: "panel" }, h("h2", {}, "Sites"), h("div", { id: "sites" }))],
-      async update() { fill("sites", sitesTable()); },
+      async update() { fill("sites", sitesTable(SITES_TABLE_ROWS)); },
     };
   },
 
@@ -311,8 +426,12 @@ const views = {
             select("filter-inst-state", "State", states, f.instState, (v) => { f.instState = v; refresh(); }));
         }
         const query = f.instSite ? `?site=${encodeURIComponent(f.instSite)}` : "";
-        const all = await api(`/v1/instances${query}`);
-        fill("instances", instancesTable(all.filter((i) => !f.instState || i.actual_state === f.instState)));
+        const response = await request(`/v1/instances${query}`);
+        const all = await response.json();
+        // One page (1000, oldest first) is what a table can show; say when more exist.
+        const more = response.headers.get("X-Next-Cursor") ? h("p", { class: "empty", id: "instances-more" },
+          `The oldest ${all.length.toLocaleString()} instances only; filter by site to see a site's.`) : null;
+        fill("instances", instancesTable(all.filter((i) => !f.instState || i.actual_state === f.instState)), more);
       },
     };
   },
@@ -366,6 +485,7 @@ const views = {
           api(`/v1/instances?site=${encodeURIComponent(name)}`),
           api(`/v1/events?site=${encodeURIComponent(name)}&limit=20`),
         ]);
+        if (state.sites.length > HISTORY_FLEET) remember([site]);
         fill("site-detail", siteFields(site));
         fill("site-utilization", chart(state.history.get(name) || []));
         fill("alarms", alarmsTable(state.alarms.filter((a) => a.site === name)));
@@ -492,11 +612,22 @@ async function refresh(first = false) {
   const generation = ++state.generation;
   const view = state.view;
   const current = () => generation === state.generation && view === state.view;
+  const started = performance.now();
   try {
-    const [sites, alarms] = await Promise.all([api("/v1/sites"), api("/v1/alarms?active=true")]);
+    const alarmsCall = api("/v1/alarms?active=true");
+    alarmsCall.catch(() => {});
+    // Nothing drawn yet: the map and the sites table show the first page at once.
+    const early = first && !state.sites.length && view.progressive ? async (some) => {
+      const alarms = await alarmsCall;
+      if (!current()) return;
+      [state.sites, state.alarms, state.partial] = [some, alarms, true];
+      await view.update(first);
+      showStatus(`loading sites: ${some.length.toLocaleString()} so far`);
+    } : null;
+    const [sites, alarms] = await Promise.all([allSites(early), alarmsCall]);
     if (!current()) return;
-    [state.sites, state.alarms] = [sites, alarms];
-    remember(sites);
+    [state.sites, state.alarms, state.partial] = [sites, alarms, false];
+    if (sites.length <= HISTORY_FLEET) remember(sites);
     await view.update(first);
     if (!current()) return;
     showStatus(`updated ${new Date().toLocaleTimeString()}`);
@@ -512,7 +643,8 @@ async function refresh(first = false) {
     }
     showStatus(`not updated: ${err.message}`, true);
   }
-  if (state.token) state.timer = setTimeout(() => refresh(), POLL_MS);
+  const took = performance.now() - started;
+  if (state.token) state.timer = setTimeout(() => refresh(), Math.max(POLL_MS, POLL_BACKOFF * took));
 }
 
 function render() {
@@ -541,6 +673,7 @@ function signOut(message = "") {
   clearTimeout(state.timer);
   state.token = null;
   state.view = null;
+  state.sites = []; // another token may see other sites
   sessionStorage.removeItem(TOKEN_KEY);
   document.getElementById("view").replaceChildren();
   document.getElementById("sign-in-error").textContent = message;
@@ -556,7 +689,7 @@ async function signIn(event) {
   const error = document.getElementById("sign-in-error");
   error.textContent = "";
   try {
-    await api("/v1/sites", token);
+    await api("/v1/sites?limit=1", token);
   } catch (err) {
     error.textContent = err.status === 401 || err.status === 403
       ? `Sign-in refused: ${err.message}.` : `Cannot sign in: ${err.message}.`;
