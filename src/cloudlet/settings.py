@@ -149,6 +149,13 @@ class AgentSettings(BaseModel):
         description="site.disk-low is raised once the data directory's disk is this full "
         "(a fraction), and cleared once it is 5 points below.",
     )
+    cache_full_at: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="site.cache-full is raised once the artifacts the site must keep fill "
+        "this much of cache_budget_gib (a fraction), and cleared 5 points below.",
+    )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
     link_dead_after_s: float = Field(
         10.0,

@@ -256,6 +256,7 @@ class Agent:
                     on_desired=self._desired_changed,
                     outbox_cap=s.outbox_cap,
                     disk_low_at=s.disk_low_at,
+                    cache_full_at=s.cache_full_at,
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
                 self.reconciler.handoffs = HandoffRunner(

@@ -6,7 +6,8 @@ wave to move, then waits until each is healthy at the new version:
 
 - an instance: its site applied the change and it reads ``running``, which the agent
   says only once every workload that binds a port accepts connections;
-- a site's agent: the site reports the new version.
+- a site's agent: the new agent says it committed the upgrade (its
+  ``agent.upgrade`` event with phase ``upgraded``).
 
 An item that fails (``failed`` at its site, an ``agent.upgrade`` failure, or not
 healthy within ``health_timeout_s``) stops the rollout: its whole wave is moved back
@@ -377,29 +378,30 @@ class _AgentMover:
         _started(item, now, None)
 
     def judge(self, session: Session, rollout: Rollout, item: RolloutItem, now: datetime) -> None:
+        """Healthy once the site's new agent says it committed the upgrade (an
+        ``agent.upgrade`` event, phase ``upgraded``): a report with the new version
+        alone is no proof, since a trial agent may send one before it falls over."""
         assert item.started_at is not None
-        site = session.get_one(Site, item.site_id)
-        heard = site.last_seen is not None and site.last_seen >= item.started_at
-        if heard and site.agent_version == rollout.to_version:
-            item.state, item.finished_at = ItemState.HEALTHY.value, now
-            return
-        failure = session.scalar(
+        outcome = session.scalar(
             select(Event.data)
             .where(
-                Event.site_id == site.id,
+                Event.site_id == item.site_id,
                 Event.kind == EventKind.AGENT_UPGRADE.value,
                 Event.received_at >= item.started_at,
+                Event.data["to"].as_string() == rollout.to_version,
+                Event.data["phase"].as_string().in_(("upgraded", "failed")),
             )
             .order_by(Event.seq.desc())
             .limit(1)
         )
-        if failure and failure.get("phase") == "failed" and failure.get("to") == rollout.to_version:
-            why = failure.get("reason") or "no reason given"
+        if outcome and outcome.get("phase") == "upgraded":
+            item.state, item.finished_at = ItemState.HEALTHY.value, now
+        elif outcome:
+            why = outcome.get("reason") or "no reason given"
             _fail(item, now, f"the agent rolled back: {why}")
         elif _timed_out(rollout, item, now):
-            _fail(
-                item, now, f"not back at {rollout.to_version} within {rollout.health_timeout_s:g} s"
-            )
+            deadline = rollout.health_timeout_s
+            _fail(item, now, f"not back at {rollout.to_version} within {deadline:g} s")
 
     def roll_back(self, session: Session, item: RolloutItem, done: Pass) -> None:
         site = session.get(Site, item.site_id)
