@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, StrictBool, model_validator
 
 from cloudlet.schemas._base import Input, Model
 from cloudlet.schemas.common import JsonNumber, LabelMap, Name, Project, Resources
@@ -58,7 +58,7 @@ class Component(Input):
     env: dict[EnvName, Annotated[str, Field(max_length=8192)]] = Field(
         default_factory=dict, max_length=128
     )
-    port: bool = Field(True, description="Assign a host port and report it as the endpoint.")
+    port: StrictBool = Field(True, description="Assign a host port and report it as the endpoint.")
     image: str | None = Field(
         None, min_length=1, max_length=253, description="VM kind: base image digest."
     )
@@ -68,7 +68,7 @@ class Component(Input):
     guest_port: Annotated[int, Field(gt=0, lt=65536), JsonNumber] | None = Field(
         None, description="VM kind: service port."
     )
-    stateful: bool = Field(
+    stateful: StrictBool = Field(
         False,
         description="Process kind: gets $CLOUDLET_STATE_DIR, a directory that moves with "
         "the instance when it is handed off to another site.",
@@ -96,7 +96,7 @@ class AppCreate(Input):
         max_length=32,
         description='Placement constraints, e.g. "region==eu-west".',
     )
-    relocatable: bool = Field(
+    relocatable: StrictBool = Field(
         False, description="Restart it at another site when its site stays offline."
     )
     failover_after_s: float | None = Field(

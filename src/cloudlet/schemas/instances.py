@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from cloudlet.schemas._base import Input, Model
 from cloudlet.schemas.common import Latitude, Longitude, Name
@@ -54,7 +54,7 @@ class InstanceCreate(Input):
     name: Name | None = None
     client_latitude: Latitude | None = None
     client_longitude: Longitude | None = None
-    follow_client: bool = Field(
+    follow_client: StrictBool = Field(
         False, description="Tie the instance to the client: move it when the client moves."
     )
 
