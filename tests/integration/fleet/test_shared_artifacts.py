@@ -1,5 +1,6 @@
 """Artifacts in an S3 bucket serve every controller replica: an image uploaded through
-one replica is read by range, and fetched by a site's agent, through another."""
+one replica is read by range, and fetched by a site's agent, through another; the
+upload's own chunks must reach the replica that assembles it."""
 
 from __future__ import annotations
 
@@ -44,6 +45,12 @@ def test_an_image_uploaded_through_one_replica_reaches_a_site_through_another(
                 chunk = data[offset : offset + 4 * MiB]
                 put = api_a.put(f"/v1/uploads/{uid}", params={"offset": offset}, content=chunk)
                 put.raise_for_status()
+                # Uploads are assembled on the replica that started them (no shared
+                # uploads dir here): B refuses the upload's chunks, and its completion.
+                elsewhere = api_b.put(f"/v1/uploads/{uid}", params={"offset": 0}, content=b"x")
+                assert elsewhere.status_code == 409
+                assert "another controller replica" in elsewhere.json()["detail"]
+            assert api_b.post(f"/v1/uploads/{uid}/complete").status_code == 409
             done = api_a.post(f"/v1/uploads/{uid}/complete")
             assert done.status_code == 201, done.text
             digest = done.json()["digest"]

@@ -222,6 +222,7 @@ async def put_chunk(
         raise ConflictError(
             f"{offset} + {length} bytes runs past the upload's declared size {upload.size}"
         )
+    artifacts.require_bytes_here(st.artifacts, upload, offset)
     path = st.artifacts.upload_path(upload.id)
     result = await write_chunk(path, offset, upload.size, body_chunks(request))
     if result.overflow:

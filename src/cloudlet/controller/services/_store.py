@@ -70,6 +70,13 @@ class ArtifactStore:
     def package_key(version: str) -> str:
         return f"agent-packages/{version}.whl"
 
+    def held_bytes(self, upload_id: str) -> int | None:
+        """How many bytes of the upload this replica holds (None: not its upload)."""
+        try:
+            return self.upload_path(upload_id).stat().st_size
+        except FileNotFoundError:
+            return None
+
     def create_upload_file(self, upload_id: str) -> Path:
         self.uploads.mkdir(parents=True, exist_ok=True)
         path = self.upload_path(upload_id)

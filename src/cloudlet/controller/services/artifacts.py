@@ -48,6 +48,7 @@ __all__ = [
     "list_overlays",
     "list_uploads",
     "record_chunk",
+    "require_bytes_here",
 ]
 
 _Row = TypeVar("_Row", Image, Overlay)
@@ -153,6 +154,23 @@ def gap_message(upload: Upload) -> str:
     )
 
 
+def require_bytes_here(store: ArtifactStore, upload: Upload, needed: int) -> None:
+    """Refuse an upload whose bytes this replica does not hold (uploads are assembled
+    on local disk: another replica, without a shared uploads dir, would write a
+    file with a hole, or complete a file it does not have).
+
+    Raises:
+        ConflictError: fewer than `needed` bytes of it are here.
+    """
+    held = store.held_bytes(upload.id)
+    if held is None or held < needed:
+        raise ConflictError(
+            f"upload {upload.id} is being received by another controller replica: send "
+            "all of an upload's requests to one replica, or give the replicas a shared "
+            "blobs.uploads_dir"
+        )
+
+
 def delete_upload(session: Session, store: ArtifactStore, upload: Upload) -> None:
     session.delete(upload)
     session.flush()
@@ -169,7 +187,8 @@ def complete_upload(
     caller must commit even then; a missing base keeps the upload for a retry.
 
     Raises:
-        ConflictError: bytes are missing, or the artifact belongs to another project.
+        ConflictError: bytes are missing (or on another replica), or the artifact
+            belongs to another project.
         IntegrityError: the digest differs from the expected one, or a segment is corrupt.
         InvalidInputError: not a valid overlay (the synthesis library's message).
         NotFoundError: the overlay's base image is not registered.
@@ -178,6 +197,7 @@ def complete_upload(
         raise ConflictError(
             f"upload {upload.id} is incomplete: {upload.received} of {upload.size} bytes"
         )
+    require_bytes_here(store, upload, upload.size)
     path = store.upload_path(upload.id)
     try:
         if upload.kind == ArtifactKind.IMAGE:
