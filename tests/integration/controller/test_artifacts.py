@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +423,27 @@ def test_a_resumable_overlay_needs_its_memory_base_registered_and_keeps_it(
     assert api.delete("/v1/apps/resumed").status_code == 204
     assert api.delete(f"/v1/overlays/{body['id']}").status_code == 204
     assert api.delete("/v1/images/base-ram").status_code == 204
+
+
+@both_backends
+def test_an_agent_package_is_stored_and_served_by_range(
+    api: httpx.Client, controller: LocalController, blobs: BlobBackend, tmp_path: Path
+) -> None:
+    wheel = tmp_path / "cloudlet-9.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("cloudlet-9.1.0.dist-info/METADATA", "Name: cloudlet\nVersion: 9.1.0\n")
+        zf.writestr("cloudlet/filler.bin", os.urandom(200_000))
+    data = wheel.read_bytes()
+    added = api.post(
+        "/v1/agent-packages", params={"filename": wheel.name}, content=data,
+        headers={"content-type": "application/octet-stream"},
+    )  # fmt: skip
+    assert added.status_code == 201, added.text
+    assert _files(controller, blobs) == ["artifacts/agent-packages/9.1.0.whl"]
+    assert blobs.read(controller.data_dir, "agent-packages/9.1.0.whl") == data
+    url = "/v1/agent-packages/9.1.0/blob"
+    assert api.get(url).content == data
+    part = api.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["etag"] == f'"{added.json()["digest"]}"'
+    assert api.get(url, headers={"Range": f"bytes={len(data)}-"}).status_code == 416

@@ -47,7 +47,7 @@ class S3BlobStore:
             config=Config(
                 s3={"addressing_style": settings.addressing_style},
                 retries={"max_attempts": 5, "mode": "standard"},
-                max_pool_connections=32,
+                max_pool_connections=64,
             ),
         )
         transfer = TransferConfig(
