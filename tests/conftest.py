@@ -13,6 +13,7 @@ import pytest
 from cloudlet.errors import DriverUnavailableError
 from cloudlet.testbed.guest import GuestImage, build_guest
 from postgres import create_database, pg_bindir, postgres_server
+from s3 import BlobBackend, S3Server, s3_server
 
 _db_counter = itertools.count()
 
@@ -43,6 +44,23 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
         return None
     base = request.getfixturevalue("postgres_base_url")
     return create_database(base, f"cloudlet_test_{next(_db_counter)}")
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def blobs(request: pytest.FixtureRequest) -> BlobBackend:
+    """The controller's blob backend: filesystem unless a test is parametrised over
+    ``["filesystem", "s3"]`` with ``indirect=True``; S3 gets a fresh bucket."""
+    name = getattr(request, "param", "filesystem")
+    if name == "filesystem":
+        return BlobBackend(name)
+    server: S3Server = request.getfixturevalue("s3")
+    return BlobBackend(name, server, server.new_bucket())
 
 
 #: Test directories that share something machine-wide, and run as one unit on one

@@ -10,6 +10,7 @@ CloudletError
 ├── ForbiddenError              authenticated, but the role or project may not do this
 ├── TooLargeError               a body or field larger than its bound
 ├── PlacementError              no site fits an instance
+├── BlobStoreError              the artifact store (disk, S3) failed or refused
 ├── SyncError                   controller <-> agent exchange failed
 │   └── ControllerUnreachableError
 ├── DriverError                 a compute backend failed
@@ -61,6 +62,10 @@ class TooLargeError(CloudletError):
 
 
 class PlacementError(CloudletError):
+    pass
+
+
+class BlobStoreError(CloudletError):
     pass
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cloudlet.errors import ConfigError
@@ -81,6 +81,49 @@ class AlarmSettings(BaseModel):
     )
 
 
+class BlobSettings(BaseModel):
+    """Where the controller keeps published artifacts: images, overlays, agent packages."""
+
+    backend: Literal["filesystem", "s3"] = Field(
+        "filesystem",
+        description="filesystem: files under `path` (a shared mount serves several "
+        "replicas); s3: objects in an S3-compatible bucket.",
+    )
+    path: Path | None = Field(
+        None, description="The filesystem backend's root (default: data_dir/artifacts)."
+    )
+    uploads_dir: Path | None = Field(
+        None,
+        description="Uploads in progress (default: data_dir/uploads). With several replicas, "
+        "a mount they share, unless each upload's requests reach one replica.",
+    )
+    bucket: str | None = Field(None, description="The S3 bucket (s3 backend; it must exist).")
+    prefix: str = Field("", description="Prepended to every S3 key, e.g. `cloudlet/`.")
+    endpoint_url: str | None = Field(
+        None, description="An S3-compatible server's URL (default: AWS's for the region)."
+    )
+    region: str | None = Field(None, description="The S3 region (default: us-east-1).")
+    access_key_id: str | None = Field(
+        None, description="S3 credentials (default: boto3's chain: AWS_* variables, files, roles)."
+    )
+    secret_access_key: SecretStr | None = Field(None, description="Goes with access_key_id.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 bucket addressing; most self-hosted servers want `path`."
+    )
+    multipart_threshold_mib: int = Field(
+        64, ge=5, description="Blobs at least this large are put to S3 in a multipart upload."
+    )
+    multipart_chunk_mib: int = Field(
+        16, ge=5, description="Size of one part of a multipart upload (S3's minimum is 5)."
+    )
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> BlobSettings:
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("blobs.backend = s3 needs blobs.bucket")
+        return self
+
+
 class ControllerSettings(BaseModel):
     data_dir: Path = Field(Path("./cloudlet-data"), description="Database, admin token, keys.")
     database_url: str | None = Field(
@@ -109,6 +152,7 @@ class ControllerSettings(BaseModel):
     log_level: str = Field("info", description="Python log level.")
     mobility: MobilitySettings = Field(default_factory=MobilitySettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
 
 
 class AgentSettings(BaseModel):

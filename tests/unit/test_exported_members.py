@@ -23,6 +23,10 @@ PUBLIC = {
     "cloudlet.agent": {"Agent", "Store", "run_agent"},
     "cloudlet.web": {"MIB", "BodyGuard", "BodyLimits", "StreamedRoute"},
     "cloudlet.controller.ui": {"STATIC_DIR", "install"},
+    "cloudlet.controller.blobs": {
+        "READ_CHUNK", "BlobStore", "BlobStream", "FilesystemBlobStore", "S3BlobStore",
+        "open_blob_store",
+    },
 }  # fmt: skip
 
 

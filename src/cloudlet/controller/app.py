@@ -33,6 +33,7 @@ from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
 from cloudlet.controller.services import agent_packages
+from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.state import ControllerState
 from cloudlet.controller.webhook import AlarmWebhook
@@ -83,8 +84,10 @@ class TrafficMiddleware:
 
 
 def open_state(settings: ControllerSettings) -> ControllerState:
-    """Connect to the database, migrate it and bootstrap the admin identity."""
+    """Connect to the database, migrate it, bootstrap the admin identity and open
+    the artifact store (ConfigError if its S3 bucket is missing or refused)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = ArtifactStore.from_settings(settings)
     engine = make_engine(settings.database_url or default_url(settings.data_dir))
     upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -92,7 +95,11 @@ def open_state(settings: ControllerSettings) -> ControllerState:
         bootstrap(session, settings.data_dir)
     loop_connection = engine.connect() if is_sqlite(engine) else None
     state = ControllerState(
-        settings=settings, engine=engine, sessions=sessions, loop_connection=loop_connection
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        artifacts=artifacts,
+        loop_connection=loop_connection,
     )
     state.metrics = ControllerMetrics(engine, settings.offline_grace_s, state.watcher)
     if settings.alarms.webhook_url:

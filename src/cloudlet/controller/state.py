@@ -1,5 +1,5 @@
-"""What one controller process holds besides its database: sessions, settings,
-long-poll waiters, traffic counters and unwritten heartbeats."""
+"""What one controller process holds besides its database: sessions, settings, the
+artifact store, long-poll waiters, traffic counters and unwritten heartbeats."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloudlet.controller.services._snapshot import SnapshotCache
+from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.settings import ControllerSettings
 
 
@@ -104,6 +105,7 @@ class ControllerState:
     settings: ControllerSettings
     engine: Engine
     sessions: sessionmaker[Session]
+    artifacts: ArtifactStore
     watcher: RevisionWatcher = field(default_factory=RevisionWatcher)
     traffic: TrafficCounters = field(default_factory=TrafficCounters)
     heartbeats: Heartbeats = field(default_factory=Heartbeats)

@@ -1,4 +1,5 @@
-"""A real controller process per test, on SQLite and on PostgreSQL, and an admin client."""
+"""A real controller process per test, on SQLite and on PostgreSQL (and on the blob
+backend of the ``blobs`` fixture), and an admin client."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import httpx
 import pytest
 
 from cloudlet.testbed.local import LocalController
+from s3 import BlobBackend
 
 
 @pytest.fixture
-def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalController]:
-    ctl = LocalController(tmp_path / "controller", database_url=database_url).start()
+def controller(
+    tmp_path: Path, database_url: str | None, blobs: BlobBackend
+) -> Iterator[LocalController]:
+    ctl = LocalController(
+        tmp_path / "controller", database_url=database_url, env=blobs.env()
+    ).start()
     try:
         yield ctl
     finally:

@@ -1,5 +1,6 @@
-"""Images and overlays against a real controller process, on SQLite and PostgreSQL:
-resumable uploads, digest checks, range reads, pre-staging and the CLI."""
+"""Images and overlays against a real controller process, on SQLite and PostgreSQL
+and on both blob backends (files, S3): resumable uploads, digest checks, range
+reads, pre-staging and the CLI."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,10 @@ from cloudlet.schemas.artifacts import ArtifactKind, CachedImage
 from cloudlet.synthesis import create_overlay
 from cloudlet.synthesis.format import HEADER_SIZE
 from cloudlet.testbed.local import LocalController, wait_for
+from s3 import BlobBackend
 
 pytestmark = pytest.mark.integration
+both_backends = pytest.mark.parametrize("blobs", ["filesystem", "s3"], indirect=True)
 
 MiB = 1 << 20
 PROBLEM = "application/problem+json"
@@ -95,17 +99,18 @@ def _report_cache(
         engine.dispose()
 
 
-def _files(ctl: LocalController) -> list[str]:
+def _files(ctl: LocalController, blobs: BlobBackend) -> list[str]:
+    """Uploads in progress and published blobs: nothing else may be left behind."""
+    uploads = ctl.data_dir / "uploads"
     return sorted(
-        str(p.relative_to(ctl.data_dir))
-        for sub in ("uploads", "artifacts")
-        for p in (ctl.data_dir / sub).rglob("*")
-        if p.is_file()
+        [f"uploads/{p.name}" for p in uploads.glob("*") if p.is_file()]
+        + [f"artifacts/{key}" for key in blobs.keys(ctl.data_dir)]
     )
 
 
+@both_backends
 def test_chunked_upload_resumes_is_checked_and_served_by_range(
-    api: httpx.Client, controller: LocalController
+    api: httpx.Client, controller: LocalController, blobs: BlobBackend
 ) -> None:
     data = os.urandom(3 * MiB) + bytes(MiB) + os.urandom(12345)
     digest = blake3.blake3(data).hexdigest()
@@ -140,7 +145,7 @@ def test_chunked_upload_resumes_is_checked_and_served_by_range(
     done = api.post(f"/v1/uploads/{uid}/complete")
     assert done.status_code == 201, done.text
     assert done.json()["digest"] == digest and done.json()["size"] == len(data)
-    assert (controller.data_dir / "artifacts" / "images" / digest).read_bytes() == data
+    assert blobs.read(controller.data_dir, f"images/{digest}") == data
     assert _problem(api.get(f"/v1/uploads/{uid}"), 404, "not-found")
 
     # Same bytes again: the existing image (200), by digest, name or prefix.
@@ -150,21 +155,21 @@ def test_chunked_upload_resumes_is_checked_and_served_by_range(
     assert [i["digest"] for i in api.get("/v1/images").json()] == [digest]
     taken = api.post("/v1/uploads", json={"kind": "image", "name": "base", "size": 10})
     _problem(taken, 409, "conflict")
-    assert _files(controller) == [f"artifacts/images/{digest}"]
+    assert _files(controller, blobs) == [f"artifacts/images/{digest}"]
 
     # A wrong expected digest: 422, nothing registered, no file left behind.
     other = os.urandom(MiB)
     bad = _upload(api, "image", "other", other, digest="0" * 64)
     assert "digest mismatch" in _problem(bad, 422, "digest-mismatch")
     assert _problem(api.get("/v1/images/other"), 404, "not-found")
-    assert _files(controller) == [f"artifacts/images/{digest}"]
+    assert _files(controller, blobs) == [f"artifacts/images/{digest}"]
     assert api.get("/v1/uploads").json() == []
 
     # Aborting removes the upload and its file.
     aborted = api.post("/v1/uploads", json={"kind": "image", "name": "gone", "size": 10}).json()
     api.put(f"/v1/uploads/{aborted['id']}", params={"offset": 0}, content=b"12345")
     assert api.delete(f"/v1/uploads/{aborted['id']}").status_code == 204
-    assert _files(controller) == [f"artifacts/images/{digest}"]
+    assert _files(controller, blobs) == [f"artifacts/images/{digest}"]
 
     # Range reads, by an admin token or by a site credential.
     url = f"/v1/images/{digest}/blob"
@@ -180,6 +185,17 @@ def test_chunked_upload_resumes_is_checked_and_served_by_range(
     assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(data)}"
     head = api.head(url)
     assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
+    assert head.headers["etag"] == f'"{digest}"' and head.headers["accept-ranges"] == "bytes"
+    suffix = api.get(url, headers={"Range": "bytes=-100"})
+    assert suffix.status_code == 206 and suffix.content == data[-100:]
+    # If-Range: the range only while the ETag (the digest) still matches.
+    same = api.get(url, headers={"Range": "bytes=5-9", "If-Range": f'"{digest}"'})
+    assert same.status_code == 206 and same.content == data[5:10]
+    changed = api.get(url, headers={"Range": "bytes=5-9", "If-Range": '"other"'})
+    assert changed.status_code == 200 and changed.content == data
+    # Several ranges, or another unit: the server may ignore Range, and does.
+    several = api.get(url, headers={"Range": "bytes=0-1,5-6"})
+    assert several.status_code == 200 and len(several.content) == len(data)
 
     created = api.post("/v1/sites", json={"name": "lyon"}).json()
     enrolled = httpx.post(
@@ -199,11 +215,13 @@ def test_chunked_upload_resumes_is_checked_and_served_by_range(
     _problem(api.get(f"/v1/images/{'f' * 64}/blob"), 404, "not-found")
 
 
+@both_backends
 def test_overlay_needs_its_base_and_must_verify_then_prestage(
     api: httpx.Client,
     controller: LocalController,
     images: tuple[Path, Path, Path],
     database_url: str | None,
+    blobs: BlobBackend,
 ) -> None:
     base, _modified, overlay = images
     ovl = overlay.read_bytes()
@@ -232,12 +250,12 @@ def test_overlay_needs_its_base_and_must_verify_then_prestage(
 
     in_use = api.delete(f"/v1/images/{image.json()['digest']}")
     assert "overlay" in _problem(in_use, 409, "conflict")
-    assert sorted(_files(controller)) == sorted(
+    assert sorted(_files(controller, blobs)) == sorted(
         [f"artifacts/images/{image.json()['digest']}", f"artifacts/overlays/{body['id']}"]
     )
     assert api.delete(f"/v1/overlays/{body['id']}").status_code == 204
     assert api.delete("/v1/images/base").status_code == 204
-    assert _files(controller) == [] and api.get("/v1/images").json() == []
+    assert _files(controller, blobs) == [] and api.get("/v1/images").json() == []
 
     # Pre-staging a second image at a site, and the site's cache report.
     data = os.urandom(MiB)
@@ -405,3 +423,27 @@ def test_a_resumable_overlay_needs_its_memory_base_registered_and_keeps_it(
     assert api.delete("/v1/apps/resumed").status_code == 204
     assert api.delete(f"/v1/overlays/{body['id']}").status_code == 204
     assert api.delete("/v1/images/base-ram").status_code == 204
+
+
+@both_backends
+def test_an_agent_package_is_stored_and_served_by_range(
+    api: httpx.Client, controller: LocalController, blobs: BlobBackend, tmp_path: Path
+) -> None:
+    wheel = tmp_path / "cloudlet-9.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("cloudlet-9.1.0.dist-info/METADATA", "Name: cloudlet\nVersion: 9.1.0\n")
+        zf.writestr("cloudlet/filler.bin", os.urandom(200_000))
+    data = wheel.read_bytes()
+    added = api.post(
+        "/v1/agent-packages", params={"filename": wheel.name}, content=data,
+        headers={"content-type": "application/octet-stream"},
+    )  # fmt: skip
+    assert added.status_code == 201, added.text
+    assert _files(controller, blobs) == ["artifacts/agent-packages/9.1.0.whl"]
+    assert blobs.read(controller.data_dir, "agent-packages/9.1.0.whl") == data
+    url = "/v1/agent-packages/9.1.0/blob"
+    assert api.get(url).content == data
+    part = api.get(url, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == data[100:200]
+    assert part.headers["etag"] == f'"{added.json()["digest"]}"'
+    assert api.get(url, headers={"Range": f"bytes={len(data)}-"}).status_code == 416

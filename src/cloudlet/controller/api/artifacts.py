@@ -6,6 +6,7 @@ they authenticate and look rows up in short sessions of their own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,9 +15,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 from starlette.requests import ClientDisconnect
 
+from cloudlet.controller.api._blob_response import OCTET, BlobResponse, blob_response
 from cloudlet.controller.api.deps import (
     DB,
     State,
@@ -31,11 +32,12 @@ from cloudlet.controller.db.models import Image as ImageRow
 from cloudlet.controller.db.models import Overlay as OverlayRow
 from cloudlet.controller.db.models import Upload as UploadRow
 from cloudlet.controller.services import artifacts, site_images
-from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
+from cloudlet.controller.services._store import discard, write_chunk
 from cloudlet.controller.services.auth import authenticate_site, authenticate_user
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import (
     AuthError,
+    BlobStoreError,
     ConflictError,
     ForbiddenError,
     IntegrityError,
@@ -54,8 +56,8 @@ from cloudlet.schemas.artifacts import (
 )
 from cloudlet.schemas.common import bearer_secret
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["artifacts"])
-OCTET = "application/octet-stream"
 
 
 class SiteImage(Model):
@@ -111,10 +113,6 @@ BriefUser = Annotated[ApiToken, Depends(brief_user)]
 BlobReader = Annotated[Reader, Depends(blob_reader)]
 
 
-def _store(st: ControllerState) -> ArtifactStore:
-    return ArtifactStore(st.settings.data_dir)
-
-
 def _image(row: ImageRow) -> Image:
     return Image.model_validate(row)
 
@@ -146,7 +144,7 @@ def create_upload(body: UploadCreate, session: DB, user: User, st: State) -> Upl
     project = scope_project(user, body.project) or DEFAULT_PROJECT
     if body.project and body.project != project:
         raise ForbiddenError(f"you may not upload to project {body.project!r}")
-    upload = artifacts.create_upload(session, _store(st), project, body)
+    upload = artifacts.create_upload(session, st.artifacts, project, body)
     session.commit()  # before answering: the next request (the first chunk) must see it
     return Upload.model_validate(upload)
 
@@ -224,7 +222,8 @@ async def put_chunk(
         raise ConflictError(
             f"{offset} + {length} bytes runs past the upload's declared size {upload.size}"
         )
-    path = _store(st).upload_path(upload.id)
+    artifacts.require_bytes_here(st.artifacts, upload, offset)
+    path = st.artifacts.upload_path(upload.id)
     result = await write_chunk(path, offset, upload.size, body_chunks(request))
     if result.overflow:
         raise ConflictError(f"the body runs past the upload's declared size {upload.size}")
@@ -247,7 +246,7 @@ def complete_upload(
     upload = _load_upload(session, user, upload_id, lock=True)
     try:
         row, created = artifacts.complete_upload(
-            session, _store(st), upload, admin=user.role == "admin"
+            session, st.artifacts, upload, admin=user.role == "admin"
         )
     except (IntegrityError, InvalidInputError):
         session.commit()  # the bad upload stays discarded although the request fails
@@ -259,7 +258,7 @@ def complete_upload(
 
 @router.delete("/uploads/{upload_id}", status_code=status.HTTP_204_NO_CONTENT)
 def abort_upload(upload_id: str, session: DB, user: User, st: State) -> Response:
-    artifacts.delete_upload(session, _store(st), _load_upload(session, user, upload_id))
+    artifacts.delete_upload(session, st.artifacts, _load_upload(session, user, upload_id))
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
@@ -289,9 +288,9 @@ def show_image(ref: str, session: DB, user: User, project: str | None = Query(No
 def delete_image(ref: str, session: DB, user: User, st: State) -> Response:
     """Refused (409) while overlays or apps refer to the image; sites drop it."""
     image = _load_image(session, scope_project(user), ref)
-    path, sites = artifacts.delete_image(session, _store(st), image)
+    key, sites = artifacts.delete_image(session, st.artifacts, image)
     session.commit()
-    discard(path)
+    _drop_blob(st, key)
     for site_id in sites:
         st.watcher.notify(site_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -317,36 +316,42 @@ def delete_overlay(ref: str, session: DB, user: User, st: State) -> Response:
     overlay = artifacts.get_overlay(session, scope_project(user), ref)
     if overlay is None:
         raise NotFoundError(f"overlay {ref!r} not found")
-    path = artifacts.delete_overlay(session, _store(st), overlay)
+    key = artifacts.delete_overlay(session, st.artifacts, overlay)
     session.commit()
-    discard(path)
+    _drop_blob(st, key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-def _blob(path: Path, etag: str) -> FileResponse:
-    # FileResponse answers Range requests itself: 206 + Content-Range, 416 when
-    # unsatisfiable; the digest is a strong ETag, so If-Range works across restarts.
-    return FileResponse(path, media_type=OCTET, headers={"etag": f'"{etag}"'})
+def _drop_blob(st: ControllerState, key: str) -> None:
+    # After the commit: a blob the store failed to delete is only an orphan (the
+    # same bytes uploaded again reuse it), not a reason to fail a done deletion.
+    try:
+        st.artifacts.blobs.delete(key)
+    except BlobStoreError as exc:
+        log.warning("artifact deleted, its blob kept: %s", exc)
 
 
-@router.get("/images/{ref}/blob", response_class=FileResponse)
-@router.head("/images/{ref}/blob", response_class=FileResponse, include_in_schema=False)
-def image_blob(ref: str, reader: BlobReader, st: State) -> FileResponse:
+@router.get("/images/{ref}/blob", response_class=BlobResponse)
+@router.head("/images/{ref}/blob", response_class=BlobResponse, include_in_schema=False)
+def image_blob(ref: str, request: Request, reader: BlobReader, st: State) -> Response:
     """The image's bytes; HTTP Range supported. A site credential may read it too."""
     with st.sessions() as session:
-        digest = _load_image(session, reader.project, ref).digest
-    return _blob(_store(st).image_path(digest), digest)
+        image = _load_image(session, reader.project, ref)
+        digest, size = image.digest, image.size
+    return blob_response(request, st.artifacts.blobs, st.artifacts.image_key(digest), size, digest)
 
 
-@router.get("/overlays/{ref}/blob", response_class=FileResponse)
-@router.head("/overlays/{ref}/blob", response_class=FileResponse, include_in_schema=False)
-def overlay_blob(ref: str, reader: BlobReader, st: State) -> FileResponse:
+@router.get("/overlays/{ref}/blob", response_class=BlobResponse)
+@router.head("/overlays/{ref}/blob", response_class=BlobResponse, include_in_schema=False)
+def overlay_blob(ref: str, request: Request, reader: BlobReader, st: State) -> Response:
     """The overlay's bytes; HTTP Range supported. A site credential may read it too."""
     with st.sessions() as session:
         overlay = artifacts.get_overlay(session, reader.project, ref)
         if overlay is None:
             raise NotFoundError(f"overlay {ref!r} not found")
-    return _blob(_store(st).overlay_path(overlay.id), overlay.id)
+        overlay_id, size = overlay.id, overlay.size
+    key = st.artifacts.overlay_key(overlay_id)
+    return blob_response(request, st.artifacts.blobs, key, size, overlay_id)
 
 
 # --- pre-staging at sites ------------------------------------------------------------------

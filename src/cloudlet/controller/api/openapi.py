@@ -4,7 +4,8 @@ FastAPI documents the success answer of each operation and a 422 in its own shap
 Every error here is problem+json, so one pass over the generated document adds the
 error answers each operation can give, by what the operation is: one that needs a
 token may answer 401 and 403, one that takes a body 400 and 413, any 404, 409 and
-422. Generated clients and fuzzers can then rely on the document.
+422, one that reads or writes the artifact store 503. Generated clients and fuzzers
+can then rely on the document.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ _REASONS = {
     413: "The body is larger than this endpoint accepts.",
     416: "The requested range is not satisfiable.",
     422: "A field is invalid; `errors` lists each.",
+    503: "The artifact store (an S3 bucket) failed or could not be reached; retry.",
 }
+#: Operations that read or write the artifact store, besides blob downloads.
+_STORE_WRITES = frozenset(
+    {("post", "/v1/uploads/{upload_id}/complete"), ("post", "/v1/agent-packages")}
+)
 _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 
@@ -48,7 +54,9 @@ def _error_codes(method: str, path: str, operation: dict[str, Any]) -> list[int]
     if method in ("post", "put", "patch", "delete"):
         codes.add(409)
     if path.endswith("/blob"):
-        codes.add(416)
+        codes |= {416, 503}
+    if (method, path) in _STORE_WRITES:
+        codes.add(503)
     return sorted(codes)
 
 

@@ -38,6 +38,7 @@ ERROR_TABLE: list[tuple[type[errors.CloudletError], int, str, str]] = [
     (errors.InvalidInputError, 422, "invalid-input", "Invalid input"),
     (errors.IntegrityError, 422, "digest-mismatch", "Digest mismatch"),
     (errors.ConfigError, 422, "invalid-input", "Invalid input"),
+    (errors.BlobStoreError, 503, "blob-store", "Artifact store unavailable"),
 ]
 _HTTP_SLUGS = {
     400: "malformed-body",

@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 import secrets
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 from pydantic import Field
 
-from cloudlet.controller.api.artifacts import OCTET, BlobReader, BriefUser, body_chunks
+from cloudlet.controller.api._blob_response import OCTET, BlobResponse, blob_response
+from cloudlet.controller.api.artifacts import BlobReader, BriefUser, body_chunks
 from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin
 from cloudlet.controller.services import agent_packages, fleet, rollouts
-from cloudlet.controller.services._store import ArtifactStore, discard, write_chunk
+from cloudlet.controller.services._store import discard, write_chunk
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import InvalidInputError, TooLargeError
@@ -32,13 +32,9 @@ class AgentTargetUpdate(Input):
     version: str | None = Field(None, min_length=1, max_length=64)
 
 
-def _store(st: ControllerState) -> ArtifactStore:
-    return ArtifactStore(st.settings.data_dir)
-
-
 def _register(st: ControllerState, filename: str, path: object) -> AgentPackage:
     with st.sessions() as session:
-        row = agent_packages.add_package(session, _store(st), filename, path)  # type: ignore[arg-type]
+        row = agent_packages.add_package(session, st.artifacts, filename, path)  # type: ignore[arg-type]
         session.commit()
         return AgentPackage.model_validate(row)
 
@@ -64,8 +60,7 @@ async def upload_package(
 ) -> AgentPackage:
     """Add a wheel of the agent (raw bytes); sites upgrade to its version."""
     require_admin(user, "adding agent packages")
-    store = _store(st)
-    path = store.create_upload_file(f"package-{secrets.token_hex(8)}")
+    path = st.artifacts.create_upload_file(f"package-{secrets.token_hex(8)}")
     try:
         limit = agent_packages.MAX_PACKAGE_BYTES
         result = await write_chunk(path, 0, limit, body_chunks(request))
@@ -83,14 +78,14 @@ def list_packages(session: DB, user: User) -> list[AgentPackage]:
     return [AgentPackage.model_validate(p) for p in agent_packages.list_packages(session)]
 
 
-@router.get("/agent-packages/{version}/blob", response_class=FileResponse)
-def package_blob(version: str, reader: BlobReader, st: State) -> FileResponse:
+@router.get("/agent-packages/{version}/blob", response_class=BlobResponse)
+def package_blob(version: str, request: Request, reader: BlobReader, st: State) -> Response:
     """The wheel's bytes; HTTP Range supported. Sites fetch it with their credential."""
     with st.sessions() as session:
         row = agent_packages.get_package(session, version)
-        digest = row.digest
-    path = _store(st).package_path(version)
-    return FileResponse(path, media_type=OCTET, headers={"etag": f'"{digest}"'})
+        digest, size = row.digest, row.size
+    key = st.artifacts.package_key(version)
+    return blob_response(request, st.artifacts.blobs, key, size, digest)
 
 
 @router.put("/sites/{name}/agent-target", response_model=Site)

@@ -1,13 +1,15 @@
-"""Artifact bytes on the controller's disk: uploads in progress and published blobs.
+"""Artifact bytes on the controller: uploads in progress, and publishing checked ones.
 
-Layout under the controller's data dir::
+Uploads are assembled on local disk, ``uploads/<upload id>`` (written at offsets,
+resumable), because completing one needs the whole file at hand: an image is
+hashed, an overlay parsed and verified with random access. A checked upload is
+then put whole into the :class:`~cloudlet.controller.blobs.BlobStore` under::
 
-    uploads/<upload id>              bytes received so far (written at offsets)
-    artifacts/images/<digest>        base images, named by their digest
-    artifacts/overlays/<root digest> overlays, named by their manifest's root digest
+    images/<digest>                base images, named by their digest
+    overlays/<root digest>         overlays, named by their manifest's root digest
+    agent-packages/<version>.whl   agent wheels
 
-An artifact appears under ``artifacts/`` only whole and checked: the upload file
-is fsynced and renamed into place (same file system), then its directory fsynced.
+(the filesystem backend keeps them under ``artifacts/``, as controllers always did).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 import anyio
 import blake3
 
+from cloudlet.controller.blobs import BlobStore, open_blob_store
+from cloudlet.settings import ControllerSettings
 from cloudlet.synthesis import base_digest
 from cloudlet.synthesis.index import index_path
 
@@ -40,23 +44,38 @@ class ChunkResult:
 
 @dataclass(frozen=True)
 class ArtifactStore:
-    data_dir: Path
+    """Uploads in progress in a local directory, published blobs in `blobs`."""
 
-    @property
-    def uploads(self) -> Path:
-        return self.data_dir / "uploads"
+    uploads: Path
+    blobs: BlobStore
+
+    @classmethod
+    def from_settings(cls, settings: ControllerSettings) -> ArtifactStore:
+        """Raises ConfigError when the configured S3 bucket is missing or refused."""
+        uploads = settings.blobs.uploads_dir or settings.data_dir / "uploads"
+        return cls(uploads, open_blob_store(settings))
 
     def upload_path(self, upload_id: str) -> Path:
         return self.uploads / upload_id
 
-    def image_path(self, digest: str) -> Path:
-        return self.data_dir / "artifacts" / "images" / digest
+    @staticmethod
+    def image_key(digest: str) -> str:
+        return f"images/{digest}"
 
-    def overlay_path(self, overlay_id: str) -> Path:
-        return self.data_dir / "artifacts" / "overlays" / overlay_id
+    @staticmethod
+    def overlay_key(overlay_id: str) -> str:
+        return f"overlays/{overlay_id}"
 
-    def package_path(self, version: str) -> Path:
-        return self.data_dir / "artifacts" / "agent-packages" / f"{version}.whl"
+    @staticmethod
+    def package_key(version: str) -> str:
+        return f"agent-packages/{version}.whl"
+
+    def held_bytes(self, upload_id: str) -> int | None:
+        """How many bytes of the upload this replica holds (None: not its upload)."""
+        try:
+            return self.upload_path(upload_id).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def create_upload_file(self, upload_id: str) -> Path:
         self.uploads.mkdir(parents=True, exist_ok=True)
@@ -65,9 +84,27 @@ class ArtifactStore:
         return path
 
     def free_bytes(self) -> int:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        st = os.statvfs(self.data_dir)
+        """Free space where uploads are assembled."""
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(self.uploads)
         return st.f_bavail * st.f_frsize
+
+    def publish(self, src: Path, key: str) -> None:
+        """Put a checked upload into the blob store, whole, and remove it locally.
+
+        A source already gone while the blob exists means a concurrent completion
+        of the same upload published it first: the same bytes, so nothing to do.
+
+        Raises:
+            BlobStoreError: the store failed; the upload is kept for a retry.
+        """
+        try:
+            self.blobs.put(key, src)
+        except FileNotFoundError:
+            if self.blobs.exists(key):
+                return
+            raise
+        discard(src)
 
 
 async def write_chunk(
@@ -128,31 +165,6 @@ def image_digest(path: Path) -> str:
         # base_digest caches an index beside the image: not wanted in uploads/.
         with contextlib.suppress(OSError):
             index_path(path).unlink()
-
-
-def publish(src: Path, dst: Path) -> None:
-    """Move a checked upload into place atomically and durably.
-
-    A source already gone while the destination exists means a concurrent completion
-    of the same upload published it first: the same bytes, so nothing to do.
-    """
-    try:
-        fd = os.open(src, os.O_RDONLY)
-    except FileNotFoundError:
-        if dst.is_file():
-            return
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(src, dst)
-    dir_fd = os.open(dst.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def discard(path: Path) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import AgentPackage, Site
-from cloudlet.controller.services._store import ArtifactStore, image_digest, publish
+from cloudlet.controller.services._store import ArtifactStore, image_digest
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.instances import bump_revision
 from cloudlet.errors import ConflictError, InvalidInputError, NotFoundError
@@ -58,7 +58,7 @@ def add_package(session: Session, store: ArtifactStore, filename: str, path: Pat
         path.unlink(missing_ok=True)
         return held
     size = path.stat().st_size
-    publish(path, store.package_path(version))
+    store.publish(path, store.package_key(version))
     row = AgentPackage(
         version=version, digest=digest, size=size, filename=filename, created_at=utcnow()
     )

@@ -2,7 +2,7 @@
 
 An image's id is its digest (see ``_store.image_digest``); an overlay's id is its
 manifest's root digest, and it may only be registered on a registered base.
-Bytes live in an :class:`ArtifactStore`; rows and files agree: a failed or
+Bytes live in an :class:`ArtifactStore`; rows and blobs agree: a failed or
 wrong-digest upload leaves neither. Pre-staging and site caches: ``site_images``.
 """
 
@@ -48,6 +48,7 @@ __all__ = [
     "list_overlays",
     "list_uploads",
     "record_chunk",
+    "require_bytes_here",
 ]
 
 _Row = TypeVar("_Row", Image, Overlay)
@@ -82,7 +83,7 @@ def list_uploads(session: Session, project: str | None) -> list[Upload]:
 def create_upload(
     session: Session, store: ArtifactStore, project: str, body: UploadCreate
 ) -> Upload:
-    """Start an upload: a row and an empty file.
+    """Start an upload: a row and an empty local file.
 
     Raises:
         NotFoundError: the project does not exist.
@@ -153,6 +154,23 @@ def gap_message(upload: Upload) -> str:
     )
 
 
+def require_bytes_here(store: ArtifactStore, upload: Upload, needed: int) -> None:
+    """Refuse an upload whose bytes this replica does not hold (uploads are assembled
+    on local disk: another replica, without a shared uploads dir, would write a
+    file with a hole, or complete a file it does not have).
+
+    Raises:
+        ConflictError: fewer than `needed` bytes of it are here.
+    """
+    held = store.held_bytes(upload.id)
+    if held is None or held < needed:
+        raise ConflictError(
+            f"upload {upload.id} is being received by another controller replica: send "
+            "all of an upload's requests to one replica, or give the replicas a shared "
+            "blobs.uploads_dir"
+        )
+
+
 def delete_upload(session: Session, store: ArtifactStore, upload: Upload) -> None:
     session.delete(upload)
     session.flush()
@@ -169,7 +187,8 @@ def complete_upload(
     caller must commit even then; a missing base keeps the upload for a retry.
 
     Raises:
-        ConflictError: bytes are missing, or the artifact belongs to another project.
+        ConflictError: bytes are missing (or on another replica), or the artifact
+            belongs to another project.
         IntegrityError: the digest differs from the expected one, or a segment is corrupt.
         InvalidInputError: not a valid overlay (the synthesis library's message).
         NotFoundError: the overlay's base image is not registered.
@@ -178,6 +197,7 @@ def complete_upload(
         raise ConflictError(
             f"upload {upload.id} is incomplete: {upload.received} of {upload.size} bytes"
         )
+    require_bytes_here(store, upload, upload.size)
     path = store.upload_path(upload.id)
     try:
         if upload.kind == ArtifactKind.IMAGE:
@@ -217,7 +237,7 @@ def _complete_image(
         size=upload.size,
         created_at=utcnow(),
     )
-    _store.publish(path, store.image_path(digest))
+    store.publish(path, store.image_key(digest))
     session.add(image)
     _flush_named(session, upload)
     return image, True
@@ -265,7 +285,7 @@ def _complete_overlay(
         resumable=info["resumable"],
         created_at=utcnow(),
     )
-    _store.publish(path, store.overlay_path(overlay_id))
+    store.publish(path, store.overlay_key(overlay_id))
     session.add(overlay)
     _flush_named(session, upload)
     return overlay, True
@@ -283,7 +303,7 @@ def _check_name_free(session: Session, model: type[_Row], upload: Upload) -> Non
 
 
 def _flush_named(session: Session, upload: Upload) -> None:
-    # Only a concurrent upload under the same name gets here; the file it left
+    # Only a concurrent upload under the same name gets here; the blob it left
     # behind is content-addressed, so a later upload of the same bytes reuses it.
     try:
         with session.begin_nested():
@@ -346,11 +366,11 @@ def _get(
     return found[0] if len(found) == 1 else None
 
 
-def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[Path, list[str]]:
+def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[str, list[str]]:
     """Remove an image from the catalog and from every site's desired list.
 
-    Returns its file (to be removed once the transaction commits) and the ids of
-    the sites whose revision was bumped.
+    Returns its blob's key (to be deleted once the transaction commits) and the ids
+    of the sites whose revision was bumped.
 
     Raises:
         ConflictError: overlays or apps still refer to it.
@@ -375,11 +395,11 @@ def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[
         bump_revision(session, site_id)
     session.delete(image)
     session.flush()
-    return store.image_path(image.digest), sites
+    return store.image_key(image.digest), sites
 
 
-def delete_overlay(session: Session, store: ArtifactStore, overlay: Overlay) -> Path:
-    """Remove an overlay from the catalog; returns its file, to be removed after commit.
+def delete_overlay(session: Session, store: ArtifactStore, overlay: Overlay) -> str:
+    """Remove an overlay from the catalog; returns its blob's key, to delete after commit.
 
     Raises:
         ConflictError: apps still refer to it.
@@ -393,4 +413,4 @@ def delete_overlay(session: Session, store: ArtifactStore, overlay: Overlay) -> 
         raise ConflictError(f"overlay {overlay.name!r} is used by app(s) {', '.join(sorted(apps))}")
     session.delete(overlay)
     session.flush()
-    return store.overlay_path(overlay.id)
+    return store.overlay_key(overlay.id)
