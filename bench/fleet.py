@@ -22,6 +22,7 @@ import platform
 import resource
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -387,7 +388,10 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         busy1 = machine_busy_seconds()
         rss = peak_rss_mb(ctrl_procs)
         if spy is not None:
-            spy.wait(30)
+            try:  # py-spy writes its samples out after the window: give it time
+                spy.wait(180)
+            except subprocess.TimeoutExpired:
+                spy.kill()
         stats = [_recv(proc, pipe, 120, ctrl) for proc, pipe in children]
         for proc, _ in children:
             proc.join(10)
