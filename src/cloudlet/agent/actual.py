@@ -61,6 +61,7 @@ class ActualRow:
             ),
             updated_at=datetime.fromtimestamp(self.updated_at, UTC),
             epoch=self.epoch,
+            applied_revision=self.applied_revision,
             crash_restarts=self.crash_restarts or None,
         )
 
@@ -256,6 +257,7 @@ def set_applied(store: Store, row: ActualRow, revision: int) -> ActualRow:
         return row
     with store.transaction() as conn:
         conn.execute("UPDATE actual SET applied_revision = ? WHERE id = ?", (revision, row.id))
+        _bump(conn)  # reported: the controller judges rollouts by it
     return replace(row, applied_revision=revision)
 
 

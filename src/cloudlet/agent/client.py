@@ -101,9 +101,11 @@ class ControllerClient:
         """The controller replica requests go to now."""
         return self.base_urls[self._current]
 
-    def _fail_over(self) -> None:
-        """That replica did not answer: the next request tries the next one."""
-        if len(self.base_urls) > 1:
+    def _fail_over(self, tried: int) -> None:
+        """Replica ``tried`` did not answer: the next request tries the next one. Only
+        the first of the requests that were in flight to it moves on (the others
+        would otherwise move back to it)."""
+        if len(self.base_urls) > 1 and self._current == tried:
             self._current = (self._current + 1) % len(self.base_urls)
             log.info("trying the controller at %s next", self.base_url)
 
@@ -132,7 +134,8 @@ class ControllerClient:
         elif raw is not None:
             content = raw
             headers["Content-Type"] = "application/octet-stream"
-        url = f"{self.base_url}{path}"
+        tried = self._current
+        url = f"{self.base_urls[tried]}{path}"
         request = self._http.build_request(
             method,
             url,
@@ -145,7 +148,7 @@ class ControllerClient:
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
-            self._fail_over()
+            self._fail_over(tried)
             raise ControllerUnreachableError(
                 f"{method} {url}: {type(exc).__name__}: {exc}"
             ) from exc
@@ -156,7 +159,7 @@ class ControllerClient:
             if response.status_code in (401, 403):
                 raise AuthError(message)
             if response.status_code in (502, 503, 504):
-                self._fail_over()  # a proxy, or a replica, that cannot serve now
+                self._fail_over(tried)  # a proxy, or a replica, that cannot serve now
             if response.status_code >= 500 or response.status_code in (408, 429):
                 raise ControllerUnreachableError(message)
             raise SyncError(message)
@@ -164,10 +167,11 @@ class ControllerClient:
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Whether the controller answers its health check now (no credential sent)."""
+        tried = self._current
         try:
-            response = await self._http.get(f"{self.base_url}/healthz", timeout=timeout)
+            response = await self._http.get(f"{self.base_urls[tried]}/healthz", timeout=timeout)
         except httpx.HTTPError:
-            self._fail_over()
+            self._fail_over(tried)
             return False
         return response.status_code == 200
 

@@ -25,6 +25,16 @@ LEADER_KEY = 0x636C6F75646C6574  # "cloudlet"
 #: its lock connection lives (a dead leader's lock is freed when its session ends).
 LEAD_CHECK_S = 1.0
 RECONNECT_MAX_S = 10.0
+#: TCP keepalives on the coordination connections, so that a cut link to the
+#: database is noticed in seconds (and the server frees a dead leader's lock as
+#: soon), not after the kernel's two hours.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 
 def libpq_dsn(engine: Engine) -> str:
@@ -45,7 +55,7 @@ async def listen_revisions(engine: Engine, watcher: RevisionWatcher) -> None:
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                libpq_dsn(engine), autocommit=True
+                libpq_dsn(engine), autocommit=True, **KEEPALIVES
             ) as conn:
                 await conn.execute(f"LISTEN {REVISION_CHANNEL}")
                 for site_id in watcher.watched:
@@ -74,11 +84,11 @@ class Leadership:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    libpq_dsn(self.engine), autocommit=True
+                    libpq_dsn(self.engine), autocommit=True, **KEEPALIVES
                 ) as conn:
                     delay = 0.5
                     await self._hold(conn)
-            except (psycopg.Error, OSError) as exc:
+            except (psycopg.Error, OSError, TimeoutError) as exc:
                 if self.held:
                     log.warning("this replica no longer leads the background loops")
                 self.held = False
@@ -86,12 +96,14 @@ class Leadership:
 
     async def _hold(self, conn: psycopg.AsyncConnection) -> None:
         while True:
-            if self.held:
-                await conn.execute("SELECT 1")
-            else:
-                cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_KEY,))
-                row = await cur.fetchone()
-                if row is not None and row[0]:
-                    self.held = True
-                    log.info("this replica leads the background loops")
+            # Bounded: a leader that cannot reach the database must stop leading.
+            async with asyncio.timeout(2 * LEAD_CHECK_S):
+                if self.held:
+                    await conn.execute("SELECT 1")
+                else:
+                    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_KEY,))
+                    row = await cur.fetchone()
+                    if row is not None and row[0]:
+                        self.held = True
+                        log.info("this replica leads the background loops")
             await asyncio.sleep(LEAD_CHECK_S)

@@ -178,29 +178,24 @@ def advance_rollouts(st: ControllerState) -> set[str]:
         return rollouts.advance(session, st.settings.offline_grace_s).sites
 
 
-async def _advance_rollouts(st: ControllerState, interval: float, leader: Leadership) -> None:
+async def _lead_and_wake(
+    st: ControllerState,
+    interval: float,
+    leader: Leadership,
+    fn,
+    *args,  # type: ignore[no-untyped-def]
+) -> None:
+    """Every ``interval`` seconds while leading, run ``fn`` (in a thread) and wake the
+    long polls of the sites whose desired state it changed."""
     while True:
         await asyncio.sleep(interval)
         if not leader.held:
             continue
         try:
-            for site_id in await asyncio.to_thread(advance_rollouts, st):
+            for site_id in await asyncio.to_thread(fn, st, *args):
                 st.watcher.notify(site_id)
         except Exception:
-            log.exception("rollout pass failed; will retry")
-
-
-async def _relocate(st: ControllerState, interval: float, leader: Leadership) -> None:
-    memory = relocation.RelocationMemory()
-    while True:
-        await asyncio.sleep(interval)
-        if not leader.held:
-            continue
-        try:
-            for site_id in await asyncio.to_thread(relocate_once, st, memory):
-                st.watcher.notify(site_id)
-        except Exception:
-            log.exception("relocation pass failed; will retry")
+            log.exception("background pass %s failed; will retry", fn.__name__)
 
 
 def start(st: ControllerState) -> list[asyncio.Task[None]]:
@@ -223,6 +218,14 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(_every(2.0, flush_traffic, st)),
         asyncio.create_task(_every(1.0, finish_drains, st, leader=leader)),
         asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
-        asyncio.create_task(_relocate(st, st.settings.mobility.interval_s, leader)),
-        asyncio.create_task(_advance_rollouts(st, ROLLOUT_PASS_S, leader)),
+        asyncio.create_task(
+            _lead_and_wake(
+                st,
+                st.settings.mobility.interval_s,
+                leader,
+                relocate_once,
+                relocation.RelocationMemory(),
+            )
+        ),
+        asyncio.create_task(_lead_and_wake(st, ROLLOUT_PASS_S, leader, advance_rollouts)),
     ]

@@ -139,6 +139,13 @@ class ActualInstance(Input):
     )
     updated_at: datetime
     epoch: int = Field(0, ge=0, description="The epoch the site runs this instance at.")
+    applied_revision: Integer | None = Field(
+        None,
+        ge=0,
+        le=2**53,
+        description="The desired revision the site last brought this instance to: a "
+        "change is in effect once this reaches the revision it was made at.",
+    )
     crash_restarts: Integer | None = Field(
         None,
         ge=0,

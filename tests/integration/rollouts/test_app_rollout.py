@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -162,8 +163,44 @@ def test_serial_rollout_stops_at_the_unhealthy_site_and_rolls_it_back(bed: Bed) 
     assert bed.answer(ids["copenhagen"]) == untouched
     versions = {s: bed.api.get(f"/v1/instances/{i}").json()["app_version"] for s, i in ids.items()}
     assert versions == {"amsterdam": 2, "berlin": 1, "copenhagen": 1}
-    # One rollout at a time per app, and the app's latest version is v2 for new instances.
-    assert bed.api.get("/v1/apps/shop").json()["version"] == 2
+    # The app is back at v1: an instance created now does not run the failed version.
+    assert bed.api.get("/v1/apps/shop").json()["version"] == 1
+    late = bed.api.post("/v1/instances", json={"app": "shop", "site": "copenhagen"})
+    late.raise_for_status()
+    assert late.json()["app_version"] == 1
+    bed.wait_answer(late.json()["id"], "v1")
+    # The next publish takes a new number (v2's is not reused), and moves every instance.
+    (bed.broken / ids["berlin"]).unlink()
+    again = bed.publish("shop", "v3", strategy="parallel", max_parallel=4)
+    assert again["to_version"] == "3"
+    done = bed.wait_done(again["id"])
+    assert done["state"] == "succeeded", done
+    skipped = {i["site"] for i in done["items"] if i["state"] == "skipped"}
+    assert skipped == set()  # amsterdam was at v2, not v3
+
+
+def test_agent_rollouts_and_packages_are_for_admins(bed: Bed) -> None:
+    # A package the controller takes (its metadata is all it reads); the site has
+    # no supervisor, so it says it cannot upgrade and the rollout fails at once.
+    wheel = bed.tmp / "cloudlet-9.9.9-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("cloudlet-9.9.9.dist-info/METADATA", "Name: cloudlet\nVersion: 9.9.9\n")
+    added = bed.api.post(
+        "/v1/agent-packages", params={"filename": wheel.name}, content=wheel.read_bytes()
+    )
+    assert added.status_code == 201, added.text
+    made = bed.api.post("/v1/upgrades/agents", json={"to": "9.9.9", "sites": ["amsterdam"]})
+    assert made.status_code == 201, made.text
+    assert "supervisor" in (bed.wait_done(made.json()["id"])["reason"] or "")
+    member = bed.ctl.create_token("dev", "admin", "member")
+    with bed.ctl.client(token=member) as api:
+        assert api.get("/v1/agent-packages").status_code == 403
+        assert api.post("/v1/upgrades/agents", json={"to": "9.9.9"}).status_code == 403
+        put = api.put("/v1/sites/berlin/agent-target", json={"version": "9.9.9"})
+        assert put.status_code == 403
+        seen = api.get("/v1/rollouts", params={"limit": 100}).json()
+        assert seen and all(r["kind"] == "app" for r in seen)
+        assert api.get(f"/v1/rollouts/{made.json()['id']}").status_code == 404
 
 
 def test_parallel_rollout_with_a_canary_moves_every_instance(bed: Bed) -> None:

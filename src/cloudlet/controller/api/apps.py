@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response, status
 
-from cloudlet.controller.api.deps import DB, User, scope_project
+from cloudlet.controller.api.deps import DB, State, User, scope_project
 from cloudlet.controller.services import catalog, rollouts
 from cloudlet.errors import ForbiddenError, NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, App, AppCreate
@@ -50,10 +50,15 @@ def publish_version(
     body: AppVersionCreate,
     session: DB,
     user: User,
+    st: State,
     project: str | None = Query(None),
 ) -> Rollout:
     """Publish the app's next version and roll its instances to it in waves (see
     `rollout`): the answer is the rollout, which GET /v1/rollouts/{id} follows."""
-    app = catalog.publish_version(session, _load(session, user, name, project), body)
-    rollout = rollouts.start_app_rollout(session, app, body.rollout)
+    app = _load(session, user, name, project)
+    previous = app.version
+    catalog.publish_version(session, app, body)
+    rollout = rollouts.start_app_rollout(
+        session, app, previous, body.rollout, st.settings.offline_grace_s
+    )
     return rollouts.rollout_view(session, rollout)

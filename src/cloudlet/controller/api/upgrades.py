@@ -75,6 +75,7 @@ async def upload_package(
 
 @router.get("/agent-packages", response_model=list[AgentPackage])
 def list_packages(session: DB, user: User) -> list[AgentPackage]:
+    require_admin(user, "listing agent packages")
     return [AgentPackage.model_validate(p) for p in agent_packages.list_packages(session)]
 
 
@@ -98,6 +99,7 @@ def set_agent_target(
     /v1/upgrades/agents) do this wave by wave, with health checks."""
     require_admin(user, "upgrading agents")
     site = load_site(session, name)
+    rollouts.refuse_if_upgrading_agents(session)
     agent_packages.set_agent_target(session, site, body.version)
     session.commit()
     st.watcher.notify(site.id)

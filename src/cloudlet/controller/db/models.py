@@ -190,6 +190,9 @@ class Instance(Base):
     crash_restarts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: The app version this instance runs (a rollout moves it, wave by wave).
     app_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: The site revision its site last brought it to (reported): a change is in
+    #: effect for the instance once this reaches the revision it was made at.
+    applied_revision: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class InstanceDeparture(Base):
@@ -305,12 +308,24 @@ class Rollout(Base):
     agents of many sites. Stops at the first unhealthy wave and rolls it back."""
 
     __tablename__ = "rollouts"
+    __table_args__ = (
+        Index(
+            "ux_rollouts_running",
+            "kind",
+            text("coalesce(app_id, '')"),
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16))
     #: The app's id (kind app) or None (kind agent).
     app_id: Mapped[str | None] = mapped_column(String(36), index=True)
     project: Mapped[str] = mapped_column(String(63))
+    #: App rollouts: the app's version before the publish, restored if it fails.
+    from_version: Mapped[str | None] = mapped_column(String(64))
     to_version: Mapped[str] = mapped_column(String(64))
     strategy: Mapped[str] = mapped_column(String(16))
     max_parallel: Mapped[int] = mapped_column(Integer)

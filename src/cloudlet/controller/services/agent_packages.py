@@ -32,6 +32,8 @@ def wheel_version(filename: str, path: Path) -> str:
         raise InvalidInputError(f"not a wheel file name: {exc}") from None
     if name != canonicalize_name("cloudlet"):
         raise InvalidInputError(f"a wheel of {name!r}, not of cloudlet")
+    if len(str(version)) > 64:
+        raise InvalidInputError("a package's version is at most 64 characters")
     metadata = f"cloudlet-{version}.dist-info/METADATA"
     try:
         with zipfile.ZipFile(path) as wheel:

@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloudlet import synthesis
-from cloudlet.controller.db.models import App, Image, Overlay, SiteImage, Upload
+from cloudlet.controller.db.models import App, AppVersion, Image, Overlay, SiteImage, Upload
 from cloudlet.controller.services import _store
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services._util import new_id, utcnow
@@ -382,13 +382,9 @@ def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[
     )
     if overlays:
         raise ConflictError(f"image {image.name!r} is the base of {overlays} overlay(s)")
-    apps = [
-        a.name
-        for a in session.scalars(select(App))
-        if any(c.get("image") == image.digest for c in a.components)
-    ]
+    apps = _apps_using(session, "image", image.digest)
     if apps:
-        raise ConflictError(f"image {image.name!r} is used by app(s) {', '.join(sorted(apps))}")
+        raise ConflictError(f"image {image.name!r} is used by app(s) {', '.join(apps)}")
     sites = list(session.scalars(select(SiteImage.site_id).where(SiteImage.digest == image.digest)))
     session.execute(delete(SiteImage).where(SiteImage.digest == image.digest))
     for site_id in sites:
@@ -398,19 +394,22 @@ def delete_image(session: Session, store: ArtifactStore, image: Image) -> tuple[
     return store.image_key(image.digest), sites
 
 
+def _apps_using(session: Session, field: str, value: str) -> list[str]:
+    """Apps any of whose published versions names ``value`` as a component's
+    ``field``: an older version may still run, or be rolled back to."""
+    rows = session.execute(select(App.name, AppVersion.components).join(AppVersion))
+    return sorted({name for name, comps in rows if any(c.get(field) == value for c in comps)})
+
+
 def delete_overlay(session: Session, store: ArtifactStore, overlay: Overlay) -> str:
     """Remove an overlay from the catalog; returns its blob's key, to delete after commit.
 
     Raises:
         ConflictError: apps still refer to it.
     """
-    apps = [
-        a.name
-        for a in session.scalars(select(App))
-        if any(c.get("overlay") == overlay.id for c in a.components)
-    ]
+    apps = _apps_using(session, "overlay", overlay.id)
     if apps:
-        raise ConflictError(f"overlay {overlay.name!r} is used by app(s) {', '.join(sorted(apps))}")
+        raise ConflictError(f"overlay {overlay.name!r} is used by app(s) {', '.join(apps)}")
     session.delete(overlay)
     session.flush()
     return store.overlay_key(overlay.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -81,7 +81,10 @@ def publish_version(session: Session, app: App, body: AppVersionCreate) -> App:
     refuse_if_rolling(session, app)
     resources = body.resources or Resources.model_validate(app.resources)
     _check_resumable_memory(session, body.components, resources)
-    app.version += 1
+    # Past every version published so far: a failed rollout puts the app back at an
+    # earlier one, and its own version number is not reused.
+    latest = session.scalar(select(func.max(AppVersion.version)).where(AppVersion.app_id == app.id))
+    app.version = max(latest or 0, app.version) + 1
     app.components = [c.model_dump(mode="json") for c in body.components]
     app.resources = resources.model_dump()
     session.add(

@@ -22,16 +22,32 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import App, Event, Instance, Rollout, RolloutItem, Site
+from cloudlet.controller.db.models import (
+    App,
+    AppVersion,
+    Event,
+    Instance,
+    Rollout,
+    RolloutItem,
+    Site,
+)
 from cloudlet.controller.services import agent_packages
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.fleet import availability, record
 from cloudlet.controller.services.instances import bump_revision
 from cloudlet.errors import ConflictError, InvalidInputError
-from cloudlet.schemas import ActualState, Availability, DesiredState, EventKind, SiteState
+from cloudlet.schemas import (
+    ActualState,
+    Availability,
+    DesiredState,
+    EventKind,
+    InstanceOrigin,
+    SiteState,
+)
 from cloudlet.schemas.rollouts import (
     ItemState,
     RolloutKind,
@@ -87,6 +103,7 @@ def _create(
     options: RolloutOptions,
     planned: list[Planned],
     app_id: str | None = None,
+    from_version: str | None = None,
 ) -> Rollout:
     now = utcnow()
     rollout = Rollout(
@@ -94,6 +111,7 @@ def _create(
         kind=kind.value,
         app_id=app_id,
         project=project,
+        from_version=from_version,
         to_version=to_version,
         strategy=options.strategy.value,
         max_parallel=options.max_parallel,
@@ -107,6 +125,10 @@ def _create(
         finished_at=None,
     )
     session.add(rollout)
+    try:
+        session.flush()  # ux_rollouts_running: two rollouts started at once, one wins
+    except DBIntegrityError as exc:
+        raise ConflictError("another rollout of the same target started meanwhile") from exc
     moving = [p for p in planned if p.skip is None]
     waves = iter(_waves(len(moving), options))
     for position, p in enumerate(planned):
@@ -139,37 +161,53 @@ def _refuse_concurrent(session: Session, kind: RolloutKind, app_id: str | None) 
         raise ConflictError(f"rollout {running} of {what} is still running; wait for it to end")
 
 
+def refuse_if_upgrading_agents(session: Session) -> None:
+    """ConflictError while an agent upgrade runs (it owns the sites' agent targets)."""
+    _refuse_concurrent(session, RolloutKind.AGENT, None)
+
+
 def refuse_if_rolling(session: Session, app: App) -> None:
     """ConflictError while a rollout of ``app`` runs (one version change at a time)."""
     _refuse_concurrent(session, RolloutKind.APP, app.id)
 
 
-def start_app_rollout(session: Session, app: App, options: RolloutOptions) -> Rollout:
-    """Roll the app's instances to its latest version (``app.version``), ordered by
-    site name. Instances started at a site by a local client are not moved (their
-    site holds their definition), nor deleted ones."""
+def start_app_rollout(
+    session: Session, app: App, previous: int, options: RolloutOptions, grace_s: float
+) -> Rollout:
+    """Roll the app's instances to its latest version (``app.version``; it was
+    ``previous``, and is again if the rollout fails), ordered by site name. Instances
+    started at a site by a local client are not moved (their site holds their
+    definition), nor deleted ones, nor those on sites offline now (a wave must not
+    wait on a cut link: they move when the app is published again)."""
     refuse_if_rolling(session, app)
     rows = session.execute(
-        select(Instance, Site.name)
+        select(Instance, Site)
         .join(Site, Site.id == Instance.site_id)
         .where(
             Instance.app_id == app.id,
-            Instance.origin == "controller",
+            Instance.origin == InstanceOrigin.CONTROLLER.value,
             Instance.desired_state != DesiredState.DELETED.value,
         )
         .order_by(Site.name, Instance.name)
     ).all()
-    planned = [
-        Planned(
-            i.id,
-            i.site_id,
-            str(i.app_version),
-            skip="already at this version" if i.app_version == app.version else None,
-        )
-        for i, _ in rows
-    ]
+    now = utcnow()
+    planned = []
+    for i, site in rows:
+        skip = None
+        if i.app_version == app.version:
+            skip = "already at this version"
+        elif availability(site, now, grace_s) is not Availability.ONLINE:
+            skip = "offline at the start"
+        planned.append(Planned(i.id, i.site_id, str(i.app_version), skip=skip))
     return _create(
-        session, RolloutKind.APP, app.project, str(app.version), options, planned, app.id
+        session,
+        RolloutKind.APP,
+        app.project,
+        str(app.version),
+        options,
+        planned,
+        app.id,
+        from_version=str(previous),
     )
 
 
@@ -182,7 +220,7 @@ def start_agent_rollout(
 ) -> Rollout:
     """Upgrade the agents of the named sites (default: every active site), ordered by
     name. Sites offline at the start are skipped: a wave must not wait on a cut link."""
-    _refuse_concurrent(session, RolloutKind.AGENT, None)
+    refuse_if_upgrading_agents(session)
     agent_packages.get_package(session, version)
     query = select(Site).where(Site.state == SiteState.ACTIVE.value).order_by(Site.name)
     if site_names is not None:
@@ -242,7 +280,7 @@ def _advance(session: Session, rollout: Rollout, done: Pass, grace_s: float) -> 
         wave = [i for i in items if i.wave == rollout.wave]
         for item in wave:
             if item.state == ItemState.PENDING.value:
-                mover.move(session, rollout, item, now, done)
+                mover.move(session, rollout, item, now, done, grace_s)
             elif item.state == ItemState.UPDATING.value:
                 mover.judge(session, rollout, item, now)
         failed = [i for i in wave if i.state == ItemState.FAILED.value]
@@ -254,6 +292,8 @@ def _advance(session: Session, rollout: Rollout, done: Pass, grace_s: float) -> 
                     item.state = ItemState.ROLLED_BACK.value  # a failed one stays failed
                     item.finished_at = now
             first = failed[0]
+            if rollout.kind == RolloutKind.APP.value:
+                _restore_app(session, rollout)
             _finish(
                 session,
                 rollout,
@@ -271,6 +311,20 @@ def _advance(session: Session, rollout: Rollout, done: Pass, grace_s: float) -> 
             _finish(session, rollout, RolloutState.SUCCEEDED, now, None)
             return
         rollout.wave = min(later)
+
+
+def _restore_app(session: Session, rollout: Rollout) -> None:
+    """A failed app rollout puts the app back at its version from before the publish,
+    so that instances created from now on do not run the version that failed."""
+    app = session.get(App, rollout.app_id) if rollout.app_id else None
+    if app is None or rollout.from_version is None:
+        return
+    previous = session.get(AppVersion, (app.id, int(rollout.from_version)))
+    if previous is None:
+        return
+    app.version = previous.version
+    app.components = previous.components
+    app.resources = previous.resources
 
 
 def _touch(rollout: Rollout, now: datetime) -> None:
@@ -324,11 +378,21 @@ class _AppMover:
         return revision
 
     def move(
-        self, session: Session, rollout: Rollout, item: RolloutItem, now: datetime, done: Pass
+        self,
+        session: Session,
+        rollout: Rollout,
+        item: RolloutItem,
+        now: datetime,
+        done: Pass,
+        grace_s: float,
     ) -> None:
         instance = session.get(Instance, item.entity_id)
         if instance is None or instance.desired_state == DesiredState.DELETED.value:
             item.state, item.reason = ItemState.SKIPPED.value, "deleted before its wave"
+            return
+        site = session.get_one(Site, instance.site_id)
+        if availability(site, now, grace_s) is not Availability.ONLINE:
+            item.state, item.reason = ItemState.SKIPPED.value, "offline at its wave"
             return
         revision = self._set_version(session, instance, int(rollout.to_version))
         item.site_id = instance.site_id
@@ -340,11 +404,17 @@ class _AppMover:
         if instance is None or instance.desired_state == DesiredState.DELETED.value:
             item.state, item.reason = ItemState.SKIPPED.value, "deleted during its wave"
             return
-        site = session.get_one(Site, instance.site_id)
-        applied = instance.site_id != item.site_id or site.applied_revision >= (item.revision or 0)
-        if instance.desired_state != DesiredState.RUNNING.value and applied:
-            item.state, item.finished_at = ItemState.HEALTHY.value, now  # nothing to serve
-        elif applied and instance.actual_state == ActualState.RUNNING.value:
+        # The instance's own applied revision (reported), not its site's: a site's
+        # cursor moves on while a VM's new definition is still being started.
+        applied = instance.site_id != item.site_id or (instance.applied_revision or 0) >= (
+            item.revision or 0
+        )
+        if instance.desired_state != DesiredState.RUNNING.value:
+            site = session.get_one(Site, instance.site_id)
+            if site.applied_revision >= (item.revision or 0):  # nothing to serve
+                item.state, item.finished_at = ItemState.HEALTHY.value, now
+            return
+        if applied and instance.actual_state == ActualState.RUNNING.value:
             item.state, item.finished_at = ItemState.HEALTHY.value, now
         elif applied and instance.actual_state == ActualState.FAILED.value:
             _fail(item, now, f"failed at the new version: {instance.reason or 'no reason given'}")
@@ -370,7 +440,13 @@ class _AgentMover:
         return f"site {site.name if site else item.site_id}"
 
     def move(
-        self, session: Session, rollout: Rollout, item: RolloutItem, now: datetime, done: Pass
+        self,
+        session: Session,
+        rollout: Rollout,
+        item: RolloutItem,
+        now: datetime,
+        done: Pass,
+        grace_s: float,
     ) -> None:
         site = session.get_one(Site, item.site_id)
         agent_packages.set_agent_target(session, site, rollout.to_version)
@@ -423,8 +499,8 @@ def list_rollouts(
 ) -> list[Rollout]:
     """Newest first."""
     query = select(Rollout).order_by(Rollout.created_at.desc(), Rollout.id).limit(limit)
-    if project is not None:
-        query = query.where(Rollout.project == project)
+    if project is not None:  # not an admin: its project's app rollouts only
+        query = query.where(Rollout.project == project, Rollout.kind == RolloutKind.APP.value)
     if app_id is not None:
         query = query.where(Rollout.app_id == app_id)
     return list(session.scalars(query))
@@ -432,17 +508,25 @@ def list_rollouts(
 
 def get_rollout(session: Session, project: str | None, rollout_id: str) -> Rollout | None:
     rollout = session.get(Rollout, rollout_id)
-    if rollout is None or (project is not None and rollout.project != project):
+    if rollout is None or (
+        project is not None
+        and (rollout.project != project or rollout.kind != RolloutKind.APP.value)
+    ):
         return None
     return rollout
 
 
 def rollout_view(session: Session, rollout: Rollout, with_items: bool = True) -> RolloutOut:
-    items = session.scalars(
-        select(RolloutItem)
-        .where(RolloutItem.rollout_id == rollout.id)
-        .order_by(RolloutItem.position)
-    ).all()
+    items = []
+    if with_items:
+        items = session.scalars(
+            select(RolloutItem)
+            .where(RolloutItem.rollout_id == rollout.id)
+            .order_by(RolloutItem.position)
+        ).all()
+    last_wave = session.scalar(
+        select(func.max(RolloutItem.wave)).where(RolloutItem.rollout_id == rollout.id)
+    )
     names = dict(
         session.execute(select(Site.id, Site.name).where(Site.id.in_({i.site_id for i in items})))
         .tuples()
@@ -462,7 +546,7 @@ def rollout_view(session: Session, rollout: Rollout, with_items: bool = True) ->
         health_timeout_s=rollout.health_timeout_s,
         state=RolloutState(rollout.state),
         wave=rollout.wave,
-        waves=max((i.wave for i in items), default=-1) + 1,
+        waves=(last_wave if last_wave is not None else -1) + 1,
         reason=rollout.reason,
         created_at=rollout.created_at,
         updated_at=rollout.updated_at,

@@ -68,7 +68,10 @@ class _Definitions:
         if key not in self._held:
             source: App | AppVersion | None = app
             if instance.app_version != app.version:
-                source = self._session.get(AppVersion, key) or app
+                source = self._session.get(AppVersion, key)
+                if source is None:  # not written by this code: say so, serve the latest
+                    log.error("app %s has no version %d", app.name, instance.app_version)
+                    source = app
             self._held[key] = (
                 [Component.model_validate(c) for c in source.components],
                 Resources.model_validate(source.resources),
@@ -352,6 +355,8 @@ def _apply_actual(session: Session, site: Site, reported: list[ActualInstance]) 
         instance.timings = dict(r.timings)
         instance.usage_since = r.usage_since
         instance.crash_restarts = r.crash_restarts or 0
+        if r.applied_revision is not None:
+            instance.applied_revision = r.applied_revision
         instance.actual_updated_at = r.updated_at
         instance.updated_at = utcnow()
 

@@ -23,6 +23,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("version", sa.Integer(), nullable=False, server_default="1"))
     with op.batch_alter_table("instances") as batch:
         batch.add_column(sa.Column("app_version", sa.Integer(), nullable=False, server_default="1"))
+        batch.add_column(sa.Column("applied_revision", sa.BigInteger(), nullable=True))
     with op.batch_alter_table("sites") as batch:
         batch.add_column(sa.Column("agent_target", sa.String(length=64), nullable=True))
     op.create_table(
@@ -57,6 +58,7 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(length=16), nullable=False),
         sa.Column("app_id", sa.String(length=36), nullable=True),
         sa.Column("project", sa.String(length=63), nullable=False),
+        sa.Column("from_version", sa.String(length=64), nullable=True),
         sa.Column("to_version", sa.String(length=64), nullable=False),
         sa.Column("strategy", sa.String(length=16), nullable=False),
         sa.Column("max_parallel", sa.Integer(), nullable=False),
@@ -71,6 +73,15 @@ def upgrade() -> None:
     )
     op.create_index("ix_rollouts_app_id", "rollouts", ["app_id"])
     op.create_index("ix_rollouts_state", "rollouts", ["state"])
+    # One running rollout per app, and one agent upgrade, even when two start at once.
+    op.create_index(
+        "ux_rollouts_running",
+        "rollouts",
+        ["kind", sa.text("coalesce(app_id, '')")],
+        unique=True,
+        sqlite_where=sa.text("state = 'running'"),
+        postgresql_where=sa.text("state = 'running'"),
+    )
     op.create_table(
         "rollout_items",
         sa.Column(
@@ -94,6 +105,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rollout_items")
+    op.drop_index("ux_rollouts_running", table_name="rollouts")
     op.drop_index("ix_rollouts_state", table_name="rollouts")
     op.drop_index("ix_rollouts_app_id", table_name="rollouts")
     op.drop_table("rollouts")
@@ -102,6 +114,7 @@ def downgrade() -> None:
     with op.batch_alter_table("sites") as batch:
         batch.drop_column("agent_target")
     with op.batch_alter_table("instances") as batch:
+        batch.drop_column("applied_revision")
         batch.drop_column("app_version")
     with op.batch_alter_table("apps") as batch:
         batch.drop_column("version")
