@@ -4,6 +4,10 @@ not come back healthy (its agent rolls back by itself), leaving the rest untouch
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,8 +29,18 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Wheel]:
     return build_wheels(tmp_path_factory.mktemp("wheels"), {GOOD: None, CRASHES: "crash"})
 
 
+def _cli(controller: LocalController, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
+    env |= {
+        "CLOUDLET_URL": controller.url,
+        "CLOUDLET_TOKEN_FILE": str(controller.data_dir / "admin.token"),
+    }
+    cloudlet = str(Path(sys.executable).with_name("cloudlet"))
+    return subprocess.run([cloudlet, *args], capture_output=True, text=True, env=env, timeout=180)
+
+
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[tuple[httpx.Client, dict[str, LocalAgent]]]:
+def fleet(tmp_path: Path) -> Iterator[tuple[LocalController, dict[str, LocalAgent]]]:
     controller = LocalController(tmp_path / "ctl").start()
     agents: dict[str, LocalAgent] = {}
     with ExitStack() as stack:
@@ -45,7 +59,7 @@ def fleet(tmp_path: Path) -> Iterator[tuple[httpx.Client, dict[str, LocalAgent]]
             stack.callback(agents[name].stop)
         for name in SITES:
             wait_for(lambda n=name: _site(api, n)["availability"] == "online", 60, f"{name} up")
-        yield api, agents
+        yield controller, agents
 
 
 def _site(api: httpx.Client, name: str) -> dict[str, Any]:
@@ -75,9 +89,10 @@ def _upgrade(api: httpx.Client, to: str, **rollout: Any) -> dict[str, Any]:
 
 
 def test_agent_rollout_in_waves_stops_at_the_site_that_rolls_back(
-    fleet: tuple[httpx.Client, dict[str, LocalAgent]], wheels: dict[str, Wheel]
+    fleet: tuple[LocalController, dict[str, LocalAgent]], wheels: dict[str, Wheel]
 ) -> None:
-    api, agents = fleet
+    controller, agents = fleet
+    api = controller.client()
     _upload(api, wheels[GOOD])
     done = _upgrade(api, GOOD, strategy="serial", health_timeout_s=60)
     assert done["state"] == "succeeded", done
@@ -89,8 +104,21 @@ def test_agent_rollout_in_waves_stops_at_the_site_that_rolls_back(
 
     # A broken release: the canary site's agent cannot start it and rolls back by itself;
     # the rollout stops there and never tells the other sites.
-    _upload(api, wheels[CRASHES])
-    done = _upgrade(api, CRASHES, strategy="parallel", max_parallel=2, canary=1)
+    # This time as an operator would, from the CLI.
+    uploaded = _cli(controller, "upgrade", "upload", str(wheels[CRASHES].path))
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert f"agent package {CRASHES} added" in uploaded.stdout
+    ran = _cli(
+        controller, "upgrade", "agents", "--to", CRASHES, "--strategy", "parallel",
+        "--max-parallel", "2", "--canary", "1", "--wait",
+    )  # fmt: skip
+    assert ran.returncode == 1, ran.stdout + ran.stderr
+    assert "wave 1  arles/arles  failed" in ran.stdout
+    status = _cli(controller, "upgrade", "status", "--output", "json")
+    assert status.returncode == 0, status.stderr
+    latest = json.loads(status.stdout)[0]
+    done = api.get(f"/v1/rollouts/{latest['id']}").json()
+    assert done["to_version"] == CRASHES
     assert done["state"] == "failed", [(i["site"], i["state"], i["reason"]) for i in done["items"]]
     states = {i["site"]: i["state"] for i in done["items"]}
     assert states == {"arles": "failed", "brest": "pending", "caen": "pending"}
@@ -102,3 +130,4 @@ def test_agent_rollout_in_waves_stops_at_the_site_that_rolls_back(
     assert _site(api, "brest")["agent_target"] == GOOD  # from the first rollout
     health = agents["arles"].health()
     assert health is not None and health["agent_version"] == GOOD
+    api.close()
