@@ -29,6 +29,7 @@ from cloudlet.controller.api import (
     sites,
     upgrades,
 )
+from cloudlet.controller.api.agent_lane import AgentLane
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
@@ -147,6 +148,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
 
     openapi.install(app)
     ui.install(app)
+    app.add_middleware(AgentLane, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
     app.add_middleware(TrafficMiddleware, state=state)
     # Outermost: an oversized or malformed body costs nothing further, not even a

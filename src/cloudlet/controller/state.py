@@ -11,13 +11,23 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from cloudlet.controller.batched_reads import BatchedRead, ShortReads
+from cloudlet.controller.services import auth, sync
 from cloudlet.controller.services._snapshot import SnapshotCache
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.settings import ControllerSettings
 
+#: Long polls woken per pass at most, and passes per second, when many sites change
+#: at once (an app rolled out to the fleet, a replica's NOTIFY backlog): every woken
+#: agent pulls a document the controller builds, and ten thousand at one instant
+#: would stall every other request for seconds. A lone change wakes at once.
+WAKE_BURST = 50
+WAKE_PASSES_PER_S = 10
+
 
 class RevisionWatcher:
-    """Wakes long-polling agents when their site's desired state changes.
+    """Wakes long-polling agents when their site's desired state changes, a bounded
+    number per second (``WAKE_BURST``), oldest change first.
 
     Changes made in this process notify directly; those made by other replicas
     arrive by PostgreSQL NOTIFY (``replicas.listen_revisions``), or with SQLite
@@ -27,6 +37,8 @@ class RevisionWatcher:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._due: dict[str, None] = {}  # an ordered set
+        self._releasing: asyncio.Task[None] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -61,11 +73,25 @@ class RevisionWatcher:
         """Thread-safe: handlers run in a thread pool."""
         if self._loop is None or site_id not in self._waiters:
             return
-        self._loop.call_soon_threadsafe(self._wake, site_id)
+        self._loop.call_soon_threadsafe(self._queue, site_id)
 
-    def _wake(self, site_id: str) -> None:
-        for event in self._waiters.get(site_id, ()):
-            event.set()
+    def _queue(self, site_id: str) -> None:
+        self._due[site_id] = None
+        if self._releasing is None:
+            self._releasing = asyncio.get_running_loop().create_task(self._release())
+
+    async def _release(self) -> None:
+        try:
+            while True:
+                for site_id in list(self._due)[:WAKE_BURST]:
+                    del self._due[site_id]
+                    for event in self._waiters.get(site_id, ()):
+                        event.set()
+                if not self._due:
+                    return
+                await asyncio.sleep(1 / WAKE_PASSES_PER_S)
+        finally:
+            self._releasing = None
 
 
 @dataclass
@@ -120,6 +146,14 @@ class ControllerState:
     leadership: Any = None
     #: The fleet as discovery ranks it, rebuilt every couple of seconds.
     fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
+
+    def __post_init__(self) -> None:
+        self.reads = ShortReads(self.engine, self.loop_connection)
+        #: The agent paths' point reads, coalesced (see ``batched_reads``).
+        self.site_briefs: BatchedRead[str, auth.SiteBrief] = BatchedRead(
+            auth.site_briefs, self.reads
+        )
+        self.site_revisions: BatchedRead[str, int] = BatchedRead(sync.site_revisions, self.reads)
 
     def close(self) -> None:
         if self.loop_connection is not None:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import MutableMapping
+from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from cloudlet.controller.api.deps import DB
 from cloudlet.controller.services import auth, fleet, sync
-from cloudlet.controller.services._util import utcnow
+from cloudlet.controller.services._util import hash_secret, utcnow
 from cloudlet.controller.state import ControllerState
+from cloudlet.errors import AuthError
 from cloudlet.schemas import AgentReport, DesiredStateDoc, EnrollRequest, EnrollResponse, ReportAck
 from cloudlet.schemas.common import bearer_secret
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
-T = TypeVar("T")
 
 
 @router.post("/enroll", status_code=status.HTTP_201_CREATED, response_model=EnrollResponse)
@@ -33,19 +33,15 @@ async def desired(
     request: Request,
     since: int = Query(0, ge=0, description="The revision the agent holds."),
     wait: float = Query(0, ge=0, le=300, description="Seconds to wait for a change."),
-) -> DesiredStateDoc | Response:
+) -> Response:
     """Long-poll for desired state: answers at once when the agent is behind,
     otherwise waits up to ``wait`` seconds for a change (204 if none)."""
-    # since=0 means "I hold nothing": always answer with a snapshot.
     st = _state(request)
-    site = await _authenticate(request, st)
-    site_id, revision = site.id, site.revision
-    if 0 < since == revision and wait > 0:
-        await st.watcher.wait(site_id, min(wait, st.settings.long_poll_max_s))
-        revision = await _read(st, sync.site_revision, site_id)
-    if 0 < since == revision:
+    site = await authenticate(st, request.headers.get("authorization"), request.scope)
+    doc = await pull_desired(st, site, since, wait)
+    if doc is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return await run_in_threadpool(_doc, st, site_id, since)
+    return Response(doc, media_type="application/json")
 
 
 def _state(request: Request) -> ControllerState:
@@ -54,35 +50,40 @@ def _state(request: Request) -> ControllerState:
     return request.app.state.cloudlet
 
 
-async def _authenticate(request: Request, st: ControllerState) -> auth.SiteBrief:
-    """The calling agent's site; also tells the traffic counters whose bytes these are."""
-    credential = bearer_secret(request.headers.get("authorization"))
-    site = await _read(st, auth.authenticate_site_brief, credential)
-    request.scope.setdefault("state", {})["site_id"] = site.id
+async def authenticate(
+    st: ControllerState, authorization: str | None, scope: MutableMapping[str, Any]
+) -> auth.SiteBrief:
+    """The calling agent's site; also tells the traffic counters whose bytes these are.
+
+    Raises:
+        AuthError: missing or unknown credential, or a decommissioned site.
+    """
+    credential = bearer_secret(authorization)
+    if not credential:
+        raise AuthError("missing site credential")
+    site = await st.site_briefs.get(hash_secret(credential))
+    if site is None:
+        raise AuthError("invalid or revoked site credential")
+    scope.setdefault("state", {})["site_id"] = site.id
     return site
 
 
-async def _read(st: ControllerState, query: Callable[..., T], *args: Any) -> T:
-    """Run one short read, holding no connection afterwards (a long poll must not
-    pin one while it waits).
-
-    With SQLite the event loop runs it itself through its own connection: an
-    indexed local read takes some 20 us, less than a hop to a worker thread, and
-    a crowd of worker threads contending for the GIL is what limited these
-    endpoints. With a database across the network, a worker thread runs it.
-    """
-    connection = st.loop_connection
-    if connection is None:
-        return await run_in_threadpool(_read_in_thread, st, query, *args)
-    try:
-        return query(connection, *args)
-    finally:
-        connection.rollback()
-
-
-def _read_in_thread(st: ControllerState, query: Callable[..., T], *args: Any) -> T:
-    with st.engine.connect() as connection:
-        return query(connection, *args)
+async def pull_desired(
+    st: ControllerState, site: auth.SiteBrief, since: int, wait: float
+) -> bytes | None:
+    """The desired-state document from ``since`` as JSON, or None when nothing
+    changed within ``wait`` seconds."""
+    # since=0 means "I hold nothing": always answer with a snapshot.
+    revision = site.revision
+    if 0 < since == revision and wait > 0:
+        await st.watcher.wait(site.id, min(wait, st.settings.long_poll_max_s))
+        current = await st.site_revisions.get(site.id)
+        revision = revision if current is None else current  # None: deleted meanwhile
+    if 0 < since == revision:
+        return None
+    doc = await run_in_threadpool(_doc, st, site.id, since)
+    # Serialized here: the model is built by us, so validating it again is waste.
+    return doc.model_dump_json().encode()
 
 
 def _doc(st: ControllerState, site_id: str, since: int) -> DesiredStateDoc:
@@ -96,15 +97,19 @@ async def report(body: AgentReport, request: Request) -> Response:
     applied: most reports) is acknowledged at once and written with others within
     a second; anything else is stored in its own transaction before the answer."""
     st = _state(request)
-    site = await _authenticate(request, st)
+    site = await authenticate(st, request.headers.get("authorization"), request.scope)
+    return Response(await store_report(st, site, body), media_type="application/json")
+
+
+async def store_report(st: ControllerState, site: auth.SiteBrief, body: AgentReport) -> bytes:
+    """Store (or buffer, for a heartbeat) one report; the acknowledgement as JSON."""
     if sync.is_heartbeat(site, body):
         now = utcnow()
         st.heartbeats.add(site.id, sync.heartbeat_values(body, now))
         ack = ReportAck(acked_seq=site.acked_seq, revision=site.revision, server_time=now)
     else:
         ack = await run_in_threadpool(_ingest, st, site.id, body)
-    # Serialized here: the model is built by us, so validating it again is waste.
-    return Response(ack.model_dump_json(), media_type="application/json")
+    return ack.model_dump_json().encode()
 
 
 def _ingest(st: ControllerState, site_id: str, body: AgentReport) -> ReportAck:

@@ -162,12 +162,14 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     )
 
 
-_SITE_REVISION = select(Site.revision).where(Site.id == bindparam("site_id"))
+_SITE_REVISIONS = select(Site.id, Site.revision).where(
+    Site.id.in_(bindparam("site_ids", expanding=True))
+)
 
 
-def site_revision(connection: Connection, site_id: str) -> int:
-    """A site's current desired-state revision, as one prebuilt Core query."""
-    return connection.execute(_SITE_REVISION, {"site_id": site_id}).scalar_one()
+def site_revisions(connection: Connection, site_ids: list[str]) -> dict[str, int]:
+    """Sites' current desired-state revisions, as one prebuilt Core query."""
+    return {i: r for i, r in connection.execute(_SITE_REVISIONS, {"site_ids": site_ids})}
 
 
 def store_events(
