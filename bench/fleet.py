@@ -59,7 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jitter", type=float, default=0.2, help="uniform jitter, +- this fraction")
     p.add_argument("--duration", type=float, default=60.0, help="seconds measured per run")
     p.add_argument(
-        "--warmup", type=float, default=None, help="seconds before measuring [interval + 15]"
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds before measuring [2 x interval + 15]: time for every agent's first "
+        "full pull and report, which cost more than the steady state measured",
     )
     p.add_argument(
         "--database-url",
@@ -122,7 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.storm and args.duration < STORM_START_S + args.storm_offline + 30:
         p.error(f"--duration must cover the storm and 30 s after it ({args.storm_offline + 35:g})")
     if args.warmup is None:
-        args.warmup = args.interval + 15.0
+        args.warmup = 2 * args.interval + 15.0
     return args
 
 

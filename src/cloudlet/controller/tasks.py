@@ -15,7 +15,7 @@ from cloudlet.controller.db.models import Site
 from cloudlet.controller.replicas import Leadership, listen_revisions
 from cloudlet.controller.services import alarms, decommission, relocation, rollouts, sync
 from cloudlet.controller.services._util import utcnow
-from cloudlet.controller.services.fleet import record
+from cloudlet.controller.services.fleet import record_many
 from cloudlet.controller.state import ControllerState
 from cloudlet.schemas import Availability
 
@@ -41,9 +41,8 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
         ):
             changed = {"availability": new.value, "availability_changed_at": now}
             ids = session.scalars(update(Site).where(cond).values(changed).returning(Site.id)).all()
-            for site_id in ids:
-                record(session, f"site.{new.value}", site_id)
-                flips.append((site_id, new.value))
+            record_many(session, f"site.{new.value}", list(ids))
+            flips += [(site_id, new.value) for site_id in ids]
         offline = [site_id for site_id, new in flips if new == Availability.OFFLINE.value]
         alarms.judge_site_alarms(session, offline, grace, st.settings.alarms.clear_hold_s)
         alarms.judge_sync_lag(session, st.settings.alarms.sync_lag_s)

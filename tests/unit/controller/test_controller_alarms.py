@@ -165,3 +165,26 @@ def test_sync_lag_is_raised_for_an_online_site_behind_for_long_and_cleared_in_sy
         alarms.judge_sync_lag(s, lag_s=120)
         (cleared,) = s.scalars(select(Alarm).where(Alarm.alarm_id == "site.sync-lag")).all()
         assert cleared.cleared_at is not None
+
+
+def test_a_fleet_cut_off_together_raises_and_clears_one_alarm_per_site(
+    maker: sessionmaker[Session],
+) -> None:
+    with maker.begin() as s:
+        for n in range(300):
+            enrolled_site(s, f"edge-{n}")
+        ids = list(s.scalars(select(Site.id)))
+        s.execute(update(Site).values(availability="offline"))
+        alarms.judge_site_alarms(s, ids, grace_s=2, clear_hold_s=10)
+        alarms.judge_site_alarms(s, ids, grace_s=2, clear_hold_s=10)  # judged again: no-op
+        raised = alarms.take_notices(s)
+        assert len(raised) == len(ids) == 302
+        assert {n["entity"] for n in raised} == {f"site={n}" for n in s.scalars(select(Site.name))}
+        assert all(n["site"] and n["reason"].startswith("no report since") for n in raised)
+
+        s.execute(update(Site).values(availability="online", availability_changed_at=T0))
+        alarms.judge_site_alarms(s, [], grace_s=2, clear_hold_s=10)
+        cleared = alarms.take_notices(s)
+        assert len(cleared) == 302 and {n["state"] for n in cleared} == {"clear"}
+        assert all(a.cleared_at is not None for a in s.scalars(select(Alarm)))
+        assert not any(a.active for a in alarms.list_alarms(s, active=True))

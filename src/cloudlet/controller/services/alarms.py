@@ -12,12 +12,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Row, or_, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.dialect import insert_ignore
 from cloudlet.controller.db.models import Alarm, Site
 from cloudlet.controller.services._util import new_id, utcnow
+from cloudlet.controller.services.fleet import site_names
 from cloudlet.schemas.alarms import MAX_ALARM_REASON, AlarmId, AlarmSeverity, AlarmSource
 from cloudlet.schemas.alarms import Alarm as AlarmOut
 
@@ -142,7 +143,8 @@ def list_alarms(
     return [view(alarm, name) for alarm, name in rows]
 
 
-def view(alarm: Alarm, site_name: str | None) -> AlarmOut:
+def view(alarm: Alarm | Row[Any], site_name: str | None) -> AlarmOut:
+    """The API's view of an alarm (a mapped row, or a row a statement returned)."""
     return AlarmOut(
         id=alarm.id,
         alarm_id=alarm.alarm_id,
@@ -163,13 +165,13 @@ def view(alarm: Alarm, site_name: str | None) -> AlarmOut:
 _PAYLOAD = {"alarm_id", "severity", "entity", "site", "raised_at", "cleared_at", "reason"}
 
 
-def payload(alarm: Alarm, site_name: str | None, state: str) -> dict[str, Any]:
+def payload(alarm: Alarm | Row[Any], site_name: str | None, state: str) -> dict[str, Any]:
     """What a webhook receives for one raise or clear (times as the API writes them)."""
     doc = view(alarm, site_name).model_dump(mode="json", include=_PAYLOAD)
     return {**doc, "state": state}
 
 
-def _notice(session: Session, alarm: Alarm, site_name: str | None, state: str) -> None:
+def _notice(session: Session, alarm: Alarm | Row[Any], site_name: str | None, state: str) -> None:
     if site_name is None and alarm.site_id is not None:
         site_name = session.scalar(select(Site.name).where(Site.id == alarm.site_id))
     session.info.setdefault(_NOTICES, []).append(payload(alarm, site_name, state))
@@ -190,18 +192,24 @@ def judge_site_alarms(
 ) -> None:
     """Raise site.offline for sites just judged offline; clear it for sites online
     for at least ``clear_hold_s`` without a break (hysteresis: a flapping site keeps
-    its one alarm instead of raising and clearing it on every flap)."""
+    its one alarm instead of raising and clearing it on every flap).
+
+    In bulk: after a WAN outage thousands of sites cross the grace together.
+    """
     now = utcnow()
-    for site in session.scalars(select(Site).where(Site.id.in_(offline))) if offline else ():
-        seen = site.last_seen.isoformat() if site.last_seen else "never"
-        raise_alarm(
+    if offline:
+        sites = session.execute(
+            select(Site.id, Site.name, Site.last_seen).where(Site.id.in_(offline))
+        ).all()
+        _raise_many(
             session,
             AlarmId.SITE_OFFLINE,
-            site_entity(site.name),
             AlarmSeverity.MAJOR,
-            site=site,
-            reason=f"no report since {seen} (grace {grace_s:g} s)",
-            at=now,
+            [
+                (site_id, name, f"no report since {_seen(last_seen)} (grace {grace_s:g} s)")
+                for site_id, name, last_seen in sites
+            ],
+            now,
         )
     held = now - timedelta(seconds=clear_hold_s)
     _clear_where(
@@ -213,15 +221,64 @@ def judge_site_alarms(
     )
 
 
+def _seen(last_seen: datetime | None) -> str:
+    return last_seen.isoformat() if last_seen else "never"
+
+
+def _raise_many(
+    session: Session,
+    alarm_id: str,
+    severity: AlarmSeverity,
+    sites: list[tuple[str, str, str]],
+    at: datetime,
+) -> None:
+    """Raise ``alarm_id`` about each (site id, site name, reason) unless active: one
+    statement for them all."""
+    if not sites:
+        return
+    table = Alarm.__table__
+    rows = [
+        {
+            "id": new_id(),
+            "alarm_id": alarm_id,
+            "severity": severity.value,
+            "entity": site_entity(name),
+            "site_id": site_id,
+            "project": None,
+            "instance_id": None,
+            "reason": _cut(reason),
+            "source": AlarmSource.CONTROLLER.value,
+            "raised_at": at,
+            "cleared_at": None,
+        }
+        for site_id, name, reason in sites
+    ]
+    insert = insert_ignore(table, session.get_bind().dialect.name)
+    names = {site_id: name for site_id, name, _ in sites}
+    for alarm in session.execute(insert.returning(*table.c), rows):
+        _notice(session, alarm, names[alarm.site_id], "raise")
+
+
 def _clear_where(session: Session, alarm_id: str, site_is: Any, at: datetime) -> None:
-    """Clear every active ``alarm_id`` about a site that meets ``site_is``."""
-    rows = session.execute(
-        select(Alarm.entity, Site.name)
-        .join(Site, Site.id == Alarm.site_id)
-        .where(Alarm.alarm_id == alarm_id, Alarm.cleared_at.is_(None), site_is)
+    """Clear every active ``alarm_id`` about a site that meets ``site_is``: one
+    statement for them all."""
+    columns = Alarm.__table__.c
+    cleared = session.execute(
+        update(Alarm)
+        .where(
+            Alarm.alarm_id == alarm_id,
+            Alarm.cleared_at.is_(None),
+            Alarm.site_id.in_(select(Site.id).where(site_is)),
+        )
+        .values(cleared_at=at)
+        .returning(*(getattr(Alarm, c.key) for c in columns))
+        .execution_options(synchronize_session="fetch")
     ).all()
-    for entity, name in rows:
-        clear_alarm(session, alarm_id, entity, at=at, site_name=name)
+    if not cleared:
+        return
+    names = site_names(session, {alarm.site_id for alarm in cleared})
+    for alarm in cleared:
+        _notice(session, alarm, names.get(alarm.site_id), "clear")
 
 
 def judge_sync_lag(session: Session, lag_s: float) -> None:
@@ -234,24 +291,29 @@ def judge_sync_lag(session: Session, lag_s: float) -> None:
         .where(Alarm.alarm_id == AlarmId.SITE_SYNC_LAG.value, Alarm.cleared_at.is_(None))
         .scalar_subquery()
     )
-    lagging = session.scalars(
-        select(Site).where(
+    lagging = session.execute(
+        select(
+            Site.id, Site.name, Site.applied_revision, Site.revision, Site.revision_changed_at
+        ).where(
             Site.availability == "online",
             Site.applied_revision < Site.revision,
             Site.revision_changed_at <= now - timedelta(seconds=lag_s),
             Site.id.not_in(active),
         )
+    ).all()
+    _raise_many(
+        session,
+        AlarmId.SITE_SYNC_LAG,
+        AlarmSeverity.MINOR,
+        [
+            (
+                site_id,
+                name,
+                f"applied revision {applied} of {revision}, changed at {changed.isoformat()}",
+            )
+            for site_id, name, applied, revision, changed in lagging
+        ],
+        now,
     )
-    for site in lagging:
-        raise_alarm(
-            session,
-            AlarmId.SITE_SYNC_LAG,
-            site_entity(site.name),
-            AlarmSeverity.MINOR,
-            site=site,
-            reason=f"applied revision {site.applied_revision} of {site.revision}, "
-            f"changed at {site.revision_changed_at.isoformat()}",
-            at=now,
-        )
     caught_up = or_(Site.applied_revision >= Site.revision, Site.availability != "online")
     _clear_where(session, AlarmId.SITE_SYNC_LAG, caught_up, now)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy import ColumnElement, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,15 @@ from cloudlet.schemas import Utilization as UtilizationOut
 
 def record(session: Session, kind: str, site_id: str | None, **data: object) -> None:
     session.add(ControllerEvent(site_id=site_id, kind=kind, at=utcnow(), data=data))
+
+
+def record_many(session: Session, kind: str, site_ids: list[str]) -> None:
+    """One event of ``kind`` per site, in one statement (a liveness pass may judge
+    thousands of sites at once)."""
+    if site_ids:
+        now = utcnow()
+        rows = [{"site_id": i, "kind": kind, "at": now, "data": {}} for i in site_ids]
+        session.execute(insert(ControllerEvent), rows)
 
 
 def get_site(session: Session, name: str) -> Site | None:
