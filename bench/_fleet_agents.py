@@ -193,6 +193,9 @@ class Agent:
         self.endpoint, self.name, self.credential, self.rng = endpoint, name, credential, rng
         self.cursor = 0
         self.next_seq = 1
+        #: The highest sequence the controller acknowledged: every event up to it
+        #: must be stored, exactly once.
+        self.acked_seq = 0
         self.outbox: list[dict[str, Any]] = []
         self.conn: _Connection | None = None
         self.instance_id = f"bench-{name}"
@@ -263,6 +266,7 @@ class Agent:
             if status != 200:
                 raise HTTPFailure(f"report {status}")
             ack = orjson.loads(answer)
+            self.acked_seq = max(self.acked_seq, ack["acked_seq"])
             held = len(self.outbox)
             self.outbox = [e for e in self.outbox if e["seq"] > ack["acked_seq"]]
             stats.events_acked += held - len(self.outbox)
@@ -463,6 +467,7 @@ async def _run(plan: Plan, pipe: Connection) -> None:
             "storm_recover_s": stats.storm_recover_s,
             "storm_errors": stats.storm_errors,
             "events_acked": stats.events_acked,
+            "acked_seqs": {agent.name: agent.acked_seq for agent in agents},
             "cpu_s": usage.ru_utime + usage.ru_stime,
         }
     )
