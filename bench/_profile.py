@@ -20,6 +20,8 @@ _LINE = re.compile(r":\d+\)$")
 def record(pid: int, seconds: float, out: Path, rate: int = 100) -> subprocess.Popen[bytes]:
     """Start sampling ``pid`` and its children for ``seconds``; wait() on the answer."""
     spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[1] / ".venv/bin/py-spy")
+    if not Path(spy).exists():
+        raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
     args = [spy, "record", "--pid", str(pid), "--subprocesses", "--nonblocking"]
     args += ["-d", str(max(1, int(seconds))), "-r", str(rate), "--format", "raw", "-o", str(out)]
     return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
