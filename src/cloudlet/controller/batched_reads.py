@@ -11,6 +11,7 @@ asked for while the event loop is busy wait for the next batch, and one
 from __future__ import annotations
 
 import asyncio
+import queue
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -35,12 +36,15 @@ class ShortReads:
     With SQLite the event loop runs it itself, through a connection of its own: an
     indexed local read costs less than a hop to a worker thread, and a crowd of
     worker threads contending for the GIL is what limited the agent endpoints. With a
-    database across the network, a worker thread runs it.
+    database across the network, a worker thread runs it on a connection kept for
+    these reads in autocommit: a pooled one would cost a ping at checkout, a BEGIN
+    and a ROLLBACK, three round trips besides the query's own.
     """
 
     def __init__(self, engine: Engine, loop_connection: Connection | None) -> None:
         self._engine = engine
         self._loop_connection = loop_connection
+        self._idle: queue.SimpleQueue[Connection] = queue.SimpleQueue()
 
     async def run(self, query: Callable[..., T], *args: object) -> T:
         connection = self._loop_connection
@@ -52,8 +56,25 @@ class ShortReads:
             connection.rollback()
 
     def _in_thread(self, query: Callable[..., T], *args: object) -> T:
-        with self._engine.connect() as connection:
-            return query(connection, *args)
+        try:
+            connection = self._idle.get_nowait()
+        except queue.Empty:
+            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            result = query(connection, *args)
+        except BaseException:
+            connection.invalidate()  # maybe broken: the next read connects anew
+            connection.close()
+            raise
+        self._idle.put(connection)
+        return result
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
 
 
 class BatchedRead(Generic[K, V]):

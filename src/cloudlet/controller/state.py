@@ -156,6 +156,7 @@ class ControllerState:
         self.site_revisions: BatchedRead[str, int] = BatchedRead(sync.site_revisions, self.reads)
 
     def close(self) -> None:
+        self.reads.close()
         if self.loop_connection is not None:
             self.loop_connection.close()
         self.engine.dispose()
