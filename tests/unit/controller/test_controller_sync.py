@@ -10,8 +10,9 @@ from controller_fakes import enrolled_site, sessions, web_app
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import Event
+from cloudlet.controller.db.models import Event, InstanceDeparture
 from cloudlet.controller.services import instances, sync
+from cloudlet.controller.services.auth import SiteBrief
 from cloudlet.schemas import AgentReport, InstanceCreate
 
 NOW = datetime(2026, 11, 21, 5, 0, tzinfo=UTC)
@@ -223,3 +224,34 @@ def test_a_site_an_instance_moved_away_from_still_reports_its_old_copy(
     session.flush()
     _, rejected = _ingest(session, nice, AgentReport(applied_revision=0, events=[_usage(1, moved)]))
     assert [r.seq for r in rejected] == [1]
+
+
+def test_a_heartbeat_moves_the_applied_revision_in_its_batch_forward_only(
+    session: Session,
+) -> None:
+    a = _create(session, "a")
+    site = _site(session)
+    session.add(
+        InstanceDeparture(instance_id=a, site_id=site.id, epoch=2, revision=2, created_at=NOW)
+    )
+    session.flush()
+    brief = SiteBrief(site.id, site.revision, site.applied_revision, site.acked_seq)
+    ahead = AgentReport(applied_revision=site.revision + 50)
+    assert sync.is_heartbeat(ahead)
+    values = sync.heartbeat_values(ahead, datetime.now(UTC), brief)
+    assert values["applied_revision"] == site.revision, "capped at the real revision"
+    sync.write_heartbeats(session.connection(), {site.id: values})
+    assert _site(session).applied_revision == site.revision
+    assert session.scalar(select(func.count()).select_from(InstanceDeparture)) == 0
+
+    # A heartbeat judged against a stale brief, with an older applied revision,
+    # written later: it does not move the applied revision back.
+    stale = sync.heartbeat_values(
+        AgentReport(applied_revision=1), NOW, brief._replace(applied_revision=0)
+    )
+    stale["last_seen"] = datetime(2026, 11, 21, 5, 1, tzinfo=UTC)
+    sync.write_heartbeats(session.connection(), {site.id: stale})
+    assert _site(session).applied_revision == site.revision
+    assert not sync.is_heartbeat(
+        AgentReport.model_validate({"applied_revision": 1, "events": [_usage(1, None)]})
+    )

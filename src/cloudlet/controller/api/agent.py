@@ -37,7 +37,7 @@ async def desired(
     """Long-poll for desired state: answers at once when the agent is behind,
     otherwise waits up to ``wait`` seconds for a change (204 if none)."""
     st = _state(request)
-    site = await authenticate(st, request.headers.get("authorization"), request.scope)
+    site = await authenticate_request(request, st)
     doc = await pull_desired(st, site, since, wait)
     if doc is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -48,6 +48,11 @@ def _state(request: Request) -> ControllerState:
     # Not the State dependency: FastAPI runs a plain-function dependency in a
     # worker thread, a hop that costs more than these handlers' own work.
     return request.app.state.cloudlet
+
+
+async def authenticate_request(request: Request, st: ControllerState) -> auth.SiteBrief:
+    """The site of the agent making ``request`` (see :func:`authenticate`)."""
+    return await authenticate(st, request.headers.get("authorization"), request.scope)
 
 
 async def authenticate(
@@ -93,19 +98,19 @@ def _doc(st: ControllerState, site_id: str, since: int) -> DesiredStateDoc:
 
 @router.post("/report", response_model=ReportAck)
 async def report(body: AgentReport, request: Request) -> Response:
-    """Store a report. A heartbeat (no events, no instance list, nothing newly
-    applied: most reports) is acknowledged at once and written with others within
-    a second; anything else is stored in its own transaction before the answer."""
+    """Store a report. A heartbeat (no events, no instance list: most reports) is
+    acknowledged at once and written with others within a second; anything else is
+    stored in its own transaction before the answer."""
     st = _state(request)
-    site = await authenticate(st, request.headers.get("authorization"), request.scope)
+    site = await authenticate_request(request, st)
     return Response(await store_report(st, site, body), media_type="application/json")
 
 
 async def store_report(st: ControllerState, site: auth.SiteBrief, body: AgentReport) -> bytes:
     """Store (or buffer, for a heartbeat) one report; the acknowledgement as JSON."""
-    if sync.is_heartbeat(site, body):
+    if sync.is_heartbeat(body):
         now = utcnow()
-        st.heartbeats.add(site.id, sync.heartbeat_values(body, now))
+        st.heartbeats.add(site.id, sync.heartbeat_values(body, now, site))
         ack = ReportAck(acked_seq=site.acked_seq, revision=site.revision, server_time=now)
     else:
         ack = await run_in_threadpool(_ingest, st, site.id, body)

@@ -131,7 +131,7 @@ def _agent_handoff(st: agent_api.ControllerState, site_id: str, handoff_id: str)
 async def upload_state(handoff_id: str, request: Request) -> Response:
     """The source's state archive; once stored, the destination owns the instance."""
     st = agent_api._state(request)
-    site = await agent_api._authenticate(request, st)
+    site = await agent_api.authenticate_request(request, st)
     row = await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
     if row.source_site_id != site.id:
         raise NotFoundError(f"handoff {handoff_id!r} not found")
@@ -161,7 +161,7 @@ async def upload_state(handoff_id: str, request: Request) -> Response:
 @router.get("/v1/agent/handoffs/{handoff_id}/state")
 async def download_state(handoff_id: str, request: Request) -> Response:
     st = agent_api._state(request)
-    site = await agent_api._authenticate(request, st)
+    site = await agent_api.authenticate_request(request, st)
     row = await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
     path = mobility.state_path(st.settings.data_dir, handoff_id)
     if row.dest_site_id != site.id or not path.is_file():
@@ -174,7 +174,7 @@ async def download_state(handoff_id: str, request: Request) -> Response:
 async def handoff_ready(handoff_id: str, body: HandoffReady, request: Request) -> Response:
     """vm, destination: it listens for the VM at ``address``."""
     st = agent_api._state(request)
-    site = await agent_api._authenticate(request, st)
+    site = await agent_api.authenticate_request(request, st)
     row = await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
     if row.dest_site_id != site.id:
         raise NotFoundError(f"handoff {handoff_id!r} not found")
@@ -193,7 +193,7 @@ async def handoff_ready(handoff_id: str, body: HandoffReady, request: Request) -
 async def handoff_sent(handoff_id: str, body: HandoffSent, request: Request) -> Response:
     """vm, source: the VM runs at the destination now."""
     st = agent_api._state(request)
-    site = await agent_api._authenticate(request, st)
+    site = await agent_api.authenticate_request(request, st)
     row = await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
     if row.source_site_id != site.id:
         raise NotFoundError(f"handoff {handoff_id!r} not found")
@@ -214,7 +214,7 @@ async def fail_handoff(
     handoff_id: str, request: Request, reason: str = Query(..., max_length=500)
 ) -> Response:
     st = agent_api._state(request)
-    site = await agent_api._authenticate(request, st)
+    site = await agent_api.authenticate_request(request, st)
     await run_in_threadpool(_agent_handoff, st, site.id, handoff_id)
 
     def fail() -> tuple[str, str]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Connection, bindparam, or_, select, update
+from sqlalchemy import Connection, bindparam, case, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.dialect import insert_ignore
@@ -403,20 +404,20 @@ def _name_taken(session: Session, r: ActualInstance) -> bool:
     )
 
 
-def is_heartbeat(site: SiteBrief, report: AgentReport) -> bool:
-    """True for the common report that changes nothing but liveness and gauges: no
-    events, no instance list, no newly applied revision. Its values may be written
-    later, in a batch (:func:`heartbeat_values`, :func:`write_heartbeats`)."""
-    return (
-        not report.events
-        and report.instances is None
-        and report.cache is None
-        and min(report.applied_revision, site.revision) <= site.applied_revision
-    )
+def is_heartbeat(report: AgentReport) -> bool:
+    """True for the common report that carries no events, no instance list and no
+    cache listing: it changes liveness, gauges and maybe the applied revision. Its
+    values may be written later, in a batch (:func:`heartbeat_values`,
+    :func:`write_heartbeats`): after a fleet-wide change every site reports its
+    applied revision moved, and ten thousand transactions would queue for seconds."""
+    return not report.events and report.instances is None and report.cache is None
 
 
-def heartbeat_values(report: AgentReport, now: datetime) -> dict[str, object]:
-    """The site columns every report sets: last seen, agent version, gauges."""
+def heartbeat_values(
+    report: AgentReport, now: datetime, site: SiteBrief | None = None
+) -> dict[str, object]:
+    """The site columns a report sets: last seen, agent version, gauges, and (given
+    the site) its applied revision if it moved, capped at the real revision."""
     values: dict[str, object] = {"last_seen": now, "agent_version": report.agent_version}
     if report.capacity is not None:
         values["capacity"] = report.capacity.model_dump()
@@ -424,26 +425,51 @@ def heartbeat_values(report: AgentReport, now: datetime) -> dict[str, object]:
         values["utilization"] = report.utilization.model_dump()
     if report.local_api is not None:
         values["local_api_url"] = report.local_api
+    if site is not None:
+        applied = min(report.applied_revision, site.revision)
+        if applied > site.applied_revision:
+            values["applied_revision"] = applied
     return values
 
 
 def write_heartbeats(connection: Connection, pending: dict[str, dict[str, object]]) -> None:
     """Write buffered heartbeats, one executemany per set of columns. A row that
     holds a newer ``last_seen`` already (a full report written meanwhile, maybe by
-    another replica) keeps its values."""
+    another replica) keeps its values; an applied revision only moves forward, and
+    the departures it covers are forgotten."""
     table = Site.__table__
     groups: dict[tuple[str, ...], list[dict[str, object]]] = defaultdict(list)
     for site_id, values in pending.items():
         groups[tuple(values)].append({"b_id": site_id, **{f"b_{k}": v for k, v in values.items()}})
     for columns, rows in groups.items():
         newer = bindparam("b_last_seen")
+        assigned: dict[str, Any] = {name: bindparam(f"b_{name}") for name in columns}
+        if "applied_revision" in assigned:
+            moved = bindparam("b_applied_revision")
+            assigned["applied_revision"] = case(
+                (table.c.applied_revision < moved, moved), else_=table.c.applied_revision
+            )
         statement = (
             update(table)
             .where(table.c.id == bindparam("b_id"))
             .where(or_(table.c.last_seen.is_(None), table.c.last_seen < newer))
-            .values({name: bindparam(f"b_{name}") for name in columns})
+            .values(assigned)
         )
         connection.execute(statement, rows)
+    applied = [
+        {"b_site": site_id, "b_applied": values["applied_revision"]}
+        for site_id, values in pending.items()
+        if "applied_revision" in values
+    ]
+    if applied:
+        departures = InstanceDeparture.__table__
+        connection.execute(
+            delete(departures).where(
+                departures.c.site_id == bindparam("b_site"),
+                departures.c.revision <= bindparam("b_applied"),
+            ),
+            applied,
+        )
 
 
 def ingest_report(
