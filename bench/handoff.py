@@ -149,7 +149,8 @@ class Sites:
 
 
 def boot_source(sites: Sites, app: VmApp, disk: Path) -> tuple[WorkloadSpec, str]:
-    shutil.copyfile(app.disk, disk)
+    # Sparse, as a synthesized disk at a site is (shutil.copyfile would fill the holes).
+    subprocess.run(["cp", "--sparse=always", str(app.disk), str(disk)], check=True)
     spec = WorkloadSpec(
         "vm", port=free_port(), guest_port=app.guest_port, memory_mib=app.memory_mib,
         disk_image=disk, env=app.env,
@@ -209,6 +210,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
         "bytes_sent": wire,
         "rounds": len(stats.rounds),
         "raw_bytes": stats.raw_bytes,
+        "round_detail": stats.rounds,
     }
 
 
@@ -271,7 +273,14 @@ def run_qemu_migrate(sites: Sites, app: VmApp, zstd: bool) -> dict[str, Any]:
                 if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                     raise RuntimeError(f"QEMU migration failed: {info}")
                 time.sleep(0.05)
-        wait_for(lambda: dst_poll.answers, 60, "the migrated VM answering")
+        migrated = time.monotonic() - t0
+        crashed = None
+        try:
+            wait_for(lambda: dst_poll.answers, 30, "the migrated VM answering")
+        except Exception:  # what it cost is still worth a row; the console says why
+            console_log = work / "console.log"
+            tail = console_log.read_text(errors="replace")[-300:] if console_log.exists() else ""
+            crashed = f"the migrated VM never answered; its console ends: {tail}"
         total = time.monotonic() - t0
         time.sleep(1.0)
         src_poll.stop()
@@ -288,12 +297,14 @@ def run_qemu_migrate(sites: Sites, app: VmApp, zstd: bool) -> dict[str, Any]:
             proc.wait(10)
         log.close()
     return {
-        "total_s": round(total, 3),
-        "downtime_s": downtime(src_poll, dst_poll, t0),
+        "total_s": None if crashed else round(total, 3),
+        "migration_s": round(migrated, 3),
+        "downtime_s": None if crashed else downtime(src_poll, dst_poll, t0),
         "paused_s": round(info.get("downtime", 0) / 1000, 3),
         "bytes_sent": wire,
         "rounds": info.get("ram", {}).get("dirty-sync-count"),
         "raw_bytes": None,
+        **({"error": crashed} if crashed else {}),
     }
 
 
@@ -302,11 +313,14 @@ def table(rows: list[dict[str, Any]]) -> Table:
     for col in ("app", "Mbit/s", "method", "total s", "downtime s", "MB sent", "bound s", "rounds"):
         out.add_column(col)
     for r in rows:
-        if r.get("error"):
+        if r.get("error") and r.get("bytes_sent") is None:
             out.add_row(r["app"], f"{r['rate_mbit']:g}", r["method"], "failed: " + r["error"][:40])
             continue
+        total = "-" if r["total_s"] is None else f"{r['total_s']:.2f}"
+        if r.get("error"):
+            total = f"guest died ({r['migration_s']:.2f} migrating)"
         out.add_row(
-            r["app"], f"{r['rate_mbit']:g}", r["method"], f"{r['total_s']:.2f}",
+            r["app"], f"{r['rate_mbit']:g}", r["method"], total,
             "-" if r["downtime_s"] is None else f"{r['downtime_s']:.2f}",
             f"{r['bytes_sent'] / 1e6:.1f}", f"{r['time_bound_s']:.2f}", str(r["rounds"]),
         )  # fmt: skip
@@ -327,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         for rate in (float(r) for r in args.rates.split(",")):
             for method in methods:
                 run_dir = Path(tempfile.mkdtemp(prefix=f"handoff-{name}-", dir=args.cache_dir))
+                load = round(os.getloadavg()[0], 2)  # the host is shared: say how busy
                 with Link(prefix="clhof", rate_mbit=rate) as link:
                     sites = Sites(link, run_dir, args.delay_ms)
                     try:
@@ -341,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         sites.close()
                 shutil.rmtree(run_dir, ignore_errors=True)
-                r |= {"app": name, "rate_mbit": rate, "method": method}
+                r |= {"app": name, "rate_mbit": rate, "method": method, "load_1m_at_start": load}
                 if r["bytes_sent"] is not None:
                     r["time_bound_s"] = round(1.3 * r["bytes_sent"] * 8 / (rate * 1e6) + 2, 3)
                 r["measured_at"] = started
