@@ -15,6 +15,10 @@ stops answering and the new one from its first answer):
 - ``suspend-copy-resume``: pause, send everything that differs from the base in one
   go (the same engine with no pre-copy round), resume.
 
+``cloudlet-handoff-zero-ram`` (not run unless named in ``--methods``) is
+``cloudlet-handoff`` with the VM's RAM diffed against zeros instead of the base VM's
+RAM: what the memory base saves.
+
 Reports total time, downtime (the longest gap between two answers the client saw),
 bytes sent (what the source wrote to the link, measured at the relay) and prints a
 table; results go to bench/results/handoff.json.
@@ -168,8 +172,10 @@ def _answers(endpoint: str) -> bool:
         return False
 
 
-def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
-    """The project's handoff (``rounds`` False: suspend, copy the changed state, resume)."""
+def run_cloudlet(sites: Sites, app: VmApp, rounds: bool, ram_base: bool = True) -> dict[str, Any]:
+    """The project's handoff (``rounds`` False: suspend, copy the changed state, resume;
+    ``ram_base`` False: RAM diffed against zeros, not the base VM's RAM)."""
+    memory_base = app.memory_base if ram_base else None
     spec, src_endpoint = boot_source(sites, app, sites.run_dir / "src.img")
     dest = dataclasses.replace(spec, port=free_port(), disk_image=sites.run_dir / "dst.img")
     server = sites.in_dst(_listener)
@@ -179,7 +185,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
     def destination() -> None:
         conn, _ = server.accept()
         with conn:
-            result["endpoint"] = receive_live(conn, sites.dst, dest, app.base, app.memory_base)
+            result["endpoint"] = receive_live(conn, sites.dst, dest, app.base, memory_base)
 
     receiver = sites.link.executor(sites.link.site).submit(destination)  # its own thread
     src_poll = sites.in_src(lambda: Poller(src_endpoint).start())
@@ -188,7 +194,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
     dst_poll = sites.in_dst(lambda: Poller(f"127.0.0.1:{dest.port}").start())
 
     def source() -> Any:
-        live = LiveSource.of(sites.src, "vm", app.base, app.memory_base)
+        live = LiveSource.of(sites.src, "vm", app.base, memory_base)
         with socket.create_connection((SITE_ADDR, relay.port), timeout=30) as sock:
             return send_live(live, sock, max_rounds=8 if rounds else 0)
 
@@ -210,6 +216,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
         "bytes_sent": wire,
         "rounds": len(stats.rounds),
         "raw_bytes": stats.raw_bytes,
+        "region_bytes": stats.region_bytes,
         "round_detail": stats.rounds,
     }
 
@@ -348,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
                         if method.startswith("qemu-migrate"):
                             r = run_qemu_migrate(sites, app, zstd=method.endswith("zstd"))
                         else:
-                            r = run_cloudlet(sites, app, rounds=method == "cloudlet-handoff")
+                            r = run_cloudlet(
+                                sites, app, rounds=method != "suspend-copy-resume",
+                                ram_base=method != "cloudlet-handoff-zero-ram",
+                            )  # fmt: skip
                     except Exception as exc:  # recorded, and the other methods still run
                         console.print(f"[red]{name} {rate:g} {method}: {exc}")
                         r = {"error": str(exc)[:500], "total_s": None, "downtime_s": None,

@@ -63,6 +63,7 @@ FRAME_CHUNKS = 1024
 WINDOW_CHUNKS = 4096
 _HEADER = struct.Struct("!BBII")
 DISK, MEMORY = 0, 1
+_REGION_NAMES = {DISK: "disk", MEMORY: "memory"}
 _IGNORE_SHARED = {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}
 
 
@@ -78,6 +79,7 @@ class HandoffStats:
     rounds: list[dict[str, float]] = field(default_factory=list)  # chunks, bytes, seconds
     bytes_sent: int = 0
     raw_bytes: int = 0  # before compression
+    region_bytes: dict[str, int] = field(default_factory=lambda: {"disk": 0, "memory": 0})
     device_state_bytes: int = 0
     downtime_s: float = 0.0  # guest paused at the source until it ran at the destination
     total_s: float = 0.0
@@ -190,6 +192,7 @@ class _Sender:
         sent = 0
         for count, raw_len, packed in self.pool.map(pack, range(0, len(index), FRAME_CHUNKS)):
             self.stats.raw_bytes += raw_len
+            self.stats.region_bytes[_REGION_NAMES[region]] += _HEADER.size + len(packed)
             self.frame(b"C", region, count, packed)
             sent += _HEADER.size + len(packed)
         return sent
