@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cloudlet.compute.qemu.handoff import CHUNK, WINDOW_CHUNKS, _base, _dirty, _windows
+from cloudlet.compute.qemu.handoff import CHUNK, WINDOW_CHUNKS, _base, _dirty, _windows, _write_runs
 
 WINDOW = WINDOW_CHUNKS * CHUNK
 
@@ -53,3 +53,19 @@ def test_the_base_view_takes_writes_without_touching_the_base(tmp_path: Path) ->
     short = _base(base, 3 * WINDOW_CHUNKS)
     assert len(short) == 3 * WINDOW_CHUNKS and not short[-1].any()
     assert os.path.getsize(base) == 2 * WINDOW
+
+
+def test_a_frame_is_written_in_runs_to_the_right_places(tmp_path: Path) -> None:
+    index = [0, 1, 2, 7, 8, 3]
+    raw = np.array(index, ">u4").tobytes() + b"".join(bytes([65 + i]) * CHUNK for i in index)
+    target = tmp_path / "disk.img"
+    target.write_bytes(bytes(10 * CHUNK))
+    fd = os.open(target, os.O_RDWR)
+    try:
+        _write_runs(fd, raw, len(index))
+    finally:
+        os.close(fd)
+    got = target.read_bytes()
+    for i in range(10):
+        want = bytes([65 + i]) * CHUNK if i in index else bytes(CHUNK)
+        assert got[i * CHUNK : (i + 1) * CHUNK] == want, i

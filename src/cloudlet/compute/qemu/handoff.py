@@ -396,10 +396,7 @@ def receive_live(
                 payload = _recv_exact(sock, length) if length else b""
                 if kind == ord("C"):
                     raw = unzstd.decompress(payload, max_output_size=count * (CHUNK + 4))
-                    index = np.frombuffer(raw[: 4 * count], ">u4")
-                    for i, at in enumerate(index):
-                        data = raw[4 * count + i * CHUNK : 4 * count + (i + 1) * CHUNK]
-                        os.pwrite(files[region], data, int(at) * CHUNK)
+                    _write_runs(files[region], raw, count)
                 elif kind == ord("S"):
                     state.write_bytes(unzstd.decompress(payload, max_output_size=64 << 20))
                 elif kind == ord("E"):
@@ -438,6 +435,16 @@ def receive_live(
                 path.unlink()
         with contextlib.suppress(OSError):
             work.rmdir()
+
+
+def _write_runs(fd: int, raw: bytes, count: int) -> None:
+    """Write a chunk frame's ``count`` chunks, one ``pwrite`` per run of consecutive
+    indexes (a chunk at a time kept a destination's CPU busy at 100 Mbit/s)."""
+    index = np.frombuffer(raw[: 4 * count], ">u4").astype(np.int64)
+    body = memoryview(raw)[4 * count :]
+    cuts = (np.flatnonzero(np.diff(index) != 1) + 1).tolist()
+    for start, end in zip([0, *cuts], [*cuts, count], strict=True):
+        os.pwrite(fd, body[start * CHUNK : end * CHUNK], int(index[start]) * CHUNK)
 
 
 def finish_source(driver: QemuDriver, workload_id: str) -> None:
