@@ -15,6 +15,10 @@ stops answering and the new one from its first answer):
 - ``suspend-copy-resume``: pause, send everything that differs from the base in one
   go (the same engine with no pre-copy round), resume.
 
+``cloudlet-handoff-zero-ram`` (not run unless named in ``--methods``) is
+``cloudlet-handoff`` with the VM's RAM diffed against zeros instead of the base VM's
+RAM: what the memory base saves.
+
 Reports total time, downtime (the longest gap between two answers the client saw),
 bytes sent (what the source wrote to the link, measured at the relay) and prints a
 table; results go to bench/results/handoff.json.
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -52,13 +57,10 @@ from cloudlet.compute.qemu._config import command_line, options_of, socket_path
 from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.compute.qemu.handoff import LiveSource, finish_source, receive_live, send_live
 from cloudlet.testbed.local import free_port, wait_for
+from cloudlet.testbed.netns import SITE_ADDR, Link, tbf_args
 from cloudlet.testbed.relay import RelayThread
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import itertools
-
-from _netns import SITE_ADDR, Link, tbf_args
 
 from _vmapps import VmApp, prepare
 
@@ -151,7 +153,8 @@ class Sites:
 
 
 def boot_source(sites: Sites, app: VmApp, disk: Path) -> tuple[WorkloadSpec, str]:
-    shutil.copyfile(app.disk, disk)
+    # Sparse, as a synthesized disk at a site is (shutil.copyfile would fill the holes).
+    subprocess.run(["cp", "--sparse=always", str(app.disk), str(disk)], check=True)
     spec = WorkloadSpec(
         "vm", port=free_port(), guest_port=app.guest_port, memory_mib=app.memory_mib,
         disk_image=disk, env=app.env,
@@ -169,8 +172,10 @@ def _answers(endpoint: str) -> bool:
         return False
 
 
-def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
-    """The project's handoff (``rounds`` False: suspend, copy the changed state, resume)."""
+def run_cloudlet(sites: Sites, app: VmApp, rounds: bool, ram_base: bool = True) -> dict[str, Any]:
+    """The project's handoff (``rounds`` False: suspend, copy the changed state, resume;
+    ``ram_base`` False: RAM diffed against zeros, not the base VM's RAM)."""
+    memory_base = app.memory_base if ram_base else None
     spec, src_endpoint = boot_source(sites, app, sites.run_dir / "src.img")
     dest = dataclasses.replace(spec, port=free_port(), disk_image=sites.run_dir / "dst.img")
     server = sites.in_dst(_listener)
@@ -180,7 +185,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
     def destination() -> None:
         conn, _ = server.accept()
         with conn:
-            result["endpoint"] = receive_live(conn, sites.dst, dest, app.base)
+            result["endpoint"] = receive_live(conn, sites.dst, dest, app.base, memory_base)
 
     receiver = sites.link.executor(sites.link.site).submit(destination)  # its own thread
     src_poll = sites.in_src(lambda: Poller(src_endpoint).start())
@@ -189,7 +194,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
     dst_poll = sites.in_dst(lambda: Poller(f"127.0.0.1:{dest.port}").start())
 
     def source() -> Any:
-        live = LiveSource.of(sites.src, "vm", app.base, app.memory_base)
+        live = LiveSource.of(sites.src, "vm", app.base, memory_base)
         with socket.create_connection((SITE_ADDR, relay.port), timeout=30) as sock:
             return send_live(live, sock, max_rounds=8 if rounds else 0)
 
@@ -211,6 +216,8 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool) -> dict[str, Any]:
         "bytes_sent": wire,
         "rounds": len(stats.rounds),
         "raw_bytes": stats.raw_bytes,
+        "region_bytes": stats.region_bytes,
+        "round_detail": stats.rounds,
     }
 
 
@@ -244,7 +251,9 @@ def run_qemu_migrate(sites: Sites, app: VmApp, zstd: bool) -> dict[str, Any]:
         wait_for(qmp.exists, 30, "the destination QEMU's monitor")
         time.sleep(0.5)
         port = sites.in_dst(free_port)
-        caps = [{"capability": "block", "state": True}]
+        # zero-blocks: QEMU sends a flag, not 1 MiB of zeros, for each empty block of the
+        # (sparse, trimmed) 2 GiB Debian disks; without it block migration sends all 2 GiB.
+        caps = [{"capability": c, "state": True} for c in ("block", "zero-blocks")]
         if zstd:
             caps.append({"capability": "multifd", "state": True})
         with QmpSession(qmp, timeout=30) as dq:
@@ -271,7 +280,14 @@ def run_qemu_migrate(sites: Sites, app: VmApp, zstd: bool) -> dict[str, Any]:
                 if info.get("status") in ("failed", "cancelled") or time.monotonic() > deadline:
                     raise RuntimeError(f"QEMU migration failed: {info}")
                 time.sleep(0.05)
-        wait_for(lambda: dst_poll.answers, 60, "the migrated VM answering")
+        migrated = time.monotonic() - t0
+        crashed = None
+        try:
+            wait_for(lambda: dst_poll.answers, 30, "the migrated VM answering")
+        except Exception:  # what it cost is still worth a row; the console says why
+            console_log = work / "console.log"
+            tail = console_log.read_text(errors="replace")[-300:] if console_log.exists() else ""
+            crashed = f"the migrated VM never answered; its console ends: {tail}"
         total = time.monotonic() - t0
         time.sleep(1.0)
         src_poll.stop()
@@ -288,12 +304,14 @@ def run_qemu_migrate(sites: Sites, app: VmApp, zstd: bool) -> dict[str, Any]:
             proc.wait(10)
         log.close()
     return {
-        "total_s": round(total, 3),
-        "downtime_s": downtime(src_poll, dst_poll, t0),
+        "total_s": None if crashed else round(total, 3),
+        "migration_s": round(migrated, 3),
+        "downtime_s": None if crashed else downtime(src_poll, dst_poll, t0),
         "paused_s": round(info.get("downtime", 0) / 1000, 3),
         "bytes_sent": wire,
         "rounds": info.get("ram", {}).get("dirty-sync-count"),
         "raw_bytes": None,
+        **({"error": crashed} if crashed else {}),
     }
 
 
@@ -302,11 +320,14 @@ def table(rows: list[dict[str, Any]]) -> Table:
     for col in ("app", "Mbit/s", "method", "total s", "downtime s", "MB sent", "bound s", "rounds"):
         out.add_column(col)
     for r in rows:
-        if r.get("error"):
+        if r.get("error") and r.get("bytes_sent") is None:
             out.add_row(r["app"], f"{r['rate_mbit']:g}", r["method"], "failed: " + r["error"][:40])
             continue
+        total = "-" if r["total_s"] is None else f"{r['total_s']:.2f}"
+        if r.get("error"):
+            total = f"guest died ({r['migration_s']:.2f} migrating)"
         out.add_row(
-            r["app"], f"{r['rate_mbit']:g}", r["method"], f"{r['total_s']:.2f}",
+            r["app"], f"{r['rate_mbit']:g}", r["method"], total,
             "-" if r["downtime_s"] is None else f"{r['downtime_s']:.2f}",
             f"{r['bytes_sent'] / 1e6:.1f}", f"{r['time_bound_s']:.2f}", str(r["rounds"]),
         )  # fmt: skip
@@ -327,13 +348,17 @@ def main(argv: list[str] | None = None) -> int:
         for rate in (float(r) for r in args.rates.split(",")):
             for method in methods:
                 run_dir = Path(tempfile.mkdtemp(prefix=f"handoff-{name}-", dir=args.cache_dir))
+                load = round(os.getloadavg()[0], 2)  # the host is shared: say how busy
                 with Link(prefix="clhof", rate_mbit=rate) as link:
                     sites = Sites(link, run_dir, args.delay_ms)
                     try:
                         if method.startswith("qemu-migrate"):
                             r = run_qemu_migrate(sites, app, zstd=method.endswith("zstd"))
                         else:
-                            r = run_cloudlet(sites, app, rounds=method == "cloudlet-handoff")
+                            r = run_cloudlet(
+                                sites, app, rounds=method != "suspend-copy-resume",
+                                ram_base=method != "cloudlet-handoff-zero-ram",
+                            )  # fmt: skip
                     except Exception as exc:  # recorded, and the other methods still run
                         console.print(f"[red]{name} {rate:g} {method}: {exc}")
                         r = {"error": str(exc)[:500], "total_s": None, "downtime_s": None,
@@ -341,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     finally:
                         sites.close()
                 shutil.rmtree(run_dir, ignore_errors=True)
-                r |= {"app": name, "rate_mbit": rate, "method": method}
+                r |= {"app": name, "rate_mbit": rate, "method": method, "load_1m_at_start": load}
                 if r["bytes_sent"] is not None:
                     r["time_bound_s"] = round(1.3 * r["bytes_sent"] * 8 / (rate * 1e6) + 2, 3)
                 r["measured_at"] = started

@@ -157,6 +157,42 @@ class VmBuilder:
             )
         return opened
 
+    async def memory_base(self, comp: Component) -> Path | None:
+        """The cached base VM RAM ``comp``'s overlay was made against (fetched if
+        missing), or None when it has none. A handoff diffs the VM's RAM against it:
+        both sites read it from the same manifest, so they agree on it.
+
+        Raises:
+            ControllerUnreachableError: the overlay (for its manifest) or the RAM image
+                is not cached and the controller is unreachable.
+            SynthesisError: the overlay is corrupt or another overlay.
+        """
+        if comp.overlay is None:
+            return None
+        cached = self.cache.lookup(ArtifactKind.OVERLAY, comp.overlay)
+        if cached is not None:
+            source: ByteSource = FileSource(cached)
+        else:  # the manifest only: a few range requests
+            where = self.stager.remote()
+            if where is None:
+                raise ControllerUnreachableError(
+                    f"overlay {comp.overlay} is not cached and no controller is known"
+                )
+            source = HttpRangeSource(
+                blob_url(where[0], ArtifactKind.OVERLAY, comp.overlay), where[1]
+            )
+        try:
+            manifest = await asyncio.to_thread(read_manifest, source)
+        finally:
+            _close(source)
+        if manifest.root_digest.hex() != comp.overlay.lower():
+            raise SynthesisError(f"overlay {comp.overlay} has another overlay's root digest")
+        if manifest.memory_base_digest is None:
+            return None
+        return await self.stager.ensure(
+            ArtifactKind.IMAGE, manifest.memory_base_digest.hex(), attempts=FETCH_ATTEMPTS
+        )
+
     def discard(self, opened: Opened) -> None:
         """Release what :meth:`fetch` opened when it will not be synthesized."""
         if opened.source is not None:

@@ -20,6 +20,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudlet.agent import actual
@@ -82,12 +83,14 @@ class VmHandoffs:
         with contextlib.suppress(ControllerUnreachableError, SyncError):
             await self.client.fail_handoff(order.id, reason)
 
-    async def _base(self, ops: InstanceOps, want: DesiredEntry) -> tuple[str, object]:
+    async def _base(self, ops: InstanceOps, want: DesiredEntry) -> tuple[str, Path, Path | None]:
+        """The component's name, its base disk and the base VM RAM its overlay was
+        made against (None: RAM is diffed against zeros), both cached here."""
         comp = want.instance.components[0]
         if comp.kind is not ComponentKind.VM or comp.image is None or ops.vm is None:
             raise CloudletError("a live handoff moves one VM component with a base image")
         base = await ops.vm.stager.ensure(ArtifactKind.IMAGE, comp.image, attempts=3)
-        return comp.name, base
+        return comp.name, base, await ops.vm.memory_base(comp)
 
     # -- destination ----------------------------------------------------------------------
 
@@ -102,7 +105,7 @@ class VmHandoffs:
             row = ops._move(row, ActualState.RELOCATING, reason=f"receiving from {order.peer_site}")
         server = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         try:
-            name, base = await self._base(ops, want)
+            name, base, memory_base = await self._base(ops, want)
             row = ops._assign_ports(inst, row)
             spec = ops._specs(inst, row)[name]
             assert spec.disk_image is not None
@@ -120,7 +123,14 @@ class VmHandoffs:
                 shown = await asyncio.to_thread(conn.recv, length)
                 if not hmac.compare_digest(shown, (order.token or "").encode()):
                     raise CloudletError("a peer connected without the handoff's token")
-                await asyncio.to_thread(receive_live, conn, driver, spec, base)  # type: ignore[arg-type]
+                await asyncio.to_thread(
+                    receive_live,
+                    conn,
+                    driver,
+                    spec,
+                    base,
+                    memory_base,  # type: ignore[arg-type]
+                )
             seconds = round(time.monotonic() - t0, 3)
             self.record(order, inst.id, "received", seconds=seconds)
             log.info("handoff %s: VM running here after %.2fs", order.id, seconds)
@@ -145,10 +155,10 @@ class VmHandoffs:
         if row is not None and row.state is not ActualState.RELOCATING:
             ops._move(row, ActualState.RELOCATING, reason=f"handing off to {order.peer_site}")
         try:
-            name, base = await self._base(ops, want)
+            name, base, memory_base = await self._base(ops, want)
             driver = await asyncio.to_thread(ops.drivers.for_kind, ComponentKind.VM)
             wid = workload_id(inst.id, name)
-            source = LiveSource.of(driver, wid, base)  # type: ignore[arg-type, attr-defined]
+            source = LiveSource.of(driver, wid, base, memory_base)  # type: ignore[arg-type, attr-defined]
             token = (order.token or "").encode()
             try:  # off the event loop: a connect to a silent peer takes up to 30 s
                 sock = await asyncio.to_thread(
@@ -179,6 +189,7 @@ class VmHandoffs:
             downtime_s=stats.downtime_s,
             seconds=stats.total_s,
             rounds=stats.rounds,
+            memory_base=memory_base.name if memory_base is not None else None,
         )
         log.info(
             "handoff %s: %d bytes in %d rounds, %.3fs paused",

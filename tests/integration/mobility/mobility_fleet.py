@@ -21,6 +21,7 @@ from cloudlet.testbed.relay import RelayThread
 #: ~8.9 ms against 5 ms at the client's own site, so a 7 ms bound tells them apart.
 SITES = {"lyon": (45.76, 4.84), "paris": (48.86, 2.35), "turin": (45.07, 7.69)}
 BOUND_MS = 7
+UPLOAD_PIECE = 32 * 1024 * 1024
 
 STATEFUL = """
 import http.server, os, pathlib, urllib.parse
@@ -91,12 +92,14 @@ def upload(api: httpx.Client, path: Path, kind: str, name: str) -> dict[str, Any
     size = path.stat().st_size
     up = api.post("/v1/uploads", json={"kind": kind, "name": name, "size": size})
     assert up.status_code == 201, up.text
-    api.put(
-        f"/v1/uploads/{up.json()['id']}",
-        params={"offset": 0},
-        content=path.read_bytes(),
-        headers={"content-type": "application/octet-stream"},
-    ).raise_for_status()
+    with path.open("rb") as f:
+        for offset in range(0, size, UPLOAD_PIECE):  # a base VM's RAM is too big for one PUT
+            api.put(
+                f"/v1/uploads/{up.json()['id']}",
+                params={"offset": offset},
+                content=f.read(UPLOAD_PIECE),
+                headers={"content-type": "application/octet-stream"},
+            ).raise_for_status()
     done = api.post(f"/v1/uploads/{up.json()['id']}/complete")
     assert done.status_code == 201, done.text
     return done.json()

@@ -19,7 +19,7 @@ from mobility_fleet import BOUND_MS, SITES, fleet, upload
 
 from cloudlet.compute import WorkloadSpec, WorkloadState
 from cloudlet.compute.ports import free_port
-from cloudlet.compute.qemu import QemuDriver
+from cloudlet.compute.qemu import QemuDriver, device_state_of
 from cloudlet.compute.qemu.handoff import (
     _HEADER,
     HandoffError,
@@ -28,6 +28,7 @@ from cloudlet.compute.qemu.handoff import (
     receive_live,
     send_live,
 )
+from cloudlet.compute.qemu.snapshot import capture
 from cloudlet.synthesis import create_overlay
 from cloudlet.testbed.guest import GuestImage, with_page
 from cloudlet.testbed.local import wait_for
@@ -249,3 +250,54 @@ def test_killing_the_destination_agent_mid_handoff_leaves_the_vm_at_the_source(
         back = f.wait_running_at(item["id"], "lyon", timeout=60)
         assert back["epoch"] == 0 and back["endpoint"] == item["endpoint"]
         assert _token(back["endpoint"]) == token
+
+
+def _capture(guest: GuestImage, disk: Path, ram: Path) -> Path:
+    spec = WorkloadSpec(
+        ram.stem, guest_port=guest.guest_port, memory_mib=MIB, disk_image=disk,
+        env=guest.vm_env(),
+    )  # fmt: skip
+    capture(spec, ram, accel="tcg", timeout=120)
+    return ram
+
+
+def test_a_resumed_vm_moves_diffed_against_the_base_ram_both_sites_hold(
+    guest: GuestImage, tmp_path: Path
+) -> None:
+    # The developer's way: the base VM's RAM once it serves, then the app VM's, and a
+    # resumable overlay of the app made against the base (disk and RAM).
+    shutil.copyfile(guest.disk, tmp_path / "base-run.img")
+    base_ram = _capture(guest, tmp_path / "base-run.img", tmp_path / "base.ram")
+    modified = with_page(guest, tmp_path / "app.img", PAGE)
+    ram = _capture(guest, modified, tmp_path / "app.ram")
+    overlay = tmp_path / "app.ovl"
+    create_overlay(
+        guest.disk, modified, overlay, memory=ram, memory_base=base_ram,
+        device_state=device_state_of(ram), threads=2,
+    )  # fmt: skip
+    with fleet(tmp_path, ["lyon", "paris"]) as f:
+        image = upload(f.api, guest.disk, "image", "tiny-guest")
+        ram_image = upload(f.api, base_ram, "image", "tiny-guest-ram")
+        ovl = upload(f.api, overlay, "overlay", "app")
+        assert ovl["resumable"] and ovl["memory_base"] == ram_image["digest"]
+        app = {
+            "name": "vm-app",
+            "components": [
+                {"kind": "vm", "image": image["digest"], "overlay": ovl["id"],
+                 "guest_port": guest.guest_port, "env": guest.vm_env()}
+            ],
+            "resources": {"vcpus": 1, "memory_mib": MIB, "disk_gib": 0.1},
+        }  # fmt: skip
+        f.api.post("/v1/apps", json=app).raise_for_status()
+        created = f.api.post("/v1/instances", json={"app": "vm-app", "site": "lyon"}).json()
+        item = f.wait_running_at(created["id"], "lyon", timeout=240)
+        token = _token(item["endpoint"])
+        assert token.encode() in ram.read_bytes()  # resumed, not booted
+        move = f.api.post(f"/v1/instances/{item['id']}/move", json={"to": "paris"})
+        assert move.status_code == 202, move.text
+        moved = f.wait_running_at(item["id"], "paris", timeout=240)
+        # The RAM came out right at paris, rebuilt on the base RAM it fetched for it...
+        assert _token(moved["endpoint"]) == token
+        # ... and lyon sent only what differs from that base RAM, not from zeros.
+        sent = wait_for(lambda: f.site_events("lyon", "handoff"), 30, "lyon's handoff event")
+        assert sent[0]["data"]["memory_base"] == ram_image["digest"]
