@@ -242,6 +242,40 @@ def set_revision(url: str, revision: int) -> None:
     engine.dispose()
 
 
+def database_counters(url: str) -> dict[str, int]:
+    """PostgreSQL's own counters for the bench database: transactions, rows written,
+    WAL position (bytes) and the database's size."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT xact_commit + xact_rollback AS transactions, tup_inserted AS inserted, "
+                "tup_updated AS updated, tup_deleted AS deleted, "
+                "tup_returned + tup_fetched AS rows_read, "
+                "pg_current_wal_lsn() - '0/0'::pg_lsn AS wal_bytes, "
+                "pg_database_size(current_database()) AS size_bytes "
+                "FROM pg_stat_database WHERE datname = current_database()"
+            )
+        ).one()
+    engine.dispose()
+    return {k: int(v) for k, v in row._mapping.items()}
+
+
+def database_rates(
+    before: dict[str, int], after: dict[str, int], syncs: int, seconds: float
+) -> dict[str, float]:
+    """What the window cost the database, per second and per sync (pg_stat_database's
+    counters lag by up to its stats interval: a rough figure, good for a model)."""
+    out: dict[str, float] = {"size_mb_at_end": round(after["size_bytes"] / 1e6, 1)}
+    for key in ("transactions", "inserted", "updated", "deleted", "rows_read", "wal_bytes"):
+        delta = after[key] - before[key]
+        out[f"{key}_per_s"] = round(delta / seconds, 1)
+        out[f"{key}_per_sync"] = round(delta / syncs, 2) if syncs else 0.0
+    return out
+
+
 def check_events(url: str, acked: dict[str, int]) -> dict[str, int]:
     """Usage events stored, and of those each agent had acknowledged (every sequence
     up to its last ``acked_seq``): how many are missing, and how many stored twice."""
@@ -394,6 +428,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
             p for r in ctrls if r.proc and r.proc.popen for p in process_tree(r.proc.popen.pid)
         ]
         load_procs = [psutil.Process(p.pid) for p, _ in children]
+        db0 = database_counters(args.database_url) if args.database_url else None
         ctrl_cpu0, load_cpu0, t0 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
         busy0 = machine_busy_seconds()
         console.print(f"  measuring for {args.duration:g}s (after {args.warmup:g}s warm-up)")
@@ -405,6 +440,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
             spy = _profile.record(ctrl.proc.popen.pid, args.duration - 2, profile)
         time.sleep(max(0.0, window_end - time.time()))
         ctrl_cpu1, load_cpu1, t1 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
+        db1 = database_counters(args.database_url) if args.database_url else None
         busy1 = machine_busy_seconds()
         rss = peak_rss_mb(ctrl_procs)
         if spy is not None:
@@ -475,6 +511,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         if sync_ms
         else None,
         "controller_peak_rss_mb": round(rss, 1),
+        **({"postgresql": database_rates(db0, db1, len(sync_ms), wall)} if db0 and db1 else {}),
         "loadgen_cpu_pct": round(100 * (load_cpu1 - load_cpu0) / wall, 1),
         # Everything else the machine ran meanwhile (other benches, test suites).
         "other_processes_cpu_pct": round(
