@@ -29,7 +29,7 @@ from cloudlet.controller.api import (
     sites,
     upgrades,
 )
-from cloudlet.controller.api.agent_lane import AgentLane
+from cloudlet.controller.api.agent_lane import REPORT, REPORT_MAX_BYTES, AgentLane
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
@@ -45,7 +45,7 @@ from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
 #: (16 MiB from the CLI) stream to disk.
 BODY_LIMITS = BodyLimits(
     json=1 * MIB,
-    paths={"/v1/agent/report": 8 * MIB, "/v1/agent/enroll": 16 * 1024},
+    paths={REPORT: REPORT_MAX_BYTES, "/v1/agent/enroll": 16 * 1024},
     streamed=(
         StreamedRoute("PUT", re.compile(r"^/v1/uploads/[^/]+$"), 64 * MIB),
         StreamedRoute("POST", upgrades.UPLOAD_PATH, agent_packages.MAX_PACKAGE_BYTES),

@@ -81,7 +81,7 @@ class BodyGuard:
         if not is_json:
             await self.app(scope, _counting(receive, limit), send)
             return
-        body = await _read_bounded(receive, limit)
+        body = await read_bounded(receive, limit)
         if body is None:
             await _refuse(send, path, 413, "too-large", "Too large", _too_large(limit))
             return
@@ -95,7 +95,7 @@ class BodyGuard:
             if _has_nul_escape(body):
                 await _refuse(send, path, 422, "invalid-input", "Invalid input", _NUL)
                 return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
 
 _NUL = "text may not contain NUL characters (U+0000)"
@@ -131,7 +131,7 @@ def _too_large(limit: int) -> str:
     return f"the body is larger than this endpoint's limit of {limit} bytes"
 
 
-async def _read_bounded(receive: Any, limit: int) -> bytes | None:
+async def read_bounded(receive: Any, limit: int) -> bytes | None:
     """The whole body, or None as soon as it passes ``limit``."""
     parts: list[bytes] = []
     size = 0
@@ -149,7 +149,8 @@ async def _read_bounded(receive: Any, limit: int) -> bytes | None:
     return b"".join(parts)
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def replay_body(body: bytes, receive: Any) -> Any:
+    """An ASGI receive that gives ``body`` (read already) first, then what comes next."""
     sent = False
 
     async def replay() -> dict[str, Any]:

@@ -26,6 +26,7 @@ from cloudlet.controller.state import ControllerState
 from cloudlet.errors import AuthError
 from cloudlet.schemas import AgentReport
 from cloudlet.schemas.common import PROBLEM_MEDIA_TYPE, problem_body
+from cloudlet.web import MIB, read_bounded, replay_body
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ _JSON = [(b"content-type", b"application/json")]
 #: The query of a pull the lane takes; anything else is the route's to judge.
 _PULL_QUERY = re.compile(rb"since=(\d{1,18})&wait=(\d{1,3}(?:\.\d{1,6})?)")
 _MAX_WAIT_S = 300.0
+REPORT_MAX_BYTES = 8 * MIB
 
 
 class _Route(NamedTuple):
@@ -85,8 +87,9 @@ class AgentLane:
             await _send_json(send, 200, doc)
 
     async def _report(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        body = await _read_body(receive)
-        replay = _replay(body, receive)
+        # BodyGuard, further out, has bounded the body already.
+        body = await read_bounded(receive, REPORT_MAX_BYTES) or b""
+        replay = replay_body(body, receive)
         if _header(scope, b"content-type").split(b";")[0].strip() != b"application/json":
             await self.app(scope, replay, send)
             return
@@ -120,32 +123,6 @@ def _header(scope: dict[str, Any], name: bytes) -> bytes:
         if key == name:
             return value
     return b""
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            break
-    return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    """A receive that gives the body read already, then whatever comes next."""
-    sent = False
-
-    async def replay() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 async def _send_json(send: Any, status: int, body: bytes, media: bytes = b"") -> None:
