@@ -242,6 +242,20 @@ def set_revision(url: str, revision: int) -> None:
     engine.dispose()
 
 
+def documents_built(ctrls: list[BenchController]) -> dict[str, float]:
+    """Desired-state documents the controllers built so far, full and delta, from
+    their /metrics (with --workers, only the worker that answers is counted)."""
+    built: dict[str, float] = {"full": 0.0, "delta": 0.0}
+    for ctrl in ctrls:
+        with ctrl.client() as client:
+            text = client.get("/metrics", timeout=30).text
+        for line in text.splitlines():
+            if line.startswith("cloudlet_desired_documents_total{"):
+                kind = line.split('kind="', 1)[1].split('"', 1)[0]
+                built[kind] = built.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return built
+
+
 def database_counters(url: str) -> dict[str, int]:
     """PostgreSQL's own counters for the bench database: transactions, rows written,
     WAL position (bytes) and the database's size."""
@@ -429,6 +443,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         ]
         load_procs = [psutil.Process(p.pid) for p, _ in children]
         db0 = database_counters(args.database_url) if args.database_url else None
+        docs0 = documents_built(ctrls)
         ctrl_cpu0, load_cpu0, t0 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
         busy0 = machine_busy_seconds()
         console.print(f"  measuring for {args.duration:g}s (after {args.warmup:g}s warm-up)")
@@ -441,6 +456,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         time.sleep(max(0.0, window_end - time.time()))
         ctrl_cpu1, load_cpu1, t1 = cpu_seconds(ctrl_procs), cpu_seconds(load_procs), time.time()
         db1 = database_counters(args.database_url) if args.database_url else None
+        docs1 = documents_built(ctrls)
         busy1 = machine_busy_seconds()
         rss = peak_rss_mb(ctrl_procs)
         if spy is not None:
@@ -504,6 +520,8 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         "long_pollers": sum(s["long_pollers"] for s in stats),
         "long_polls_open_peak": sum(s["long_polls_open_peak"] for s in stats),
         "long_polls_per_s": round(sum(s["long_polls"] for s in stats) / wall, 1),
+        # Full snapshots in the window mean agents that were not in steady state.
+        "documents_built_per_s": {k: round((docs1[k] - docs0[k]) / wall, 1) for k in docs1},
         "controller_cpu_pct": round(100 * (ctrl_cpu1 - ctrl_cpu0) / wall, 1),
         # Everything the controller spent (long polls and background loops
         # included) per sync: what this machine's load cannot inflate much.

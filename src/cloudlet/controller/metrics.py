@@ -65,6 +65,12 @@ class ControllerMetrics:
             "Site events refused (about another site's instance, or a sequence jump).",
             registry=self.registry,
         )
+        self.desired_documents = Counter(
+            "cloudlet_desired_documents_total",
+            "Desired-state documents built for agents: full snapshots and deltas.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.artifact_bytes = Counter(
             "cloudlet_artifact_bytes_served_total",
             "Bytes of images and overlays sent to sites and clients.",

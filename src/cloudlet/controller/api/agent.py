@@ -87,6 +87,7 @@ async def pull_desired(
     if 0 < since == revision:
         return None
     doc = await run_in_threadpool(_doc, st, site.id, since)
+    st.metrics.desired_documents.labels("full" if doc.full else "delta").inc()
     # Serialized here: the model is built by us, so validating it again is waste.
     return doc.model_dump_json().encode()
 
