@@ -182,6 +182,8 @@ class Plan:
     #: [1] (absolute times), queueing usage records, then all report at once.
     storm_fraction: float = 0.0
     storm: tuple[float, float] = (0.0, 0.0)
+    #: When the agents stop (moved later with the window, see ``_run``).
+    stop: float = 0.0
     #: More replicas to spread agents over: (host, port) of each (the plan's own first).
     replicas: tuple[tuple[str, int], ...] = ()
 
@@ -298,20 +300,20 @@ class Agent:
             if full:
                 stats.full_report_ms.append((t1 - t0) * 1000)
 
-    async def sync_loop(self, plan: Plan, stats: Stats, stop: float) -> None:
+    async def sync_loop(self, plan: Plan, stats: Stats) -> None:
         due = time.monotonic() + self.rng.uniform(0, plan.interval)
         while True:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if time.time() >= stop:
+            if time.time() >= plan.stop:
                 return
             if self.storms and not self.stormed and time.time() >= plan.storm[0]:
-                await self.storm(plan, stats, stop)
+                await self.storm(plan, stats)
                 due = time.monotonic()
                 continue
             await self.sync_round(plan, stats)
             due += plan.interval * self.rng.uniform(1 - plan.jitter, 1 + plan.jitter)
 
-    async def storm(self, plan: Plan, stats: Stats, stop: float) -> None:
+    async def storm(self, plan: Plan, stats: Stats) -> None:
         """Go silent until the storm ends (usage records pile up, one per interval),
         then report the backlog at once, as every returning agent does together."""
         self.stormed = True
@@ -322,19 +324,19 @@ class Agent:
             self.record(stats, STORM_RECORDS)
             await asyncio.sleep(min(plan.interval, max(0.0, plan.storm[1] - time.time())))
         back = plan.storm[1]
-        while self.outbox and time.time() < stop:
+        while self.outbox and time.time() < plan.stop:
             await self.sync_round(plan, stats)
             if self.outbox:
                 await asyncio.sleep(0.2)
         if not self.outbox:
             stats.storm_recover_s.append(time.time() - back)
 
-    async def long_poll_loop(self, plan: Plan, stats: Stats, stop: float) -> None:
+    async def long_poll_loop(self, plan: Plan, stats: Stats) -> None:
         """Hold a long-poll open, re-polling as soon as one answers (the pull loop)."""
         await asyncio.sleep(self.rng.uniform(0, LONG_POLL_WAIT_S))
         conn: _Connection | None = None
         path = f"/v1/agent/desired?since={{}}&wait={LONG_POLL_WAIT_S:g}"
-        while time.time() < stop:
+        while time.time() < plan.stop:
             started = time.time()
             if self.storms and plan.storm[0] <= started < plan.storm[1]:
                 if conn is not None:
@@ -423,8 +425,7 @@ async def _run(plan: Plan, pipe: Connection) -> None:
     enrolled, retries = await _enroll_slice(ep, plan)
     pipe.send({"enrolled": len(enrolled), "retries": retries, "seconds": time.time() - t0})
     # The parent answers with the measuring window and the time to stop.
-    window_start, window_end, stop, storm = await asyncio.to_thread(pipe.recv)
-    plan.storm = storm
+    window_start, window_end, plan.stop, plan.storm = await asyncio.to_thread(pipe.recv)
     stats = Stats(window=(window_start, window_end))
     rng = random.Random(plan.seed + 1)
     endpoints = [ep, *(Endpoint(h, p) for h, p in plan.replicas)]
@@ -436,12 +437,17 @@ async def _run(plan: Plan, pipe: Connection) -> None:
     for agent in stormers:
         agent.storms = True
     stats.storm_agents = len(stormers)
-    tasks = [asyncio.create_task(a.sync_loop(plan, stats, stop)) for a in agents]
+    tasks = [asyncio.create_task(a.sync_loop(plan, stats)) for a in agents]
     pollers = agents[: round(len(agents) * plan.long_poll_fraction)]
-    tasks += [asyncio.create_task(a.long_poll_loop(plan, stats, stop)) for a in pollers]
+    tasks += [asyncio.create_task(a.long_poll_loop(plan, stats)) for a in pollers]
     peak_open = 0
-    while time.time() < stop:
+    while time.time() < plan.stop:
         await asyncio.sleep(1.0)
+        if pipe.poll():  # the parent moved the window later (the warm-up ran long)
+            shift = pipe.recv()
+            stats.window = (stats.window[0] + shift, stats.window[1] + shift)
+            plan.stop += shift
+            plan.storm = (plan.storm[0] + shift, plan.storm[1] + shift)
         if stats.in_window(time.time()):
             peak_open = max(peak_open, stats.long_polls_open)
     for task in tasks:
