@@ -144,6 +144,9 @@ class ControllerState:
     alarm_webhook: Any = None
     #: Whether this replica runs the fleet-wide loops (``replicas.Leadership``).
     leadership: Any = None
+    #: Bounds the threads building desired-state documents (``api.agent``), made in
+    #: the event loop at first use.
+    document_limiter: Any = None
     #: The fleet as discovery ranks it, rebuilt every couple of seconds.
     fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+from anyio import CapacityLimiter, to_thread
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
@@ -86,10 +87,22 @@ async def pull_desired(
         revision = revision if current is None else current  # None: deleted meanwhile
     if 0 < since == revision:
         return None
-    doc = await run_in_threadpool(_doc, st, site.id, since)
+    doc = await to_thread.run_sync(_doc, st, site.id, since, limiter=_document_limiter(st))
     st.metrics.desired_documents.labels("full" if doc.full else "delta").inc()
     # Serialized here: the model is built by us, so validating it again is waste.
     return doc.model_dump_json().encode()
+
+
+#: Worker threads building desired-state documents at once. A fleet's cold start asks
+#: for one snapshot per agent; on their own limiter they queue among themselves,
+#: not in front of the reports and reads that share the default one.
+DOCUMENT_THREADS = 8
+
+
+def _document_limiter(st: ControllerState) -> CapacityLimiter:
+    if st.document_limiter is None:
+        st.document_limiter = CapacityLimiter(DOCUMENT_THREADS)
+    return st.document_limiter
 
 
 def _doc(st: ControllerState, site_id: str, since: int) -> DesiredStateDoc:
