@@ -248,21 +248,23 @@ MAX_WARMUP_EXTENSION_S = 120.0
 
 
 def settle(ctrls: list[BenchController], children: list[Any], start: float, sites: int) -> float:
-    """Move the window later, 5 s at a time, while the controller is still building
+    """Move the window later, 5 s or more at a time, while the controller is still building
     the agents' first snapshots (a fleet's cold start, queued behind on a slow
     database): the window measures the steady state. Returns the seconds added."""
     extended = 0.0
     while extended < MAX_WARMUP_EXTENSION_S:
         time.sleep(max(0.0, start + extended - 6 - time.time()))
-        before = documents_built(ctrls)
-        time.sleep(max(0.0, start + extended - 2 - time.time()))
+        before, read_at = documents_built(ctrls), time.time()
+        time.sleep(max(0.0, start + extended - 2 - time.time(), read_at + 3 - time.time()))
         after = documents_built(ctrls)
         # No answer from /metrics in time: requests still queue behind the snapshots.
         if before and after and after["full"] - before["full"] < max(5.0, sites / 2000):
             return extended
+        # At least 5 s later, and later still if reading /metrics took long.
+        shift = max(start + extended + 5.0, time.time() + 6.0) - (start + extended)
         for _, pipe in children:
-            pipe.send(5.0)
-        extended += 5.0
+            pipe.send(shift)
+        extended += shift
     return extended
 
 
