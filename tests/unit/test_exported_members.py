@@ -21,7 +21,14 @@ PUBLIC = {
         "Overlay", "PrestageRequest", "Upload", "UploadCreate",
     },
     "cloudlet.agent": {"Agent", "Store", "run_agent"},
-    "cloudlet.web": {"MIB", "BodyGuard", "BodyLimits", "StreamedRoute"},
+    "cloudlet.web": {
+        "MIB",
+        "BodyGuard",
+        "BodyLimits",
+        "StreamedRoute",
+        "read_bounded",
+        "replay_body",
+    },
     "cloudlet.controller.ui": {"STATIC_DIR", "install"},
     "cloudlet.controller.blobs": {
         "READ_CHUNK", "BlobStore", "BlobStream", "FilesystemBlobStore", "S3BlobStore",
