@@ -40,7 +40,10 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
             (Availability.ONLINE, (Site.availability != "online") & (Site.last_seen >= cutoff)),
         ):
             changed = {"availability": new.value, "availability_changed_at": now}
-            ids = session.scalars(update(Site).where(cond).values(changed).returning(Site.id)).all()
+            # Rows locked in site-id order first, as the heartbeat batches lock them.
+            locked = select(Site.id).where(cond).order_by(Site.id).with_for_update()
+            flip = update(Site).where(Site.id.in_(locked), cond).values(changed)
+            ids = session.scalars(flip.returning(Site.id)).all()
             record_many(session, f"site.{new.value}", list(ids))
             flips += [(site_id, new.value) for site_id in ids]
         offline = [site_id for site_id, new in flips if new == Availability.OFFLINE.value]
@@ -85,19 +88,28 @@ def finish_drains(st: ControllerState) -> list[str]:
 
 
 def flush_traffic(st: ControllerState) -> None:
+    """Add the counted bytes to the site rows, in site-id order like the heartbeat
+    batch (no lock-order deadlocks); counts that fail to be written are kept."""
     pending = st.traffic.take()
     if not pending:
         return
-    with st.sessions.begin() as session:
-        session.connection().execute(
-            update(Site.__table__)
-            .where(Site.__table__.c.id == bindparam("sid"))
-            .values(
-                bytes_in=Site.__table__.c.bytes_in + bindparam("bin"),
-                bytes_out=Site.__table__.c.bytes_out + bindparam("bout"),
-            ),
-            [{"sid": k, "bin": v[0], "bout": v[1]} for k, v in pending.items()],
-        )
+    table = Site.__table__
+    rows = [{"sid": k, "bin": v[0], "bout": v[1]} for k, v in sorted(pending.items())]
+    try:
+        with st.sessions.begin() as session:
+            session.connection().execute(
+                update(table)
+                .where(table.c.id == bindparam("sid"))
+                .values(
+                    bytes_in=table.c.bytes_in + bindparam("bin"),
+                    bytes_out=table.c.bytes_out + bindparam("bout"),
+                ),
+                rows,
+            )
+    except Exception:
+        for site_id, (bytes_in, bytes_out) in pending.items():
+            st.traffic.add(site_id, bytes_in, bytes_out)
+        raise
 
 
 #: Seconds between rollout passes: a wave's health is judged this often.

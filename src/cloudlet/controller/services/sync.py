@@ -439,7 +439,9 @@ def write_heartbeats(connection: Connection, pending: dict[str, dict[str, object
     the departures it covers are forgotten."""
     table = Site.__table__
     groups: dict[tuple[str, ...], list[dict[str, object]]] = defaultdict(list)
-    for site_id, values in pending.items():
+    # In one order everywhere (site id), so that concurrent batches (another
+    # replica's, the traffic counters') lock rows in the same order: no deadlocks.
+    for site_id, values in sorted(pending.items()):
         groups[tuple(values)].append({"b_id": site_id, **{f"b_{k}": v for k, v in values.items()}})
     for columns, rows in groups.items():
         newer = bindparam("b_last_seen")
