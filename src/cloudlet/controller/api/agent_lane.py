@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import orjson
 from pydantic import ValidationError
 
-from cloudlet.controller.api import agent
+from cloudlet.controller.api import agent, problems
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import AuthError
 from cloudlet.schemas import AgentReport
@@ -134,7 +134,5 @@ async def _send_json(send: Any, status: int, body: bytes, media: bytes = b"") ->
 
 async def _internal_error(scope: dict[str, Any], send: Any) -> None:
     log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-    body = problem_body(
-        500, "internal", "Internal error", "an unexpected error; see the log", scope["path"]
-    )
+    body = problem_body(*problems.INTERNAL, scope["path"])
     await _send_json(send, 500, orjson.dumps(body), PROBLEM_MEDIA_TYPE.encode())

@@ -129,9 +129,13 @@ async def _db_conflict(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+#: What a 500 says: the cause is in the log, never in the answer.
+INTERNAL = (500, "internal", "Internal error", "an unexpected error; see the log")
+
+
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return problem(500, "internal", "Internal error", "an unexpected error; see the log", request)
+    return problem(*INTERNAL, request)
 
 
 def install(app: FastAPI) -> None:
