@@ -121,6 +121,6 @@ def test_a_crowd_of_changes_wakes_long_polls_a_burst_at_a_time() -> None:
     woken, lone_delay = asyncio.run(main())
     assert len(woken) == len(sites) + 1
     first = sorted(woken[:-1])
-    assert first[WAKE_BURST - 1] < 0.1, "the first burst at once"
+    assert first[WAKE_BURST] - first[WAKE_BURST - 1] >= 0.05, "a pause after the first burst"
     assert first[-1] >= 0.15, "the third burst two passes later"
-    assert lone_delay < 0.1, "a lone change wakes at once"
+    assert lone_delay < 1.0, "a lone change does not wait for a pass"
