@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 DIRECT_TIMEOUT_S = 3.0
 #: Connect timeout to the relay (the controller is reachable, or nothing is).
 RELAY_CONNECT_TIMEOUT_S = 10.0
-#: Longest the source waits at the relay for its pairing (the destination should be
-#: waiting there already; the relay gives up on its own after its relay_wait_s).
-PAIR_TIMEOUT_S = 130.0
+#: Longest the source waits at the relay for its pairing: the destination waits there
+#: from before the source hears of the handoff, so one that is not there is gone.
+PAIR_TIMEOUT_S = 15.0
 #: The source's socket timeout once connected, as a direct connection always had.
 IO_TIMEOUT_S = 30.0
 #: Longest a connection to the destination may take to show the token.
@@ -119,6 +119,12 @@ def dial(
                 _paired(sock.recv(1))
                 sock.settimeout(io_timeout_s)
                 return Link(sock, "relay")
+            except TimeoutError:
+                sock.close()
+                failures.append(
+                    f"through the relay at {order.relay}: no destination waiting there "
+                    f"within {pair_timeout_s:g}s"
+                )
             except (OSError, HandoffLinkError) as exc:
                 sock.close()
                 failures.append(f"through the relay at {order.relay}: {exc}")

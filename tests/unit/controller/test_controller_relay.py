@@ -13,11 +13,16 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from controller_fakes import enrolled_site, sessions
 
 from cloudlet.agent.handoff_link import Link, accept, dial, relay_endpoint
+from cloudlet.controller.db.models import Handoff
 from cloudlet.controller.relay import Relay
+from cloudlet.controller.services import mobility
+from cloudlet.controller.services._util import utcnow
 from cloudlet.errors import HandoffLinkError
 from cloudlet.schemas import relay as wire
 from cloudlet.schemas.mobility import HandoffOrder, HandoffRole
@@ -176,6 +181,11 @@ def test_a_side_nobody_joins_hears_so_after_the_wait() -> None:
         with pytest.raises(HandoffLinkError, match="never came"):
             dial(order(HandoffRole.SOURCE, r.address), CTL)
         assert r.outcomes == ["no-peer"] and r.relay.unpaired == 0
+        # The source gives up sooner on its own: its destination waits there first.
+        r.relay.wait_s = 30
+        with pytest.raises(HandoffLinkError, match=r"no destination waiting there within 0\.3s"):
+            dial(order(HandoffRole.SOURCE, r.address), CTL, pair_timeout_s=0.3)
+        wait_until(lambda: r.outcomes == ["no-peer", "gone"])
 
 
 def test_waiters_are_bounded() -> None:
@@ -211,3 +221,29 @@ def test_the_relay_address_may_leave_the_host_to_the_controller_url() -> None:
     assert relay_endpoint("relay.example:9000", "http://ctl:8080") == ("relay.example", 9000)
     with pytest.raises(HandoffLinkError):
         relay_endpoint("nowhere", "http://ctl:8080")
+
+
+def test_the_database_admits_only_a_vm_handoff_in_flight_with_its_token(tmp_path: Path) -> None:
+    maker = sessions(tmp_path)
+    with maker.begin() as session:
+        lyon, paris = enrolled_site(session, "lyon"), enrolled_site(session, "paris")
+        row = Handoff(
+            id="h1", instance_id="i1", project="admin", source_site_id=lyon.id,
+            dest_site_id=paris.id, kind="vm", phase="requested", epoch=1, bytes=0, phases={},
+            created_at=utcnow(), token=TOKEN, relay=":8081",
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        # Both sides' orders name the relay the handoff was opened with.
+        assert mobility.handoff_orders(session, paris)["i1"].relay == ":8081"
+        for role in wire.ROLES:
+            assert mobility.relay_admits(session, "h1", role, wire.proof(TOKEN, role, "h1"))
+        assert not mobility.relay_admits(
+            session, "h1", wire.SOURCE, wire.proof("x", wire.SOURCE, "h1")
+        )
+        # A proof for one role does not pass for the other.
+        src_proof = wire.proof(TOKEN, wire.SOURCE, "h1")
+        assert not mobility.relay_admits(session, "h1", wire.DESTINATION, src_proof)
+        assert not mobility.relay_admits(session, "h2", wire.SOURCE, src_proof)
+        row.phase = "transferred"  # the VM runs at the destination: nothing left to relay
+        assert not mobility.relay_admits(session, "h1", wire.SOURCE, src_proof)
