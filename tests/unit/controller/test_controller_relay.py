@@ -247,3 +247,9 @@ def test_the_database_admits_only_a_vm_handoff_in_flight_with_its_token(tmp_path
         assert not mobility.relay_admits(session, "h2", wire.SOURCE, src_proof)
         row.phase = "transferred"  # the VM runs at the destination: nothing left to relay
         assert not mobility.relay_admits(session, "h1", wire.SOURCE, src_proof)
+
+
+def test_with_neither_way_open_the_source_says_why_for_each() -> None:
+    lost = order(HandoffRole.SOURCE, closed_port(), closed_port())
+    with pytest.raises(HandoffLinkError, match=r"directly at .*; through the relay at .*refused"):
+        dial(lost, CTL)
