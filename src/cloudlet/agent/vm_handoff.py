@@ -4,9 +4,9 @@ Destination: make sure the base image is cached, listen on a port of its own, te
 the controller where (``ready``), take the one VM stream that shows the handoff's
 token, and run the VM from it. Source (told once the destination is ready): stream
 the running VM there, site to site, or through the controller's relay when the
-destination is out of reach (``handoff_link``); once the destination runs it, end the paused
-copy here and tell the controller (``sent``), which then gives the instance to the
-destination at the next epoch. Either side that fails says so (``fail``): the source
+destination is out of reach (``handoff_link``); once the destination runs it, end
+the paused copy here and tell the controller (``sent``), which then gives the
+instance to the destination at the next epoch. Either side that fails says so (``fail``): the source
 guest runs on, and the destination's partial copy goes by its desired state.
 """
 
