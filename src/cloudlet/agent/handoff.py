@@ -26,6 +26,7 @@ from cloudlet.agent import actual, outbox
 from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
+from cloudlet.agent.handoff_link import DIRECT_TIMEOUT_S
 from cloudlet.agent.store import Store
 from cloudlet.agent.vm_handoff import VmHandoffs
 from cloudlet.errors import ControllerUnreachableError, DriverError, SyncError
@@ -63,12 +64,17 @@ class HandoffRunner:
     """Carries out the handoff orders in a site's desired state."""
 
     def __init__(
-        self, store: Store, state_root: Path, client: ControllerClient, host: str = "127.0.0.1"
+        self,
+        store: Store,
+        state_root: Path,
+        client: ControllerClient,
+        host: str = "127.0.0.1",
+        direct_timeout_s: float = DIRECT_TIMEOUT_S,
     ) -> None:
         self.store = store
         self.state_root = state_root
         self.client = client
-        self.vms = VmHandoffs(client, host, self._event)
+        self.vms = VmHandoffs(client, host, self._event, direct_timeout_s)
 
     def _done(self, order: HandoffOrder) -> bool:
         return self.store.get_meta(f"handoff:{order.id}") is not None

@@ -3,9 +3,10 @@
 Destination: make sure the base image is cached, listen on a port of its own, tell
 the controller where (``ready``), take the one VM stream that shows the handoff's
 token, and run the VM from it. Source (told once the destination is ready): stream
-the running VM there, site to site; once the destination runs it, end the paused
-copy here and tell the controller (``sent``), which then gives the instance to the
-destination at the next epoch. Either side that fails says so (``fail``): the source
+the running VM there, site to site, or through the controller's relay when the
+destination is out of reach (``handoff_link``); once the destination runs it, end
+the paused copy here and tell the controller (``sent``), which then gives the
+instance to the destination at the next epoch. Either side that fails says so (``fail``): the source
 guest runs on, and the destination's partial copy goes by its desired state.
 """
 
@@ -23,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudlet.agent import actual
+from cloudlet.agent import actual, handoff_link
 from cloudlet.agent._specs import workload_id
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
-from cloudlet.compute.base import split_endpoint
-from cloudlet.errors import CloudletError, ControllerUnreachableError, SyncError
+from cloudlet.errors import CloudletError, ControllerUnreachableError, HandoffLinkError, SyncError
 from cloudlet.schemas import ActualState, ComponentKind
 from cloudlet.schemas.artifacts import ArtifactKind
 from cloudlet.schemas.mobility import HandoffOrder, HandoffSent
@@ -49,6 +49,7 @@ class VmHandoffs:
     client: ControllerClient
     host: str  # the address peers reach this site at
     record: Callable[..., None]  # (order, instance id, phase, **data): an outbox event
+    direct_timeout_s: float = handoff_link.DIRECT_TIMEOUT_S  # then the controller's relay
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
@@ -117,8 +118,10 @@ class VmHandoffs:
             port = server.getsockname()[1]
             await self.client.handoff_ready(order.id, f"{self.host}:{port}")
             t0 = time.monotonic()
-            conn, _ = await asyncio.to_thread(server.accept)
-            with conn:
+            link = await asyncio.to_thread(
+                handoff_link.accept, server, order, self.client.base_url, timeout=ACCEPT_TIMEOUT_S
+            )
+            with link.sock as conn:
                 (length,) = struct.unpack("!H", await asyncio.to_thread(conn.recv, 2))
                 shown = await asyncio.to_thread(conn.recv, length)
                 if not hmac.compare_digest(shown, (order.token or "").encode()):
@@ -132,7 +135,7 @@ class VmHandoffs:
                     memory_base,  # type: ignore[arg-type]
                 )
             seconds = round(time.monotonic() - t0, 3)
-            self.record(order, inst.id, "received", seconds=seconds)
+            self.record(order, inst.id, "received", seconds=seconds, via=link.via)
             log.info("handoff %s: VM running here after %.2fs", order.id, seconds)
         except Exception as exc:
             await self._fail(order, f"at {self.host}: {exc}")
@@ -160,16 +163,17 @@ class VmHandoffs:
             wid = workload_id(inst.id, name)
             source = LiveSource.of(driver, wid, base, memory_base)  # type: ignore[arg-type, attr-defined]
             token = (order.token or "").encode()
-            try:  # off the event loop: a connect to a silent peer takes up to 30 s
-                sock = await asyncio.to_thread(
-                    socket.create_connection, split_endpoint(order.address or ""), 30
-                )
-            except OSError as exc:
+            try:  # off the event loop: a silent peer takes seconds to give up on
+                link = await asyncio.to_thread(
+                    handoff_link.dial, order, self.client.base_url,
+                    direct_timeout_s=self.direct_timeout_s,
+                )  # fmt: skip
+            except HandoffLinkError as exc:
                 raise HandoffError(
                     f"handoff failed; the VM runs on at the source: cannot reach the "
-                    f"destination at {order.address}: {exc}"
+                    f"destination: {exc}"
                 ) from exc
-            with sock:
+            with link.sock as sock:
                 sock.sendall(struct.pack("!H", len(token)) + token)
                 stats = await asyncio.to_thread(send_live, source, sock)
             await asyncio.to_thread(finish_source, driver, wid)  # type: ignore[arg-type]
@@ -189,6 +193,7 @@ class VmHandoffs:
             downtime_s=stats.downtime_s,
             seconds=stats.total_s,
             rounds=stats.rounds,
+            via=link.via,
             memory_base=memory_base.name if memory_base is not None else None,
         )
         log.info(
