@@ -38,7 +38,11 @@ def judge_liveness(st: ControllerState) -> list[tuple[str, str]]:
     with st.sessions.begin() as session:
         for new, cond in (
             (Availability.OFFLINE, (Site.availability == "online") & (Site.last_seen < cutoff)),
-            (Availability.ONLINE, (Site.availability != "online") & (Site.last_seen >= cutoff)),
+            (
+                Availability.ONLINE,
+                Site.availability.in_([Availability.OFFLINE.value, Availability.UNKNOWN.value])
+                & (Site.last_seen >= cutoff),
+            ),
         ):
             changed = {"availability": new.value, "availability_changed_at": now}
             # Rows locked in site-id order first, as the heartbeat batches lock them.

@@ -68,6 +68,17 @@ class ApiToken(Base):
 
 class Site(Base):
     __tablename__ = "sites"
+    __table_args__ = (
+        # The liveness pass: online sites past their grace, the next deadline.
+        Index("ix_sites_availability_last_seen", "availability", "last_seen"),
+        # Sites behind their desired state (few, in steady state): sync lag.
+        Index(
+            "ix_sites_behind",
+            "revision_changed_at",
+            sqlite_where=text("applied_revision < revision"),
+            postgresql_where=text("applied_revision < revision"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)

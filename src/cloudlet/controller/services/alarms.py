@@ -259,21 +259,37 @@ def _raise_many(
         _notice(session, alarm, names[alarm.site_id], "raise")
 
 
+#: Sites named in one statement at most (SQLite allows 32,766 parameters).
+_CLEAR_BATCH = 5000
+
+
 def _clear_where(session: Session, alarm_id: str, site_is: Any, at: datetime) -> None:
-    """Clear every active ``alarm_id`` about a site that meets ``site_is``: one
-    statement for them all."""
-    columns = Alarm.__table__.c
-    cleared = session.execute(
-        update(Alarm)
-        .where(
-            Alarm.alarm_id == alarm_id,
-            Alarm.cleared_at.is_(None),
-            Alarm.site_id.in_(select(Site.id).where(site_is)),
+    """Clear every active ``alarm_id`` about a site that meets ``site_is``.
+
+    Starts from the active alarms (none, or a few, in a steady fleet) rather than
+    from the sites: a subquery of every site meeting ``site_is`` (every online site,
+    say) read the whole sites table at each liveness pass.
+    """
+    active = session.scalars(
+        select(Alarm.site_id).where(
+            Alarm.alarm_id == alarm_id, Alarm.cleared_at.is_(None), Alarm.site_id.is_not(None)
         )
-        .values(cleared_at=at)
-        .returning(*(getattr(Alarm, c.key) for c in columns))
-        .execution_options(synchronize_session="fetch")
     ).all()
+    columns = Alarm.__table__.c
+    cleared = []
+    for start in range(0, len(active), _CLEAR_BATCH):
+        batch = sorted(active[start : start + _CLEAR_BATCH])
+        cleared += session.execute(
+            update(Alarm)
+            .where(
+                Alarm.alarm_id == alarm_id,
+                Alarm.cleared_at.is_(None),
+                Alarm.site_id.in_(select(Site.id).where(Site.id.in_(batch), site_is)),
+            )
+            .values(cleared_at=at)
+            .returning(*(getattr(Alarm, c.key) for c in columns))
+            .execution_options(synchronize_session="fetch")
+        ).all()
     if not cleared:
         return
     names = site_names(session, {alarm.site_id for alarm in cleared})

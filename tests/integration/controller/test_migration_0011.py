@@ -1,0 +1,61 @@
+"""Migration 0011 (the liveness pass's site indexes) upgrades and downgrades on both
+backends, and the liveness queries use them on SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import inspect, text
+
+from cloudlet.controller.db.engine import alembic_config, make_engine, upgrade
+
+NEW = {"ix_sites_availability_last_seen", "ix_sites_behind"}
+
+
+def _run(engine, target: str, down: bool = False) -> None:  # type: ignore[no-untyped-def]
+    with engine.begin() as connection:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = connection
+        (command.downgrade if down else command.upgrade)(cfg, target)
+
+
+def _indexes(engine) -> set[str]:  # type: ignore[no-untyped-def]
+    return {i["name"] for i in inspect(engine).get_indexes("sites")}
+
+
+def test_liveness_indexes_go_down_and_up_again(database_url: str | None, tmp_path: Path) -> None:
+    engine = make_engine(database_url or f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        upgrade(engine)
+        assert _indexes(engine) >= NEW
+        _run(engine, "0010", down=True)
+        assert not NEW & _indexes(engine)
+        _run(engine, "head")
+        assert _indexes(engine) >= NEW
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_plans_the_liveness_queries_on_the_indexes(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        upgrade(engine)
+        with engine.connect() as conn:
+
+            def plan(sql: str) -> str:
+                return " ".join(row[-1] for row in conn.execute(text(f"EXPLAIN QUERY PLAN {sql}")))
+
+            due = plan("SELECT min(last_seen) FROM sites WHERE availability = 'online'")
+            assert "ix_sites_availability_last_seen" in due
+            offline = "availability = 'online' AND last_seen < '2026-01-01'"
+            assert "ix_sites_availability_last_seen" in plan(
+                f"SELECT id FROM sites WHERE {offline}"
+            )
+            behind = plan(
+                "SELECT id FROM sites WHERE availability = 'online' AND "
+                "applied_revision < revision AND revision_changed_at <= '2026-01-01'"
+            )
+            assert "ix_sites_behind" in behind or "ix_sites_availability" in behind
+    finally:
+        engine.dispose()
