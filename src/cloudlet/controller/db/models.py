@@ -69,9 +69,8 @@ class ApiToken(Base):
 class Site(Base):
     __tablename__ = "sites"
     __table_args__ = (
-        # The liveness pass: online sites past their grace, the next deadline.
-        Index("ix_sites_availability_last_seen", "availability", "last_seen"),
-        # Sites behind their desired state (few, in steady state): sync lag.
+        # Sites behind their desired state (few, in steady state): sync lag. No index
+        # may name last_seen or the gauges: the heartbeat must stay a HOT update.
         Index(
             "ix_sites_behind",
             "revision_changed_at",
