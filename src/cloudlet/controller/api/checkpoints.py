@@ -7,13 +7,14 @@ import contextlib
 import logging
 import re
 import secrets
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import blake3
 from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime
 
 from cloudlet.controller.api import agent as agent_api
 from cloudlet.controller.api._blob_response import OCTET, BlobResponse, blob_response
@@ -122,27 +123,23 @@ def _store(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {OCTET: {"schema": {"type": "string", "format": "binary"}}},
+            "content": {OCTET: {"schema": {"type": "string", "format": "binary", "minLength": 1}}},
         }
     },
 )
 async def upload_checkpoint(
-    checkpoint_id: str,
     request: Request,
+    checkpoint_id: str = PathParam(..., pattern=_ID, description="The site's id for it."),
     instance: str = Query(..., max_length=36),
     epoch: int = Query(..., ge=0, le=2**53),
     app_version: int = Query(1, ge=1, le=2**31 - 1),
     kind: CheckpointKind = Query(...),
-    taken_at: datetime = Query(...),
+    taken_at: AwareDatetime = Query(...),
     pause_s: float | None = Query(None, ge=0, le=86400),
 ) -> Response:
     """A site's checkpoint of an instance it runs (raw bytes); the id is the site's, so
     a retry stores nothing twice. Refused (409) for an epoch older than the instance's:
     a stale copy's checkpoints never replace its successor's."""
-    if re.fullmatch(_ID, checkpoint_id) is None:
-        raise InvalidInputError("a checkpoint id is 8 to 36 letters, digits, - or _")
-    if taken_at.tzinfo is None:
-        raise InvalidInputError("taken_at needs a time zone")
     st = agent_api._state(request)
     site = await agent_api.authenticate_request(request, st)
     await run_in_threadpool(_check, st, site.id, instance, epoch)
