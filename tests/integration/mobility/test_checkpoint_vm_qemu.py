@@ -1,6 +1,7 @@
 """VM checkpoints under real QEMU (the tests' tiny guest, TCG where KVM is missing): a
 checkpoint of a running guest, restored by another driver, resumes the same guest
-(its RAM-only token came along) while the source guest ran on after the checkpoint."""
+(its RAM-only token came along) while the source guest ran on after the checkpoint;
+and between real agents, a VM fails over from its last checkpoint, not a reboot."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mobility_fleet import fleet, upload
 
 from cloudlet.compute import WorkloadSpec, WorkloadState
 from cloudlet.compute.ports import free_port
@@ -101,3 +103,54 @@ def test_a_truncated_checkpoint_restores_nothing(tmp_path: Path) -> None:
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a VM checkpoint"):
         restore_checkpoint(bad, disk, memory, None, None, 4)
+
+
+def test_a_vm_fails_over_from_its_checkpoint_between_real_agents(
+    guest: GuestImage, tmp_path: Path
+) -> None:
+    with fleet(tmp_path, ["lyon", "paris"]) as f:
+        image = upload(f.api, guest.disk, "image", "tiny-guest")
+        app = {
+            "name": "vm-app",
+            "components": [
+                {"kind": "vm", "image": image["digest"], "guest_port": guest.guest_port,
+                 "env": guest.vm_env()}
+            ],
+            "resources": {"vcpus": 1, "memory_mib": MIB, "disk_gib": 0.1},
+            "relocatable": True, "failover_after_s": 3, "checkpoint_interval_s": 2,
+        }  # fmt: skip
+        f.api.post("/v1/apps", json=app).raise_for_status()
+        created = f.api.post("/v1/instances", json={"app": "vm-app", "site": "lyon"}).json()
+        item = f.wait_running_at(created["id"], "lyon", timeout=240)
+        iid, token = item["id"], _token(item["endpoint"])
+        kept = wait_for(
+            lambda: f.api.get(f"/v1/instances/{iid}/checkpoints").json(), 60, "a VM checkpoint"
+        )
+        assert kept[0]["kind"] == "vm" and kept[0]["pause_s"] > 0 and kept[0]["site"] == "lyon"
+
+        # Lyon is cut off: the VM fails over to paris and resumes there from the
+        # checkpoint: the token it drew at boot, held only in RAM, is the same.
+        f.links["lyon"].cut()
+        moved = f.wait_running_at(iid, "paris", timeout=120)
+        assert moved["epoch"] == 1
+        assert _token(moved["endpoint"]) == token
+        restored = wait_for(
+            lambda: [
+                e for e in f.site_events("paris", "checkpoint") if e["data"]["phase"] == "restored"
+            ],
+            30,
+            "paris's restored event",
+        )
+        assert restored[0]["data"]["kind"] == "vm"
+        # The link returns: lyon's stale copy goes, its checkpoints are refused.
+        f.links["lyon"].restore()
+        wait_for(lambda: not _serves(item["endpoint"]), 60, "lyon's stale copy stopped")
+        assert _token(moved["endpoint"]) == token
+
+
+def _serves(endpoint: str) -> bool:
+    try:
+        _token(endpoint)
+    except httpx.HTTPError:
+        return False
+    return True
