@@ -70,6 +70,7 @@ def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
 
     out = tmp_path / "vm.ckpt"
     stats = write_checkpoint(LiveSource.of(src, "vm", guest.disk), out)
+    print(f"checkpoint: {stats.bytes} bytes, {len(stats.rounds)} rounds, paused {stats.pause_s}s")
     # The source guest runs on: it answers, with the same RAM.
     assert src.status("vm").state is WorkloadState.RUNNING
     assert _token(endpoint) == token
