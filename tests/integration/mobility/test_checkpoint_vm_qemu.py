@@ -6,6 +6,7 @@ and between real agents, a VM fails over from its last checkpoint, not a reboot.
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,8 +55,9 @@ def sites(tmp_path: Path) -> Iterator[dict[str, Any]]:
         dst.close()
 
 
+@pytest.mark.parametrize("ram_base", ["zeros", "a base RAM image"])
 def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
-    guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
+    guest: GuestImage, tmp_path: Path, sites: dict[str, Any], ram_base: str
 ) -> None:
     src, dst = sites["src"], sites["dst"]
     disk = tmp_path / "src-disk.img"
@@ -68,9 +70,16 @@ def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
     endpoint = src.start("vm").endpoint or ""
     token = wait_for(lambda: _token(endpoint), 120, "the guest's service")
 
+    base_memory = None
+    if ram_base != "zeros":
+        # What the RAM is diffed against, and rebuilt on: any image both sides hold.
+        base_memory = tmp_path / "base.ram"
+        with base_memory.open("wb") as f:
+            f.write(os.urandom(4 << 20))
+            f.truncate(MIB << 20)
     out = tmp_path / "vm.ckpt"
-    stats = write_checkpoint(LiveSource.of(src, "vm", guest.disk), out)
-    print(f"checkpoint: {stats.bytes} bytes, {len(stats.rounds)} rounds, paused {stats.pause_s}s")
+    stats = write_checkpoint(LiveSource.of(src, "vm", guest.disk, base_memory), out)
+    print(f"checkpoint: {stats.bytes} bytes, paused {stats.pause_s}s, rounds {stats.rounds}")
     # The source guest runs on: it answers, with the same RAM.
     assert src.status("vm").state is WorkloadState.RUNNING
     assert _token(endpoint) == token
@@ -82,7 +91,7 @@ def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
     # Another site rebuilds the VM from the checkpoint and the base, and resumes it.
     dest_disk = tmp_path / "dst" / "disk.img"
     memory = tmp_path / "dst" / "disk.ram"
-    restore_checkpoint(out, dest_disk, memory, guest.disk, None, MIB)
+    restore_checkpoint(out, dest_disk, memory, guest.disk, base_memory, MIB)
     assert device_state_of(memory).is_file()
     dest_spec = dataclasses.replace(
         spec, port=free_port(), disk_image=dest_disk, memory_image=memory
