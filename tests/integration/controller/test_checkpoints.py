@@ -79,6 +79,11 @@ def _upload(
     )
 
 
+def _blobs(ctl: LocalController) -> list[Path]:
+    root = ctl.data_dir / "artifacts" / "checkpoints"
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
 def test_checkpoints_are_kept_restored_by_failover_and_refused_when_stale(
     controller: LocalController,
 ) -> None:
@@ -100,6 +105,7 @@ def test_checkpoints_are_kept_restored_by_failover_and_refused_when_stale(
         assert _upload(lyon, "ckpt-0003", iid, 0, b"state 3").status_code == 204
         kept = api.get(f"/v1/instances/{iid}/checkpoints").json()
         assert [c["id"] for c in kept] == ["ckpt-0003", "ckpt-0002"]
+        assert sorted(p.name for p in _blobs(controller)) == ["ckpt-0002", "ckpt-0003"]
         assert kept[0]["site"] == "lyon" and kept[0]["size"] == 7 and kept[0]["epoch"] == 0
         # Only the instance's own site uploads; only the site it is placed at reads.
         assert _upload(paris, "ckpt-paris", iid, 0, b"x").status_code == 409
@@ -132,5 +138,12 @@ def test_checkpoints_are_kept_restored_by_failover_and_refused_when_stale(
         assert _upload(paris, "ckpt-p0001", iid, 1, b"new").status_code == 204
         ids = [c["id"] for c in api.get(f"/v1/instances/{iid}/checkpoints").json()]
         assert ids[0] == "ckpt-p0001" and "ckpt-stale" not in ids
+
+        # A deleted instance fails over no more: its checkpoints go, rows and blobs.
+        api.delete(f"/v1/instances/{iid}").raise_for_status()
+        assert api.get(f"/v1/instances/{iid}/checkpoints").json() == []
+        assert paris.get("/v1/agent/checkpoints/ckpt-p0001/blob").status_code == 404
+        assert _upload(paris, "ckpt-p0002", iid, 1, b"late").status_code == 404
+        assert _blobs(controller) == []
         lyon.close()
         paris.close()

@@ -110,11 +110,17 @@ def _store(
             with contextlib.suppress(BlobStoreError):
                 st.artifacts.blobs.delete(key)
         raise
-    for old in gone:  # after the commit: a blob left behind is only an orphan
+    drop_blobs(st, gone)
+
+
+def drop_blobs(st: ControllerState, keys: list[str]) -> None:
+    """Delete checkpoints' blobs once their rows are gone (after the commit: a blob the
+    store failed to delete is only an orphan)."""
+    for key in keys:
         try:
-            st.artifacts.blobs.delete(old)
+            st.artifacts.blobs.delete(key)
         except BlobStoreError as exc:
-            log.warning("an old checkpoint's blob is kept: %s", exc)
+            log.warning("a dropped checkpoint's blob is kept: %s", exc)
 
 
 @router.put(
