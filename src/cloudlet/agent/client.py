@@ -8,8 +8,11 @@ error answer a :class:`~cloudlet.errors.SyncError` carrying the problem's detail
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -31,6 +34,8 @@ M = TypeVar("M", bound=BaseModel)
 
 #: Extra seconds a long-poll may take beyond the wait asked of the controller.
 _POLL_SLACK_S = 10.0
+#: Bytes read or written at a time when a checkpoint streams.
+_STREAM_CHUNK = 1 << 20
 
 
 def link_socket_options(dead_after_s: float) -> list[tuple[int, int, int]]:
@@ -122,18 +127,24 @@ class ControllerClient:
         timeout: float | None = None,
         auth: bool = True,
         raw: bytes | None = None,
+        stream: tuple[AsyncIterator[bytes], int] | None = None,
     ) -> httpx.Response:
-        headers = {}
-        if auth:
-            if not self.credential:
-                raise AuthError("this site has no credential; enroll it first")
-            headers["Authorization"] = f"Bearer {self.credential}"
-        content = body.model_dump_json(exclude_none=True).encode() if body is not None else None
-        if content is not None:
+        headers = self._auth() if auth else {}
+        content: bytes | AsyncIterator[bytes] | None = None
+        sent = 0
+        if body is not None:
+            content = body.model_dump_json(exclude_none=True).encode()
             headers["Content-Type"] = "application/json"
         elif raw is not None:
             content = raw
             headers["Content-Type"] = "application/octet-stream"
+        elif stream is not None:
+            content, length = stream
+            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Length"] = str(length)
+            sent = length
+        if isinstance(content, bytes):
+            sent = len(content)
         tried = self._current
         url = f"{self.base_urls[tried]}{path}"
         request = self._http.build_request(
@@ -144,7 +155,7 @@ class ControllerClient:
             headers=headers,
             timeout=timeout if timeout is not None else self._timeout,
         )
-        self.bytes_sent += len(content or b"") + _header_bytes(request.headers)
+        self.bytes_sent += sent + _header_bytes(request.headers)
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
@@ -154,16 +165,25 @@ class ControllerClient:
             ) from exc
         self.bytes_received += len(response.content) + _header_bytes(response.headers)
         if response.status_code >= 400:
-            detail = _problem_detail(response)
-            message = f"controller answered {response.status_code} to {method} {path}: {detail}"
-            if response.status_code in (401, 403):
-                raise AuthError(message)
-            if response.status_code in (502, 503, 504):
-                self._fail_over(tried)  # a proxy, or a replica, that cannot serve now
-            if response.status_code >= 500 or response.status_code in (408, 429):
-                raise ControllerUnreachableError(message)
-            raise SyncError(message)
+            self._raise_for(response, method, path, tried)
         return response
+
+    def _auth(self) -> dict[str, str]:
+        if not self.credential:
+            raise AuthError("this site has no credential; enroll it first")
+        return {"Authorization": f"Bearer {self.credential}"}
+
+    def _raise_for(self, response: httpx.Response, method: str, path: str, tried: int) -> None:
+        """Raise the domain error for an error answer."""
+        detail = _problem_detail(response)
+        message = f"controller answered {response.status_code} to {method} {path}: {detail}"
+        if response.status_code in (401, 403):
+            raise AuthError(message)
+        if response.status_code in (502, 503, 504):
+            self._fail_over(tried)  # a proxy, or a replica, that cannot serve now
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise ControllerUnreachableError(message)
+        raise SyncError(message)
 
     async def probe(self, timeout: float = 2.0) -> bool:
         """Whether the controller answers its health check now (no credential sent)."""
@@ -213,6 +233,55 @@ class ControllerClient:
         """Download the state a handoff moves (the destination's side)."""
         response = await self._call("GET", f"/v1/agent/handoffs/{handoff_id}/state", timeout=300)
         return response.content
+
+    async def upload_checkpoint(
+        self, checkpoint_id: str, path: Path, params: dict[str, str | int]
+    ) -> None:
+        """Upload a checkpoint file (streamed; ``params``: instance, epoch, kind, ...).
+
+        Raises:
+            SyncError: refused: the instance moved on (a stale epoch) or is gone.
+        """
+
+        async def body() -> AsyncIterator[bytes]:
+            with path.open("rb") as f:
+                while chunk := await asyncio.to_thread(f.read, _STREAM_CHUNK):
+                    yield chunk
+
+        size = path.stat().st_size
+        await self._call(
+            "PUT",
+            f"/v1/agent/checkpoints/{checkpoint_id}",
+            params=params,
+            stream=(body(), size),
+            timeout=600,
+        )
+
+    async def fetch_checkpoint(self, checkpoint_id: str, out: Path) -> int:
+        """Download a checkpoint into ``out``; returns its size.
+
+        Raises:
+            SyncError: no such checkpoint for this site.
+        """
+        headers = self._auth()
+        tried = self._current
+        url = f"{self.base_urls[tried]}/v1/agent/checkpoints/{checkpoint_id}/blob"
+        size = 0
+        try:
+            async with self._http.stream("GET", url, headers=headers, timeout=600) as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    self._raise_for(response, "GET", url, tried)
+                with out.open("wb") as f:
+                    async for chunk in response.aiter_bytes(_STREAM_CHUNK):
+                        await asyncio.to_thread(f.write, chunk)
+                        size += len(chunk)
+        except httpx.HTTPError as exc:
+            self._fail_over(tried)
+            raise ControllerUnreachableError(f"GET {url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.bytes_received += size
+        return size
 
     async def handoff_ready(self, handoff_id: str, address: str) -> None:
         """vm, destination: say where it listens for the VM."""

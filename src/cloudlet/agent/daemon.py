@@ -3,9 +3,9 @@
 Start order follows the offline-autonomy rule: record AGENT_STARTED, reconcile from
 the local store alone (adopting or restarting workloads), serve the local API (and
 announce it by DNS-SD under the site's name, once enrollment has told it: never under
-a stand-in name clients would cache), and only then enroll (first start), sync and pre-stage
-images. An agent on trial (an upgrade the supervisor started) commits it once its
-local API answers, before sync (see :mod:`cloudlet.agent.upgrade`). Stop order: stop
+a stand-in name clients would cache), and only then enroll (first start), sync, pre-stage
+images and take checkpoints. An agent on trial (an upgrade the supervisor started) commits
+it once its local API answers, before sync (see :mod:`cloudlet.agent.upgrade`). Stop order: stop
 the loops, stop the instances (unless ``keep_workloads``, or the agent stops to
 restart into another install, or it is an agent on trial),
 record usage, send a last report within a couple of seconds if the controller
@@ -31,6 +31,7 @@ from cloudlet.agent import outbox, usage
 from cloudlet.agent._crash_loop import CrashWatch
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
+from cloudlet.agent.checkpoints import Checkpointer
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.discovery import Announcer, primary_address, service_info
 from cloudlet.agent.handoff import HandoffRunner
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 STORE_FILE = "agent.db"
 #: Under data_dir: stateful components' state directories (what handoffs move).
 STATE_DIR = "state"
+#: Under data_dir: checkpoints taken and not yet sent, and ones being restored.
+CHECKPOINT_DIR = "checkpoints"
 #: Longest the last report may take at exit.
 FINAL_REPORT_S = 2.0
 
@@ -107,6 +110,7 @@ class Agent:
         )
         self.metrics.watch(store, self._sync_times)
         self.syncer: Syncer | None = None
+        self.checkpoints: Checkpointer | None = None
         self.local_api: LocalApi | None = None
         self.announcer = Announcer()
         self.upgrader = Upgrader(
@@ -266,6 +270,17 @@ class Agent:
                     self._peer_host(),
                     s.handoff_direct_timeout_s,
                 )
+                syncer = self.syncer
+                self.checkpoints = Checkpointer(
+                    self.store,
+                    s.data_dir / STATE_DIR,
+                    s.data_dir / CHECKPOINT_DIR,
+                    self.drivers,
+                    self.reconciler.vm,
+                    client,
+                    reachable=lambda: syncer.status.reachable,
+                )
+                self.reconciler.checkpoints = self.checkpoints
             outbox.record(
                 self.store,
                 EventKind.AGENT_STARTED,
@@ -302,6 +317,8 @@ class Agent:
                 await stop.wait()
                 return
             tasks.append(asyncio.create_task(self.upgrader.run(stop)))
+            if self.checkpoints is not None:
+                tasks.append(asyncio.create_task(self.checkpoints.run(stop)))
             sync_task = asyncio.create_task(self._sync(self.syncer, stop))
             tasks.append(sync_task)
             stopper = asyncio.create_task(stop.wait())

@@ -40,6 +40,7 @@ from cloudlet.agent._specs import (
 )
 from cloudlet.agent._wait import sleep_or
 from cloudlet.agent.actual import ActualRow
+from cloudlet.agent.checkpoints import Checkpointer
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.handoff import HandoffRunner
 from cloudlet.agent.metrics import AgentMetrics
@@ -111,6 +112,8 @@ class Reconciler(InstanceOps):
         self.applied_revision = 0
         #: Carries out handoff orders (set by the agent once it can reach the controller).
         self.handoffs: HandoffRunner | None = None
+        #: Starts failed-over instances from their checkpoints (set with a controller).
+        self.checkpoints: Checkpointer | None = None
 
     def wake(self) -> None:
         """Ask for a pass soon (desired state changed)."""
@@ -179,6 +182,10 @@ class Reconciler(InstanceOps):
         if want.state is DesiredState.RUNNING:
             if self.handoffs is not None and want.instance.handoff is not None:
                 if not await self.handoffs.prepare(self, want, row):
+                    return
+                row = actual.get(self.store, want.id)
+            if self.checkpoints is not None and want.instance.restore is not None:
+                if not await self.checkpoints.restore_process(self, want):
                     return
                 row = actual.get(self.store, want.id)
             await self._ensure_running(want, row)
@@ -347,8 +354,11 @@ class Reconciler(InstanceOps):
         opened: dict[str, Opened] = {}
         try:
             for comp in todo:
-                if not self.vm.disk_path(want.id, comp).is_file():
-                    opened[comp.name] = await self.vm.fetch(comp)
+                if self.vm.disk_path(want.id, comp).is_file():
+                    continue
+                if self.checkpoints is not None and await self.checkpoints.restore_vm(want, comp):
+                    continue  # a failover: disk, RAM and device state from its checkpoint
+                opened[comp.name] = await self.vm.fetch(comp)
             self._timed(timings, "fetch", t0)
             row = self._move(row, ActualState.SYNTHESIZING, timings=timings)
             t0 = time.monotonic()

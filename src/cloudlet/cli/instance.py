@@ -16,7 +16,7 @@ from cloudlet.cli._context import (
     parse_near,
 )
 from cloudlet.cli._explain import print_handoff, print_placement
-from cloudlet.cli._output import ago, console, emit_json, show, show_one
+from cloudlet.cli._output import ago, console, emit_json, human_bytes, show, show_one
 from cloudlet.cli._paging import AllOpt, collect, more_note
 from cloudlet.errors import CloudletError
 
@@ -154,7 +154,8 @@ def show_(
     The site records usage every 60 s (usage_interval_s) and when the instance
     stops; usage_since is where the interval not recorded yet began.
     """
-    item: dict[str, Any] = ctx_of(ctx).client().get(f"/v1/instances/{ref}")
+    client = ctx_of(ctx).client()
+    item: dict[str, Any] = client.get(f"/v1/instances/{ref}")
     fmt = output_format(output, as_json)
     if fmt in (OutputFormat.TABLE, OutputFormat.WIDE):
         since = item.get("usage_since")
@@ -164,10 +165,20 @@ def show_(
             if since
             else "- (not running: no usage accrues)"
         )
+        kept = client.get(f"/v1/instances/{item['id']}/checkpoints")
+        item["last_checkpoint"] = _checkpoint_line(kept[0]) if kept else "-"
         show_one({k: v for k, v in item.items() if k != "placement"}, fmt)
         print_placement(item.get("placement"))
     else:
         show_one(item, fmt)
+
+
+def _checkpoint_line(c: dict[str, Any]) -> str:
+    pause = f", paused {c['pause_s']:.3f} s" if c.get("pause_s") is not None else ""
+    return (
+        f"{c['id']} from {c['site']} at epoch {c['epoch']}, {ago(c['taken_at'])} "
+        f"({c['kind']}, {human_bytes(c['size'])}{pause})"
+    )
 
 
 def _action(name: str, doc: str) -> None:

@@ -18,6 +18,7 @@ from cloudlet.controller.api import (
     alarms,
     apps,
     artifacts,
+    checkpoints,
     discover,
     events,
     instances,
@@ -49,6 +50,7 @@ BODY_LIMITS = BodyLimits(
     streamed=(
         StreamedRoute("PUT", re.compile(r"^/v1/uploads/[^/]+$"), 64 * MIB),
         StreamedRoute("POST", upgrades.UPLOAD_PATH, agent_packages.MAX_PACKAGE_BYTES),
+        StreamedRoute("PUT", checkpoints.UPLOAD_PATH, checkpoints.MAX_CHECKPOINT_BYTES),
     ),
 )
 
@@ -135,7 +137,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
-        upgrades, rollouts,
+        upgrades, rollouts, checkpoints,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -102,12 +102,39 @@ class AppCreate(Input):
     failover_after_s: float | None = Field(
         None, gt=0, le=86400, description="Offline time after which a relocatable instance moves."
     )
+    checkpoint_interval_s: float | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description="Relocatable apps: seconds between checkpoints of each running "
+        "instance, kept at the controller; a failover restarts the instance from the "
+        "last one (its state up to then) instead of from the app's definition.",
+    )
 
     @model_validator(mode="after")
     def _unique_components(self) -> AppCreate:
         names = [c.name for c in self.components]
         if len(set(names)) != len(names):
             raise ValueError("component names must be unique")
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoints_need_failover(self) -> AppCreate:
+        if self.checkpoint_interval_s is None:
+            return self
+        if not self.relocatable or self.failover_after_s is None:
+            raise ValueError(
+                "checkpoint_interval_s needs relocatable: true and failover_after_s: "
+                "checkpoints are what a failover restarts from"
+            )
+        vms = [c for c in self.components if c.kind is ComponentKind.VM]
+        if vms and len(self.components) != 1:
+            raise ValueError("checkpoints of VMs are for apps of one VM component")
+        if not vms and not any(c.stateful for c in self.components):
+            raise ValueError(
+                "checkpoint_interval_s needs a VM component or a stateful process "
+                "component: nothing else holds state to checkpoint"
+            )
         return self
 
 
@@ -124,4 +151,5 @@ class App(Model):
     created_at: datetime
     relocatable: bool = False
     failover_after_s: float | None = None
+    checkpoint_interval_s: float | None = None
     version: int = Field(1, description="The latest published version; new instances run it.")

@@ -19,6 +19,7 @@ class EventKind(enum.StrEnum):
     ALARM = "alarm"  # data: severity, message; stateful ones add alarm_id, state (AlarmSignal)
     SITE = "site"  # controller-side: enrolled, offline, online, decommissioned
     HANDOFF = "handoff"  # data: handoff, phase (sent, received), bytes, seconds
+    CHECKPOINT = "checkpoint"  # data: checkpoint, phase (taken, sent, failed), bytes, pause_s
     AGENT_UPGRADE = "agent.upgrade"  # data: phase (staged, upgraded, failed), from, to, reason
 
 

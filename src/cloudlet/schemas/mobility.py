@@ -46,6 +46,37 @@ class HandoffOrder(Model):
     )
 
 
+class CheckpointKind(enum.StrEnum):
+    PROCESS = "process"  # a tar.gz of the instance's state directories
+    VM = "vm"  # the VM's disk and RAM chunks that differ from its base, and device state
+
+
+class CheckpointRestore(Model):
+    """In a desired instance: start it from this checkpoint, not its app's definition."""
+
+    id: str
+    kind: CheckpointKind
+    digest: str = Field(description="Blake3 of the checkpoint's bytes.")
+    size: int = Field(ge=0)
+    epoch: int = Field(ge=0, description="The epoch it was taken at.")
+    taken_at: datetime
+
+
+class Checkpoint(Model):
+    """A checkpoint of an instance, as the controller keeps it."""
+
+    id: str
+    instance: str
+    site: str = Field(description="The site that took it.")
+    epoch: int
+    kind: CheckpointKind
+    digest: str
+    size: int
+    pause_s: float | None = Field(None, description="vm: how long the guest was paused.")
+    taken_at: datetime
+    received_at: datetime
+
+
 class ClientPosition(Input):
     """Where the client an instance serves is now."""
 

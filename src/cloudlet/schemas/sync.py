@@ -23,7 +23,7 @@ from cloudlet.schemas.artifacts import CachedImage
 from cloudlet.schemas.common import Float, Integer, Name, Project, Ref, Resources, Utilization
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
-from cloudlet.schemas.mobility import HandoffOrder
+from cloudlet.schemas.mobility import CheckpointRestore, HandoffOrder
 
 
 class EnrollRequest(Input):
@@ -57,6 +57,12 @@ class DesiredInstance(Model):
     handoff: HandoffOrder | None = Field(None, description="A move in progress, if any.")
     relocatable: bool = Field(False, description="The controller may restart it elsewhere.")
     app_version: int = Field(1, ge=1, description="The app version these components are.")
+    checkpoint_interval_s: float | None = Field(
+        None, description="Take a checkpoint of it this often and send it to the controller."
+    )
+    restore: CheckpointRestore | None = Field(
+        None, description="A failover: start it from this checkpoint (once, at this epoch)."
+    )
 
 
 class AgentTarget(Model):

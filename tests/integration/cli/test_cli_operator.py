@@ -99,6 +99,7 @@ def test_lifecycle_with_wait_and_why_placement_chose(world: World) -> None:
     assert "is stopped" in world.ok("instance", "stop", "w1", "--wait", "30")
     shown = world.ok("instance", "show", "w1")
     assert "not running: no usage accrues" in shown
+    assert "last_checkpoint" in shown  # "-": its app takes none
 
     refused = world.cli("instance", "suspend", "w1")
     assert refused.returncode == 1

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mobility_fleet import SITES, fleet, get, serves, stateful_app
@@ -147,6 +150,68 @@ def test_failover_then_the_returning_site_stops_its_stale_copy(tmp_path: Path) -
         assert final["site"] == "paris" and final["actual_state"] == "running"
         listed = f.api.get("/v1/instances", params={"site": "lyon"}).json()
         assert listed == []
+
+
+def test_failover_starts_from_the_last_checkpoint(tmp_path: Path) -> None:
+    with fleet(tmp_path, ["lyon", "paris"]) as f:
+        app = stateful_app(
+            tmp_path, relocatable=True, failover_after_s=3, checkpoint_interval_s=1,
+            latency_bound_ms=None,
+        )  # fmt: skip
+        f.api.post("/v1/apps", json=app).raise_for_status()
+        created = f.api.post("/v1/instances", json={"app": "notes", "site": "lyon"}).json()
+        item = f.wait_running_at(created["id"], "lyon")
+        iid = item["id"]
+        assert get(item["endpoint"], set="before").startswith("before")
+        written = time.time()
+
+        def checkpointed() -> dict[str, Any] | None:
+            kept = f.api.get(f"/v1/instances/{iid}/checkpoints").json()
+            fresh = [c for c in kept if datetime.fromisoformat(c["taken_at"]).timestamp() > written]
+            return fresh[0] if fresh else None
+
+        checkpoint = wait_for(checkpointed, 30, "a checkpoint after the write")
+        assert checkpoint["site"] == "lyon" and checkpoint["kind"] == "process"
+        wait_for(
+            lambda: (
+                {"taken", "sent"}
+                <= {e["data"]["phase"] for e in f.site_events("lyon", "checkpoint")}
+            ),
+            30,
+            "lyon's checkpoint events",
+        )
+        # Lyon is cut off, then written to, then dies: what came after the last checkpoint
+        # the controller holds is lost, what came before survives the failover.
+        f.links["lyon"].cut()
+        time.sleep(1.5)  # a checkpoint or two more, which cannot reach the controller
+        assert get(item["endpoint"], set="after").startswith("after")
+        f.agents["lyon"].proc.kill()  # type: ignore[union-attr]
+        moved = f.wait_running_at(iid, "paris", timeout=60)
+        assert moved["epoch"] == 1
+        assert get(moved["endpoint"]).startswith("before ")
+        token = tmp_path / "paris" / "state" / iid / "main" / "token"
+        assert token.read_text() == "before"
+        (handoff,) = f.api.get("/v1/handoffs", params={"instance": iid}).json()
+        assert handoff["kind"] == "relocate" and handoff["bytes"] > 0
+        events = f.api.get("/v1/events", params={"kind": "handoff.transferred"}).json()
+        (failover,) = [e for e in events if e["data"].get("instance") == iid]
+        assert failover["data"]["checkpoint"] in {
+            c["id"] for c in f.api.get(f"/v1/instances/{iid}/checkpoints").json()
+        }
+        assert failover["data"]["checkpoint_age_s"] > 0
+        wait_for(
+            lambda: any(
+                e["data"]["phase"] == "restored" for e in f.site_events("paris", "checkpoint")
+            ),
+            30,
+            "paris's restored event",
+        )
+        # Paris checkpoints the instance from now on, at its epoch.
+        wait_for(
+            lambda: f.api.get(f"/v1/instances/{iid}/checkpoints").json()[0]["site"] == "paris",
+            30,
+            "a checkpoint from paris",
+        )
 
 
 def test_drain_moves_everything_off_a_site_by_handoff(tmp_path: Path) -> None:

@@ -22,6 +22,32 @@ def test_coordinates_are_bounded() -> None:
         SiteCreate(name="a", longitude=-181)
 
 
+def test_checkpoints_are_for_stateful_apps_that_fail_over() -> None:
+    stateful = [{"command": ["run"], "stateful": True}]
+    move = {"relocatable": True, "failover_after_s": 30}
+    app = AppCreate(name="web", components=stateful, checkpoint_interval_s=60, **move)
+    assert app.checkpoint_interval_s == 60
+    vm = AppCreate(
+        name="vm", components=[{"kind": "vm", "image": "b"}], checkpoint_interval_s=5, **move
+    )
+    assert vm.checkpoint_interval_s == 5
+    with pytest.raises(ValidationError, match="needs relocatable: true and failover_after_s"):
+        AppCreate(name="web", components=stateful, checkpoint_interval_s=60)
+    with pytest.raises(ValidationError, match="needs relocatable: true and failover_after_s"):
+        AppCreate(name="web", components=stateful, checkpoint_interval_s=60, relocatable=True)
+    with pytest.raises(ValidationError, match="nothing else holds state"):
+        AppCreate(name="web", components=[{"command": ["run"]}], checkpoint_interval_s=60, **move)
+    with pytest.raises(ValidationError, match="one VM component"):
+        AppCreate(
+            name="vm",
+            components=[{"kind": "vm", "image": "b"}, {"name": "side", "command": ["x"]}],
+            checkpoint_interval_s=60,
+            **move,
+        )
+    with pytest.raises(ValidationError):
+        AppCreate(name="web", components=stateful, checkpoint_interval_s=0.5, **move)
+
+
 def test_resources_must_be_positive() -> None:
     for bad in ({"vcpus": 0}, {"memory_mib": -1}, {"disk_gib": -0.5}):
         with pytest.raises(ValidationError):

@@ -7,12 +7,13 @@ from datetime import datetime
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 
+from cloudlet.controller.api.checkpoints import drop_blobs
 from cloudlet.controller.api.deps import DB, State, User, load_site, scope_project
 from cloudlet.controller.api.paging import MAX_LIMIT, PAGED, Cursor, limit_query, set_next
 from cloudlet.controller.db.models import App
 from cloudlet.controller.db.models import Instance as InstanceRow
 from cloudlet.controller.services import _paging as paging
-from cloudlet.controller.services import fleet, instances
+from cloudlet.controller.services import checkpoints, fleet, instances
 from cloudlet.errors import NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, Instance, InstanceAction, InstanceCreate
 from cloudlet.schemas._base import Model
@@ -155,6 +156,8 @@ for _action in InstanceAction:
 @router.delete("/{ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Instance)
 def delete_instance(ref: str, session: DB, user: User, st: State) -> Instance:
     row = instances.delete_instance(session, _load(session, user, ref))
+    gone = checkpoints.forget_instance(session, row.id)  # nothing fails it over now
     session.commit()
+    drop_blobs(st, gone)
     st.watcher.notify(row.site_id)
     return _view(row, _names(session, [row]))

@@ -142,6 +142,7 @@ class App(Base):
     created_at: Mapped[datetime]
     relocatable: Mapped[bool] = mapped_column(default=False, server_default=false())
     failover_after_s: Mapped[float | None] = mapped_column(Float)
+    checkpoint_interval_s: Mapped[float | None] = mapped_column(Float)
     #: The latest published version: new instances run it; ``components`` and
     #: ``resources`` above are its definition (older ones live in app_versions).
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
@@ -245,6 +246,29 @@ class Handoff(Base):
     address: Mapped[str | None] = mapped_column(String(255))
     dest_revision: Mapped[int | None] = mapped_column(BigInteger)
     relay: Mapped[str | None] = mapped_column(String(255))
+    #: relocate: the checkpoint the destination starts from (None: the app's definition).
+    checkpoint_id: Mapped[str | None] = mapped_column(String(36))
+
+
+class Checkpoint(Base):
+    """A checkpoint of an instance a site uploaded; its bytes are a blob,
+    ``checkpoints/<instance>/<id>``. Only the latest few per instance are kept."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(36), index=True)
+    project: Mapped[str] = mapped_column(String(63))
+    site_id: Mapped[str] = mapped_column(String(36))
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    #: The app version the instance ran: a VM checkpoint fits only that version's base.
+    app_version: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    pause_s: Mapped[float | None] = mapped_column(Float)
+    taken_at: Mapped[datetime]
+    received_at: Mapped[datetime]
 
 
 class Event(Base):

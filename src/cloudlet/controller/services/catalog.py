@@ -56,6 +56,7 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
         created_at=utcnow(),
         relocatable=body.relocatable,
         failover_after_s=body.failover_after_s,
+        checkpoint_interval_s=body.checkpoint_interval_s,
     )
     session.add(app)
     try:

@@ -15,7 +15,9 @@ stale copy. A handoff of a process instance is brokered here::
                  is withdrawn and the source runs the instance again
 
 A *relocation* (failover, or a move off a site that is gone) skips the transfer:
-the destination starts the instance from its app's definition.
+the destination starts the instance from its last checkpoint (see
+:mod:`~cloudlet.controller.services.checkpoints`) or, without one, from its app's
+definition.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from cloudlet import placement
 from cloudlet.controller.db.models import App, Handoff, Instance, InstanceDeparture, Site
+from cloudlet.controller.services import checkpoints
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.services.instances import bump_revision, candidates
@@ -352,12 +355,23 @@ def vm_sent(session: Session, handoff: Handoff, nbytes: int, downtime_s: float) 
 def relocate(
     session: Session, instance: Instance, dest: Site, reason: str, explanation: dict | None = None
 ) -> Handoff:
-    """Move ``instance`` to ``dest`` without its state (failover): the destination starts
-    it from its app's definition."""
+    """Move ``instance`` to ``dest`` without a transfer (failover): the destination starts
+    it from its last checkpoint if it has one (of its app version), else from its app's
+    definition."""
     _check_movable(session, instance, dest)
+    checkpoint = checkpoints.latest_usable(session, instance)
     handoff = _open_handoff(session, instance, dest, "relocate", reason, explanation)
+    extra: dict[str, object] = {}
+    if checkpoint is not None:
+        handoff.checkpoint_id = checkpoint.id
+        handoff.bytes = checkpoint.size
+        extra = {
+            "checkpoint": checkpoint.id,
+            "checkpoint_epoch": checkpoint.epoch,
+            "checkpoint_age_s": round((utcnow() - checkpoint.taken_at).total_seconds(), 3),
+        }
     _switch(session, instance, dest, reason)
-    _phase(session, handoff, HandoffPhase.TRANSFERRED, reason=reason)
+    _phase(session, handoff, HandoffPhase.TRANSFERRED, reason=reason, **extra)
     return handoff
 
 

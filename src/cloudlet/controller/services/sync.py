@@ -20,7 +20,7 @@ from cloudlet.controller.db.models import (
     InstanceDeparture,
     Site,
 )
-from cloudlet.controller.services import alarms
+from cloudlet.controller.services import alarms, checkpoints
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.agent_packages import agent_target
 from cloudlet.controller.services.auth import SiteBrief
@@ -47,7 +47,7 @@ from cloudlet.schemas import (
     Resources,
 )
 from cloudlet.schemas.alarms import AlarmSignal, AlarmSource, AlarmState
-from cloudlet.schemas.mobility import HandoffOrder
+from cloudlet.schemas.mobility import CheckpointRestore, HandoffOrder
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,11 @@ class _Definitions:
 
 
 def _desired(
-    instance: Instance, app: App, definition: Definition, order: HandoffOrder | None = None
+    instance: Instance,
+    app: App,
+    definition: Definition,
+    order: HandoffOrder | None = None,
+    restore: CheckpointRestore | None = None,
 ) -> DesiredInstance:
     components, resources = definition
     return DesiredInstance(
@@ -98,6 +102,8 @@ def _desired(
         handoff=order,
         relocatable=app.relocatable,
         app_version=instance.app_version,
+        checkpoint_interval_s=app.checkpoint_interval_s,
+        restore=restore,
     )
 
 
@@ -138,7 +144,10 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     rows = session.execute(query.order_by(Instance.revision)).all()
     orders = handoff_orders(session, site)
     definitions = _Definitions(session)
-    entries = [_desired(i, a, definitions.of(i, a), orders.get(i.id)) for i, a in rows]
+    restores = checkpoints.restores(session, site.id)
+    entries = [
+        _desired(i, a, definitions.of(i, a), orders.get(i.id), restores.get(i.id)) for i, a in rows
+    ]
     for i, a, h in incoming(session, site, since, full):
         entry = _desired(i, a, definitions.of(i, a), orders.get(i.id))
         update = {"epoch": h.epoch, "revision": h.dest_revision or 0}
