@@ -144,7 +144,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
     rows = session.execute(query.order_by(Instance.revision)).all()
     orders = handoff_orders(session, site)
     definitions = _Definitions(session)
-    restores = checkpoints.restores(session, site.id)
+    restores = checkpoints.restores(session, site.id) if rows else {}  # most sites: none
     entries = [
         _desired(i, a, definitions.of(i, a), orders.get(i.id), restores.get(i.id)) for i, a in rows
     ]
