@@ -1,12 +1,21 @@
 """Live handoff of a VM instance, each site's part (the engine is compute/qemu/handoff.py).
 
 Destination: make sure the base image is cached, listen on a port of its own, tell
-the controller where (``ready``), take the one VM stream that shows the handoff's
-token, and run the VM from it. Source (told once the destination is ready): stream
-the running VM there, site to site; once the destination runs it, end the paused
-copy here and tell the controller (``sent``), which then gives the instance to the
-destination at the next epoch. Either side that fails says so (``fail``): the source
-guest runs on, and the destination's partial copy goes by its desired state.
+the controller where (``ready``), take the VM stream from connections that show the
+handoff's token (a broken one is followed by the next, which resumes it), and run the
+VM from it. Source (told once the destination is ready): stream the running VM
+there, site to site, reconnecting for up to ``resume_within_s`` after a break; once
+the destination runs it, end the paused copy here and tell the controller (``sent``),
+which then gives the instance to the destination at the next epoch. Either side that
+fails says so (``fail``): the source guest runs on, and the destination's partial
+copy goes by its desired state. If the link broke after the last frame and never
+came back, the source cannot know whether the destination runs the VM: its guest
+stays paused and the controller settles it (``sent`` accepted: the destination owns
+the instance; refused because the destination gave up: the guest runs on here).
+
+The source gets its connections from one :class:`Connect` (``_dialer``), the
+destination from one :class:`Accept` (``_acceptor``): the two places a way between
+sites other than a direct TCP connection plugs in.
 """
 
 from __future__ import annotations
@@ -35,11 +44,68 @@ from cloudlet.schemas.mobility import HandoffOrder, HandoffSent
 
 if TYPE_CHECKING:
     from cloudlet.agent._instance_ops import InstanceOps
+    from cloudlet.compute.qemu.handoff import Accept, Connect, HandoffStats
 
 log = logging.getLogger(__name__)
 
-#: Longest a destination waits for the source to connect.
+#: Longest a destination waits for the source to connect (first, and after a break).
 ACCEPT_TIMEOUT_S = 120.0
+#: Longest a source tries to reconnect after the link broke (the destination waits longer).
+RESUME_WITHIN_S = 60.0
+#: Longest a connected peer may take to show the token.
+TOKEN_TIMEOUT_S = 10.0
+
+
+def _read(conn: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        part = conn.recv(n - len(buf))
+        if not part:
+            raise ConnectionError("the peer closed the connection")
+        buf += part
+    return buf
+
+
+def _dialer(order: HandoffOrder) -> Connect:
+    """The source's connections to the destination, each showing the handoff's token."""
+    token = (order.token or "").encode()
+    address = split_endpoint(order.address or "")
+
+    def connect(timeout: float) -> socket.socket:
+        sock = socket.create_connection(address, timeout)
+        try:
+            sock.sendall(struct.pack("!H", len(token)) + token)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    return connect
+
+
+def _acceptor(server: socket.socket, token: str) -> Accept:
+    """The destination's next connection that shows the handoff's token; a peer that
+    shows anything else is turned away, and the wait goes on."""
+    want = token.encode()
+
+    def accept(timeout: float) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        while True:
+            server.settimeout(max(deadline - time.monotonic(), 0.001))
+            conn, peer = server.accept()  # TimeoutError once the deadline passed
+            try:
+                conn.settimeout(TOKEN_TIMEOUT_S)
+                (length,) = struct.unpack("!H", _read(conn, 2))
+                shown = _read(conn, length)
+            except OSError:
+                conn.close()
+                continue
+            if hmac.compare_digest(shown, want):
+                return conn
+            log.warning("handoff: %s connected without the handoff's token", peer)
+            conn.close()
+
+    return accept
 
 
 @dataclass
@@ -49,6 +115,7 @@ class VmHandoffs:
     client: ControllerClient
     host: str  # the address peers reach this site at
     record: Callable[..., None]  # (order, instance id, phase, **data): an outbox event
+    resume_within_s: float = RESUME_WITHIN_S
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
@@ -113,24 +180,18 @@ class VmHandoffs:
             driver = await asyncio.to_thread(ops.drivers.for_kind, ComponentKind.VM)
             server.bind((self.host, 0))
             server.listen(1)
-            server.settimeout(ACCEPT_TIMEOUT_S)
             port = server.getsockname()[1]
             await self.client.handoff_ready(order.id, f"{self.host}:{port}")
             t0 = time.monotonic()
-            conn, _ = await asyncio.to_thread(server.accept)
-            with conn:
-                (length,) = struct.unpack("!H", await asyncio.to_thread(conn.recv, 2))
-                shown = await asyncio.to_thread(conn.recv, length)
-                if not hmac.compare_digest(shown, (order.token or "").encode()):
-                    raise CloudletError("a peer connected without the handoff's token")
-                await asyncio.to_thread(
-                    receive_live,
-                    conn,
-                    driver,
-                    spec,
-                    base,
-                    memory_base,  # type: ignore[arg-type]
-                )
+            await asyncio.to_thread(
+                receive_live,
+                _acceptor(server, order.token or ""),
+                driver,  # type: ignore[arg-type]
+                spec,
+                base,
+                memory_base,
+                accept_within_s=ACCEPT_TIMEOUT_S,
+            )
             seconds = round(time.monotonic() - t0, 3)
             self.record(order, inst.id, "received", seconds=seconds)
             log.info("handoff %s: VM running here after %.2fs", order.id, seconds)
@@ -144,7 +205,8 @@ class VmHandoffs:
 
     async def _send(self, ops: InstanceOps, want: DesiredEntry, order: HandoffOrder) -> None:
         from cloudlet.compute.qemu.handoff import (
-            HandoffError,
+            HandoffStats,
+            HandoffUncertain,
             LiveSource,
             finish_source,
             send_live,
@@ -154,31 +216,24 @@ class VmHandoffs:
         row = actual.get(ops.store, inst.id)
         if row is not None and row.state is not ActualState.RELOCATING:
             ops._move(row, ActualState.RELOCATING, reason=f"handing off to {order.peer_site}")
+        told = False  # the controller heard ``sent`` already
         try:
             name, base, memory_base = await self._base(ops, want)
             driver = await asyncio.to_thread(ops.drivers.for_kind, ComponentKind.VM)
             wid = workload_id(inst.id, name)
             source = LiveSource.of(driver, wid, base, memory_base)  # type: ignore[arg-type, attr-defined]
-            token = (order.token or "").encode()
-            try:  # off the event loop: a connect to a silent peer takes up to 30 s
-                sock = await asyncio.to_thread(
-                    socket.create_connection, split_endpoint(order.address or ""), 30
+            try:  # off the event loop: connects, reconnects and the transfer block
+                stats = await asyncio.to_thread(
+                    send_live, source, _dialer(order), resume_within_s=self.resume_within_s
                 )
-            except OSError as exc:
-                raise HandoffError(
-                    f"handoff failed; the VM runs on at the source: cannot reach the "
-                    f"destination at {order.address}: {exc}"
-                ) from exc
-            with sock:
-                sock.sendall(struct.pack("!H", len(token)) + token)
-                stats = await asyncio.to_thread(send_live, source, sock)
+            except HandoffUncertain as exc:
+                stats = exc.stats or HandoffStats()
+                await self._settle(order, driver, wid, stats, exc)
+                told = True
             await asyncio.to_thread(finish_source, driver, wid)  # type: ignore[arg-type]
         except Exception as exc:
             await self._fail(order, str(exc))
             raise
-        sent = HandoffSent(
-            bytes=stats.bytes_sent, downtime_s=stats.downtime_s, rounds=len(stats.rounds)
-        )
         self.record(
             order,
             inst.id,
@@ -189,17 +244,51 @@ class VmHandoffs:
             downtime_s=stats.downtime_s,
             seconds=stats.total_s,
             rounds=stats.rounds,
+            reconnects=stats.reconnects,
             memory_base=memory_base.name if memory_base is not None else None,
         )
         log.info(
-            "handoff %s: %d bytes in %d rounds, %.3fs paused",
-            order.id, stats.bytes_sent, len(stats.rounds), stats.downtime_s,
+            "handoff %s: %d bytes in %d rounds, %d reconnects, %.3fs paused",
+            order.id, stats.bytes_sent, len(stats.rounds), stats.reconnects, stats.downtime_s,
         )  # fmt: skip
+        if not told:  # the VM runs there now: the controller must hear it, however long
+            await self._tell_sent(order, stats)
+
+    async def _tell_sent(self, order: HandoffOrder, stats: HandoffStats) -> None:
+        """Report ``sent`` until the controller takes it.
+
+        Raises:
+            SyncError: the controller refuses (the handoff is no longer in flight).
+        """
+        sent = HandoffSent(
+            bytes=stats.bytes_sent, downtime_s=stats.downtime_s, rounds=len(stats.rounds)
+        )
         delay = 0.5
-        while True:  # the VM runs there now: the controller must hear it, however long
+        while True:
             try:
                 await self.client.handoff_sent(order.id, sent)
                 return
             except ControllerUnreachableError:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+    async def _settle(
+        self, order: HandoffOrder, driver: object, wid: str, stats: HandoffStats, exc: Exception
+    ) -> None:
+        """The link broke after the last frame and never came back: the destination may
+        run the VM. The controller decides, with the guest paused here meanwhile:
+        ``sent`` taken, the instance is the destination's (at worst it starts afresh
+        there: a failover's loss, never two copies); refused (the destination gave the
+        handoff up, so it does not run it), the guest runs on here.
+
+        Raises:
+            HandoffError: refused; the guest runs on here.
+        """
+        from cloudlet.compute.qemu.handoff import HandoffError, resume_source
+
+        log.warning("handoff %s: %s; asking the controller", order.id, exc)
+        try:
+            await self._tell_sent(order, stats)
+        except SyncError as refused:
+            await asyncio.to_thread(resume_source, driver, wid)  # type: ignore[arg-type]
+            raise HandoffError(f"handoff failed; the VM runs on at the source: {refused}") from exc
