@@ -116,7 +116,7 @@ class HandoffStats:
     """What one handoff cost, as the source saw it."""
 
     rounds: list[dict[str, float]] = field(default_factory=list)  # chunks, bytes, seconds
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # whole frames over all connections (one a break cut is not)
     raw_bytes: int = 0  # before compression
     region_bytes: dict[str, int] = field(default_factory=lambda: {"disk": 0, "memory": 0})
     device_state_bytes: int = 0
@@ -522,20 +522,24 @@ def receive_live(
         raise HandoffError("a handoff needs the spec's disk image path")
     disk = spec.disk_image
     work = Path(tempfile.mkdtemp(prefix="cloudlet-handoff-", dir=disk.parent))
+    # Written aside until the last frame: a destination that gives up after its
+    # instance moved on (the source settled it with the controller) removes only its
+    # own partial files, never what the site may start at the instance's disk path.
+    partial = work / "disk.img"
     memory = work / "memory.ram"
     state = device_state_of(memory)
-    created = False
+    placed = created = False
     conn: socket.socket | None = None
     try:
         if base_disk is not None:
-            _vm.copy_sparse(base_disk, disk)
+            _vm.copy_sparse(base_disk, partial)
         else:
-            disk.touch()
+            partial.touch()
         if base_memory is not None:
             _vm.copy_sparse(base_memory, memory)
         with memory.open("ab") as f:
             f.truncate(spec.memory_mib * 1024 * 1024)
-        files = {DISK: os.open(disk, os.O_RDWR), MEMORY: os.open(memory, os.O_RDWR)}
+        files = {DISK: os.open(partial, os.O_RDWR), MEMORY: os.open(memory, os.O_RDWR)}
         intake = _Intake(files, state)
         try:
             while True:
@@ -551,6 +555,8 @@ def receive_live(
         finally:
             for fd in files.values():
                 os.close(fd)
+        os.replace(partial, disk)
+        placed = True
         driver.create(dataclasses.replace(spec, memory_image=memory))
         created = True
         status = driver.start(spec.workload_id)
@@ -565,13 +571,14 @@ def receive_live(
         if created:
             with contextlib.suppress(DriverError):
                 driver.delete(spec.workload_id)
-        with contextlib.suppress(FileNotFoundError):
-            disk.unlink()
+        if placed:
+            with contextlib.suppress(FileNotFoundError):
+                disk.unlink()
         if isinstance(exc, HandoffError):
             raise
         raise HandoffError(f"receiving the VM failed: {exc}") from exc
     finally:
-        for path in (memory, state):
+        for path in (partial, memory, state):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         with contextlib.suppress(OSError):
