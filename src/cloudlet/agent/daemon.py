@@ -260,7 +260,11 @@ class Agent:
                 )
                 self.reconciler.on_change = self.syncer.report_soon.set
                 self.reconciler.handoffs = HandoffRunner(
-                    self.store, s.data_dir / STATE_DIR, client, self._peer_host()
+                    self.store,
+                    s.data_dir / STATE_DIR,
+                    client,
+                    self._peer_host(),
+                    resume_within_s=s.handoff_resume_within_s,
                 )
             outbox.record(
                 self.store,

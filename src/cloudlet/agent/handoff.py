@@ -27,7 +27,7 @@ from cloudlet.agent.actual import ActualRow
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.store import Store
-from cloudlet.agent.vm_handoff import VmHandoffs
+from cloudlet.agent.vm_handoff import RESUME_WITHIN_S, VmHandoffs
 from cloudlet.errors import ControllerUnreachableError, DriverError, SyncError
 from cloudlet.schemas import ActualState, EventKind
 from cloudlet.schemas.mobility import HandoffOrder, HandoffRole
@@ -63,12 +63,17 @@ class HandoffRunner:
     """Carries out the handoff orders in a site's desired state."""
 
     def __init__(
-        self, store: Store, state_root: Path, client: ControllerClient, host: str = "127.0.0.1"
+        self,
+        store: Store,
+        state_root: Path,
+        client: ControllerClient,
+        host: str = "127.0.0.1",
+        resume_within_s: float = RESUME_WITHIN_S,
     ) -> None:
         self.store = store
         self.state_root = state_root
         self.client = client
-        self.vms = VmHandoffs(client, host, self._event)
+        self.vms = VmHandoffs(client, host, self._event, resume_within_s)
 
     def _done(self, order: HandoffOrder) -> bool:
         return self.store.get_meta(f"handoff:{order.id}") is not None
