@@ -118,6 +118,16 @@ class _ResendLog:
         return {r: np.unique(np.concatenate(p)).astype(np.uint32) for r, p in parts.items()}
 
 
+def _keepalive(sock: socket.socket) -> None:
+    """Probe an idle connection: a peer gone silently is noticed in about 10 s, also while
+    the source waits (up to its answer timeout) for the destination to start the VM."""
+    with contextlib.suppress(OSError, AttributeError):  # the options are Linux's
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 4)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 2)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+
+
 class _Link:
     """The source's connection to the destination: opened, and reopened after a break,
     through ``connect`` with backoff until ``within_s`` after it broke."""
@@ -150,6 +160,7 @@ class _Link:
                 last = str(exc) or type(exc).__name__
             else:
                 try:
+                    _keepalive(sock)
                     sock.settimeout(max(1.0, min(remaining, self.link_timeout_s)))
                     kind, status, mark = _HELLO.unpack(_recv_exact(sock, _HELLO.size))
                 except OSError as exc:
@@ -185,6 +196,7 @@ def _next_source(accept: Accept, within_s: float, link_timeout_s: float) -> sock
         conn = accept(within_s)
     except OSError as exc:
         raise HandoffError(f"no source connected within {within_s:g} s: {exc}") from exc
+    _keepalive(conn)
     conn.settimeout(link_timeout_s)
     return conn
 
