@@ -1,7 +1,7 @@
 """Live VM handoff between two qemu drivers: only what differs from a shared base travels.
 
 The destination holds the base disk (and, if there is one, the base RAM image the
-app's memory was made against). The source sends, over one TCP stream, the 4 KiB
+app's memory was made against). The source sends, over a TCP stream, the 4 KiB
 chunks of the VM's disk and RAM that differ from what the destination has, while
 the VM keeps running; each pre-copy round sends only the chunks that changed since
 the last round (the guest's RAM is a shared file, so the host reads it as it is; the
@@ -9,8 +9,9 @@ disk is a raw file). When a round is small enough (or rounds stop shrinking), th
 source pauses the guest (QMP ``stop`` drains and flushes its disk), sends the last
 delta and the device state (a QEMU migration with ``x-ignore-shared``: devices only,
 hundreds of KiB) and waits for the destination to say the VM runs there. Only then
-does the source QEMU quit; on any failure before that (the link breaks, the
-destination dies or refuses) the source guest is let run again.
+does the source QEMU quit; on any failure before that (the destination dies or
+refuses, the link stays down) the source guest is let run again, with one exception
+below.
 
 Why content comparison and not QEMU's own dirty tracking: QEMU's dirty bitmaps for
 disks can only be read out through an NBD export with the ``qemu:dirty-bitmap``
