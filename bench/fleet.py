@@ -273,9 +273,10 @@ def documents_built(ctrls: list[BenchController]) -> dict[str, float] | None:
     their /metrics (with --workers, only the worker that answers is counted); None
     if a controller did not answer within 10 s."""
     built: dict[str, float] = {"full": 0.0, "delta": 0.0}
+    token = ctrls[0].token  # replicas share the database; only the first writes the file
     for ctrl in ctrls:
         try:
-            with ctrl.client() as client:
+            with ctrl.client(token) as client:
                 text = client.get("/metrics", timeout=10).text
         except httpx.HTTPError:
             return None

@@ -13,6 +13,7 @@ CloudletError
 ├── BlobStoreError              the artifact store (disk, S3) failed or refused
 ├── SyncError                   controller <-> agent exchange failed
 │   └── ControllerUnreachableError
+├── HandoffLinkError            no path for a handoff's stream, direct or by the relay
 ├── DriverError                 a compute backend failed
 │   ├── WorkloadNotFoundError
 │   └── DriverUnavailableError  backend missing on this host (no qemu, no kvm)
@@ -74,6 +75,10 @@ class SyncError(CloudletError):
 
 
 class ControllerUnreachableError(SyncError):
+    pass
+
+
+class HandoffLinkError(CloudletError):
     pass
 
 

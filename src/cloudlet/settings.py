@@ -49,6 +49,34 @@ class MobilitySettings(BaseModel):
     overload_for_s: float = Field(
         60.0, ge=0, description="How long a site must stay overloaded before it sheds."
     )
+    relay: bool = Field(
+        True,
+        description="Run the handoff relay: a VM handoff whose source cannot reach its "
+        "destination goes through the controller instead.",
+    )
+    relay_host: str | None = Field(
+        None, description="Address the relay listens on (default: the controller's host)."
+    )
+    relay_port: int = Field(
+        8081, ge=0, lt=65536, description="Port the relay listens on (0: any free one)."
+    )
+    relay_address: str | None = Field(
+        None,
+        max_length=255,
+        description="host:port agents dial to reach the relay (default: the host each "
+        "agent reaches the controller at, with relay_port). Set it with replicas on "
+        "several hosts or behind a load balancer: a handoff's two sites meet at the relay "
+        "of the replica that opened it.",
+    )
+    relay_wait_s: float = Field(
+        120.0, gt=0, description="Longest one side of a handoff waits at the relay for the other."
+    )
+    relay_idle_s: float = Field(
+        120.0, gt=0, description="A relayed stream silent both ways this long is cut."
+    )
+    relay_max_waiting: int = Field(
+        256, gt=0, description="Connections the relay holds unpaired at once; more are refused."
+    )
 
 
 class AlarmSettings(BaseModel):
@@ -265,6 +293,12 @@ class AgentSettings(BaseModel):
     )
     vm_answer_timeout_s: float = Field(
         120.0, gt=0, description="Longest wait for a started VM's service to answer HTTP."
+    )
+    handoff_direct_timeout_s: float = Field(
+        3.0,
+        gt=0,
+        description="A VM handoff's source tries to connect to its destination this long "
+        "before it goes through the controller's relay.",
     )
     announce: bool = Field(
         True, description="Announce the site-local API by DNS-SD (_cloudlet._tcp) on the LAN."

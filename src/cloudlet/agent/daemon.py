@@ -264,6 +264,7 @@ class Agent:
                     s.data_dir / STATE_DIR,
                     client,
                     self._peer_host(),
+                    direct_timeout_s=s.handoff_direct_timeout_s,
                     resume_within_s=s.handoff_resume_within_s,
                 )
             outbox.record(

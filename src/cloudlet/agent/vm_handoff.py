@@ -4,18 +4,20 @@ Destination: make sure the base image is cached, listen on a port of its own, te
 the controller where (``ready``), take the VM stream from connections that show the
 handoff's token (a broken one is followed by the next, which resumes it), and run the
 VM from it. Source (told once the destination is ready): stream the running VM
-there, site to site, reconnecting for up to ``resume_within_s`` after a break; once
-the destination runs it, end the paused copy here and tell the controller (``sent``),
-which then gives the instance to the destination at the next epoch. Either side that
-fails says so (``fail``): the source guest runs on, and the destination's partial
-copy goes by its desired state. If the link broke after the last frame and never
-came back, the source cannot know whether the destination runs the VM: its guest
-stays paused and the controller settles it (``sent`` accepted: the destination owns
-the instance; refused because the destination gave up: the guest runs on here).
+there, site to site, or through the controller's relay when the destination is out
+of reach (``handoff_link``), reconnecting for up to ``resume_within_s`` after a
+break; once the destination runs it, end the paused copy here and tell the
+controller (``sent``), which then gives the instance to the destination at the next
+epoch. Either side that fails says so (``fail``): the source guest runs on, and the
+destination's partial copy goes by its desired state. If the link broke after the
+last frame and never came back, the source cannot know whether the destination runs
+the VM: its guest stays paused and the controller settles it (``sent`` accepted: the
+destination owns the instance; refused because the destination gave up: the guest
+runs on here).
 
 The source gets its connections from one :class:`Connect` (``_dialer``), the
-destination from one :class:`Accept` (``_acceptor``): the two places a way between
-sites other than a direct TCP connection plugs in.
+destination from one :class:`Accept` (``_acceptor``), both on ``handoff_link``: each
+reconnect again goes directly or through the relay, whichever works then.
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudlet.agent import actual
+from cloudlet.agent import actual, handoff_link
 from cloudlet.agent._specs import workload_id
 from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
-from cloudlet.compute.base import split_endpoint
-from cloudlet.errors import CloudletError, ControllerUnreachableError, SyncError
+from cloudlet.errors import CloudletError, ControllerUnreachableError, HandoffLinkError, SyncError
 from cloudlet.schemas import ActualState, ComponentKind
 from cloudlet.schemas.artifacts import ArtifactKind
 from cloudlet.schemas.mobility import HandoffOrder, HandoffSent
@@ -66,33 +67,55 @@ def _read(conn: socket.socket, n: int) -> bytes:
     return buf
 
 
-def _dialer(order: HandoffOrder) -> Connect:
-    """The source's connections to the destination, each showing the handoff's token."""
+def _dialer(
+    order: HandoffOrder, controller_url: str, direct_timeout_s: float, ways: list[str]
+) -> Connect:
+    """The source's connections to the destination (directly, else through the relay),
+    each showing the handoff's token; ``ways`` gets which way each one went."""
     token = (order.token or "").encode()
-    address = split_endpoint(order.address or "")
 
     def connect(timeout: float) -> socket.socket:
-        sock = socket.create_connection(address, timeout)
         try:
-            sock.sendall(struct.pack("!H", len(token)) + token)
+            link = handoff_link.dial(
+                order, controller_url, direct_timeout_s=min(direct_timeout_s, timeout)
+            )
+        except HandoffLinkError as exc:  # the engine tries again until its deadline
+            raise ConnectionError(str(exc)) from exc
+        try:
+            link.sock.sendall(struct.pack("!H", len(token)) + token)
         except OSError:
-            sock.close()
+            link.sock.close()
             raise
-        return sock
+        ways.append(link.via)
+        return link.sock
 
     return connect
 
 
-def _acceptor(server: socket.socket, token: str) -> Accept:
-    """The destination's next connection that shows the handoff's token; a peer that
-    shows anything else is turned away, and the wait goes on."""
-    want = token.encode()
+def _via(ways: list[str]) -> str | None:
+    """How the stream went: ``direct`` or ``relay``, or ``relay+direct`` (the ways in
+    order) when reconnects went otherwise than the first connection."""
+    return "+".join(dict.fromkeys(ways)) or None
+
+
+def _acceptor(
+    server: socket.socket, order: HandoffOrder, controller_url: str, ways: list[str]
+) -> Accept:
+    """The destination's next connection (on ``server`` or paired at the relay) that
+    shows the handoff's token, read off the stream; others are turned away and the
+    wait goes on. ``ways`` gets which way each one came."""
+    want = (order.token or "").encode()
 
     def accept(timeout: float) -> socket.socket:
         deadline = time.monotonic() + timeout
         while True:
-            server.settimeout(max(deadline - time.monotonic(), 0.001))
-            conn, peer = server.accept()  # TimeoutError once the deadline passed
+            try:
+                link = handoff_link.accept(
+                    server, order, controller_url, timeout=max(deadline - time.monotonic(), 0)
+                )
+            except HandoffLinkError as exc:
+                raise TimeoutError(str(exc)) from exc
+            conn = link.sock
             try:
                 conn.settimeout(TOKEN_TIMEOUT_S)
                 (length,) = struct.unpack("!H", _read(conn, 2))
@@ -101,8 +124,9 @@ def _acceptor(server: socket.socket, token: str) -> Accept:
                 conn.close()
                 continue
             if hmac.compare_digest(shown, want):
+                ways.append(link.via)
                 return conn
-            log.warning("handoff: %s connected without the handoff's token", peer)
+            log.warning("handoff %s: a connection without the handoff's token", order.id)
             conn.close()
 
     return accept
@@ -115,6 +139,7 @@ class VmHandoffs:
     client: ControllerClient
     host: str  # the address peers reach this site at
     record: Callable[..., None]  # (order, instance id, phase, **data): an outbox event
+    direct_timeout_s: float = handoff_link.DIRECT_TIMEOUT_S  # then the controller's relay
     resume_within_s: float = RESUME_WITHIN_S
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     done: set[str] = field(default_factory=set)
@@ -183,9 +208,10 @@ class VmHandoffs:
             port = server.getsockname()[1]
             await self.client.handoff_ready(order.id, f"{self.host}:{port}")
             t0 = time.monotonic()
+            ways: list[str] = []
             await asyncio.to_thread(
                 receive_live,
-                _acceptor(server, order.token or ""),
+                _acceptor(server, order, self.client.base_url, ways),
                 driver,  # type: ignore[arg-type]
                 spec,
                 base,
@@ -193,7 +219,7 @@ class VmHandoffs:
                 accept_within_s=ACCEPT_TIMEOUT_S,
             )
             seconds = round(time.monotonic() - t0, 3)
-            self.record(order, inst.id, "received", seconds=seconds)
+            self.record(order, inst.id, "received", seconds=seconds, via=_via(ways))
             log.info("handoff %s: VM running here after %.2fs", order.id, seconds)
         except Exception as exc:
             await self._fail(order, f"at {self.host}: {exc}")
@@ -217,14 +243,16 @@ class VmHandoffs:
         if row is not None and row.state is not ActualState.RELOCATING:
             ops._move(row, ActualState.RELOCATING, reason=f"handing off to {order.peer_site}")
         told = False  # the controller heard ``sent`` already
+        ways: list[str] = []
         try:
             name, base, memory_base = await self._base(ops, want)
             driver = await asyncio.to_thread(ops.drivers.for_kind, ComponentKind.VM)
             wid = workload_id(inst.id, name)
             source = LiveSource.of(driver, wid, base, memory_base)  # type: ignore[arg-type, attr-defined]
             try:  # off the event loop: connects, reconnects and the transfer block
+                connect = _dialer(order, self.client.base_url, self.direct_timeout_s, ways)
                 stats = await asyncio.to_thread(
-                    send_live, source, _dialer(order), resume_within_s=self.resume_within_s
+                    send_live, source, connect, resume_within_s=self.resume_within_s
                 )
             except HandoffUncertain as exc:
                 stats = exc.stats or HandoffStats()
@@ -245,6 +273,7 @@ class VmHandoffs:
             seconds=stats.total_s,
             rounds=stats.rounds,
             reconnects=stats.reconnects,
+            via=_via(ways),
             memory_base=memory_base.name if memory_base is not None else None,
         )
         log.info(

@@ -76,6 +76,18 @@ class ControllerMetrics:
             "Bytes of images and overlays sent to sites and clients.",
             registry=self.registry,
         )
+        self.relay_bytes = Counter(
+            "cloudlet_relay_bytes_total",
+            "Bytes the handoff relay carried between two sites (both ways).",
+            registry=self.registry,
+        )
+        self.relay_connections = Counter(
+            "cloudlet_relay_connections_total",
+            "Connections to the handoff relay, by outcome (paired, refused, no-peer, busy, "
+            "bad-greeting, gone, superseded).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.long_polls = Gauge(
             "cloudlet_long_polls_open",
             "Desired-state long polls waiting for a change.",

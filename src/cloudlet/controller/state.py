@@ -149,6 +149,9 @@ class ControllerState:
     document_limiter: Any = None
     #: The fleet as discovery ranks it, rebuilt every couple of seconds.
     fleet_snapshot: SnapshotCache = field(default_factory=SnapshotCache)
+    #: Where agents dial this replica's handoff relay (host:port, or :port for the
+    #: host they reach the controller at); None while it has none (``controller.relay``).
+    relay_address: str | None = None
 
     def __post_init__(self) -> None:
         self.reads = ShortReads(self.engine, self.loop_connection)

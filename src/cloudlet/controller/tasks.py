@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy import bindparam, func, select, update
 
+from cloudlet.controller import relay
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.models import Site
 from cloudlet.controller.replicas import Leadership, listen_revisions
@@ -178,7 +179,7 @@ def relocate_once(st: ControllerState, memory: relocation.RelocationMemory) -> s
     """One relocation pass in its own transaction; returns the sites to wake."""
     with st.sessions.begin() as session:
         result = relocation.relocation_pass(
-            session, st.settings.offline_grace_s, st.settings.mobility, memory
+            session, st.settings.offline_grace_s, st.settings.mobility, memory, st.relay_address
         )
     return result.sites
 
@@ -218,6 +219,8 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
     # fifth of the grace, 2.5 s at most; offline verdicts come at their deadline.
     liveness_every = max(0.2, min(2.5, st.settings.offline_grace_s / 5))
     extra = [asyncio.create_task(st.alarm_webhook.run())] if st.alarm_webhook else []
+    if st.settings.mobility.relay:
+        extra.append(asyncio.create_task(relay.run(st)))
     if is_sqlite(st.engine):
         extra.append(asyncio.create_task(_watch_revisions(st, 1.0)))
     else:

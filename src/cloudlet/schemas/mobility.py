@@ -38,6 +38,12 @@ class HandoffOrder(Model):
     kind: str = Field("process", description="process (state directory) or vm (live).")
     address: str | None = Field(None, description="vm, source: where the destination listens.")
     token: str | None = Field(None, description="vm: the one-time transfer token.")
+    relay: str | None = Field(
+        None,
+        description="vm: host:port of the controller's relay, where both sites meet when "
+        "the source cannot reach the destination; an empty host (`:8081`) means the host "
+        "the agent reaches the controller at.",
+    )
 
 
 class ClientPosition(Input):

@@ -125,7 +125,9 @@ class LocalController:
         if self.database_url:
             args += ["--database-url", self.database_url]
         log = self.data_dir / "controller.log"
-        self.proc = Proc("controller", args, log, _env(self.env)).start()
+        # Any free port for the handoff relay: many controllers share a test machine.
+        env = {"CLOUDLET_CONTROLLER__MOBILITY__RELAY_PORT": "0", **self.env}
+        self.proc = Proc("controller", args, log, _env(env)).start()
         wait_for(self._healthy, timeout, f"controller on {self.url}\n{self.proc.log_tail()}")
         return self
 

@@ -13,6 +13,12 @@ A site's agent reaches the controller only over its ``wan`` veth and through its
 relay; its local API and its workloads listen on the ``lan`` address, which the
 testbed's own namespace reaches directly, as a local client on the site's LAN would.
 A cut (:meth:`WanSite.cut`) drops every packet on ``wan`` both ways: TCP sees silence.
+The controller's handoff relay listens on every address of its namespace.
+
+Sites do not reach each other unless asked: :meth:`Wan.interconnect` routes each
+site's traffic for the others through the controller's namespace (the internet
+between them), and :meth:`Wan.part_sites` drops what that namespace would forward
+from site to site (a firewall, NAT), while both still reach the controller.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ AGENT_ENV = {
     "CLOUDLET_AGENT__RECONNECT_SPREAD_S": "0.2",
 }
 MAX_SITES = 250
+#: The nftables table in the controller's namespace that parts sites from each other.
+_PART_TABLE = "cloudlet_part"
 #: The app :func:`hello_app` defines.
 HELLO_APP = "hello"
 HELLO_PAGE = "hello from the edge"
@@ -191,6 +199,8 @@ class Wan:
             self.controller = LocalController(
                 self.root / "ctl", offline_grace_s=self.offline_grace_s,
                 host="10.215.0.2", netns=self.ctl_ns,
+                # The relay where sites meet: on the address each reaches this namespace at.
+                env={"CLOUDLET_CONTROLLER__MOBILITY__RELAY_HOST": "0.0.0.0"},
             )  # fmt: skip
             self.controller.start()
         except BaseException:
@@ -281,6 +291,37 @@ class Wan:
             return view if ok else None
 
         return wait_for(in_sync, timeout, f"site {name} in sync", interval=0.05)
+
+    def interconnect(self) -> None:
+        """Let every site reach the others' LANs (and so their handoff listeners)
+        through the controller's namespace, as over the internet."""
+        netns.run("ip", "netns", "exec", self.ctl_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        for site in self.sites.values():
+            gateway = site.relay_addr
+            netns.run("ip", "-n", site.ns, "route", "replace", "default", "via", gateway)
+            netns.run(
+                "ip", "-n", self.ctl_ns, "route", "replace", f"10.216.{site.index}.0/30",
+                "via", f"10.214.{site.index}.2",
+            )  # fmt: skip
+
+    def part_sites(self) -> None:
+        """Drop every packet the controller's namespace would forward from one site to
+        another (both still reach the controller): TCP between sites sees silence."""
+        script = (
+            f"table inet {_PART_TABLE} {{\n"
+            " chain forward { type filter hook forward priority -10;"
+            ' iifname "w*" oifname "w*" drop; }\n'
+            "}\n"
+        )
+        self.join_sites()
+        netns.run("ip", "netns", "exec", self.ctl_ns, "nft", "-f", "-", stdin=script)
+
+    def join_sites(self) -> None:
+        """Undo :meth:`part_sites`."""
+        netns.run(
+            "ip", "netns", "exec", self.ctl_ns, "nft", "delete", "table", "inet", _PART_TABLE,
+            check=False,
+        )  # fmt: skip
 
     # -- controller ---------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ how the source settles a handoff whose end it could not learn: through the contr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from cloudlet.agent.vm_handoff import VmHandoffs, _acceptor, _dialer
 from cloudlet.compute.qemu import handoff
 from cloudlet.errors import ControllerUnreachableError, SyncError
 from cloudlet.schemas.mobility import HandoffOrder, HandoffRole
+
+CTL = "http://127.0.0.1:9"  # no relay in these orders: direct connections only
 
 
 def _order(port: int, token: str) -> HandoffOrder:
@@ -42,22 +45,27 @@ def test_a_peer_without_the_token_is_turned_away_and_the_source_still_gets_in(
     silent = socket.create_connection(("127.0.0.1", port))
     silent.close()  # connects and goes without a word
     got: list[socket.socket] = []
-    accepting = threading.Thread(target=lambda: got.append(_acceptor(server, "s3cret")(10)))
+    came: list[str] = []
+    accept = _acceptor(server, _order(port, "s3cret"), CTL, came)
+    accepting = threading.Thread(target=lambda: got.append(accept(10)))
     accepting.start()
-    connect = _dialer(_order(port, "s3cret"))
+    went: list[str] = []
+    connect = _dialer(_order(port, "s3cret"), CTL, 3.0, went)
     with connect(5) as sock:
         accepting.join(10)
         (conn,) = got
         with conn:
             sock.sendall(b"frames")
             assert conn.recv(6) == b"frames"
-    assert stranger.recv(1) == b""  # closed on it
-    stranger.close()
+    # Turned away: closed on it (a reset, as it sent what was not read).
+    with stranger, contextlib.suppress(ConnectionResetError):
+        assert stranger.recv(1) == b""
+    assert went == came == ["direct"]
 
 
 def test_no_source_within_the_wait_is_a_timeout(server: socket.socket) -> None:
     with pytest.raises(TimeoutError):
-        _acceptor(server, "s3cret")(0.3)
+        _acceptor(server, _order(1, "s3cret"), CTL, [])(0.3)
 
 
 class _Controller:

@@ -67,7 +67,8 @@ def move_instance(ref: str, body: InstanceMove, session: DB, user: User, st: Sta
     row = _load(session, user, ref)
     dest = load_site(session, body.to)
     source = row.site_id
-    handoff = mobility.request_move(session, row, dest, f"moved to {dest.name} on request")
+    why = f"moved to {dest.name} on request"
+    handoff = mobility.request_move(session, row, dest, why, relay=st.relay_address)
     session.commit()
     st.watcher.notify(source)
     st.watcher.notify(dest.id)

@@ -124,7 +124,7 @@ def decommission_site(
     its instances gone (state ``decommissioned``). ``force`` revokes at once."""
     _admin(user)
     site = load_site(session, name)
-    relocate = decommission_relocator(site, st.settings.offline_grace_s)
+    relocate = decommission_relocator(site, st.settings.offline_grace_s, st.relay_address)
     site = decommission(session, site, force=force, relocate=relocate)
     session.commit()
     st.watcher.notify(site.id)

@@ -228,11 +228,13 @@ class Handoff(Base):
     phases: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
-    #: vm: the one-time token the source shows the destination, where it listens, and
-    #: the destination's revision at which its incoming entry last changed.
+    #: vm: the one-time token the source shows the destination, where it listens, the
+    #: destination's revision at which its incoming entry last changed, and the relay
+    #: (of the replica that opened the handoff) both sites meet at if need be.
     token: Mapped[str | None] = mapped_column(String(64))
     address: Mapped[str | None] = mapped_column(String(255))
     dest_revision: Mapped[int | None] = mapped_column(BigInteger)
+    relay: Mapped[str | None] = mapped_column(String(255))
 
 
 class Event(Base):

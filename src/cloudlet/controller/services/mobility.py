@@ -20,6 +20,7 @@ the destination starts the instance from its app's definition.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from cloudlet.controller.services.fleet import record
 from cloudlet.controller.services.instances import bump_revision, candidates
 from cloudlet.errors import ConflictError
 from cloudlet.schemas import ActualState, ComponentKind, DesiredState, SiteState
+from cloudlet.schemas import relay as relay_wire
 from cloudlet.schemas.mobility import HandoffOrder, HandoffPhase, HandoffRole
 
 REQUESTED, READY = HandoffPhase.REQUESTED.value, HandoffPhase.READY.value
@@ -118,6 +120,7 @@ def handoff_orders(session: Session, site: Site) -> dict[str, HandoffOrder]:
             kind=handoff.kind,
             address=handoff.address if role is HandoffRole.SOURCE else None,
             token=handoff.token,
+            relay=handoff.relay,
         )
     return orders
 
@@ -252,10 +255,17 @@ def _open_handoff(
 
 
 def request_move(
-    session: Session, instance: Instance, dest: Site, reason: str, explanation: dict | None = None
+    session: Session,
+    instance: Instance,
+    dest: Site,
+    reason: str,
+    explanation: dict | None = None,
+    *,
+    relay: str | None = None,
 ) -> Handoff:
     """Start a handoff of ``instance`` to ``dest``: its source stops it and sends its
-    state; a stopped instance simply changes sites.
+    state; a stopped instance simply changes sites. A VM handoff's sites meet at
+    ``relay`` (host:port, or :port) when the source cannot reach the destination.
 
     Raises:
         ConflictError: deleted, already there or moving, destination not active, or
@@ -286,6 +296,7 @@ def request_move(
         # The destination prepares first (base cached, a listener); the source hears
         # of the move once the destination is ready for it.
         handoff.token = secrets.token_urlsafe(24)
+        handoff.relay = relay
         handoff.dest_revision = bump_revision(session, dest.id)
         return handoff
     # The actual state stays the source's word: it reports `relocating` once it acts.
@@ -307,6 +318,17 @@ def vm_ready(session: Session, handoff: Handoff, address: str) -> None:
     _phase(session, handoff, HandoffPhase.READY, address=address)
     instance = session.get_one(Instance, handoff.instance_id)
     instance.revision = bump_revision(session, instance.site_id)
+
+
+def relay_admits(session: Session, handoff_id: str, role: bytes, proof: bytes) -> bool:
+    """Whether a connection to the relay may meet its peer there: the handoff is a VM
+    handoff still in flight and the proof was made with its token (``schemas.relay``)."""
+    handoff = session.get(Handoff, handoff_id)
+    if handoff is None or handoff.kind != "vm" or handoff.token is None:
+        return False
+    if handoff.phase not in (REQUESTED, READY):
+        return False
+    return hmac.compare_digest(proof, relay_wire.proof(handoff.token, role, handoff_id))
 
 
 def vm_sent(session: Session, handoff: Handoff, nbytes: int, downtime_s: float) -> Instance:

@@ -95,12 +95,13 @@ def _move(
     why: str,
     *,
     with_state: bool,
+    relay: str | None = None,
 ) -> None:
     dest = session.get_one(Site, decision.site.site_id)
     source = instance.site_id
     explanation = {**decision.as_dict(), "why": why}
     if with_state:
-        mobility.request_move(session, instance, dest, why, explanation)
+        mobility.request_move(session, instance, dest, why, explanation, relay=relay)
     else:
         mobility.relocate(session, instance, dest, why, explanation)
     result.sites |= {source, dest.id}
@@ -108,7 +109,9 @@ def _move(
     log.info("instance %s: %s -> %s (%s)", instance.name, source, dest.name, why)
 
 
-def decommission_relocator(site: Site, grace_s: float) -> Callable[[Session, Instance], bool]:
+def decommission_relocator(
+    site: Site, grace_s: float, relay: str | None = None
+) -> Callable[[Session, Instance], bool]:
     """The decommission's ``relocate`` hook: hand an instance of ``site`` off to the best
     other site, True if a handoff started (False: none fits, or the site is not
     online to send its state, and the decommission stops the instance instead)."""
@@ -120,7 +123,7 @@ def decommission_relocator(site: Site, grace_s: float) -> Callable[[Session, Ins
         try:
             decision = mobility.choose_site(session, instance, grace_s, exclude=set())
             why = f"decommission of {site.name}"
-            _move(session, PassResult(), instance, decision, why, with_state=True)
+            _move(session, PassResult(), instance, decision, why, with_state=True, relay=relay)
         except CloudletError as exc:
             log.info("instance %s cannot leave %s by handoff: %s", instance.name, site.name, exc)
             return False
@@ -130,9 +133,14 @@ def decommission_relocator(site: Site, grace_s: float) -> Callable[[Session, Ins
 
 
 def relocation_pass(
-    session: Session, grace_s: float, settings: MobilitySettings, memory: RelocationMemory
+    session: Session,
+    grace_s: float,
+    settings: MobilitySettings,
+    memory: RelocationMemory,
+    relay: str | None = None,
 ) -> PassResult:
-    """Decide and start this pass's moves (the caller commits)."""
+    """Decide and start this pass's moves (the caller commits); VM handoffs name
+    ``relay`` (this replica's relay) for their sites to meet at if need be."""
     now = utcnow()
     result = PassResult()
     for handoff in mobility.timed_out(session, settings.handoff_timeout_s):
@@ -161,7 +169,8 @@ def relocation_pass(
         except CloudletError as exc:
             log.info("instance %s cannot leave draining %s: %s", instance.name, site.name, exc)
             continue
-        _move(session, result, instance, decision, f"drain of {site.name}", with_state=True)
+        why = f"drain of {site.name}"
+        _move(session, result, instance, decision, why, with_state=True, relay=relay)
 
     for instance, app, site in _live(session, Instance.follow_client.is_(True)):
         bound = app.latency_bound_ms
@@ -180,10 +189,10 @@ def relocation_pass(
         if best is None or best + settings.follow_margin_ms > rtt:
             continue
         why = f"client moved: est. {rtt:.1f} ms > {bound} ms bound here, {best:.1f} ms there"
-        _move(session, result, instance, decision, why, with_state=True)
+        _move(session, result, instance, decision, why, with_state=True, relay=relay)
 
     if settings.rebalance:
-        _rebalance(session, grace_s, settings, memory, now, result)
+        _rebalance(session, grace_s, settings, memory, now, result, relay)
     return result
 
 
@@ -194,6 +203,7 @@ def _rebalance(
     memory: RelocationMemory,
     now: datetime,
     result: PassResult,
+    relay: str | None,
 ) -> None:
     hot: set[str] = set()
     for site in session.scalars(select(Site).where(Site.state == SiteState.ACTIVE.value)):
@@ -221,6 +231,6 @@ def _rebalance(
             except CloudletError:
                 continue
             why = "rebalance: site overloaded"
-            _move(session, result, instance, decision, why, with_state=True)
+            _move(session, result, instance, decision, why, with_state=True, relay=relay)
             memory.overloaded_since[site_id] = now  # give the move time to show
             break
