@@ -55,7 +55,14 @@ from cloudlet.compute.base import WorkloadSpec
 from cloudlet.compute.qemu import QemuDriver
 from cloudlet.compute.qemu._config import command_line, options_of, socket_path
 from cloudlet.compute.qemu._qmp import QmpSession
-from cloudlet.compute.qemu.handoff import LiveSource, finish_source, receive_live, send_live
+from cloudlet.compute.qemu.handoff import (
+    LiveSource,
+    finish_source,
+    receive_live,
+    send_live,
+    tcp_accept,
+    tcp_connect,
+)
 from cloudlet.testbed.local import free_port, wait_for
 from cloudlet.testbed.netns import SITE_ADDR, Link, tbf_args
 from cloudlet.testbed.relay import RelayThread
@@ -183,9 +190,9 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool, ram_base: bool = True) 
     result: dict[str, Any] = {}
 
     def destination() -> None:
-        conn, _ = server.accept()
-        with conn:
-            result["endpoint"] = receive_live(conn, sites.dst, dest, app.base, memory_base)
+        result["endpoint"] = receive_live(
+            tcp_accept(server), sites.dst, dest, app.base, memory_base
+        )
 
     receiver = sites.link.executor(sites.link.site).submit(destination)  # its own thread
     src_poll = sites.in_src(lambda: Poller(src_endpoint).start())
@@ -195,8 +202,7 @@ def run_cloudlet(sites: Sites, app: VmApp, rounds: bool, ram_base: bool = True) 
 
     def source() -> Any:
         live = LiveSource.of(sites.src, "vm", app.base, memory_base)
-        with socket.create_connection((SITE_ADDR, relay.port), timeout=30) as sock:
-            return send_live(live, sock, max_rounds=8 if rounds else 0)
+        return send_live(live, tcp_connect((SITE_ADDR, relay.port)), max_rounds=8 if rounds else 0)
 
     stats = sites.src_ns.submit(source).result()
     receiver.result(timeout=120)

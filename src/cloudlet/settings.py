@@ -229,6 +229,13 @@ class AgentSettings(BaseModel):
         "this much of cache_budget_gib (a fraction), and cleared 5 points below.",
     )
     backoff_max_s: float = Field(30.0, gt=0, description="Longest retry delay when unreachable.")
+    handoff_resume_within_s: float = Field(
+        60.0,
+        gt=0,
+        description="A VM handoff whose link to the other site broke is resumed if a new "
+        "connection succeeds within this long (the source retries with backoff); past it "
+        "the handoff fails and the VM runs on at the source.",
+    )
     link_dead_after_s: float = Field(
         10.0,
         gt=0,

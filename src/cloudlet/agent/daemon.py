@@ -268,7 +268,8 @@ class Agent:
                     s.data_dir / STATE_DIR,
                     client,
                     self._peer_host(),
-                    s.handoff_direct_timeout_s,
+                    direct_timeout_s=s.handoff_direct_timeout_s,
+                    resume_within_s=s.handoff_resume_within_s,
                 )
                 syncer = self.syncer
                 self.checkpoints = Checkpointer(

@@ -28,7 +28,7 @@ from cloudlet.agent.client import ControllerClient
 from cloudlet.agent.desired import DesiredEntry
 from cloudlet.agent.handoff_link import DIRECT_TIMEOUT_S
 from cloudlet.agent.store import Store
-from cloudlet.agent.vm_handoff import VmHandoffs
+from cloudlet.agent.vm_handoff import RESUME_WITHIN_S, VmHandoffs
 from cloudlet.errors import ControllerUnreachableError, DriverError, SyncError
 from cloudlet.schemas import ActualState, EventKind
 from cloudlet.schemas.mobility import HandoffOrder, HandoffRole
@@ -70,11 +70,12 @@ class HandoffRunner:
         client: ControllerClient,
         host: str = "127.0.0.1",
         direct_timeout_s: float = DIRECT_TIMEOUT_S,
+        resume_within_s: float = RESUME_WITHIN_S,
     ) -> None:
         self.store = store
         self.state_root = state_root
         self.client = client
-        self.vms = VmHandoffs(client, host, self._event, direct_timeout_s)
+        self.vms = VmHandoffs(client, host, self._event, direct_timeout_s, resume_within_s)
 
     def _done(self, order: HandoffOrder) -> bool:
         return self.store.get_meta(f"handoff:{order.id}") is not None

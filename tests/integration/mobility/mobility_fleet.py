@@ -148,6 +148,8 @@ def fleet(
                     "CLOUDLET_AGENT__USAGE_INTERVAL_S": "0.5",
                     "CLOUDLET_AGENT__POLL_WAIT_S": "5",
                     "CLOUDLET_AGENT__BACKOFF_MAX_S": "1",
+                    # A VM handoff to a destination that died fails in seconds.
+                    "CLOUDLET_AGENT__HANDOFF_RESUME_WITHIN_S": "5",
                     "CLOUDLET_AGENT__ANNOUNCE": str(announce).lower(),
                 },
             ).start()

@@ -1,6 +1,7 @@
 """Live VM handoff under real QEMU (the tests' tiny guest, TCG where KVM is missing):
 the guest's token, held only in its RAM, survives the move; a destination that dies
-mid-transfer leaves the VM running at the source."""
+mid-transfer leaves the VM running at the source; a link that breaks and comes back
+resumes the transfer, never with two running copies."""
 
 from __future__ import annotations
 
@@ -9,24 +10,33 @@ import shutil
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from cutting_proxy import CuttingProxy, connect_small
 from mobility_fleet import BOUND_MS, SITES, fleet, upload
 
 from cloudlet.compute import WorkloadSpec, WorkloadState
 from cloudlet.compute.ports import free_port
 from cloudlet.compute.qemu import QemuDriver, device_state_of
+from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.compute.qemu.handoff import (
     _HEADER,
+    _HELLO,
     HandoffError,
+    HandoffStats,
+    HandoffUncertain,
     LiveSource,
     finish_source,
     receive_live,
+    resume_source,
     send_live,
+    tcp_accept,
+    tcp_connect,
 )
 from cloudlet.compute.qemu.snapshot import capture
 from cloudlet.synthesis import create_overlay
@@ -90,17 +100,14 @@ def test_a_running_vm_moves_with_its_ram(
     result: dict[str, Any] = {}
 
     def destination() -> None:
-        conn, _ = server.accept()
-        with conn:
-            try:
-                result["endpoint"] = receive_live(conn, dst, dest_spec, guest.disk)
-            except Exception as exc:
-                result["error"] = exc
+        try:
+            result["endpoint"] = receive_live(tcp_accept(server), dst, dest_spec, guest.disk)
+        except Exception as exc:
+            result["error"] = exc
 
     thread = threading.Thread(target=destination)
     thread.start()
-    with socket.create_connection(server.getsockname()) as sock:
-        stats = send_live(LiveSource.of(src, "vm", guest.disk), sock)
+    stats = send_live(LiveSource.of(src, "vm", guest.disk), tcp_connect(server.getsockname()))
     thread.join(60)
     server.close()
     assert "error" not in result, result
@@ -130,29 +137,45 @@ def _read_frames(conn: socket.socket, until: bytes) -> None:
             return
 
 
-@pytest.mark.parametrize("dies", ["during the first round", "with the guest paused"])
+@pytest.mark.parametrize(
+    "dies", ["during the first round", "with the guest paused", "after the last frame"]
+)
 def test_a_destination_dying_mid_transfer_leaves_the_vm_at_the_source(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any], dies: str
 ) -> None:
     src = sites["src"]
     _spec, endpoint, token = _boot(guest, tmp_path, src)
     server = _listen()
+    address = server.getsockname()
 
     def dying_destination() -> None:
         conn, _ = server.accept()
+        conn.sendall(_HELLO.pack(b"H", 0, 0))  # nothing held yet
         if dies == "during the first round":
             conn.recv(64 * 1024)
-        else:  # everything arrived, the source paused its guest: die before resuming
+        elif dies == "with the guest paused":  # the source paused its guest: die before 'E'
+            _read_frames(conn, b"S")
+        else:  # everything arrived: die before resuming (or saying so)
             _read_frames(conn, b"E")
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         conn.close()
+        server.close()  # gone: reconnects are refused
 
     thread = threading.Thread(target=dying_destination)
     thread.start()
-    with socket.create_connection(server.getsockname()) as sock, pytest.raises(HandoffError):
-        send_live(LiveSource.of(src, "vm", guest.disk), sock)
+    live = LiveSource.of(src, "vm", guest.disk)
+    with pytest.raises(HandoffError) as failed:
+        send_live(live, tcp_connect(address), resume_within_s=2)
     thread.join(10)
-    server.close()
+    if dies == "after the last frame":
+        # It may run the VM there: the guest stays paused here until someone settles it.
+        assert isinstance(failed.value, HandoffUncertain), failed.value
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://{endpoint}/token", timeout=2)
+        resume_source(src, "vm")
+    else:
+        assert not isinstance(failed.value, HandoffUncertain), failed.value
+        assert "runs on at the source" in str(failed.value)
     assert src.status("vm").state is WorkloadState.RUNNING
     assert _token(endpoint) == token
 
@@ -301,3 +324,147 @@ def test_a_resumed_vm_moves_diffed_against_the_base_ram_both_sites_hold(
         # ... and lyon sent only what differs from that base RAM, not from zeros.
         sent = wait_for(lambda: f.site_events("lyon", "handoff"), 30, "lyon's handoff event")
         assert sent[0]["data"]["memory_base"] == ram_image["digest"]
+
+
+# -- a broken link: the transfer resumes, and there are never two running copies -------
+
+
+def _guest_running(driver: QemuDriver) -> bool:
+    qmp = driver._get("vm").rt.qmp
+    assert qmp is not None
+    with QmpSession(Path(qmp), timeout=5) as session:
+        return bool(session.execute("query-status")["running"])
+
+
+def _handoff(
+    src: QemuDriver,
+    dst: QemuDriver,
+    dest_spec: WorkloadSpec,
+    guest: GuestImage,
+    proxy: dict[str, Any] | None = None,
+    **send: Any,
+) -> tuple[HandoffStats, str, CuttingProxy | None]:
+    """Move workload ``vm`` from ``src`` to ``dst``, through a CuttingProxy if given."""
+    server = _listen()
+    result: dict[str, Any] = {}
+
+    def destination() -> None:
+        try:
+            result["endpoint"] = receive_live(tcp_accept(server), dst, dest_spec, guest.disk)
+        except Exception as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=destination)
+    thread.start()
+    cut = CuttingProxy(server.getsockname(), **proxy) if proxy is not None else None
+    address = cut.address if cut is not None else server.getsockname()
+    try:
+        stats = send_live(LiveSource.of(src, "vm", guest.disk), connect_small(address), **send)
+    finally:
+        thread.join(60)
+        server.close()
+        if cut is not None:
+            cut.close()
+    assert "error" not in result, result
+    assert cut is None or not cut.errors, cut.errors
+    return stats, result["endpoint"], cut
+
+
+def test_a_transfer_cut_mid_round_resumes_where_it_broke(
+    guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
+) -> None:
+    src, dst = sites["src"], sites["dst"]
+    spec, _endpoint, token = _boot(guest, tmp_path, src)
+    # One full transfer to measure one, then the way back, cut once past its half.
+    there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
+    full, there_endpoint, _ = _handoff(src, dst, there, guest)
+    finish_source(src, "vm")
+    assert _token(there_endpoint) == token
+    back = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "back.img")
+    cut_at = full.bytes_sent * 6 // 10
+    stats, back_endpoint, proxy = _handoff(dst, src, back, guest, {"after_bytes": cut_at})
+    assert proxy is not None and proxy.cut.is_set() and len(proxy.forwarded) == 2
+    assert stats.reconnects == 1
+    # The VM runs back at src with its RAM; its copy at dst waits, paused, to be ended.
+    assert _token(back_endpoint) == token
+    assert not _guest_running(dst)
+    finish_source(dst, "vm")
+    assert dst.list() == []
+    # Resumed, not restarted: a restart would send those 60 % again on top of all of it.
+    assert stats.bytes_sent < 1.35 * full.bytes_sent, (stats, full, proxy.forwarded)
+
+
+def test_a_link_cut_with_the_guest_paused_lets_it_run_at_the_source_meanwhile(
+    guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
+) -> None:
+    src, dst = sites["src"], sites["dst"]
+    spec, endpoint, token = _boot(guest, tmp_path, src)
+    there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
+
+    def meanwhile() -> None:  # the destination never had it all: the source runs it
+        wait_for(lambda: _guest_running(src), 10, "the source guest running again")
+        assert _token(endpoint) == token
+
+    # Cut just before the device state: the last delta went, the guest is paused.
+    stats, there_endpoint, _ = _handoff(
+        src, dst, there, guest, {"before_frame": b"S", "on_cut": meanwhile}
+    )
+    assert stats.reconnects == 1
+    assert _token(there_endpoint) == token
+    finish_source(src, "vm")
+    assert src.list() == []
+
+
+def test_a_lost_answer_is_settled_by_the_hello_without_a_second_running_copy(
+    guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
+) -> None:
+    src, dst = sites["src"], sites["dst"]
+    spec, _endpoint, token = _boot(guest, tmp_path, src)
+    there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
+
+    def meanwhile() -> None:  # the destination runs it; the source must stay paused
+        for _ in range(5):
+            assert not _guest_running(src)
+            time.sleep(0.2)
+
+    stats, there_endpoint, _ = _handoff(
+        src, dst, there, guest, {"drop_answer": True, "on_cut": meanwhile}
+    )
+    assert stats.reconnects == 1 and stats.downtime_s > 1.0
+    assert _token(there_endpoint) == token
+    assert not _guest_running(src)
+    finish_source(src, "vm")
+    assert src.list() == []
+
+
+def test_a_link_that_stays_down_leaves_the_vm_at_the_source_and_nothing_there(
+    guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
+) -> None:
+    src, dst = sites["src"], sites["dst"]
+    spec, endpoint, token = _boot(guest, tmp_path, src)
+    there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
+    server = _listen()
+    result: dict[str, Any] = {}
+
+    def destination() -> None:
+        try:
+            receive_live(tcp_accept(server), dst, there, guest.disk, accept_within_s=4)
+        except Exception as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=destination)
+    thread.start()
+    # The link breaks after 1 MB and stays down longer than both sides wait.
+    proxy = CuttingProxy(server.getsockname(), after_bytes=1 << 20, hold_s=8)
+    with pytest.raises(HandoffError) as failed:
+        send_live(LiveSource.of(src, "vm", guest.disk), connect_small(proxy.address),
+                  resume_within_s=2, link_timeout_s=1)  # fmt: skip
+    thread.join(30)
+    server.close()
+    proxy.close()
+    assert not isinstance(failed.value, HandoffUncertain)
+    assert "runs on at the source" in str(failed.value)
+    assert _guest_running(src) and _token(endpoint) == token
+    # The destination gave up after its own wait and kept nothing.
+    assert "no source connected" in str(result.get("error")), result
+    assert not there.disk_image.exists() and dst.list() == []  # type: ignore[union-attr]
