@@ -25,6 +25,8 @@ PUBLIC = frozenset(
         ("get", "/healthz"),
         # Open to any caller who knows the app's name until client tokens exist (#12).
         ("get", "/v1/discover"),
+        # Public keys: what sites and app backends check client tokens with.
+        ("get", "/v1/client-tokens/keys"),
     }
 )
 _REASONS = {
