@@ -14,10 +14,10 @@ import sqlite3
 from dataclasses import dataclass
 
 from cloudlet.agent.store import Store, set_meta
-from cloudlet.client_tokens import ClientClaims, Verifier
 from cloudlet.errors import AuthError
 from cloudlet.schemas.client_tokens import ClientKey
 from cloudlet.schemas.common import bearer_secret
+from cloudlet.tokens import ClientClaims, Verifier
 
 #: Meta key: the client-token public keys (a JSON list of JWKs; absent: none yet).
 CLIENT_KEYS = "client_keys"

@@ -36,7 +36,7 @@ import socket
 from collections.abc import Awaitable, Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request, Response
@@ -168,7 +168,7 @@ def create_app(
     def authorized(request: Request) -> Caller:
         return auth.caller(request.headers.get("authorization"))
 
-    Writer = Annotated[Caller, Depends(authorized)]
+    writer = Depends(authorized)
 
     def may_change(caller: Caller, instance_id: str) -> None:
         """A client may change only instances of its token's project and apps."""
@@ -224,7 +224,7 @@ def create_app(
             return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/local/instances", status_code=202, response_model=ActualInstance)
-    async def start_instance(body: LocalInstanceCreate, caller: Writer) -> ActualInstance:
+    async def start_instance(body: LocalInstanceCreate, caller: Caller = writer) -> ActualInstance:
         claims = caller.client
         if claims is None:
             inst = desired.add_site_instance(store, body.app, body.name)
@@ -253,7 +253,9 @@ def create_app(
         status_code=202,
         response_model=ActualInstance,
     )
-    async def act(instance_id: str, action: InstanceAction, caller: Writer) -> ActualInstance:
+    async def act(
+        instance_id: str, action: InstanceAction, caller: Caller = writer
+    ) -> ActualInstance:
         may_change(caller, instance_id)
         if action is InstanceAction.RESTART:
             if restart is None:
@@ -273,7 +275,7 @@ def create_app(
         return get_instance(instance_id)
 
     @app.delete("/v1/local/instances/{instance_id}", status_code=202)
-    async def delete_instance(instance_id: str, caller: Writer) -> Response:
+    async def delete_instance(instance_id: str, caller: Caller = writer) -> Response:
         may_change(caller, instance_id)
         desired.remove_site_instance(store, instance_id)
         on_desired_change()

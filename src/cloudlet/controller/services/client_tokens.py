@@ -16,7 +16,6 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cloudlet._secret_file import write_secret
-from cloudlet.client_tokens import SigningKey
 from cloudlet.controller.db.dialect import announce_revision, insert_ignore
 from cloudlet.controller.db.models import App, ClientTokenKey, Site
 from cloudlet.controller.services._util import utcnow
@@ -25,6 +24,7 @@ from cloudlet.errors import ConfigError, NotFoundError
 from cloudlet.schemas import SiteState
 from cloudlet.schemas.client_tokens import ClientKey, ClientToken, ClientTokenCreate
 from cloudlet.settings import ControllerSettings
+from cloudlet.tokens import SigningKey
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from cloudlet.client_tokens import ISSUER, TOKEN_TYPE, SigningKey, Verifier, thumbprint
 from cloudlet.errors import AuthError, ConfigError, ForbiddenError, TokenExpiredError
+from cloudlet.tokens import ISSUER, TOKEN_TYPE, SigningKey, Verifier, thumbprint
 
 PRIVATE = Ed25519PrivateKey.generate()
 KEY = SigningKey(PRIVATE)
