@@ -28,6 +28,12 @@ def store_keys(conn: sqlite3.Connection, keys: list[ClientKey]) -> None:
     set_meta(conn, CLIENT_KEYS, json.dumps([k.model_dump(mode="json") for k in keys]))
 
 
+def held_kids(store: Store) -> list[str]:
+    """The ids of the keys this site checks client tokens with (for /healthz)."""
+    raw = store.get_meta(CLIENT_KEYS)
+    return [k["kid"] for k in json.loads(raw)] if raw else []
+
+
 @dataclass(frozen=True)
 class Caller:
     """The operator (the site-local token, or anyone on loopback) or a token's client."""

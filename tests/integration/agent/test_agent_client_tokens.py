@@ -99,6 +99,7 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
             return any(i["app"] == "maps" for i in httpx.get(f"{url}/v1/local/instances").json())
 
         wait_for(holds_the_definition, 30, f"the site holding maps\n{agent.proc.log_tail()}")
+        assert agent.health()["client_token_keys"] == [k["kid"] for k in keys]
         controller.stop()
         wait_for(lambda: agent.health()["controller_reachable"] is False, 30, "cut off")
 
