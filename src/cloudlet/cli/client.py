@@ -9,6 +9,7 @@ import typer
 
 from cloudlet import client as cl
 from cloudlet.cli._client import resolve_token
+from cloudlet.cli._config import ClientConfig
 from cloudlet.cli._context import JsonOpt, ctx_of, parse_near
 from cloudlet.cli._output import console, emit_json, show
 from cloudlet.errors import AuthError, InvalidInputError
@@ -83,9 +84,10 @@ def connect(
 ) -> None:
     """Pick the cloudlet with the lowest measured RTT and start or join APP there."""
     lat, lon = parse_near(near)
-    settings = ctx_of(ctx).settings()
+    s = ctx_of(ctx).settings()
+    config = ClientConfig(s.controller_url, s.token, s.controller.port, s.controller.data_dir)
     try:
-        token: str | None = resolve_token(settings)
+        token: str | None = resolve_token(config)
     except AuthError:
         token = None  # then only sites that hold the app's definition can start it
     conn = cl.connect(
