@@ -177,6 +177,11 @@ class ControllerSettings(BaseModel):
         description="Furthest an event's sequence may run past a site's last acknowledged "
         "one (events past it are refused).",
     )
+    client_token_key_file: Path | None = Field(
+        None,
+        description="PEM Ed25519 private key client tokens are signed with (default: one "
+        "made at first start in data_dir/client-token.key, mode 0600).",
+    )
     log_level: str = Field("info", description="Python log level.")
     mobility: MobilitySettings = Field(default_factory=MobilitySettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cloudlet import __version__
-from cloudlet.agent import outbox, usage
+from cloudlet.agent import client_auth, outbox, usage
 from cloudlet.agent._crash_loop import CrashWatch
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
@@ -228,6 +228,7 @@ class Agent:
             "artifact_bytes_received": self.stager.bytes_received,
             "announced": self.announcer.announced,
             "upgrade": self.upgrader.status(),
+            "client_token_keys": client_auth.held_kids(self.store),
         }
 
     # -- run ----------------------------------------------------------------------------

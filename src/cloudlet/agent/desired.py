@@ -21,7 +21,7 @@ import sqlite3
 import uuid
 from dataclasses import dataclass
 
-from cloudlet.agent import outbox
+from cloudlet.agent import client_auth, outbox
 from cloudlet.agent.store import AGENT_TARGET, CURSOR, Store, get_meta, set_meta
 from cloudlet.errors import ConflictError, NotFoundError, SyncError
 from cloudlet.schemas import (
@@ -117,6 +117,8 @@ def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
             [(d,) for d in doc.images],
         )
         set_meta(conn, AGENT_TARGET, doc.agent.model_dump_json() if doc.agent else "")
+        if doc.client_keys is not None:
+            client_auth.store_keys(conn, doc.client_keys)
         set_meta(conn, CURSOR, doc.revision)
     return changed
 
@@ -165,12 +167,20 @@ def forget(store: Store, instance_ids: list[str]) -> None:
         )
 
 
-def add_site_instance(store: Store, app: str, name: str | None = None) -> DesiredInstance:
+def add_site_instance(
+    store: Store,
+    app: str,
+    name: str | None = None,
+    project: str | None = None,
+    client: dict[str, str] | None = None,
+) -> DesiredInstance:
     """Start an app at this site on a local client's request (works offline).
 
-    The app's definition comes from any instance of it the site holds; the new
+    The app's definition comes from any instance of it the site holds (of ``project``
+    when given: a client token's, which the instance is then metered to); the new
     instance is site-origin (no snapshot removes it) and announced to the controller
-    by an INSTANCE_CREATED event, written in the same transaction.
+    by an INSTANCE_CREATED event, written in the same transaction, naming the
+    ``client`` (its token's subject and id) if there is one.
 
     Raises:
         NotFoundError: this site holds no instance of ``app`` to take its definition from.
@@ -180,10 +190,13 @@ def add_site_instance(store: Store, app: str, name: str | None = None) -> Desire
         for row in conn.execute("SELECT doc FROM desired ORDER BY origin, revision DESC"):
             candidate = DesiredInstance.model_validate_json(row["doc"])
             if candidate.app == app and candidate.components:
+                if project is not None and candidate.project != project:
+                    continue
                 template = candidate
                 break
         if template is None:
-            raise NotFoundError(f"this site holds no definition of app {app!r}")
+            whose = f" of project {project!r}" if project is not None else ""
+            raise NotFoundError(f"this site holds no definition of app {app!r}{whose}")
         instance_id = str(uuid.uuid4())
         inst = template.model_copy(
             update={
@@ -204,9 +217,19 @@ def add_site_instance(store: Store, app: str, name: str | None = None) -> Desire
                 "project": inst.project,
                 "origin": InstanceOrigin.SITE.value,
                 "template": template.id,
+                **({"client": client} if client else {}),
             },
         )
     return inst
+
+
+def get_entry(store: Store, instance_id: str) -> DesiredEntry | None:
+    """The desired entry of one instance, if the site holds it."""
+    rows = store.query("SELECT origin, doc FROM desired WHERE id = ?", (instance_id,))
+    if not rows:
+        return None
+    doc = DesiredInstance.model_validate_json(rows[0]["doc"])
+    return DesiredEntry(doc, InstanceOrigin(rows[0]["origin"]))
 
 
 def set_local_state(store: Store, instance_id: str, state: DesiredState) -> DesiredInstance:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import typer
 
 from cloudlet import client as cl
 from cloudlet.cli._client import resolve_token
+from cloudlet.cli._config import ClientConfig
 from cloudlet.cli._context import JsonOpt, ctx_of, parse_near
 from cloudlet.cli._output import console, emit_json, show
-from cloudlet.errors import AuthError
+from cloudlet.errors import AuthError, InvalidInputError
 
 app = typer.Typer(help="Act as a client: find the best cloudlet, start or join an app.")
+tokens = typer.Typer(help="Client tokens: what an app's end users show a site to start it.")
+app.add_typer(tokens, name="token")
 
 NearOpt = typer.Option(None, "--near", help="The client's position LAT,LON.")
 
@@ -64,18 +68,26 @@ def connect(
     top: int = typer.Option(3, help="How many of the ranked sites to measure."),
     offline: bool = typer.Option(False, help="Skip the controller: browse the LAN (DNS-SD)."),
     timeout: float = typer.Option(60.0, help="Longest wait for the app to run."),
+    client_token: str | None = typer.Option(
+        None,
+        "--client-token",
+        envvar="CLOUDLET_CLIENT_TOKEN",
+        help="A client token naming APP (cloudlet client token create): sites check it "
+        "offline too before they start the app, and meter the instance to its project.",
+    ),
     local_token: str | None = typer.Option(
         None,
         envvar="CLOUDLET_LOCAL_TOKEN",
-        help="The site-local token, for sites whose local API listens beyond loopback.",
+        help="The site-local token (the site operator's), instead of a client token.",
     ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Pick the cloudlet with the lowest measured RTT and start or join APP there."""
     lat, lon = parse_near(near)
-    settings = ctx_of(ctx).settings()
+    s = ctx_of(ctx).settings()
+    config = ClientConfig(s.controller_url, s.token, s.controller.port, s.controller.data_dir)
     try:
-        token: str | None = resolve_token(settings)
+        token: str | None = resolve_token(config)
     except AuthError:
         token = None  # then only sites that hold the app's definition can start it
     conn = cl.connect(
@@ -86,7 +98,7 @@ def connect(
         top=top,
         timeout=timeout,
         token=token,
-        local_token=local_token,
+        local_token=client_token or local_token,
     )
     if as_json:
         emit_json(dataclasses.asdict(conn))
@@ -96,3 +108,35 @@ def connect(
         f"{verb} [bold]{app_name}[/] at site [bold]{conn.site}[/] "
         f"({_ms(conn.measured_rtt_ms)} ms): {conn.endpoint}"
     )
+
+
+_DURATION = re.compile(r"^(\d+)([smhd]?)$")
+_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(value: str) -> int:
+    """Seconds in ``90``, ``90s``, ``10m``, ``8h`` or ``7d``."""
+    m = _DURATION.match(value.strip())
+    if m is None:
+        raise InvalidInputError(f"--ttl must be a duration like 600, 10m, 8h or 7d, not {value!r}")
+    return int(m[1]) * _UNIT[m[2]]
+
+
+@tokens.command("create")
+def create_token(
+    ctx: typer.Context,
+    project: str = typer.Option(..., "--project", help="The project the client is metered to."),
+    apps: list[str] = typer.Option(..., "--app", help="An app it may start (repeat for more)."),
+    ttl: str = typer.Option("8h", "--ttl", help="Lifetime: 600, 10m, 8h, 7d (at most 30d)."),
+    subject: str | None = typer.Option(None, help="Who carries it (a device, a person)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sign a client token for apps of a project; print it (it is not stored)."""
+    body = {"project": project, "apps": apps, "ttl_s": parse_ttl(ttl)}
+    if subject is not None:
+        body["subject"] = subject
+    created = ctx_of(ctx).client().post("/v1/client-tokens", body)
+    if as_json:
+        emit_json(created)
+    else:
+        print(created["token"])

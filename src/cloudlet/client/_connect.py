@@ -149,8 +149,9 @@ def connect(
 
     A site starts an app through its local API only if it holds the app's
     definition already; otherwise, given an API ``token``, the controller is asked
-    to start it at that site. A site-local API that listens beyond loopback needs
-    its ``local_token`` to start one.
+    to start it at that site. ``local_token`` is what the site-local API is shown: a
+    client token naming ``app`` (the site checks it offline too and meters the
+    instance to its project), or the site operator's site-local token.
 
     Raises:
         CloudletError: no site answered, or none could start the app in time.

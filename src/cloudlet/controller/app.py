@@ -19,6 +19,7 @@ from cloudlet.controller.api import (
     apps,
     artifacts,
     checkpoints,
+    client_tokens,
     discover,
     events,
     instances,
@@ -37,6 +38,7 @@ from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
 from cloudlet.controller.services import agent_packages
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services.auth import bootstrap
+from cloudlet.controller.services.client_tokens import load_signing_key, register_key
 from cloudlet.controller.state import ControllerState
 from cloudlet.controller.webhook import AlarmWebhook
 from cloudlet.settings import ControllerSettings
@@ -87,15 +89,18 @@ class TrafficMiddleware:
 
 
 def open_state(settings: ControllerSettings) -> ControllerState:
-    """Connect to the database, migrate it, bootstrap the admin identity and open
-    the artifact store (ConfigError if its S3 bucket is missing or refused)."""
+    """Connect to the database, migrate it, bootstrap the admin identity and the
+    client-token key, and open the artifact store (ConfigError if its S3 bucket is
+    missing or refused, or the configured signing key is unusable)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     artifacts = ArtifactStore.from_settings(settings)
+    client_key = load_signing_key(settings)
     engine = make_engine(settings.database_url or default_url(settings.data_dir))
     upgrade(engine)
     sessions = make_sessionmaker(engine)
     with sessions.begin() as session:
         bootstrap(session, settings.data_dir)
+        register_key(session, client_key.public)
     loop_connection = engine.connect() if is_sqlite(engine) else None
     state = ControllerState(
         settings=settings,
@@ -103,6 +108,7 @@ def open_state(settings: ControllerSettings) -> ControllerState:
         sessions=sessions,
         artifacts=artifacts,
         loop_connection=loop_connection,
+        client_key=client_key,
     )
     state.metrics = ControllerMetrics(engine, settings.offline_grace_s, state.watcher)
     if settings.alarms.webhook_url:
@@ -137,7 +143,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
-        upgrades, rollouts, checkpoints,
+        upgrades, rollouts, checkpoints, client_tokens,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -152,6 +152,8 @@ class ControllerState:
     #: Where agents dial this replica's handoff relay (host:port, or :port for the
     #: host they reach the controller at); None while it has none (``controller.relay``).
     relay_address: str | None = None
+    #: The key this replica signs client tokens with (``cloudlet.tokens``).
+    client_key: Any = None
 
     def __post_init__(self) -> None:
         self.reads = ShortReads(self.engine, self.loop_connection)

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field
 from cloudlet.schemas._base import Input, Model
 from cloudlet.schemas.apps import Component
 from cloudlet.schemas.artifacts import CachedImage
+from cloudlet.schemas.client_tokens import ClientKey
 from cloudlet.schemas.common import Float, Integer, Name, Project, Ref, Resources, Utilization
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
@@ -95,6 +96,11 @@ class DesiredStateDoc(Model):
     )
     agent: AgentTarget | None = Field(
         None, description="The agent version to run (always complete); None: keep the current."
+    )
+    client_keys: list[ClientKey] | None = Field(
+        None,
+        description="The public keys client tokens are signed with (always the full set); "
+        "None: a controller that does not say, keep the ones held.",
     )
 
 

@@ -23,8 +23,11 @@ PUBLIC = frozenset(
     {
         ("post", "/v1/agent/enroll"),
         ("get", "/healthz"),
-        # Open to any caller who knows the app's name until client tokens exist (#12).
+        # Open to any caller who knows the app's name; client tokens gate starting an
+        # app at a site, not (yet) asking where it runs (#12).
         ("get", "/v1/discover"),
+        # Public keys: what sites and app backends check client tokens with.
+        ("get", "/v1/client-tokens/keys"),
     }
 )
 _REASONS = {

@@ -470,3 +470,17 @@ class SiteCache(Base):
     )
     entries: Mapped[list[Any]]
     reported_at: Mapped[datetime]
+
+
+class ClientTokenKey(Base):
+    """A public key client tokens may be signed with; every site is given them all.
+
+    Only the public half is stored: each controller replica keeps its private key in its
+    own data directory (or the operator's key file) and registers its public key here.
+    """
+
+    __tablename__ = "client_token_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    public_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]

@@ -1,0 +1,60 @@
+"""Client tokens: what the controller signs for an app's end users, and the keys sites check
+them with (a JWK set of Ed25519 public keys)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from cloudlet.schemas._base import Input, Model
+from cloudlet.schemas.common import Name, Project
+
+#: The longest a client token may live: sites cannot learn of a revocation yet, so
+#: the expiry is the only end a token has.
+MAX_TTL_S = 30 * 24 * 3600
+DEFAULT_TTL_S = 8 * 3600
+
+Subject = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
+
+
+class ClientTokenCreate(Input):
+    """Mint a client token: the project it is metered to, the apps it may start."""
+
+    project: Project
+    apps: list[Name] = Field(min_length=1, max_length=64, description="Apps of the project.")
+    ttl_s: int = Field(DEFAULT_TTL_S, ge=60, le=MAX_TTL_S, description="Lifetime in seconds.")
+    subject: Subject | None = Field(
+        None, description="Who carries it (a device, a person); a random id when omitted."
+    )
+
+
+class ClientToken(Model):
+    """A minted client token (a compact JWS, EdDSA) and what it says."""
+
+    token: str = Field(description="The token; shown once, not stored by the controller.")
+    kid: str = Field(description="The id of the key that signed it.")
+    jti: str
+    subject: str
+    project: str
+    apps: list[str]
+    issued_at: datetime
+    expires_at: datetime
+
+
+class ClientKey(Model):
+    """One public key client tokens are signed with, as a JWK (RFC 8037, OKP)."""
+
+    kty: Literal["OKP"] = "OKP"
+    crv: Literal["Ed25519"] = "Ed25519"
+    alg: Literal["EdDSA"] = "EdDSA"
+    use: Literal["sig"] = "sig"
+    kid: str = Field(min_length=1, max_length=64, description="RFC 7638 thumbprint.")
+    x: str = Field(min_length=43, max_length=43, description="The public key, base64url.")
+
+
+class ClientKeySet(Model):
+    """The JWK set sites verify client tokens with."""
+
+    keys: list[ClientKey]
