@@ -5,34 +5,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
-from sqlalchemy import inspect, text
+from migration_steps import indexes, migrate
+from sqlalchemy import text
 
-from cloudlet.controller.db.engine import alembic_config, make_engine, upgrade
+from cloudlet.controller.db.engine import make_engine, upgrade
 
 NEW = {"ix_sites_behind"}
-
-
-def _run(engine, target: str, down: bool = False) -> None:  # type: ignore[no-untyped-def]
-    with engine.begin() as connection:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(cfg, target)
-
-
-def _indexes(engine) -> set[str]:  # type: ignore[no-untyped-def]
-    return {i["name"] for i in inspect(engine).get_indexes("sites")}
 
 
 def test_liveness_indexes_go_down_and_up_again(database_url: str | None, tmp_path: Path) -> None:
     engine = make_engine(database_url or f"sqlite:///{tmp_path / 'c.db'}")
     try:
         upgrade(engine)
-        assert _indexes(engine) >= NEW
-        _run(engine, "0010", down=True)
-        assert not NEW & _indexes(engine)
-        _run(engine, "head")
-        assert _indexes(engine) >= NEW
+        assert indexes(engine, "sites") >= NEW
+        migrate(engine, "0010", down=True)
+        assert not NEW & indexes(engine, "sites")
+        migrate(engine, "head")
+        assert indexes(engine, "sites") >= NEW
     finally:
         engine.dispose()
 

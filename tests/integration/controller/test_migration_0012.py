@@ -4,17 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from alembic import command
+from migration_steps import migrate
 from sqlalchemy import inspect
 
-from cloudlet.controller.db.engine import alembic_config, make_engine, upgrade
-
-
-def _run(engine, target: str, down: bool = False) -> None:  # type: ignore[no-untyped-def]
-    with engine.begin() as connection:
-        cfg = alembic_config(engine)
-        cfg.attributes["connection"] = connection
-        (command.downgrade if down else command.upgrade)(cfg, target)
+from cloudlet.controller.db.engine import make_engine, upgrade
 
 
 def _columns(engine, table: str) -> set[str]:  # type: ignore[no-untyped-def]
@@ -33,11 +26,11 @@ def test_checkpoints_migration_goes_down_and_up_again(
         )
         assert "checkpoint_interval_s" in _columns(engine, "apps")
         assert "checkpoint_id" in _columns(engine, "handoffs")
-        _run(engine, "0011", down=True)
+        migrate(engine, "0011", down=True)
         assert "checkpoints" not in inspect(engine).get_table_names()
         assert "checkpoint_interval_s" not in _columns(engine, "apps")
         assert "checkpoint_id" not in _columns(engine, "handoffs")
-        _run(engine, "head")
+        migrate(engine, "head")
         assert "checkpoints" in inspect(engine).get_table_names()
     finally:
         engine.dispose()
