@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ from typing import Any
 import httpx
 import pytest
 from mobility_fleet import fleet, upload
+from vm_sites import MIB, QEMU_MARKS, boot, guest_token, two_drivers
 
-from cloudlet.compute import WorkloadSpec, WorkloadState
+from cloudlet.compute import WorkloadState
 from cloudlet.compute.ports import free_port
 from cloudlet.compute.qemu import QemuDriver, device_state_of
 from cloudlet.compute.qemu.checkpoint import (
@@ -29,30 +29,13 @@ from cloudlet.compute.qemu.handoff import LiveSource
 from cloudlet.testbed.guest import GuestImage
 from cloudlet.testbed.local import wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
-    ),
-]
-MIB = 256
-
-
-def _token(endpoint: str) -> str:
-    return httpx.get(f"http://{endpoint}/token", timeout=5).text.strip()
+pytestmark = QEMU_MARKS
 
 
 @pytest.fixture
-def sites(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    options: dict[str, Any] = {"stop_timeout": 10.0, "poll_interval": 0.05}
-    src = QemuDriver(tmp_path / "src", **options)
-    dst = QemuDriver(tmp_path / "dst", **options)
-    try:
-        yield {"src": src, "dst": dst}
-    finally:
-        src.close()
-        dst.close()
+def sites(tmp_path: Path) -> Iterator[dict[str, QemuDriver]]:
+    with two_drivers(tmp_path) as drivers:
+        yield drivers
 
 
 @pytest.mark.parametrize("ram_base", ["zeros", "a base RAM image"])
@@ -60,15 +43,7 @@ def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any], ram_base: str
 ) -> None:
     src, dst = sites["src"], sites["dst"]
-    disk = tmp_path / "src-disk.img"
-    shutil.copyfile(guest.disk, disk)
-    spec = WorkloadSpec(
-        "vm", port=free_port(), guest_port=guest.guest_port, memory_mib=MIB, disk_image=disk,
-        env=guest.vm_env(),
-    )  # fmt: skip
-    src.create(spec)
-    endpoint = src.start("vm").endpoint or ""
-    token = wait_for(lambda: _token(endpoint), 120, "the guest's service")
+    spec, endpoint, token = boot(guest, tmp_path, src)
 
     base_memory = None
     if ram_base != "zeros":
@@ -82,7 +57,7 @@ def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
     print(f"checkpoint: {stats.bytes} bytes, paused {stats.pause_s}s, rounds {stats.rounds}")
     # The source guest runs on: it answers, with the same RAM.
     assert src.status("vm").state is WorkloadState.RUNNING
-    assert _token(endpoint) == token
+    assert guest_token(endpoint) == token
     assert out.read_bytes()[: len(MAGIC)] == MAGIC
     assert stats.rounds[-1].get("paused") == 1 and stats.device_state_bytes > 0
     assert 0 < stats.pause_s < stats.total_s
@@ -99,8 +74,8 @@ def test_a_checkpoint_resumes_the_guest_elsewhere_and_the_source_runs_on(
     dst.create(dest_spec)
     status = dst.start("vm")
     assert status.state is WorkloadState.RUNNING, status.reason
-    assert wait_for(lambda: _token(status.endpoint or ""), 60, "the restored guest") == token
-    assert _token(endpoint) == token  # both run: fencing is the agents' job, by epoch
+    assert wait_for(lambda: guest_token(status.endpoint or ""), 60, "the restored guest") == token
+    assert guest_token(endpoint) == token  # both run: fencing is the agents' job, by epoch
 
 
 def test_a_truncated_checkpoint_restores_nothing(tmp_path: Path) -> None:
@@ -132,7 +107,7 @@ def test_a_vm_fails_over_from_its_checkpoint_between_real_agents(
         f.api.post("/v1/apps", json=app).raise_for_status()
         created = f.api.post("/v1/instances", json={"app": "vm-app", "site": "lyon"}).json()
         item = f.wait_running_at(created["id"], "lyon", timeout=240)
-        iid, token = item["id"], _token(item["endpoint"])
+        iid, token = item["id"], guest_token(item["endpoint"])
         kept = wait_for(
             lambda: f.api.get(f"/v1/instances/{iid}/checkpoints").json(), 60, "a VM checkpoint"
         )
@@ -143,7 +118,7 @@ def test_a_vm_fails_over_from_its_checkpoint_between_real_agents(
         f.links["lyon"].cut()
         moved = f.wait_running_at(iid, "paris", timeout=120)
         assert moved["epoch"] == 1
-        assert _token(moved["endpoint"]) == token
+        assert guest_token(moved["endpoint"]) == token
         restored = wait_for(
             lambda: [
                 e for e in f.site_events("paris", "checkpoint") if e["data"]["phase"] == "restored"
@@ -155,12 +130,12 @@ def test_a_vm_fails_over_from_its_checkpoint_between_real_agents(
         # The link returns: lyon's stale copy goes, its checkpoints are refused.
         f.links["lyon"].restore()
         wait_for(lambda: not _serves(item["endpoint"]), 60, "lyon's stale copy stopped")
-        assert _token(moved["endpoint"]) == token
+        assert guest_token(moved["endpoint"]) == token
 
 
 def _serves(endpoint: str) -> bool:
     try:
-        _token(endpoint)
+        guest_token(endpoint)
     except httpx.HTTPError:
         return False
     return True

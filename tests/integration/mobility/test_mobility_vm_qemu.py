@@ -19,6 +19,7 @@ import httpx
 import pytest
 from cutting_proxy import CuttingProxy, connect_small
 from mobility_fleet import BOUND_MS, SITES, fleet, upload
+from vm_sites import MIB, QEMU_MARKS, boot, guest_token, two_drivers
 
 from cloudlet.compute import WorkloadSpec, WorkloadState
 from cloudlet.compute.ports import free_port
@@ -43,44 +44,14 @@ from cloudlet.synthesis import create_overlay
 from cloudlet.testbed.guest import GuestImage, with_page
 from cloudlet.testbed.local import wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.qemu,
-    pytest.mark.skipif(
-        shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"
-    ),
-]
-MIB = 256
+pytestmark = QEMU_MARKS
 PAGE = "served from inside a VM that moves\n"
 
 
-def _token(endpoint: str) -> str:
-    return httpx.get(f"http://{endpoint}/token", timeout=5).text.strip()
-
-
 @pytest.fixture
-def sites(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    options: dict[str, Any] = {"stop_timeout": 10.0, "poll_interval": 0.05}
-    src = QemuDriver(tmp_path / "src", **options)
-    dst = QemuDriver(tmp_path / "dst", **options)
-    try:
-        yield {"src": src, "dst": dst}
-    finally:
-        src.close()
-        dst.close()
-
-
-def _boot(guest: GuestImage, tmp_path: Path, driver: QemuDriver) -> tuple[WorkloadSpec, str, str]:
-    disk = tmp_path / "src-disk.img"
-    shutil.copyfile(guest.disk, disk)
-    spec = WorkloadSpec(
-        "vm", port=free_port(), guest_port=guest.guest_port, memory_mib=MIB, disk_image=disk,
-        env=guest.vm_env(),
-    )  # fmt: skip
-    driver.create(spec)
-    endpoint = driver.start("vm").endpoint or ""
-    token = wait_for(lambda: _token(endpoint), 120, "the guest's service")
-    return spec, endpoint, token
+def sites(tmp_path: Path) -> Iterator[dict[str, QemuDriver]]:
+    with two_drivers(tmp_path) as drivers:
+        yield drivers
 
 
 def _listen() -> socket.socket:
@@ -94,7 +65,7 @@ def test_a_running_vm_moves_with_its_ram(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
 ) -> None:
     src, dst = sites["src"], sites["dst"]
-    spec, endpoint, token = _boot(guest, tmp_path, src)
+    spec, endpoint, token = boot(guest, tmp_path, src)
     dest_spec = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "dst-disk.img")
     server = _listen()
     result: dict[str, Any] = {}
@@ -113,7 +84,7 @@ def test_a_running_vm_moves_with_its_ram(
     assert "error" not in result, result
     finish_source(src, "vm")
     # The same guest runs on at the destination: the token lives only in its RAM.
-    assert _token(result["endpoint"]) == token
+    assert guest_token(result["endpoint"]) == token
     assert dst.status("vm").state is WorkloadState.RUNNING
     assert src.list() == []
     with pytest.raises(httpx.HTTPError):
@@ -144,7 +115,7 @@ def test_a_destination_dying_mid_transfer_leaves_the_vm_at_the_source(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any], dies: str
 ) -> None:
     src = sites["src"]
-    _spec, endpoint, token = _boot(guest, tmp_path, src)
+    _spec, endpoint, token = boot(guest, tmp_path, src)
     server = _listen()
     address = server.getsockname()
 
@@ -177,7 +148,7 @@ def test_a_destination_dying_mid_transfer_leaves_the_vm_at_the_source(
         assert not isinstance(failed.value, HandoffUncertain), failed.value
         assert "runs on at the source" in str(failed.value)
     assert src.status("vm").state is WorkloadState.RUNNING
-    assert _token(endpoint) == token
+    assert guest_token(endpoint) == token
 
 
 def test_a_vm_instance_follows_its_client_between_real_agents(
@@ -211,7 +182,7 @@ def test_a_vm_instance_follows_its_client_between_real_agents(
         )  # fmt: skip
         assert created.status_code == 201, created.text
         item = f.wait_running_at(created.json()["id"], "lyon", timeout=240)
-        token = _token(item["endpoint"])
+        token = guest_token(item["endpoint"])
         assert httpx.get(f"http://{item['endpoint']}/", timeout=5).text == PAGE
 
         plat, plon = SITES["paris"]
@@ -221,7 +192,7 @@ def test_a_vm_instance_follows_its_client_between_real_agents(
         moved = f.wait_running_at(item["id"], "paris", timeout=240)
         assert moved["epoch"] == 1
         # The same guest runs on at paris: no reboot, its RAM-only token came along.
-        assert _token(moved["endpoint"]) == token
+        assert guest_token(moved["endpoint"]) == token
         (handoff,) = f.api.get("/v1/handoffs", params={"instance": item["id"]}).json()
         assert handoff["kind"] == "vm" and handoff["phase"] == "done"
         assert 0 < handoff["bytes"] < MIB * 1024 * 1024
@@ -252,7 +223,7 @@ def test_killing_the_destination_agent_mid_handoff_leaves_the_vm_at_the_source(
         f.api.post("/v1/apps", json=app).raise_for_status()
         created = f.api.post("/v1/instances", json={"app": "vm-app", "site": "lyon"}).json()
         item = f.wait_running_at(created["id"], "lyon", timeout=240)
-        token = _token(item["endpoint"])
+        token = guest_token(item["endpoint"])
         move = f.api.post(f"/v1/instances/{item['id']}/move", json={"to": "paris"})
         assert move.status_code == 202, move.text
 
@@ -272,7 +243,7 @@ def test_killing_the_destination_agent_mid_handoff_leaves_the_vm_at_the_source(
         # The same guest runs on at lyon (no reboot: the RAM-only token is unchanged).
         back = f.wait_running_at(item["id"], "lyon", timeout=60)
         assert back["epoch"] == 0 and back["endpoint"] == item["endpoint"]
-        assert _token(back["endpoint"]) == token
+        assert guest_token(back["endpoint"]) == token
 
 
 def _capture(guest: GuestImage, disk: Path, ram: Path) -> Path:
@@ -314,13 +285,13 @@ def test_a_resumed_vm_moves_diffed_against_the_base_ram_both_sites_hold(
         f.api.post("/v1/apps", json=app).raise_for_status()
         created = f.api.post("/v1/instances", json={"app": "vm-app", "site": "lyon"}).json()
         item = f.wait_running_at(created["id"], "lyon", timeout=240)
-        token = _token(item["endpoint"])
+        token = guest_token(item["endpoint"])
         assert token.encode() in ram.read_bytes()  # resumed, not booted
         move = f.api.post(f"/v1/instances/{item['id']}/move", json={"to": "paris"})
         assert move.status_code == 202, move.text
         moved = f.wait_running_at(item["id"], "paris", timeout=240)
         # The RAM came out right at paris, rebuilt on the base RAM it fetched for it...
-        assert _token(moved["endpoint"]) == token
+        assert guest_token(moved["endpoint"]) == token
         # ... and lyon sent only what differs from that base RAM, not from zeros.
         sent = wait_for(lambda: f.site_events("lyon", "handoff"), 30, "lyon's handoff event")
         assert sent[0]["data"]["memory_base"] == ram_image["digest"]
@@ -374,19 +345,19 @@ def test_a_transfer_cut_mid_round_resumes_where_it_broke(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
 ) -> None:
     src, dst = sites["src"], sites["dst"]
-    spec, _endpoint, token = _boot(guest, tmp_path, src)
+    spec, _endpoint, token = boot(guest, tmp_path, src)
     # One full transfer to measure one, then the way back, cut once past its half.
     there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
     full, there_endpoint, _ = _handoff(src, dst, there, guest)
     finish_source(src, "vm")
-    assert _token(there_endpoint) == token
+    assert guest_token(there_endpoint) == token
     back = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "back.img")
     cut_at = full.bytes_sent * 6 // 10
     stats, back_endpoint, proxy = _handoff(dst, src, back, guest, {"after_bytes": cut_at})
     assert proxy is not None and proxy.cut.is_set() and len(proxy.forwarded) == 2
     assert stats.reconnects == 1
     # The VM runs back at src with its RAM; its copy at dst waits, paused, to be ended.
-    assert _token(back_endpoint) == token
+    assert guest_token(back_endpoint) == token
     assert not _guest_running(dst)
     finish_source(dst, "vm")
     assert dst.list() == []
@@ -398,19 +369,19 @@ def test_a_link_cut_with_the_guest_paused_lets_it_run_at_the_source_meanwhile(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
 ) -> None:
     src, dst = sites["src"], sites["dst"]
-    spec, endpoint, token = _boot(guest, tmp_path, src)
+    spec, endpoint, token = boot(guest, tmp_path, src)
     there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
 
     def meanwhile() -> None:  # the destination never had it all: the source runs it
         wait_for(lambda: _guest_running(src), 10, "the source guest running again")
-        assert _token(endpoint) == token
+        assert guest_token(endpoint) == token
 
     # Cut just before the device state: the last delta went, the guest is paused.
     stats, there_endpoint, _ = _handoff(
         src, dst, there, guest, {"before_frame": b"S", "on_cut": meanwhile}
     )
     assert stats.reconnects == 1
-    assert _token(there_endpoint) == token
+    assert guest_token(there_endpoint) == token
     finish_source(src, "vm")
     assert src.list() == []
 
@@ -419,7 +390,7 @@ def test_a_lost_answer_is_settled_by_the_hello_without_a_second_running_copy(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
 ) -> None:
     src, dst = sites["src"], sites["dst"]
-    spec, _endpoint, token = _boot(guest, tmp_path, src)
+    spec, _endpoint, token = boot(guest, tmp_path, src)
     there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
 
     def meanwhile() -> None:  # the destination runs it; the source must stay paused
@@ -431,7 +402,7 @@ def test_a_lost_answer_is_settled_by_the_hello_without_a_second_running_copy(
         src, dst, there, guest, {"drop_answer": True, "on_cut": meanwhile}
     )
     assert stats.reconnects == 1 and stats.downtime_s > 1.0
-    assert _token(there_endpoint) == token
+    assert guest_token(there_endpoint) == token
     assert not _guest_running(src)
     finish_source(src, "vm")
     assert src.list() == []
@@ -441,7 +412,7 @@ def test_a_link_that_stays_down_leaves_the_vm_at_the_source_and_nothing_there(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
 ) -> None:
     src, dst = sites["src"], sites["dst"]
-    spec, endpoint, token = _boot(guest, tmp_path, src)
+    spec, endpoint, token = boot(guest, tmp_path, src)
     there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
     server = _listen()
     result: dict[str, Any] = {}
@@ -464,7 +435,7 @@ def test_a_link_that_stays_down_leaves_the_vm_at_the_source_and_nothing_there(
     proxy.close()
     assert not isinstance(failed.value, HandoffUncertain)
     assert "runs on at the source" in str(failed.value)
-    assert _guest_running(src) and _token(endpoint) == token
+    assert _guest_running(src) and guest_token(endpoint) == token
     # The destination gave up after its own wait and kept nothing.
     assert "no source connected" in str(result.get("error")), result
     assert not there.disk_image.exists() and dst.list() == []  # type: ignore[union-attr]
