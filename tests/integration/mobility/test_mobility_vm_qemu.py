@@ -138,7 +138,13 @@ def test_a_destination_dying_mid_transfer_leaves_the_vm_at_the_source(
     with pytest.raises(HandoffError) as failed:
         send_live(live, tcp_connect(address), resume_within_s=2)
     thread.join(10)
-    if dies == "after the last frame":
+    # Dying after the device state, the destination may also find the last frame in
+    # its socket already (on a loaded machine the source got it out first): then the
+    # source cannot know either, so it keeps its guest paused, as after the last frame.
+    uncertain = dies == "after the last frame" or (
+        dies == "with the guest paused" and isinstance(failed.value, HandoffUncertain)
+    )
+    if uncertain:
         # It may run the VM there: the guest stays paused here until someone settles it.
         assert isinstance(failed.value, HandoffUncertain), failed.value
         with pytest.raises(httpx.HTTPError):
@@ -365,16 +371,20 @@ def test_a_transfer_cut_mid_round_resumes_where_it_broke(
     assert stats.bytes_sent < 1.35 * full.bytes_sent, (stats, full, proxy.forwarded)
 
 
-def test_a_link_cut_with_the_guest_paused_lets_it_run_at_the_source_meanwhile(
+def test_a_link_cut_with_the_guest_paused_resumes_with_one_running_copy_at_most(
     guest: GuestImage, tmp_path: Path, sites: dict[str, Any]
 ) -> None:
     src, dst = sites["src"], sites["dst"]
     spec, endpoint, token = boot(guest, tmp_path, src)
     there = dataclasses.replace(spec, port=free_port(), disk_image=tmp_path / "there.img")
 
-    def meanwhile() -> None:  # the destination never had it all: the source runs it
-        wait_for(lambda: _guest_running(src), 10, "the source guest running again")
-        assert guest_token(endpoint) == token
+    def meanwhile() -> None:
+        # The destination never had it all, so it runs nothing. The source runs its
+        # guest again at once, unless it had handed the last frame to its socket before
+        # the cut (a loaded machine): then it stays paused until the hello settles it.
+        assert dst.list() == []
+        if _guest_running(src):
+            assert guest_token(endpoint) == token
 
     # Cut just before the device state: the last delta went, the guest is paused.
     stats, there_endpoint, _ = _handoff(
