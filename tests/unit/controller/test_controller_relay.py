@@ -8,8 +8,7 @@ import hmac
 import socket
 import struct
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cloudlet.controller.services._util import utcnow
 from cloudlet.errors import HandoffLinkError
 from cloudlet.schemas import relay as wire
 from cloudlet.schemas.mobility import HandoffOrder, HandoffRole
+from cloudlet.testbed.local import wait_for
 
 TOKEN = "the-one-time-token"
 
@@ -107,13 +107,6 @@ def receive(sock: socket.socket, n: int) -> bytes:
     return data
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 CTL = "http://127.0.0.1:1"  # the controller URL: only its host matters, for ":port"
 
 
@@ -122,7 +115,7 @@ def test_sites_that_cannot_reach_each_other_meet_at_the_relay() -> None:
     with running_relay({"h1": TOKEN}) as r, listener() as server, ThreadPoolExecutor(2) as pool:
         # The destination listens where the source cannot reach it, and waits at the relay.
         dest = pool.submit(accept, server, order(HandoffRole.DESTINATION, r.address), CTL)
-        wait_until(lambda: r.relay.unpaired == 1)
+        wait_for(lambda: r.relay.unpaired == 1, 10, "a waiter at the relay")
         src = dial(order(HandoffRole.SOURCE, f":{r.port}", closed_port()), CTL, direct_timeout_s=1)
         assert src.via == "relay"
         src.sock.sendall(header() + payload)
@@ -137,14 +130,18 @@ def test_sites_that_cannot_reach_each_other_meet_at_the_relay() -> None:
             assert src.sock.recv(1) == b""
             src.sock.sendall(b"still open this way")
             assert receive(got.sock, 19) == b"still open this way"
-        wait_until(lambda: sum(r.carried) == len(header()) + len(payload) + 16 + 19)
+        wait_for(
+            lambda: sum(r.carried) == len(header()) + len(payload) + 16 + 19,
+            10,
+            "every byte counted",
+        )
         assert "paired" in r.outcomes and r.relay.unpaired == 0
 
 
 def test_the_direct_path_wins_when_it_works_and_the_relay_wait_is_dropped() -> None:
     with running_relay({"h1": TOKEN}) as r, listener() as server, ThreadPoolExecutor(1) as pool:
         dest = pool.submit(accept, server, order(HandoffRole.DESTINATION, r.address), CTL)
-        wait_until(lambda: r.relay.unpaired == 1)
+        wait_for(lambda: r.relay.unpaired == 1, 10, "a waiter at the relay")
         host, port = server.getsockname()
         src = dial(order(HandoffRole.SOURCE, r.address, f"{host}:{port}"), CTL)
         assert src.via == "direct"
@@ -153,7 +150,7 @@ def test_the_direct_path_wins_when_it_works_and_the_relay_wait_is_dropped() -> N
         with src.sock, got.sock:
             assert got.via == "direct" and receive(got.sock, len(header())) == header()
         # The waiter leaves the table before its outcome is counted: wait for both.
-        wait_until(lambda: r.relay.unpaired == 0 and r.outcomes == ["gone"])
+        wait_for(lambda: r.relay.unpaired == 0 and r.outcomes == ["gone"], 10, "the waiter dropped")
 
 
 def test_a_wrong_token_is_refused_and_does_not_pair() -> None:
@@ -161,7 +158,7 @@ def test_a_wrong_token_is_refused_and_does_not_pair() -> None:
         dest = pool.submit(
             accept, server, order(HandoffRole.DESTINATION, r.address), CTL, timeout=3
         )
-        wait_until(lambda: r.relay.unpaired == 1)
+        wait_for(lambda: r.relay.unpaired == 1, 10, "a waiter at the relay")
         stranger = order(HandoffRole.SOURCE, r.address, closed_port(), token="guessed")
         with pytest.raises(HandoffLinkError, match="refused"):
             dial(stranger, CTL)
@@ -185,7 +182,7 @@ def test_a_side_nobody_joins_hears_so_after_the_wait() -> None:
         r.relay.wait_s = 30
         with pytest.raises(HandoffLinkError, match=r"no destination waiting there within 0\.3s"):
             dial(order(HandoffRole.SOURCE, r.address), CTL, pair_timeout_s=0.3)
-        wait_until(lambda: r.outcomes == ["no-peer", "gone"])
+        wait_for(lambda: r.outcomes == ["no-peer", "gone"], 10, "both outcomes")
 
 
 def test_waiters_are_bounded() -> None:
@@ -194,7 +191,7 @@ def test_waiters_are_bounded() -> None:
         socket.create_connection(("127.0.0.1", r.port)) as first,
     ):
         first.sendall(wire.hello(wire.DESTINATION, "h1", TOKEN))
-        wait_until(lambda: r.relay.unpaired == 1)
+        wait_for(lambda: r.relay.unpaired == 1, 10, "a waiter at the relay")
         with pytest.raises(HandoffLinkError, match="busy"):
             dial(order(HandoffRole.SOURCE, r.address, id="h2"), CTL)
 
