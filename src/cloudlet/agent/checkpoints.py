@@ -33,8 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import blake3
-
+from cloudlet._digest import file_blake3
 from cloudlet.agent import actual, desired, outbox
 from cloudlet.agent._specs import DriverSet, workload_id
 from cloudlet.agent._wait import sleep_or
@@ -59,13 +58,6 @@ TICK_S = 1.0
 
 def _restored_key(instance_id: str) -> str:
     return f"restore:{instance_id}"
-
-
-def _digest(path: Path) -> str:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if path.stat().st_size:
-        hasher.update_mmap(path)
-    return hasher.hexdigest()
 
 
 @dataclass
@@ -252,7 +244,7 @@ class Checkpointer:
         path = self.spool / f"restore-{restore.id}"
         try:
             await self.client.fetch_checkpoint(restore.id, path)
-            digest = await asyncio.to_thread(_digest, path)
+            digest = await asyncio.to_thread(file_blake3, path)
             if digest != restore.digest:
                 raise CloudletError(f"checkpoint {restore.id}: its bytes hash to {digest}")
         except BaseException:

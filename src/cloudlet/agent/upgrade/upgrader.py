@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import blake3
 import httpx
 
 from cloudlet import __version__
+from cloudlet._digest import file_blake3
 from cloudlet.agent import desired, outbox
 from cloudlet.agent._wait import Backoff, sleep_or
 from cloudlet.agent.fetch import download
@@ -270,7 +270,7 @@ class Upgrader:
         blob = f"{url.rstrip('/')}/v1/agent-packages/{quote(target.version, safe='')}/blob"
         async with httpx.AsyncClient(timeout=30.0, follow_redirects=True) as http:
             size = await download(http, blob, credential, part, offset, on_progress=progress)
-        digest = await asyncio.to_thread(_blake3, part)
+        digest = await asyncio.to_thread(file_blake3, part)
         if size != target.size or digest != target.digest:
             raise IntegrityError(
                 f"the package is {size} bytes with digest {digest}, not the {target.size} "
@@ -321,10 +321,3 @@ async def _check_serving(local_api: str) -> None:
         raise ConfigError(f"the site-local API does not answer: {exc}") from exc
     if version != __version__:
         raise ConfigError(f"the site-local API answers {answer.status_code}, version {version}")
-
-
-def _blake3(path: Path) -> str:
-    hasher = blake3.blake3()
-    if path.stat().st_size:
-        hasher.update_mmap(path)
-    return hasher.hexdigest()

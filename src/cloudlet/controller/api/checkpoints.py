@@ -10,12 +10,12 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-import blake3
 from fastapi import APIRouter, Query, Request, Response, status
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AwareDatetime
 
+from cloudlet._digest import file_blake3
 from cloudlet.controller.api import agent as agent_api
 from cloudlet.controller.api._blob_response import OCTET, BlobResponse, blob_response
 from cloudlet.controller.api.artifacts import body_chunks
@@ -70,13 +70,6 @@ def list_checkpoints(ref: str, session: DB, user: User) -> list[Checkpoint]:
     return [checkpoint_view(r, names.get(r.site_id, r.site_id)) for r in rows]
 
 
-def _hash(path: Path) -> str:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if path.stat().st_size:
-        hasher.update_mmap(path)
-    return hasher.hexdigest()
-
-
 def _check(st: ControllerState, site_id: str, instance_id: str, epoch: int) -> None:
     with st.sessions() as session:
         checkpoints.check_upload(session, site_id, instance_id, epoch)
@@ -92,7 +85,7 @@ def _store(
 ) -> None:
     """Publish the uploaded file as the checkpoint's blob, then record it; a refused
     one's blob is deleted, and so are the blobs of the older ones it replaces."""
-    digest = _hash(path)
+    digest = file_blake3(path)
     size = path.stat().st_size
     key = checkpoints.blob_key(instance_id, checkpoint_id)
     st.artifacts.publish(path, key)

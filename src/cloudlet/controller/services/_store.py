@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
-import blake3
 
+from cloudlet._digest import file_blake3
 from cloudlet.controller.blobs import BlobStore, open_blob_store
 from cloudlet.settings import ControllerSettings
 from cloudlet.synthesis import base_digest
@@ -155,10 +155,7 @@ def image_digest(path: Path) -> str:
     with open(path, "rb") as f:
         qcow2 = f.read(4) == _QCOW2_MAGIC
     if not qcow2:
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        if path.stat().st_size:
-            hasher.update_mmap(path)
-        return hasher.hexdigest()
+        return file_blake3(path)
     try:
         return base_digest(path).hex()
     finally:
