@@ -25,13 +25,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import zstandard
 
-from cloudlet.compute.qemu import _vm
 from cloudlet.compute.qemu._config import device_state_of
 from cloudlet.compute.qemu._qmp import QmpSession
 from cloudlet.compute.qemu.handoff import (
-    _HEADER,
     CHUNK,
     DISK,
     MEMORY,
@@ -41,11 +38,12 @@ from cloudlet.compute.qemu.handoff import (
     _base,
     _device_state,
     _dirty,
+    _Intake,
     _live,
     _resume_here,
     _Sender,
+    _start_images,
     _windows,
-    _write_runs,
 )
 from cloudlet.errors import DriverError
 
@@ -200,47 +198,19 @@ def restore_checkpoint(
     try:
         disk.parent.mkdir(parents=True, exist_ok=True)
         memory.parent.mkdir(parents=True, exist_ok=True)
-        if base_disk is not None:
-            _vm.copy_sparse(base_disk, disk)
-        else:
-            disk.touch()
-        if base_memory is not None:
-            _vm.copy_sparse(base_memory, memory)
-        else:
-            memory.unlink(missing_ok=True)
-        with memory.open("ab") as m:
-            m.truncate(memory_mib * 1024 * 1024)
-        unzstd = zstandard.ZstdDecompressor()
-        files = {DISK: os.open(disk, os.O_RDWR), MEMORY: os.open(memory, os.O_RDWR)}
-        ended = False
+        files = _start_images(disk, memory, base_disk, base_memory, memory_mib)
         try:
             with path.open("rb") as f:
                 if f.read(len(MAGIC)) != MAGIC:
                     raise CheckpointError(f"{path.name} is not a VM checkpoint")
-                while not ended:
-                    kind, region, count, length = _HEADER.unpack(_read_exact(f, _HEADER.size))
-                    payload = _read_exact(f, length) if length else b""
-                    if kind == ord("C") and region in files:
-                        raw = unzstd.decompress(payload, max_output_size=count * (CHUNK + 4))
-                        _write_runs(files[region], raw, count)
-                    elif kind == ord("S"):
-                        state.write_bytes(unzstd.decompress(payload, max_output_size=64 << 20))
-                    elif kind == ord("E"):
-                        disk_size, memory_size = struct.unpack("!QQ", payload)
-                        if memory_size != memory_mib * 1024 * 1024:
-                            raise CheckpointError(
-                                f"the checkpoint holds {memory_size >> 20} MiB of RAM, "
-                                f"the VM has {memory_mib} MiB"
-                            )
-                        os.ftruncate(files[DISK], disk_size)
-                        ended = True
-                    else:
-                        raise CheckpointError(f"unknown frame kind {kind}")
+                memory_size = _Intake(files, state).take(lambda n: _read_exact(f, n))
         finally:
             for fd in files.values():
                 os.close(fd)
-        if not state.is_file():
-            raise CheckpointError("the checkpoint holds no device state")
+        if memory_size != memory_mib * 1024 * 1024:
+            raise CheckpointError(
+                f"the checkpoint holds {memory_size >> 20} MiB of RAM, the VM has {memory_mib} MiB"
+            )
     except Exception as exc:
         for p in (disk, memory, state):
             with contextlib.suppress(FileNotFoundError):

@@ -457,6 +457,25 @@ def _resume_here(qmp: Path) -> None:
         session.execute("cont")
 
 
+def _start_images(
+    disk: Path, memory: Path, base_disk: Path | None, base_memory: Path | None, memory_mib: int
+) -> dict[int, int]:
+    """What a VM stream is written onto: ``disk`` a copy of the base disk (empty without
+    one), ``memory`` of the base RAM (zeros without one) at ``memory_mib`` MiB; both
+    opened for writing, by region."""
+    if base_disk is not None:
+        _vm.copy_sparse(base_disk, disk)
+    else:
+        disk.touch()
+    if base_memory is not None:
+        _vm.copy_sparse(base_memory, memory)
+    else:
+        memory.unlink(missing_ok=True)
+    with memory.open("ab") as f:
+        f.truncate(memory_mib * 1024 * 1024)
+    return {DISK: os.open(disk, os.O_RDWR), MEMORY: os.open(memory, os.O_RDWR)}
+
+
 class _Intake:
     """The destination's files and how far the stream got, kept across connections."""
 
@@ -466,8 +485,9 @@ class _Intake:
         self.mark = 0  # the last mark taken in: everything before it is written
         self.unzstd = zstandard.ZstdDecompressor()
 
-    def take(self, conn: socket.socket) -> None:
-        """Write frames from ``conn`` up to its 'E'.
+    def take(self, read: Callable[[int], bytes]) -> int:
+        """Write the frames ``read(n)`` yields (exactly ``n`` bytes each call, from a
+        connection or a checkpoint file) up to the 'E'; returns the memory size it names.
 
         Raises:
             _LinkDown: the connection broke; what came before the last mark is kept.
@@ -476,8 +496,8 @@ class _Intake:
         with contextlib.suppress(FileNotFoundError):
             self.state.unlink()  # a device state from a broken final phase is stale
         while True:
-            kind, region, count, length = _HEADER.unpack(_recv_exact(conn, _HEADER.size))
-            payload = _recv_exact(conn, length) if length else b""
+            kind, region, count, length = _HEADER.unpack(read(_HEADER.size))
+            payload = read(length) if length else b""
             if kind == ord("C"):
                 if region not in self.files:
                     raise HandoffError(f"unknown region {region}")
@@ -488,11 +508,11 @@ class _Intake:
             elif kind == ord("S"):
                 self.state.write_bytes(self.unzstd.decompress(payload, max_output_size=64 << 20))
             elif kind == ord("E"):
-                disk_size, _memory_size = struct.unpack("!QQ", payload)
+                disk_size, memory_size = struct.unpack("!QQ", payload)
                 os.ftruncate(self.files[DISK], disk_size)
                 if not self.state.is_file():
                     raise HandoffError("the stream ended without the device state")
-                return
+                return int(memory_size)
             else:
                 raise HandoffError(f"unknown frame kind {kind}")
 
@@ -532,22 +552,14 @@ def receive_live(
     placed = created = False
     conn: socket.socket | None = None
     try:
-        if base_disk is not None:
-            _vm.copy_sparse(base_disk, partial)
-        else:
-            partial.touch()
-        if base_memory is not None:
-            _vm.copy_sparse(base_memory, memory)
-        with memory.open("ab") as f:
-            f.truncate(spec.memory_mib * 1024 * 1024)
-        files = {DISK: os.open(partial, os.O_RDWR), MEMORY: os.open(memory, os.O_RDWR)}
+        files = _start_images(partial, memory, base_disk, base_memory, spec.memory_mib)
         intake = _Intake(files, state)
         try:
             while True:
                 conn = _next_source(accept, accept_within_s, link_timeout_s)
                 try:
                     _send_all(conn, _HELLO.pack(b"H", _RESUME, intake.mark))
-                    intake.take(conn)
+                    intake.take(lambda n, c=conn: _recv_exact(c, n))
                     break
                 except _LinkDown as exc:
                     log.warning("handoff link broke at mark %d (%s); waiting", intake.mark, exc)
