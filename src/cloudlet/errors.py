@@ -6,7 +6,8 @@ CloudletError
 ├── ConflictError               it exists already / state forbids the change
 ├── InvalidInputError           well-formed request that makes no sense
 ├── AuthError                   missing, wrong, used or expired credential
-│   └── TokenExpiredError
+│   ├── TokenExpiredError
+│   └── TokenRevokedError       a client token revoked before its expiry
 ├── ForbiddenError              authenticated, but the role or project may not do this
 ├── TooLargeError               a body or field larger than its bound
 ├── PlacementError              no site fits an instance
@@ -52,6 +53,10 @@ class AuthError(CloudletError):
 
 class TokenExpiredError(AuthError):
     pass
+
+
+class TokenRevokedError(AuthError):
+    """A client token its project revoked before it expired."""
 
 
 class ForbiddenError(CloudletError):

@@ -119,6 +119,8 @@ def apply_doc(store: Store, doc: DesiredStateDoc) -> bool:
         set_meta(conn, AGENT_TARGET, doc.agent.model_dump_json() if doc.agent else "")
         if doc.client_keys is not None:
             client_auth.store_keys(conn, doc.client_keys)
+        if doc.client_revoked is not None:
+            client_auth.store_revoked(conn, doc.client_revoked)
         set_meta(conn, CURSOR, doc.revision)
     return changed
 

@@ -56,6 +56,7 @@ from cloudlet.errors import (
     ForbiddenError,
     NotFoundError,
     TokenExpiredError,
+    TokenRevokedError,
 )
 from cloudlet.schemas import (
     ActualInstance,
@@ -78,6 +79,7 @@ TOKEN_FILE = "local-api.token"
 # The same problem types as the controller's API, for the errors the local API raises.
 _ERRORS: list[tuple[type[CloudletError], int, str, str]] = [
     (TokenExpiredError, 401, "token-expired", "Token expired"),
+    (TokenRevokedError, 401, "token-revoked", "Token revoked"),
     (AuthError, 401, "auth", "Not authenticated"),
     (ForbiddenError, 403, "forbidden", "Forbidden"),
     (NotFoundError, 404, "not-found", "Not found"),

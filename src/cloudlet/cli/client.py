@@ -140,3 +140,55 @@ def create_token(
         emit_json(created)
     else:
         print(created["token"])
+
+
+TOKEN_COLUMNS = [
+    ("JTI", lambda t: t["jti"]),
+    ("SUBJECT", lambda t: t["subject"]),
+    ("PROJECT", lambda t: t["project"]),
+    ("APPS", lambda t: ",".join(t["apps"])),
+    ("EXPIRES", lambda t: t["expires_at"]),
+    ("REVOKED", lambda t: t["revoked_at"] or "-"),
+]
+
+
+@tokens.command("list")
+def list_tokens(
+    ctx: typer.Context,
+    project: str | None = typer.Option(None, help="Only this project's (admins)."),
+    include_expired: bool = typer.Option(False, "--all", help="Also the expired ones."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """The client tokens minted for your project (what each says; never the token)."""
+    params: dict[str, object] = {"include_expired": include_expired}
+    if project is not None:
+        params["project"] = project
+    show(ctx_of(ctx).client().get("/v1/client-tokens", **params), TOKEN_COLUMNS, as_json)
+
+
+@tokens.command("revoke")
+def revoke_token(
+    ctx: typer.Context,
+    jti: str = typer.Argument(..., help="The token's id (cloudlet client token list)."),
+) -> None:
+    """Revoke a client token before it expires: sites refuse it from their next pull."""
+    got = ctx_of(ctx).client().delete(f"/v1/client-tokens/{jti}")
+    console.print(f"revoked {got['jti']} ({got['subject']}, project {got['project']})")
+
+
+keys = typer.Typer(help="The keys client tokens are signed with.")
+app.add_typer(keys, name="key")
+
+
+@keys.command("list")
+def list_keys(ctx: typer.Context, as_json: bool = JsonOpt) -> None:
+    """The public keys sites check client tokens with (not retired)."""
+    got = ctx_of(ctx).client().get("/v1/client-tokens/keys")["keys"]
+    show(got, [("KID", lambda k: k["kid"]), ("CURVE", lambda k: k["crv"])], as_json)
+
+
+@keys.command("retire")
+def retire_key(ctx: typer.Context, kid: str = typer.Argument(..., help="The key's id.")) -> None:
+    """Retire a key (admins): sites drop it, and the tokens it signed stop working."""
+    ctx_of(ctx).client().delete(f"/v1/client-tokens/keys/{kid}")
+    console.print(f"retired {kid}")

@@ -11,8 +11,8 @@ from pydantic import Field
 from cloudlet.schemas._base import Input, Model
 from cloudlet.schemas.common import Name, Project
 
-#: The longest a client token may live: sites cannot learn of a revocation yet, so
-#: the expiry is the only end a token has.
+#: The longest a client token may live: a site cut off from its controller learns of
+#: a revocation only when its link returns, so the expiry bounds what it may accept.
 MAX_TTL_S = 30 * 24 * 3600
 DEFAULT_TTL_S = 8 * 3600
 
@@ -41,6 +41,21 @@ class ClientToken(Model):
     apps: list[str]
     issued_at: datetime
     expires_at: datetime
+
+
+class ClientTokenInfo(Model):
+    """What a minted client token says, as the controller recorded it (not the token)."""
+
+    jti: str
+    subject: str
+    project: str
+    apps: list[str]
+    kid: str = Field(description="The key that signed it.")
+    issued_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None = Field(
+        None, description="When it was revoked; sites refuse it from their next pull on."
+    )
 
 
 class ClientKey(Model):

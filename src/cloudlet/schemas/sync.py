@@ -102,6 +102,11 @@ class DesiredStateDoc(Model):
         description="The public keys client tokens are signed with (always the full set); "
         "None: a controller that does not say, keep the ones held.",
     )
+    client_revoked: list[str] | None = Field(
+        None,
+        description="The ids (jti) of client tokens revoked before their expiry (always "
+        "the full list of those not yet expired); None: a controller that does not say.",
+    )
 
 
 #: Largest ``data`` of one event, serialised: events are records, not payloads.

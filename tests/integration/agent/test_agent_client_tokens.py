@@ -4,6 +4,7 @@ A real controller, a real agent, the real CLI; the site-local API beyond loopbac
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,6 +101,21 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
 
         wait_for(holds_the_definition, 30, f"the site holding maps\n{agent.proc.log_tail()}")
         assert agent.health()["client_token_keys"] == [k["kid"] for k in keys]
+
+        # A lost tablet's token, revoked by its project before the link goes down.
+        lost = _cli(controller, member, "client", "token", "create", "--project", "fire",
+                    "--app", "maps", "--subject", "lost-tablet")  # fmt: skip
+        listed = json.loads(_cli(controller, member, "client", "token", "list", "--json"))
+        lost_jti = next(t["jti"] for t in listed if t["subject"] == "lost-tablet")
+        with controller.client() as admin:
+            before = admin.get("/v1/sites/lyon").json()["revision"]
+            assert "revoked" in _cli(controller, member, "client", "token", "revoke", lost_jti)
+
+            def applied() -> bool:
+                site = admin.get("/v1/sites/lyon").json()
+                return site["revision"] > before and site["applied_revision"] == site["revision"]
+
+            wait_for(applied, 30, "the site applying the revocation")
         controller.stop()
         wait_for(lambda: agent.health()["controller_reachable"] is False, 30, "cut off")
 
@@ -107,6 +123,7 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
         _refused(url, expired, 401, "token-expired")
         _refused(url, tampered, 401, "auth")
         _refused(url, radio_only, 403, "forbidden")
+        _refused(url, lost, 401, "token-revoked")
 
         started = httpx.post(
             f"{url}/v1/local/instances", json={"app": "maps", "name": "tablet-maps"},

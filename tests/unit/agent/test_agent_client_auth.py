@@ -154,3 +154,28 @@ def test_keys_survive_a_restart_and_a_document_that_does_not_name_them(
         assert "unknown key" in _problem(r, 401, "auth")
     finally:
         reopened.close()
+
+
+def test_a_revoked_token_is_refused_until_a_document_lifts_it(store: Store) -> None:
+    _site(store)
+    token, claims = KEY.sign("fire", ["maps"], 600, subject="lost-tablet")
+    other = _token()
+    desired.apply_doc(
+        store, doc(4, [], since=3).model_copy(update={"client_revoked": [claims.jti]})
+    )
+    r = call(store, "POST", "/v1/local/instances", token, json={"app": "maps"})
+    assert claims.jti in _problem(r, 401, "token-revoked")
+    assert (
+        call(store, "POST", "/v1/local/instances", other, json={"app": "maps"}).status_code == 202
+    )
+    # A document that does not say keeps the list; one that does replaces it.
+    desired.apply_doc(store, doc(5, [], since=4))
+    _problem(
+        call(store, "POST", "/v1/local/instances", token, json={"app": "maps"}),
+        401,
+        "token-revoked",
+    )
+    desired.apply_doc(store, doc(6, [], since=5).model_copy(update={"client_revoked": []}))
+    assert (
+        call(store, "POST", "/v1/local/instances", token, json={"app": "maps"}).status_code == 202
+    )

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
-from cloudlet.controller.api.deps import DB, State, User
+from fastapi import APIRouter, Path, Query, Response, status
+
+from cloudlet.controller.api.deps import DB, State, User, require_admin, scope_project
 from cloudlet.controller.services import client_tokens
 from cloudlet.errors import ForbiddenError
-from cloudlet.schemas.client_tokens import ClientKeySet, ClientToken, ClientTokenCreate
+from cloudlet.schemas.client_tokens import (
+    ClientKeySet,
+    ClientToken,
+    ClientTokenCreate,
+    ClientTokenInfo,
+)
+from cloudlet.schemas.common import Project
+
+#: A key's RFC 7638 thumbprint, a token's random id: both short base64url strings.
+TokenId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 router = APIRouter(prefix="/v1/client-tokens", tags=["client-tokens"])
 
@@ -27,3 +38,31 @@ def client_token_keys(session: DB) -> ClientKeySet:
     """The public keys (a JWK set) client tokens are signed with; sites get them in
     their desired state."""
     return ClientKeySet(keys=client_tokens.public_keys(session))
+
+
+@router.get("", response_model=list[ClientTokenInfo])
+def list_client_tokens(
+    session: DB,
+    user: User,
+    project: Project | None = Query(None, description="Only this project's (admins)."),
+    include_expired: bool = Query(False, description="Also the tokens past their expiry."),
+) -> list[ClientTokenInfo]:
+    """The client tokens minted for the caller's project (admins: every project, or the
+    one named), newest first: what each says, never the token itself."""
+    return client_tokens.list_tokens(session, scope_project(user, project), include_expired)
+
+
+@router.delete("/keys/{kid}", status_code=status.HTTP_204_NO_CONTENT)
+def retire_client_token_key(kid: TokenId, session: DB, user: User, st: State) -> Response:
+    """Retire a signing key (admins): sites drop it at their next pull, and the tokens
+    it signed stop working there. This controller's own key cannot be retired."""
+    require_admin(user, "retiring a client-token key")
+    client_tokens.retire_key(session, kid, st.client_key.kid)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete("/{jti}", response_model=ClientTokenInfo)
+def revoke_client_token(jti: TokenId, session: DB, user: User) -> ClientTokenInfo:
+    """Revoke a client token before it expires (a lost device): every site refuses it
+    from its next pull on; a site cut off then learns it when its link returns."""
+    return client_tokens.revoke(session, jti, scope_project(user))

@@ -29,6 +29,7 @@ MAX_FIELD_ERRORS = 20
 # Most specific first: the first matching class decides.
 ERROR_TABLE: list[tuple[type[errors.CloudletError], int, str, str]] = [
     (errors.TokenExpiredError, 401, "token-expired", "Token expired"),
+    (errors.TokenRevokedError, 401, "token-revoked", "Token revoked"),
     (errors.AuthError, 401, "auth", "Not authenticated"),
     (errors.ForbiddenError, 403, "forbidden", "Forbidden"),
     (errors.NotFoundError, 404, "not-found", "Not found"),

@@ -484,3 +484,32 @@ class ClientTokenKey(Base):
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     public_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
+    #: Set when an operator retires the key: sites drop it, and tokens it signed stop
+    #: working at each site's next pull. The row stays, so that a replica still holding
+    #: the key cannot bring it back by registering it at its next start.
+    retired_at: Mapped[datetime | None]
+
+
+class IssuedClientToken(Base):
+    """A client token the controller signed: what it says, not the token itself. Kept
+    so that a project can list its tokens and revoke one before it expires (a lost
+    tablet); a revoked token's jti is carried to every site until its expiry."""
+
+    __tablename__ = "client_tokens"
+    __table_args__ = (
+        Index(
+            "ix_client_tokens_revoked",
+            "expires_at",
+            sqlite_where=text("revoked_at IS NOT NULL"),
+            postgresql_where=text("revoked_at IS NOT NULL"),
+        ),
+    )
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), index=True)
+    subject: Mapped[str] = mapped_column(String(200))
+    apps: Mapped[list[Any]]
+    kid: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

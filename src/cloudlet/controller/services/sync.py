@@ -24,7 +24,7 @@ from cloudlet.controller.services import alarms, checkpoints
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.agent_packages import agent_target
 from cloudlet.controller.services.auth import SiteBrief
-from cloudlet.controller.services.client_tokens import public_keys
+from cloudlet.controller.services.client_tokens import public_keys, revoked_ids
 from cloudlet.controller.services.instances import bump_revision, purge_tombstones
 from cloudlet.controller.services.mobility import (
     handoff_orders,
@@ -171,6 +171,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
         images=site_image_digests(session, site.id),
         agent=agent_target(session, site),
         client_keys=public_keys(session),
+        client_revoked=revoked_ids(session),
     )
 
 
