@@ -172,7 +172,7 @@ def revoke_token(
     jti: str = typer.Argument(..., help="The token's id (cloudlet client token list)."),
 ) -> None:
     """Revoke a client token before it expires: sites refuse it from their next pull."""
-    got = ctx_of(ctx).client().delete(f"/v1/client-tokens/{jti}")
+    got = ctx_of(ctx).client().post("/v1/client-tokens/revocations", {"jti": jti})
     console.print(f"revoked {got['jti']} ({got['subject']}, project {got['project']})")
 
 

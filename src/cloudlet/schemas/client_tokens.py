@@ -43,6 +43,12 @@ class ClientToken(Model):
     expires_at: datetime
 
 
+class ClientTokenRevoke(Input):
+    """Revoke a client token by its id (``jti``, from the list of the project's tokens)."""
+
+    jti: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+
+
 class ClientTokenInfo(Model):
     """What a minted client token says, as the controller recorded it (not the token)."""
 

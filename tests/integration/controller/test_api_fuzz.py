@@ -1,5 +1,6 @@
 """schemathesis against the live OpenAPI document of a real controller process: every
-operation, every check, as the admin, as a member of another project and with no token.
+operation, every check, as each role (the admin, a member and a reader of another project)
+and with no token.
 
 Bounded (a fixed seed, a few to twenty examples per operation) so that it costs well under
 a minute per run; the case counts are printed.
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.integration
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 #: Examples per operation: the admin reaches every handler, so it gets the most; the
 #: other callers are refused before the handler, which fewer cases cover as well.
-EXAMPLES = {"admin": 20, "member": 8, "anonymous": 4}
+EXAMPLES = {"admin": 20, "member": 8, "reader": 6, "anonymous": 4}
 SEED = 20261202
 
 
@@ -72,10 +73,10 @@ def sqlite_controller(tmp_path: Path) -> Iterator[LocalController]:
         ctl.stop()
 
 
-@pytest.mark.parametrize("who", ["member", "anonymous"])
-def test_as_a_member_of_another_project_and_without_a_token(
+@pytest.mark.parametrize("who", ["member", "reader", "anonymous"])
+def test_as_each_role_of_another_project_and_without_a_token(
     sqlite_controller: LocalController, tmp_path: Path, who: str
 ) -> None:
     ctl = sqlite_controller
-    token = ctl.create_token("fuzz", project="tenant-b", role="member") if who == "member" else None
+    token = None if who == "anonymous" else ctl.create_token("fuzz", "tenant-b", role=who)
     _check(_fuzz(ctl, tmp_path / f"{who}.json", token, EXAMPLES[who]))

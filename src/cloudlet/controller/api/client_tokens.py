@@ -14,11 +14,12 @@ from cloudlet.schemas.client_tokens import (
     ClientToken,
     ClientTokenCreate,
     ClientTokenInfo,
+    ClientTokenRevoke,
 )
 from cloudlet.schemas.common import Project
 
-#: A key's RFC 7638 thumbprint, a token's random id: both short base64url strings.
-TokenId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+#: A key's RFC 7638 thumbprint: a short base64url string.
+KeyId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 router = APIRouter(prefix="/v1/client-tokens", tags=["client-tokens"])
 
@@ -53,7 +54,7 @@ def list_client_tokens(
 
 
 @router.delete("/keys/{kid}", status_code=status.HTTP_204_NO_CONTENT)
-def retire_client_token_key(kid: TokenId, session: DB, user: User, st: State) -> Response:
+def retire_client_token_key(kid: KeyId, session: DB, user: User, st: State) -> Response:
     """Retire a signing key (admins): sites drop it at their next pull, and the tokens
     it signed stop working there. This controller's own key cannot be retired."""
     require_admin(user, "retiring a client-token key")
@@ -61,8 +62,9 @@ def retire_client_token_key(kid: TokenId, session: DB, user: User, st: State) ->
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.delete("/{jti}", response_model=ClientTokenInfo)
-def revoke_client_token(jti: TokenId, session: DB, user: User) -> ClientTokenInfo:
+@router.post("/revocations", response_model=ClientTokenInfo)
+def revoke_client_token(body: ClientTokenRevoke, session: DB, user: User) -> ClientTokenInfo:
     """Revoke a client token before it expires (a lost device): every site refuses it
-    from its next pull on; a site cut off then learns it when its link returns."""
-    return client_tokens.revoke(session, jti, scope_project(user))
+    from its next pull on; a site cut off then learns it when its link returns.
+    Revoking twice changes nothing."""
+    return client_tokens.revoke(session, body.jti, scope_project(user))
