@@ -4,6 +4,8 @@ project, and rolls back by itself from broken ones, also with the controller dow
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import textwrap
 import time
@@ -239,12 +241,12 @@ def test_a_trial_cut_short_by_a_site_restart_is_rolled_back(
     site.target(HANGS)
     _wait_trial_running(site)
     # The site goes down mid-trial (a power cut): supervisor and trial agent die at once.
+    # The whole process group, not the supervisor's children listed a moment before: the
+    # record says "running" just before the trial agent is spawned, and an agent spawned
+    # in between outlived the cut, holding the site's store (CI saw the site hang so).
+    # Workloads run in sessions of their own, so they survive as they would a restart.
     assert site.agent.proc is not None and site.agent.proc.popen is not None
-    supervisor = psutil.Process(site.agent.proc.popen.pid)
-    trial_agent = supervisor.children()
-    supervisor.kill()
-    for p in trial_agent:
-        p.kill()
+    os.killpg(site.agent.proc.popen.pid, signal.SIGKILL)
     site.agent.proc.popen.wait(10)
 
     site.agent.join_token = None
