@@ -196,8 +196,7 @@ def set_policy(session: Session, project: str, require: bool) -> tuple[SigningPo
         policy.require_signatures = require
         policy.updated_at = utcnow()
     session.flush()
-    live = select(Instance).where(Instance.project == project)
-    return policy, _bump(session, list(session.scalars(live)))
+    return policy, _bump(session, _instances_using(session, None, project))
 
 
 # --- what sites are told ----------------------------------------------------------------
@@ -291,20 +290,26 @@ def attach(session: Session, entries: list[DesiredInstance]) -> list[DesiredInst
 # --- telling sites ----------------------------------------------------------------------
 
 
-def _instances_using(session: Session, digests: set[str]) -> list[Instance]:
-    """Instances whose app (any version of it) names one of ``digests`` as a VM
-    component's image or overlay."""
-    if not digests:
+def _instances_using(
+    session: Session, digests: set[str] | None, project: str | None = None
+) -> list[Instance]:
+    """Instances (of ``project``, if given) whose app, in any version of it, has a VM
+    component naming one of ``digests`` (None: any) as its image or overlay."""
+    if digests is not None and not digests:
         return []
     apps: set[str] = set()
     for source in (App, AppVersion):
         app_col = App.id if source is App else AppVersion.app_id
         for app_id, comps in session.execute(select(app_col, source.components)):
-            if any(d in digests for _, d in _vm_artifacts(comps or [])):
+            used = [d for _, d in _vm_artifacts(comps or [])]
+            if used and (digests is None or any(d in digests for d in used)):
                 apps.add(app_id)
     if not apps:
         return []
-    return list(session.scalars(select(Instance).where(Instance.app_id.in_(apps))))
+    query = select(Instance).where(Instance.app_id.in_(apps))
+    if project is not None:
+        query = query.where(Instance.project == project)
+    return list(session.scalars(query))
 
 
 def _bump(session: Session, instances: list[Instance]) -> set[str]:
