@@ -9,6 +9,7 @@ CloudletError
 │   ├── TokenExpiredError
 │   └── TokenRevokedError       a client token revoked before its expiry
 ├── ForbiddenError              authenticated, but the role or project may not do this
+├── SignatureError              an artifact's signature is missing, unknown or does not verify
 ├── TooLargeError               a body or field larger than its bound
 ├── PlacementError              no site fits an instance
 ├── BlobStoreError              the artifact store (disk, S3) failed or refused
@@ -61,6 +62,11 @@ class TokenRevokedError(AuthError):
 
 class ForbiddenError(CloudletError):
     pass
+
+
+class SignatureError(CloudletError):
+    """An artifact is unsigned where signatures are required, or a signature of it is by an
+    unknown or revoked key, or does not verify over its digest."""
 
 
 class TooLargeError(CloudletError):

@@ -358,7 +358,8 @@ class Reconciler(InstanceOps):
                     continue
                 if self.checkpoints is not None and await self.checkpoints.restore_vm(want, comp):
                     continue  # a failover: disk, RAM and device state from its checkpoint
-                opened[comp.name] = await self.vm.fetch(comp)
+                inst = want.instance
+                opened[comp.name] = await self.vm.fetch(comp, inst.signing, inst.project)
             self._timed(timings, "fetch", t0)
             row = self._move(row, ActualState.SYNTHESIZING, timings=timings)
             t0 = time.monotonic()

@@ -38,6 +38,8 @@ from cloudlet.compute.qemu import device_state_of
 from cloudlet.errors import ControllerUnreachableError, IntegrityError, SynthesisError
 from cloudlet.schemas import Component
 from cloudlet.schemas.artifacts import ArtifactKind
+from cloudlet.schemas.signing import InstanceSigning
+from cloudlet.signing import check_artifact
 from cloudlet.synthesis import ByteSource, FileSource, StreamingApplier, read_manifest
 
 log = logging.getLogger(__name__)
@@ -99,16 +101,25 @@ class VmBuilder:
 
     # -- fetch ---------------------------------------------------------------------------
 
-    async def fetch(self, comp: Component) -> Opened:
-        """Cache the base and open the overlay, checking its manifest.
+    async def fetch(
+        self, comp: Component, signing: InstanceSigning | None = None, project: str = ""
+    ) -> Opened:
+        """Cache the base and open the overlay, checking its manifest and the signatures
+        of both (``signing``: what the instance's desired entry says; None: nothing
+        signed, nothing required).
 
         Raises:
             ControllerUnreachableError: something is not cached and the controller is
                 unreachable.
             SynthesisError: the overlay is corrupt or not made for this base.
+            SignatureError: the image or overlay is unsigned where ``project`` requires
+                signatures, or a signature of it does not hold.
         """
         assert comp.image is not None
         base = await self.stager.ensure(ArtifactKind.IMAGE, comp.image, attempts=FETCH_ATTEMPTS)
+        # The cache holds an image only once its bytes hashed to this digest (the stager
+        # checks before it renames a download into place).
+        _check_signed(signing, project, ArtifactKind.IMAGE, comp.image)
         if comp.overlay is None:
             return Opened(base, None)
         cached = self.cache.lookup(ArtifactKind.OVERLAY, comp.overlay)
@@ -135,6 +146,9 @@ class VmBuilder:
             manifest = await asyncio.to_thread(read_manifest, source)
             if manifest.root_digest.hex() != comp.overlay.lower():
                 raise SynthesisError(f"overlay {comp.overlay} has another overlay's root digest")
+            # The root digest of the bytes read (read_manifest checked it against the
+            # manifest, which holds every segment's digest), not the one we were told.
+            _check_signed(signing, project, ArtifactKind.OVERLAY, manifest.root_digest.hex())
         except BaseException:
             self.discard(opened)
             raise
@@ -258,6 +272,15 @@ class VmBuilder:
             return
         os.replace(remote.tee, self.cache.path(ArtifactKind.OVERLAY, comp.overlay))
         self.cache.mark_complete(ArtifactKind.OVERLAY, comp.overlay, size)
+
+
+def _check_signed(
+    signing: InstanceSigning | None, project: str, kind: ArtifactKind, digest: str
+) -> None:
+    if signing is None:
+        return
+    check_artifact(kind, digest, signing.artifacts, signing.require_signatures, project)
+    log.info("%s %s: signatures checked", kind.value, digest[:16])
 
 
 def _check_memory(comp: Component, memory_size: int, memory_mib: int | None) -> None:

@@ -223,3 +223,24 @@ def _follow(client: Client, site: str, entry: dict[str, Any], timeout: float) ->
         err_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     return entry
+
+
+@app.command("sign")
+def sign(
+    ctx: typer.Context,
+    image: str = typer.Argument(..., help="Raw image file, or its digest, name or prefix."),
+    key: str = typer.Option(..., "--key", "-k", help="Publisher key name or key file."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sign an image's digest and upload the signature (checked by the controller)."""
+    from cloudlet.cli._signing import sign_artifact
+    from cloudlet.schemas.artifacts import ArtifactKind
+
+    stored = sign_artifact(ctx_of(ctx).client(), ArtifactKind.IMAGE, image, key)
+    if as_json:
+        emit_json(stored)
+        return
+    err_console.print(
+        f"image {stored['digest']} signed by {stored['key_name']} ({stored['kid']})",
+        highlight=False,
+    )

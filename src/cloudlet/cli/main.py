@@ -32,6 +32,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "client": ("client", "Act as a client: find the best cloudlet, start or join an app."),
     "overlay": ("overlay", "Create, inspect, verify and apply VM overlays."),
     "image": ("image", "Base images."),
+    "key": ("key", "Publisher keys: sign images and overlays."),
     "upgrade": ("upgrade", "Upgrade the sites' agents in waves; follow app rollouts."),
     "demo": ("demo", "Run the demo: three sites, two apps, a link cut and the catch-up."),
 }

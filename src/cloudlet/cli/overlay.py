@@ -278,3 +278,24 @@ def list_(
     """Overlays in the catalog."""
     rows = ctx_of(ctx).client().get("/v1/overlays", project=project)
     show(rows, OVERLAY_COLUMNS, output_format(output, as_json))
+
+
+@app.command("sign")
+def sign(
+    ctx: typer.Context,
+    overlay: str = typer.Argument(..., help="Overlay file, or its id, name or id prefix."),
+    key: str = typer.Option(..., "--key", "-k", help="Publisher key name or key file."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Sign an overlay's root digest and upload the signature (checked by the controller)."""
+    from cloudlet.cli._signing import sign_artifact
+    from cloudlet.schemas.artifacts import ArtifactKind
+
+    stored = sign_artifact(ctx_of(ctx).client(), ArtifactKind.OVERLAY, overlay, key)
+    if as_json:
+        emit_json(stored)
+        return
+    err_console.print(
+        f"overlay {stored['digest']} signed by {stored['key_name']} ({stored['kid']})",
+        highlight=False,
+    )

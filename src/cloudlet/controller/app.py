@@ -28,6 +28,7 @@ from cloudlet.controller.api import (
     openapi,
     problems,
     rollouts,
+    signing,
     sites,
     upgrades,
 )
@@ -143,7 +144,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
-        upgrades, rollouts, checkpoints, client_tokens,
+        upgrades, rollouts, checkpoints, client_tokens, signing,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -25,6 +25,7 @@ from cloudlet.schemas.common import Float, Integer, Name, Project, Ref, Resource
 from cloudlet.schemas.events import EventKind
 from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
 from cloudlet.schemas.mobility import CheckpointRestore, HandoffOrder
+from cloudlet.schemas.signing import InstanceSigning
 
 
 class EnrollRequest(Input):
@@ -63,6 +64,11 @@ class DesiredInstance(Model):
     )
     restore: CheckpointRestore | None = Field(
         None, description="A failover: start it from this checkpoint (once, at this epoch)."
+    )
+    signing: InstanceSigning | None = Field(
+        None,
+        description="The signatures of its VM components' image and overlay, the keys that "
+        "may have made them and its project's policy; None: nothing to check.",
     )
 
 

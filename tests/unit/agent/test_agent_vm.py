@@ -33,6 +33,8 @@ from cloudlet.compute import FakeDriver, WorkloadSpec
 from cloudlet.errors import DriverError, DriverUnavailableError
 from cloudlet.schemas import ActualState, DesiredInstance
 from cloudlet.schemas.artifacts import ArtifactKind
+from cloudlet.schemas.signing import ArtifactTrust, InstanceSigning, SignatureEntry, TrustedKey
+from cloudlet.signing import PublisherKey
 from cloudlet.synthesis import base_digest, create_overlay, read_manifest
 
 PAGE_AT = 200 * 4096  # where the modified image holds its "page"
@@ -371,3 +373,71 @@ def test_a_resumable_overlay_made_against_a_memory_base_fetches_it(
     row = run_one(store, tmp_path, vm_driver, a, vm_instance("i1", a, memory_mib=1))
     assert row.state is ActualState.RUNNING, row.reason
     assert vm_driver.resumed["i1-main"] == (bytes(memory), b"QEVM device state")
+
+
+KEY = PublisherKey.generate()
+
+
+def _signed(a: dict[str, object], kind: str, digest: str | None = None) -> ArtifactTrust:
+    named = str(a["digest"] if kind == "image" else a["overlay"])
+    return ArtifactTrust(
+        kind=ArtifactKind(kind),
+        digest=named,
+        keys=[TrustedKey(kid=KEY.kid, x=KEY.x)],
+        signatures=[SignatureEntry(kid=KEY.kid, signature=KEY.sign(kind, digest or named))],
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "require", "reason"),
+    [
+        ("signed", True, None),
+        ("signed", False, None),
+        ("unsigned", False, None),
+        ("unsigned", True, "is not signed, and project 'admin' requires signatures"),
+        ("image-unsigned", True, "image "),
+        ("other-digest", False, "does not verify over the digest received"),
+        ("revoked", False, "unknown or revoked"),
+    ],
+)
+def test_signatures_are_checked_before_anything_is_synthesized(
+    store: Store,
+    tmp_path: Path,
+    vm_driver: FakeVmDriver,
+    artifacts: dict[str, object],
+    case: str,
+    require: bool,
+    reason: str | None,
+) -> None:
+    trust = {
+        "signed": [_signed(artifacts, "image"), _signed(artifacts, "overlay")],
+        "unsigned": [],
+        "image-unsigned": [_signed(artifacts, "overlay")],
+        # Listed under the overlay's id, made over another digest (relabelled).
+        "other-digest": [_signed(artifacts, "overlay", "ab" * 32)],
+        "revoked": [_signed(artifacts, "overlay").model_copy(update={"keys": []})],
+    }[case]
+    inst = vm_instance("i1", artifacts)
+    inst.signing = InstanceSigning(require_signatures=require, artifacts=trust)
+    with BlobServer() as server:
+        server.add_image(str(artifacts["digest"]), Path(str(artifacts["base"])))
+        server.add_overlay(str(artifacts["overlay"]), Path(str(artifacts["ovl"])))
+        desired.apply_doc(store, doc(1, [inst], full=True))
+        rec, stager = reconciler(store, tmp_path, vm_driver, lambda: (server.url, CREDENTIAL))
+
+        async def go() -> actual.ActualRow:
+            try:
+                return await settle(rec, store, "i1")
+            finally:
+                await stager.aclose()
+
+        row = asyncio.run(go())
+    if reason is None:
+        assert row.state is ActualState.RUNNING, row.reason
+        return
+    assert row.state is ActualState.FAILED and reason in (row.reason or "")
+    assert "refused" in (row.reason or "")
+    assert not list((tmp_path / "vms").glob("i1/*.img"))  # nothing synthesized
+    states = [(e.data["state"], e.data["reason"]) for e in outbox.pending(store)]
+    assert states[-1] == ("failed", row.reason)
+    assert "synthesizing" not in [s for s, _ in states]

@@ -38,6 +38,7 @@ ERROR_TABLE: list[tuple[type[errors.CloudletError], int, str, str]] = [
     (errors.TooLargeError, 413, "too-large", "Too large"),
     (errors.InvalidInputError, 422, "invalid-input", "Invalid input"),
     (errors.IntegrityError, 422, "digest-mismatch", "Digest mismatch"),
+    (errors.SignatureError, 400, "bad-signature", "Bad signature"),
     (errors.ConfigError, 422, "invalid-input", "Invalid input"),
     (errors.BlobStoreError, 503, "blob-store", "Artifact store unavailable"),
 ]

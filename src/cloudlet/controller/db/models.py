@@ -513,3 +513,42 @@ class IssuedClientToken(Base):
     issued_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+
+
+class PublisherKey(Base):
+    """The public half of a publisher's key: it may sign its project's images and overlays
+    (the private half never leaves the publisher). Revoked keys stay, so that their
+    signatures read as revoked rather than unknown."""
+
+    __tablename__ = "publisher_keys"
+    __table_args__ = (UniqueConstraint("project", "name"),)
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"))
+    name: Mapped[str] = mapped_column(String(63))
+    public_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class ArtifactSignature(Base):
+    """A publisher key's signature of an image's digest or an overlay's root digest,
+    checked before it was stored (see cloudlet.signing)."""
+
+    __tablename__ = "artifact_signatures"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kid: Mapped[str] = mapped_column(ForeignKey("publisher_keys.kid"), primary_key=True, index=True)
+    signature: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
+
+
+class SigningPolicy(Base):
+    """A project's signing policy; a project without a row requires no signatures."""
+
+    __tablename__ = "signing_policies"
+
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
+    require_signatures: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[datetime]

@@ -20,7 +20,7 @@ from cloudlet.controller.db.models import (
     InstanceDeparture,
     Site,
 )
-from cloudlet.controller.services import alarms, checkpoints
+from cloudlet.controller.services import alarms, checkpoints, signing
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.agent_packages import agent_target
 from cloudlet.controller.services.auth import SiteBrief
@@ -161,6 +161,7 @@ def desired_doc(session: Session, site: Site, since: int) -> DesiredStateDoc:
             .where(InstanceDeparture.site_id == site.id, InstanceDeparture.revision > since)
         ).all()
         entries += [_departed(i, a, definitions.of(i, a), d) for i, a, d in departed]
+    entries = signing.attach(session, entries)
     entries.sort(key=lambda e: e.revision)
     return DesiredStateDoc(
         site=site.name,
