@@ -182,6 +182,11 @@ class ControllerSettings(BaseModel):
         description="PEM Ed25519 private key client tokens are signed with (default: one "
         "made at first start in data_dir/client-token.key, mode 0600).",
     )
+    login_token_ttl_s: int = Field(
+        12 * 3600,
+        ge=60,
+        description="Longest a login token lives (a sign-in may ask for less).",
+    )
     log_level: str = Field("info", description="Python log level.")
     mobility: MobilitySettings = Field(default_factory=MobilitySettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)

@@ -34,22 +34,41 @@ class ApiError(CloudletError):
         self.type = type_
 
 
+def controller_url(config: ClientConfig) -> str:
+    """The controller's URL as the client uses it (the key of a stored sign-in)."""
+    url = config.controller_url or f"http://127.0.0.1:{config.controller_port}"
+    return url.rstrip("/")
+
+
 def resolve_token(config: ClientConfig) -> str:
+    """The bearer token: --token or CLOUDLET_TOKEN, else the file CLOUDLET_TOKEN_FILE
+    names, else the sign-in stored by `cloudlet login` for this controller, else the
+    admin.token in the controller's data directory (on the controller's host)."""
     if config.token:
         return config.token
-    path = Path(os.environ.get("CLOUDLET_TOKEN_FILE", config.data_dir / "admin.token"))
+    named = os.environ.get("CLOUDLET_TOKEN_FILE")
+    if named is None:
+        from cloudlet.cli._credentials import stored_token
+
+        login = stored_token(controller_url(config))
+        if login is not None:
+            return login
+    path = Path(named) if named is not None else config.data_dir / "admin.token"
     try:
         return path.read_text().strip()
     except OSError as exc:
         raise AuthError(
-            f"no API token: set CLOUDLET_TOKEN, pass --token, or point CLOUDLET_TOKEN_FILE "
-            f"at the controller's admin.token ({path} not readable)"
+            f"no API token: run `cloudlet login`, set CLOUDLET_TOKEN, pass --token, or point "
+            f"CLOUDLET_TOKEN_FILE at the controller's admin.token ({path} not readable)"
         ) from exc
 
 
 class Client:
-    def __init__(self, config: ClientConfig, timeout: float = 30.0) -> None:
-        url = config.controller_url or f"http://127.0.0.1:{config.controller_port}"
+    def __init__(
+        self, config: ClientConfig, timeout: float = 30.0, *, anonymous: bool = False
+    ) -> None:
+        """``anonymous``: send no token (signing in)."""
+        url = controller_url(config)
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"controller URL must start with http:// or https://: {url}")
         self.url = url.rstrip("/")
@@ -59,7 +78,7 @@ class Client:
         self._https = parts.scheme == "https"
         self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path
         self._timeout = timeout
-        self._token = resolve_token(config)
+        self._token = None if anonymous else resolve_token(config)
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._https:
@@ -86,7 +105,9 @@ class Client:
             ControllerUnreachableError: no connection, or it broke.
             ApiError: the controller answered an error (its problem detail).
         """
-        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
+        if self._token is not None:
+            headers["Authorization"] = f"Bearer {self._token}"
         body: bytes | Iterable[bytes] | None = content
         if json is not None:
             body = jsonlib.dumps(json).encode()

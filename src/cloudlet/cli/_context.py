@@ -18,6 +18,7 @@ from cloudlet.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from cloudlet.cli._client import Client
+    from cloudlet.cli._config import ClientConfig
     from cloudlet.settings import Settings
 
 #: Exit code of a command that would have asked a question but has no terminal to ask on.
@@ -41,16 +42,19 @@ class CliContext:
     def client(self) -> Client:
         if self._client is None:
             from cloudlet.cli._client import Client
-            from cloudlet.cli._config import ClientConfig, fast_client_config
 
-            config = fast_client_config(self.config_file, self.url, self.token)
-            if config is None:
-                s = self.settings()
-                config = ClientConfig(
-                    s.controller_url, s.token, s.controller.port, s.controller.data_dir
-                )
-            self._client = Client(config)
+            self._client = Client(self.client_config())
         return self._client
+
+    def client_config(self) -> ClientConfig:
+        from cloudlet.cli._config import ClientConfig, fast_client_config
+
+        config = fast_client_config(self.config_file, self.url, self.token)
+        if config is None:
+            s = self.settings()
+            controller = s.controller
+            config = ClientConfig(s.controller_url, s.token, controller.port, controller.data_dir)
+        return config
 
 
 def ctx_of(ctx: typer.Context) -> CliContext:

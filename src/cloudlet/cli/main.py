@@ -35,6 +35,14 @@ GROUPS: dict[str, tuple[str, str]] = {
     "key": ("key", "Publisher keys: sign images and overlays."),
     "upgrade": ("upgrade", "Upgrade the sites' agents in waves; follow app rollouts."),
     "demo": ("demo", "Run the demo: three sites, two apps, a link cut and the catch-up."),
+    "project": ("project", "Projects: the tenants apps, images and instances belong to."),
+    "user": ("user", "Users and their roles: admin, member or reader, per project."),
+    "api-key": ("api_key", "API keys: tokens for automation, until revoked."),
+}
+# command name -> (module under cloudlet.cli, its Typer of that one command, one-line help).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "login": ("login", "login_app", "Sign in as a user; the token is kept for this controller."),
+    "logout": ("login", "logout_app", "Sign out of this controller."),
 }
 
 
@@ -49,9 +57,11 @@ class LazyGroup(TyperGroup):
         self._listing = False
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [*super().list_commands(ctx), *GROUPS]
+        return [*super().list_commands(ctx), *GROUPS, *COMMANDS]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in COMMANDS:
+            return self._command(cmd_name)
         if cmd_name not in GROUPS:
             return super().get_command(ctx, cmd_name)
         module, summary = GROUPS[cmd_name]
@@ -62,6 +72,18 @@ class LazyGroup(TyperGroup):
             command = typer.main.get_group(sub)
             command.name = cmd_name
             # Built on its own, a group gets the root's completion options: drop them.
+            command.params = [p for p in command.params if p.name not in _COMPLETION]
+            self.commands[cmd_name] = command
+        return self.commands[cmd_name]
+
+    def _command(self, cmd_name: str) -> click.Command:
+        module, attr, summary = COMMANDS[cmd_name]
+        if self._listing:
+            return click.Command(cmd_name, help=summary)
+        if cmd_name not in self.commands:
+            sub = getattr(importlib.import_module(f"cloudlet.cli.{module}"), attr)
+            command = typer.main.get_command(sub)
+            command.name = cmd_name
             command.params = [p for p in command.params if p.name not in _COMPLETION]
             self.commands[cmd_name] = command
         return self.commands[cmd_name]

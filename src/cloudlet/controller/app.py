@@ -22,15 +22,18 @@ from cloudlet.controller.api import (
     client_tokens,
     discover,
     events,
+    identity,
     instances,
     metrics,
     mobility,
     openapi,
     problems,
+    projects,
     rollouts,
     signing,
     sites,
     upgrades,
+    users,
 )
 from cloudlet.controller.api.agent_lane import REPORT, REPORT_MAX_BYTES, AgentLane
 from cloudlet.controller.db.dialect import is_sqlite
@@ -145,6 +148,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
         upgrades, rollouts, checkpoints, client_tokens, signing,
+        identity, projects, users,
     ):  # fmt: skip
         app.include_router(module.router)
 

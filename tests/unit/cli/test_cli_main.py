@@ -11,7 +11,7 @@ import pytest
 import typer
 from rich.text import Text
 
-from cloudlet.cli.main import GROUPS, app
+from cloudlet.cli.main import COMMANDS, GROUPS, app
 
 #: What a list command must not pay for at start-up (the server stack, synthesis).
 HEAVY = ("numpy", "fastapi", "sqlalchemy", "uvicorn", "cloudlet.controller", "cloudlet.agent")
@@ -29,7 +29,10 @@ def test_importing_the_cli_imports_no_server_stack() -> None:
     assert _imported_after("import cloudlet.cli.main") == set()
 
 
-@pytest.mark.parametrize("group", ["site", "instance", "event", "app", "image", "overlay"])
+@pytest.mark.parametrize(
+    "group",
+    ["site", "instance", "event", "app", "image", "overlay", "project", "user", "api-key", "login"],
+)
 def test_list_commands_import_no_server_stack(group: str) -> None:
     code = (
         "from cloudlet.cli.main import app\n"
@@ -50,13 +53,17 @@ def _commands(group: click.Command, path: str = "cloudlet"):  # type: ignore[no-
 def test_every_group_is_listed_and_loads() -> None:
     root = typer.main.get_command(app)
     names = root.list_commands(click.Context(root))  # type: ignore[attr-defined]
-    assert names == list(GROUPS)
+    assert names == [*GROUPS, *COMMANDS]
     for name, (module, summary) in GROUPS.items():
         sub = root.get_command(click.Context(root), name)  # type: ignore[attr-defined]
         assert sub is not None and sub.name == name
         assert importlib.import_module(f"cloudlet.cli.{module}").app.info.help == summary
         params = {p.name for p in sub.params}
         assert not params & {"install_completion", "show_completion"}
+    for name in COMMANDS:
+        command = root.get_command(click.Context(root), name)  # type: ignore[attr-defined]
+        assert command is not None and command.name == name and command.help
+        assert not {p.name for p in command.params} & {"install_completion", "show_completion"}
 
 
 def test_no_help_text_is_eaten_by_markup() -> None:

@@ -43,6 +43,7 @@ from cloudlet.errors import (
     IntegrityError,
     InvalidInputError,
     NotFoundError,
+    TokenExpiredError,
 )
 from cloudlet.schemas import DEFAULT_PROJECT
 from cloudlet.schemas._base import Model
@@ -98,6 +99,8 @@ def blob_reader(request: Request) -> Reader:
     with request.app.state.cloudlet.sessions() as session:
         try:
             user = authenticate_user(session, token)
+        except TokenExpiredError:
+            raise  # a login token past its expiry: say so, not "unknown"
         except AuthError:
             if not token:
                 raise

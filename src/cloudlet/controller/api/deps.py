@@ -49,8 +49,12 @@ def refuse_reader_writes(request: Request, user: ApiToken) -> ApiToken:
 
 
 def current_user(request: Request, session: Annotated[Session, _DB]) -> ApiToken:
-    user = authenticate_user(session, bearer_secret(request.headers.get("authorization")))
-    return refuse_reader_writes(request, user)
+    return refuse_reader_writes(request, current_token(request, session))
+
+
+def current_token(request: Request, session: Annotated[Session, _DB]) -> ApiToken:
+    """The caller's token, whatever its role and the method (signing out, for one)."""
+    return authenticate_user(session, bearer_secret(request.headers.get("authorization")))
 
 
 def require_admin(user: ApiToken, what: str) -> None:
@@ -77,4 +81,5 @@ def scope_project(user: ApiToken, requested: str | None = None) -> str | None:
 
 DB = Annotated[Session, _DB]
 User = Annotated[ApiToken, Depends(current_user)]
+Token = Annotated[ApiToken, Depends(current_token)]
 State = Annotated[ControllerState, Depends(state)]

@@ -28,8 +28,12 @@ PUBLIC = frozenset(
         ("get", "/v1/discover"),
         # Public keys: what sites and app backends check client tokens with.
         ("get", "/v1/client-tokens/keys"),
+        # Signing in: the password is the credential.
+        ("post", "/v1/auth/tokens"),
     }
 )
+#: Public operations that may still refuse (403): a user with no role in the project.
+_PUBLIC_FORBIDS = frozenset({("post", "/v1/auth/tokens")})
 _REASONS = {
     400: "The body is not well-formed (malformed JSON, invalid UTF-8).",
     401: "Missing, unknown or expired token or site credential.",
@@ -50,7 +54,7 @@ _PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 
 def _error_codes(method: str, path: str, operation: dict[str, Any]) -> list[int]:
     codes = {401, 404, 422}  # enroll answers 401 to a bad join token too
-    if (method, path) not in PUBLIC:
+    if (method, path) not in PUBLIC or (method, path) in _PUBLIC_FORBIDS:
         codes.add(403)
     if "requestBody" in operation:
         codes |= {400, 413}

@@ -64,6 +64,38 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(32))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime]
+    #: "key" (an API key, or the bootstrap admin token) or "login" (a user's sign-in).
+    kind: Mapped[str] = mapped_column(String(16), default="key", server_default="key")
+    #: The user who signed in (login tokens) or made the key (None: bootstrap, CLI).
+    user_id: Mapped[str | None] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE", name="fk_api_tokens_user_id_users"), index=True
+    )
+    #: After this the token is refused (None: until revoked).
+    expires_at: Mapped[datetime | None]
+
+
+class User(Base):
+    """A person who signs in with a password (stored as an argon2id hash only)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime]
+
+
+class RoleAssignment(Base):
+    """A user's role in one project; a user may hold one role in each of many."""
+
+    __tablename__ = "role_assignments"
+
+    user_id: Mapped[str] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime]
 
 
 class Site(Base):

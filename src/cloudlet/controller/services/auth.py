@@ -12,7 +12,7 @@ from cloudlet._secret_file import write_secret
 from cloudlet.controller.db.models import ApiToken, Project, Site
 from cloudlet.controller.services._util import hash_secret, new_id, new_secret, utcnow
 from cloudlet.controller.services.projects import ensure_project
-from cloudlet.errors import AuthError, InvalidInputError
+from cloudlet.errors import AuthError, InvalidInputError, TokenExpiredError
 from cloudlet.schemas import DEFAULT_PROJECT
 
 ADMIN_TOKEN_FILE = "admin.token"
@@ -77,16 +77,21 @@ def create_api_token(session: Session, name: str, project: str, role: str) -> st
 
 
 def authenticate_user(session: Session, token: str | None) -> ApiToken:
-    """The API token behind a bearer secret.
+    """The API token (an API key or a login token) behind a bearer secret.
 
     Raises:
         AuthError: no token, or an unknown one.
+        TokenExpiredError: a login token past its expiry.
     """
     if not token:
         raise AuthError("missing bearer token")
     row = session.scalar(select(ApiToken).where(ApiToken.token_hash == hash_secret(token)))
     if row is None:
         raise AuthError("invalid bearer token")
+    if row.expires_at is not None and row.expires_at <= utcnow():
+        raise TokenExpiredError(
+            f"the token expired at {row.expires_at.isoformat(timespec='seconds')}; sign in again"
+        )
     return row
 
 

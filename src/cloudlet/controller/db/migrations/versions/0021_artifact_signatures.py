@@ -1,6 +1,6 @@
 """publisher_keys, artifact_signatures and signing_policies: signed images and overlays (#12)
 
-Revision ID: 0025
+Revision ID: 0021
 Revises: 0020
 Create Date: 2026-12-04
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0025"
+revision = "0021"
 down_revision = "0020"
 branch_labels = None
 depends_on = None
