@@ -539,6 +539,17 @@ def _check(world: World, caller: str, method: str, template: str, response: http
         assert not leaked, f"{what}\nB's things in the answer: {leaked}"
 
 
+def test_an_admin_reaches_another_project_s_instance_by_id(world: World) -> None:
+    """Before the matrix (whose admin deletes B's instance): the provider's operators act
+    on every project, so B's instance is theirs to see by id; by name only the admin
+    project's answers, names being unique per project alone."""
+    with world.ctl.client() as admin:
+        shown = _ok(admin.get(f"/v1/instances/{world.ids['instance']}"))
+        assert shown["project"] == B
+        _ok(admin.get(f"/v1/instances/{world.ids['instance']}/checkpoints"))
+        assert admin.get(f"/v1/instances/{shown['name']}").status_code == 404
+
+
 @pytest.mark.parametrize(("caller", "route"), CASES, ids=[f"{c}:{m} {p}" for c, (m, p) in CASES])
 def test_isolation(world: World, caller: str, route: tuple[str, str]) -> None:
     method, template = route

@@ -19,9 +19,9 @@ from cloudlet._digest import file_blake3
 from cloudlet.controller.api import agent as agent_api
 from cloudlet.controller.api._blob_response import OCTET, BlobResponse, blob_response
 from cloudlet.controller.api.artifacts import body_chunks
-from cloudlet.controller.api.deps import DB, User, scope_project
+from cloudlet.controller.api.deps import DB, User, load_instance
 from cloudlet.controller.db.models import Checkpoint as CheckpointRow
-from cloudlet.controller.services import checkpoints, fleet, instances
+from cloudlet.controller.services import checkpoints, fleet
 from cloudlet.controller.services._store import discard, write_chunk
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import (
@@ -31,7 +31,6 @@ from cloudlet.errors import (
     NotFoundError,
     TooLargeError,
 )
-from cloudlet.schemas import DEFAULT_PROJECT
 from cloudlet.schemas.mobility import Checkpoint, CheckpointKind
 
 log = logging.getLogger(__name__)
@@ -62,9 +61,7 @@ def checkpoint_view(row: CheckpointRow, site: str) -> Checkpoint:
 @router.get("/v1/instances/{ref}/checkpoints", response_model=list[Checkpoint])
 def list_checkpoints(ref: str, session: DB, user: User) -> list[Checkpoint]:
     """The instance's checkpoints kept at the controller, newest first."""
-    row = instances.get_instance(session, scope_project(user) or DEFAULT_PROJECT, ref)
-    if row is None:
-        raise NotFoundError(f"instance {ref!r} not found")
+    row = load_instance(session, user, ref)
     rows = checkpoints.list_for(session, row.id)
     names = fleet.site_names(session, {r.site_id for r in rows}) if rows else {}
     return [checkpoint_view(r, names.get(r.site_id, r.site_id)) for r in rows]

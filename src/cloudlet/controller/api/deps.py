@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import ApiToken, Site
-from cloudlet.controller.services import fleet
+from cloudlet.controller.db.models import ApiToken, Instance, Site
+from cloudlet.controller.services import fleet, instances
 from cloudlet.controller.services.auth import authenticate_user
 from cloudlet.controller.state import ControllerState
 from cloudlet.errors import ForbiddenError, NotFoundError
@@ -69,6 +69,15 @@ def load_site(session: Session, name: str) -> Site:
     if site is None:
         raise NotFoundError(f"site {name!r} not found")
     return site
+
+
+def load_instance(session: Session, user: ApiToken, ref: str) -> Instance:
+    """The instance ``ref`` (id or name) as the caller may see it: admins any project's by
+    id; NotFoundError (404) otherwise, another project's included."""
+    row = instances.get_instance(session, scope_project(user), ref)
+    if row is None:
+        raise NotFoundError(f"instance {ref!r} not found")
+    return row
 
 
 def scope_project(user: ApiToken, requested: str | None = None) -> str | None:

@@ -8,13 +8,12 @@ from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy import select
 
 from cloudlet.controller.api.checkpoints import drop_blobs
-from cloudlet.controller.api.deps import DB, State, User, load_site, scope_project
+from cloudlet.controller.api.deps import DB, State, User, load_instance, load_site, scope_project
 from cloudlet.controller.api.paging import MAX_LIMIT, PAGED, Cursor, limit_query, set_next
 from cloudlet.controller.db.models import App
 from cloudlet.controller.db.models import Instance as InstanceRow
 from cloudlet.controller.services import _paging as paging
 from cloudlet.controller.services import checkpoints, fleet, instances
-from cloudlet.errors import NotFoundError
 from cloudlet.schemas import DEFAULT_PROJECT, Instance, InstanceAction, InstanceCreate
 from cloudlet.schemas._base import Model
 
@@ -106,16 +105,9 @@ def list_instances(
 _KEY = (datetime, str, str)
 
 
-def _load(session: DB, user: User, ref: str) -> InstanceRow:
-    row = instances.get_instance(session, scope_project(user) or DEFAULT_PROJECT, ref)
-    if row is None:
-        raise NotFoundError(f"instance {ref!r} not found")
-    return row
-
-
 @router.get("/{ref}", response_model=Instance)
 def show_instance(ref: str, session: DB, user: User) -> Instance:
-    row = _load(session, user, ref)
+    row = load_instance(session, user, ref)
     return _view(row, _names(session, [row]))
 
 
@@ -133,7 +125,7 @@ def _action_route(action: InstanceAction) -> None:
     # One route per action, not /{ref}/{action}: that pattern would also catch
     # the other /{ref}/... routes (move, client) and answer them 422.
     def act_on_instance(ref: str, session: DB, user: User, st: State) -> Instance:
-        row = instances.act(session, _load(session, user, ref), action)
+        row = instances.act(session, load_instance(session, user, ref), action)
         session.commit()
         st.watcher.notify(row.site_id)
         return _view(row, _names(session, [row]))
@@ -155,7 +147,7 @@ for _action in InstanceAction:
 
 @router.delete("/{ref}", status_code=status.HTTP_202_ACCEPTED, response_model=Instance)
 def delete_instance(ref: str, session: DB, user: User, st: State) -> Instance:
-    row = instances.delete_instance(session, _load(session, user, ref))
+    row = instances.delete_instance(session, load_instance(session, user, ref))
     gone = checkpoints.forget_instance(session, row.id)  # nothing fails it over now
     session.commit()
     drop_blobs(st, gone)

@@ -10,14 +10,22 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from cloudlet.controller.api import agent as agent_api
-from cloudlet.controller.api.deps import DB, State, User, load_site, require_admin, scope_project
+from cloudlet.controller.api.deps import (
+    DB,
+    State,
+    User,
+    load_instance,
+    load_site,
+    require_admin,
+    scope_project,
+)
 from cloudlet.controller.api.instances import _names, _view
 from cloudlet.controller.db.models import Handoff as HandoffRow
 from cloudlet.controller.db.models import Instance as InstanceRow
-from cloudlet.controller.services import fleet, instances, mobility
+from cloudlet.controller.services import fleet, mobility
 from cloudlet.controller.services._util import utcnow
 from cloudlet.errors import ConflictError, InvalidInputError, NotFoundError
-from cloudlet.schemas import DEFAULT_PROJECT, Instance, Site, SiteState
+from cloudlet.schemas import Instance, Site, SiteState
 from cloudlet.schemas.mobility import (
     ClientPosition,
     Handoff,
@@ -31,13 +39,6 @@ router = APIRouter(tags=["mobility"])
 
 #: Largest state archive a source may upload (process state directories).
 MAX_STATE_BYTES = 512 * 1024 * 1024
-
-
-def _load(session: DB, user: User, ref: str) -> InstanceRow:
-    row = instances.get_instance(session, scope_project(user) or DEFAULT_PROJECT, ref)
-    if row is None:
-        raise NotFoundError(f"instance {ref!r} not found")
-    return row
 
 
 def handoff_view(session: DB, row: HandoffRow) -> Handoff:
@@ -64,7 +65,7 @@ def handoff_view(session: DB, row: HandoffRow) -> Handoff:
 )
 def move_instance(ref: str, body: InstanceMove, session: DB, user: User, st: State) -> Handoff:
     """Hand the instance over to another site (its source stops it and sends its state)."""
-    row = _load(session, user, ref)
+    row = load_instance(session, user, ref)
     dest = load_site(session, body.to)
     source = row.site_id
     why = f"moved to {dest.name} on request"
@@ -81,7 +82,7 @@ def set_client_position(
 ) -> Instance:
     """Record where the instance's client is now; an instance that follows its client
     is moved by the relocation loop when this leaves its site's latency bound."""
-    row = _load(session, user, ref)
+    row = load_instance(session, user, ref)
     row.client_latitude, row.client_longitude = body.latitude, body.longitude
     row.updated_at = utcnow()
     session.commit()
@@ -97,7 +98,7 @@ def list_handoffs(
     if project is not None:
         query = query.where(HandoffRow.project == project)
     if instance is not None:
-        query = query.where(HandoffRow.instance_id == _load(session, user, instance).id)
+        query = query.where(HandoffRow.instance_id == load_instance(session, user, instance).id)
     return [handoff_view(session, h) for h in session.scalars(query)]
 
 

@@ -22,6 +22,7 @@ from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.fleet import availability_since, get_site, record
 from cloudlet.errors import ConflictError, NotFoundError
 from cloudlet.schemas import (
+    DEFAULT_PROJECT,
     ActualState,
     Availability,
     ComponentKind,
@@ -45,8 +46,12 @@ def bump_revision(session: Session, site_id: str) -> int:
     return revision
 
 
-def get_instance(session: Session, project: str, ref: str) -> Instance | None:
-    """By id or by name within the project."""
+def get_instance(session: Session, project: str | None, ref: str) -> Instance | None:
+    """By id or by name within the project. With no project (an admin's request), by id
+    in any project, or by name in the admin project: names are unique only per project."""
+    if project is None:
+        by_id = session.get(Instance, ref)
+        return by_id if by_id is not None else get_instance(session, DEFAULT_PROJECT, ref)
     return session.scalar(
         select(Instance).where(
             Instance.project == project, (Instance.id == ref) | (Instance.name == ref)
