@@ -27,6 +27,7 @@ from cloudlet.controller.api import (
     mobility,
     openapi,
     problems,
+    quotas,
     rollouts,
     sites,
     upgrades,
@@ -143,7 +144,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
-        upgrades, rollouts, checkpoints, client_tokens,
+        upgrades, rollouts, checkpoints, client_tokens, quotas,
     ):  # fmt: skip
         app.include_router(module.router)
 
