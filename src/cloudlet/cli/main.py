@@ -33,6 +33,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "overlay": ("overlay", "Create, inspect, verify and apply VM overlays."),
     "image": ("image", "Base images."),
     "upgrade": ("upgrade", "Upgrade the sites' agents in waves; follow app rollouts."),
+    "quota": ("quota", "Project quotas: limits and usage."),
     "demo": ("demo", "Run the demo: three sites, two apps, a link cut and the catch-up."),
 }
 
