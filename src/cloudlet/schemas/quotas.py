@@ -13,7 +13,7 @@ from cloudlet.schemas.common import JsonNumber
 QUOTAS = ("instances", "vcpus", "memory_mib", "overlay_bytes", "image_bytes")
 
 _COUNT = Annotated[int, Field(ge=0, le=10**9), JsonNumber]
-_BYTES = Annotated[int, Field(ge=0, le=2**62), JsonNumber]
+_BYTES = Annotated[int, Field(ge=0, le=2**53), JsonNumber]  # exact as a JSON double too
 _CPUS = Annotated[float, Field(ge=0, le=10**9), JsonNumber]
 _MIB = Annotated[int, Field(ge=0, le=2**52), JsonNumber]
 
