@@ -122,6 +122,22 @@ def test_instances_past_a_quota_are_refused_naming_the_quota(
     assert api.post("/v1/instances", json={"app": "web", "site": "oslo"}).status_code == 201
 
 
+def test_a_new_version_asking_more_than_the_quota_leaves_is_refused(
+    api: httpx.Client, fire: httpx.Client
+) -> None:
+    for _ in range(2):
+        fire.post("/v1/instances", json={"app": "web", "site": "oslo"}).raise_for_status()
+    api.put("/v1/projects/fire/quota", json={"vcpus": 1.5}).raise_for_status()
+    components = _app()["components"]
+    # Both instances would move to 1 vCPU each: 1 more than the 1 they use now.
+    bigger = {"components": components, "resources": {"vcpus": 1, "memory_mib": 64}}
+    body = _quota_refusal(fire.post("/v1/apps/web/versions", json=bigger), "vcpus")
+    assert body["detail"] == "project fire: quota vcpus 1.5, in use 1, asked 1"
+    assert fire.get("/v1/apps/web").json()["version"] == 1  # nothing published
+    fits = {"components": components, "resources": {"vcpus": 0.7, "memory_mib": 64}}
+    assert fire.post("/v1/apps/web/versions", json=fits).status_code == 201
+
+
 def test_uploads_reserve_their_size_against_the_bytes_quotas(
     api: httpx.Client, fire: httpx.Client
 ) -> None:

@@ -46,11 +46,12 @@ def set_limits(session: Session, project: str, body: QuotaUpdate) -> ProjectQuot
     return row
 
 
-def instance_usage(session: Session, project: str) -> dict[str, float]:
-    """Live (not deleted) instances of the project, and the vCPUs and memory of the
-    app version each runs: stopped and suspended ones too, which a start resumes
-    without asking again."""
-    rows = session.execute(
+def _live_resources(
+    session: Session, project: str, app_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The resources of the app version each live instance of the project (or of one
+    of its apps) runs."""
+    query = (
         select(AppVersion.resources, App.resources)
         .select_from(Instance)
         .join(App, App.id == Instance.app_id)
@@ -59,13 +60,22 @@ def instance_usage(session: Session, project: str) -> dict[str, float]:
             and_(AppVersion.app_id == Instance.app_id, AppVersion.version == Instance.app_version),
         )
         .where(Instance.project == project, Instance.desired_state != DesiredState.DELETED.value)
-    ).all()
-    vcpus = memory = 0.0
-    for version_res, app_res in rows:
-        res: dict[str, Any] = version_res or app_res
-        vcpus += float(res.get("vcpus", 0))
-        memory += float(res.get("memory_mib", 0))
-    return {"instances": len(rows), "vcpus": vcpus, "memory_mib": memory}
+    )
+    if app_id is not None:
+        query = query.where(Instance.app_id == app_id)
+    return [version_res or app_res for version_res, app_res in session.execute(query)]
+
+
+def instance_usage(session: Session, project: str) -> dict[str, float]:
+    """Live (not deleted) instances of the project, and the vCPUs and memory of the
+    app version each runs: stopped and suspended ones too, which a start resumes
+    without asking again."""
+    rows = _live_resources(session, project)
+    return {
+        "instances": len(rows),
+        "vcpus": sum(float(r.get("vcpus", 0)) for r in rows),
+        "memory_mib": sum(float(r.get("memory_mib", 0)) for r in rows),
+    }
 
 
 def artifact_usage(session: Session, project: str, kind: ArtifactKind) -> int:
@@ -118,6 +128,33 @@ def check_instance(session: Session, project: str, resources: dict[str, Any]) ->
         "memory_mib": float(resources.get("memory_mib", 0)),
     }
     _refuse_over(project, row, instance_usage(session, project), asked)
+
+
+def check_version(session: Session, project: str, app_id: str, resources: dict[str, Any]) -> None:
+    """Make room for a new version of an app asking for ``resources``, which its live
+    instances will be rolled to: what asks more than the version each runs now is
+    checked against vcpus and memory_mib; the project is locked as by
+    :func:`check_instance`.
+
+    Raises:
+        QuotaExceededError: the instances on the new version would pass a limit.
+    """
+    names = ("vcpus", "memory_mib")
+    if not _limited(get_limits(session, project), names):
+        return
+    lock_project(session, project)
+    row = get_limits(session, project)
+    if not _limited(row, names):
+        return
+    assert row is not None
+    current = _live_resources(session, project, app_id)
+    growth = {
+        name: sum(float(resources.get(name, 0)) - float(r.get(name, 0)) for r in current)
+        for name in names
+    }
+    asked = {name: _tidy(more) for name, more in growth.items() if more > _EPSILON}
+    if asked:
+        _refuse_over(project, row, instance_usage(session, project), asked)
 
 
 def check_artifact(session: Session, project: str, kind: ArtifactKind, size: int) -> None:
