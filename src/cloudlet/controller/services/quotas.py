@@ -35,6 +35,7 @@ def get_limits(session: Session, project: str) -> ProjectQuota | None:
 
 def set_limits(session: Session, project: str, body: QuotaUpdate) -> ProjectQuota:
     """Apply the fields ``body`` sets (null: unlimited); the rest keep their value."""
+    lock_project(session, project)  # two first settings would both insert the row
     row = get_limits(session, project)
     if row is None:
         row = ProjectQuota(project=project, updated_at=utcnow())
