@@ -9,6 +9,7 @@ CloudletError
 │   ├── TokenExpiredError
 │   └── TokenRevokedError       a client token revoked before its expiry
 ├── ForbiddenError              authenticated, but the role or project may not do this
+│   └── QuotaExceededError      the project's quota leaves no room for the request
 ├── SignatureError              an artifact's signature is missing, unknown or does not verify
 ├── TooLargeError               a body or field larger than its bound
 ├── PlacementError              no site fits an instance
@@ -62,6 +63,22 @@ class TokenRevokedError(AuthError):
 
 class ForbiddenError(CloudletError):
     pass
+
+
+class QuotaExceededError(ForbiddenError):
+    """A creation the project's quota has no room for; says which quota and by how much."""
+
+    def __init__(
+        self, project: str, quota: str, limit: float, used: float, requested: float
+    ) -> None:
+        super().__init__(
+            f"project {project}: quota {quota} {limit:g}, in use {used:g}, asked {requested:g}"
+        )
+        self.project = project
+        self.quota = quota
+        self.limit = limit
+        self.used = used
+        self.requested = requested
 
 
 class SignatureError(CloudletError):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from cloudlet.cli import quota
 from cloudlet.cli._context import JsonOpt, OutputFormat, OutputOpt, ctx_of, output_format
 from cloudlet.cli._output import console, emit_json, show
 
 app = typer.Typer(help="Projects: the tenants apps, images and instances belong to.")
+app.add_typer(quota.app, name="quota")
 
 COLUMNS = [("NAME", lambda p: p["name"]), ("CREATED", lambda p: p["created_at"])]
 

@@ -29,6 +29,7 @@ from cloudlet.controller.api import (
     openapi,
     problems,
     projects,
+    quotas,
     rollouts,
     signing,
     sites,
@@ -148,7 +149,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
         upgrades, rollouts, checkpoints, client_tokens, signing,
-        identity, projects, users,
+        identity, projects, users, quotas,
     ):  # fmt: skip
         app.include_router(module.router)
 

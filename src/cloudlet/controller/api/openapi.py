@@ -37,7 +37,9 @@ _PUBLIC_FORBIDS = frozenset({("post", "/v1/auth/tokens")})
 _REASONS = {
     400: "The body is not well-formed (malformed JSON, invalid UTF-8).",
     401: "Missing, unknown or expired token or site credential.",
-    403: "The caller's role or project may not do this.",
+    403: "The caller's role or project may not do this (type forbidden), or the project's "
+    "quota has no room for what it creates (type quota-exceeded: `quota`, `limit`, `used` "
+    "and `requested` say which and by how much).",
     404: "A named site, app, instance, image, overlay, upload or project does not exist.",
     409: "The request conflicts with the current state (name taken, state forbids it).",
     413: "The body is larger than this endpoint accepts.",

@@ -31,6 +31,7 @@ ERROR_TABLE: list[tuple[type[errors.CloudletError], int, str, str]] = [
     (errors.TokenExpiredError, 401, "token-expired", "Token expired"),
     (errors.TokenRevokedError, 401, "token-revoked", "Token revoked"),
     (errors.AuthError, 401, "auth", "Not authenticated"),
+    (errors.QuotaExceededError, 403, "quota-exceeded", "Quota exceeded"),
     (errors.ForbiddenError, 403, "forbidden", "Forbidden"),
     (errors.NotFoundError, 404, "not-found", "Not found"),
     (errors.ConflictError, 409, "conflict", "Conflict"),
@@ -69,8 +70,20 @@ def problem(
 async def _cloudlet_error(request: Request, exc: Exception) -> JSONResponse:
     for cls, status, slug, title in ERROR_TABLE:
         if isinstance(exc, cls):
-            return problem(status, slug, title, str(exc), request)
+            return problem(status, slug, title, str(exc), request, **_extensions(exc))
     return await _internal_error(request, exc)
+
+
+def _extensions(exc: Exception) -> dict[str, Any]:
+    """RFC 9457 extension members some problems carry besides their detail."""
+    if isinstance(exc, errors.QuotaExceededError):
+        return {
+            "quota": exc.quota,
+            "limit": exc.limit,
+            "used": exc.used,
+            "requested": exc.requested,
+        }
+    return {}
 
 
 def field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, Insert, event, func, select
+from sqlalchemy import Engine, Insert, event, func, select, text
 from sqlalchemy import Table as SATable
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -45,3 +45,22 @@ def announce_revision(session: Session, site_id: str) -> None:
     changed (``controller.replicas.listen_revisions`` wakes its long polls)."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(select(func.pg_notify(REVISION_CHANNEL, site_id)))
+
+
+_LOCK_PROJECT = {
+    # NO KEY UPDATE: it excludes other quota checks of the project but not the key-share
+    # locks that inserting a row referencing the project takes (a sync report adopting
+    # a site's instance), which FOR UPDATE would block, and could deadlock with.
+    "postgresql": text("SELECT name FROM projects WHERE name = :name FOR NO KEY UPDATE"),
+    # A write takes SQLite's one write lock (and the process's writer turn) before the
+    # caller counts, so the count sees every committed creation and none can commit
+    # until this transaction ends.
+    "sqlite": text("UPDATE projects SET created_at = created_at WHERE name = :name"),
+}
+
+
+def lock_project(session: Session, name: str) -> None:
+    """Hold ``name``'s project until the transaction ends: two quota checks of one
+    project (on any replica) run one after the other, each counting what the other
+    created, so that two creations racing for the last unit cannot both pass."""
+    session.execute(_LOCK_PROJECT[session.get_bind().dialect.name], {"name": name})

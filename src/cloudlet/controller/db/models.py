@@ -584,3 +584,20 @@ class SigningPolicy(Base):
     project: Mapped[str] = mapped_column(ForeignKey("projects.name"), primary_key=True)
     require_signatures: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[datetime]
+
+
+class ProjectQuota(Base):
+    """A project's limits, set by admins; a null column (or no row) is unlimited.
+    What a project uses is counted from its rows at each check, not stored here."""
+
+    __tablename__ = "project_quotas"
+
+    project: Mapped[str] = mapped_column(
+        ForeignKey("projects.name", ondelete="CASCADE"), primary_key=True
+    )
+    instances: Mapped[int | None] = mapped_column(Integer)
+    vcpus: Mapped[float | None] = mapped_column(Float)
+    memory_mib: Mapped[int | None] = mapped_column(BigInteger)
+    overlay_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    image_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]

@@ -19,7 +19,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloudlet import synthesis
 from cloudlet.controller.db.models import App, AppVersion, Image, Overlay, SiteImage, Upload
-from cloudlet.controller.services import _store
+from cloudlet.controller.services import _store, quotas
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import bump_revision
@@ -89,6 +89,8 @@ def create_upload(
         NotFoundError: the project does not exist.
         ConflictError: the name is taken by a different artifact of that kind.
         ConflictError: the controller lacks the disk space for it.
+        QuotaExceededError: the project's overlay_bytes or image_bytes quota has no room
+            for its size (which the upload reserves until it completes or is aborted).
     """
     require_project(session, project)
     _purge_stale_uploads(session, store)
@@ -99,6 +101,8 @@ def create_upload(
             f"{body.kind} {body.name!r} exists already in project {project!r} "
             f"({_artifact_id(taken)[:16]}); choose another name"
         )
+    if taken is None:  # the same artifact again registers nothing new
+        quotas.check_artifact(session, project, body.kind, body.size)
     free = store.free_bytes()
     if body.size > free:
         raise ConflictError(

@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import App, AppVersion, Instance, Overlay
+from cloudlet.controller.services import quotas
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.instances import live_instance_count, purge_tombstones
 from cloudlet.controller.services.projects import require_project
@@ -77,11 +78,14 @@ def create_app(session: Session, project: str, body: AppCreate) -> App:
 
 def publish_version(session: Session, app: App, body: AppVersionCreate) -> App:
     """Make ``body`` the app's next version: new instances run it at once, existing
-    ones move to it by the rollout the caller starts (ConflictError while one runs).
+    ones move to it by the rollout the caller starts (ConflictError while one runs;
+    QuotaExceededError when its live instances on it would pass the project's vcpus or
+    memory_mib quota).
     """
     refuse_if_rolling(session, app)
     resources = body.resources or Resources.model_validate(app.resources)
     _check_resumable_memory(session, body.components, resources)
+    quotas.check_version(session, app.project, app.id, resources.model_dump())
     # Past every version published so far: a failed rollout puts the app back at an
     # earlier one, and its own version number is not reused.
     latest = session.scalar(select(func.max(AppVersion.version)).where(AppVersion.app_id == app.id))

@@ -18,6 +18,7 @@ from cloudlet import placement
 from cloudlet.controller.db.dialect import announce_revision
 from cloudlet.controller.db.models import App, Instance, Site
 from cloudlet.controller.services import _paging as paging
+from cloudlet.controller.services import quotas
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.fleet import availability_since, get_site, record
 from cloudlet.errors import ConflictError, NotFoundError
@@ -181,10 +182,13 @@ def create_instance(
         NotFoundError: unknown app or site.
         ConflictError: the site cannot take instances, or the name is taken.
         PlacementError: no site fits.
+        QuotaExceededError: the project's quota has no room for it (the project stays
+            locked until the caller's transaction ends: insert, then commit).
     """
     app = session.scalar(select(App).where(App.project == project, App.name == body.app))
     if app is None:
         raise NotFoundError(f"app {body.app!r} not found in project {project!r}")
+    quotas.check_instance(session, project, app.resources)
     explanation = None
     if body.site is not None:
         site = get_site(session, body.site)

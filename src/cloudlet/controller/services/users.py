@@ -14,7 +14,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cloudlet.controller.db.models import ApiToken, RoleAssignment, User
+from cloudlet.controller.db.models import ApiToken, Project, RoleAssignment, User
 from cloudlet.controller.services._passwords import (
     burn_time,
     hash_password,
@@ -73,9 +73,11 @@ def grant(session: Session, user: User, project: str, role: str) -> None:
     """Give ``user`` ``role`` in ``project`` (replacing the role held there).
 
     Raises:
-        NotFoundError: no such project.
+        InvalidInputError: no such project (the body names it: the user, which the path
+            names, exists).
     """
-    require_project(session, project)
+    if session.get(Project, project) is None:
+        raise InvalidInputError(f"project {project!r} does not exist: create it first")
     row = session.get(RoleAssignment, (user.id, project))
     if row is None:
         row = RoleAssignment(user_id=user.id, project=project, role=role, created_at=utcnow())
