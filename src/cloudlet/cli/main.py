@@ -33,6 +33,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "overlay": ("overlay", "Create, inspect, verify and apply VM overlays."),
     "image": ("image", "Base images."),
     "upgrade": ("upgrade", "Upgrade the sites' agents in waves; follow app rollouts."),
+    "usage": ("usage", "Metered usage and its cost."),
+    "price": ("price", "The price sheet: free, or prices per hour and per GiB."),
     "demo": ("demo", "Run the demo: three sites, two apps, a link cut and the catch-up."),
 }
 

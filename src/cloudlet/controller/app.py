@@ -26,10 +26,12 @@ from cloudlet.controller.api import (
     metrics,
     mobility,
     openapi,
+    prices,
     problems,
     rollouts,
     sites,
     upgrades,
+    usage,
 )
 from cloudlet.controller.api.agent_lane import REPORT, REPORT_MAX_BYTES, AgentLane
 from cloudlet.controller.db.dialect import is_sqlite
@@ -130,6 +132,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             tasks.flush_traffic(state)
+            tasks.flush_fetches(state)
             tasks.flush_heartbeats(state)
             state.close()
 
@@ -143,7 +146,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     problems.install(app)
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
-        upgrades, rollouts, checkpoints, client_tokens,
+        upgrades, rollouts, checkpoints, client_tokens, prices, usage,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -20,7 +20,7 @@ from cloudlet.controller.db.models import (
     InstanceDeparture,
     Site,
 )
-from cloudlet.controller.services import alarms, checkpoints
+from cloudlet.controller.services import alarms, checkpoints, usage_records
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.agent_packages import agent_target
 from cloudlet.controller.services.auth import SiteBrief
@@ -214,11 +214,13 @@ def store_events(
             for e, project in accepted
         ]
         insert = insert_ignore(Event.__table__, session.get_bind().dialect.name)
-        if signals:
-            # Only events stored now raise or clear: one sent again after a lost ack
-            # must not raise an alarm cleared since.
+        usage = [(e, p) for e, p in accepted if e.kind is EventKind.USAGE]
+        if signals or usage:
+            # Only events stored now raise or clear, or bill: one sent again after a
+            # lost ack must not raise an alarm cleared since, nor count twice.
             stored = set(session.scalars(insert.returning(Event.seq), rows))
             signals = [f for f in signals if f[0].seq in stored]
+            usage_records.record(session, site, [u for u in usage if u[0].seq in stored], now)
         else:
             session.execute(insert, rows)
     for event, project, signal in signals:
