@@ -186,7 +186,11 @@ def site_revisions(connection: Connection, site_ids: list[str]) -> dict[str, int
 
 
 def store_events(
-    session: Session, site: Site, report: AgentReport, max_seq_jump: int
+    session: Session,
+    site: Site,
+    report: AgentReport,
+    max_seq_jump: int,
+    now: datetime | None = None,
 ) -> tuple[int, list[RejectedEvent]]:
     """Store the report's acceptable events once each.
 
@@ -199,7 +203,7 @@ def store_events(
     accepted, rejected = screen_events(session, site, report, max_seq_jump)
     signals = _alarm_signals(accepted)
     if accepted:
-        now = utcnow()
+        now = now or utcnow()
         rows = [
             {
                 "site_id": site.id,
@@ -496,7 +500,7 @@ def ingest_report(
     Returns:
         The acknowledged sequence number and the events refused.
     """
-    acked, rejected = store_events(session, site, report, max_seq_jump)
+    acked, rejected = store_events(session, site, report, max_seq_jump, now)
     if report.instances is not None:
         _apply_actual(session, site, report.instances)
     if report.cache is not None:

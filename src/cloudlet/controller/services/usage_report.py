@@ -131,8 +131,10 @@ def _fetch_rows(
 def _artifact_names(session: Session, ids: set[str]) -> dict[str, str]:
     if not ids:
         return {}
-    names = dict(session.execute(select(Image.digest, Image.name).where(Image.digest.in_(ids))))
-    names.update(session.execute(select(Overlay.id, Overlay.name).where(Overlay.id.in_(ids))))
+    images = select(Image.digest, Image.name).where(Image.digest.in_(ids))
+    overlays = select(Overlay.id, Overlay.name).where(Overlay.id.in_(ids))
+    names = dict(((d, n) for d, n in session.execute(images)))
+    names.update(((i, n) for i, n in session.execute(overlays)))
     return names
 
 
