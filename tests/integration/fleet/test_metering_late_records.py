@@ -10,8 +10,12 @@ an instance a client token started at the site is metered to the token's project
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
@@ -49,6 +53,17 @@ def _app(tmp_path: Path, name: str) -> dict[str, Any]:
         "components": [{"name": "main", "command": [sys.executable, str(script)]}],
         "resources": {"vcpus": 0.5, "memory_mib": 512, "disk_gib": 0.01},
     }
+
+
+def _cli(controller: LocalController, token: str, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
+    env |= {"CLOUDLET_URL": controller.url, "CLOUDLET_TOKEN": token}
+    done = subprocess.run(
+        [sys.executable, "-m", "cloudlet.cli", *args], capture_output=True, text=True, env=env,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def _iso(when: datetime) -> str:
@@ -253,6 +268,29 @@ def test_offline_records_arrive_once_and_change_a_closed_period_only_as_late_rec
                 "SELECT DISTINCT project FROM usage_records WHERE instance_id = ?", (tablet,)
             ).fetchall()
         assert projects == [("fire",)]
+
+        # The same report from the CLI, as a member would take it.
+        bounds = ["--from", _iso(period_start), "--to", _iso(period_end)]
+        as_of = ["--as-of", second["as_of"]]
+        shown = json.loads(
+            _cli(controller, member, "usage", "report", "-p", "fire", *bounds, *as_of, "--json")
+        )
+        assert shown == second
+        rows = list(csv.DictReader(io.StringIO(
+            _cli(controller, member, "usage", "report", "-p", "fire", *bounds, *as_of, "--csv")
+        )))  # fmt: skip
+        assert [r["cost"] for r in rows if r["section"] == "total"] == [
+            t["cost"] for t in second["totals"]
+        ]
+        assert len([r for r in rows if r["section"] == "late"]) == len(second["late"])
+        text = _cli(controller, member, "usage", "report", "-p", "fire", *bounds)
+        assert "late: records that arrived after the period ended" in text
+        listed = json.loads(_cli(controller, member, "price", "list", "--json"))
+        assert {(p["project"], p["app"]) for p in listed} == {
+            (None, None),
+            ("fire", "maps"),
+            ("fire", None),
+        }
     finally:
         for client in clients:
             client.close()
