@@ -57,9 +57,7 @@ def report_csv(report: dict[str, Any]) -> str:
     for total in report["totals"]:
         writer.writerow({"section": "total", **total, "currency": total["currency"] or ""})
     for late in report["late"]:
-        writer.writerow(
-            {"section": "late", **late, "kind": "", "currency": late["currency"] or ""}
-        )
+        writer.writerow({"section": "late", **late, "kind": "", "currency": late["currency"] or ""})
     return out.getvalue()
 
 

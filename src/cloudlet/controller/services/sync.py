@@ -218,15 +218,17 @@ def store_events(
             for e, project in accepted
         ]
         insert = insert_ignore(Event.__table__, session.get_bind().dialect.name)
-        usage = [(e, p) for e, p in accepted if e.kind is EventKind.USAGE]
-        if signals or usage:
-            # Only events stored now raise or clear, or bill: one sent again after a
-            # lost ack must not raise an alarm cleared since, nor count twice.
+        if signals:
+            # Only events stored now raise or clear: one sent again after a lost ack
+            # must not raise an alarm cleared since.
             stored = set(session.scalars(insert.returning(Event.seq), rows))
             signals = [f for f in signals if f[0].seq in stored]
-            usage_records.record(session, site, [u for u in usage if u[0].seq in stored], now)
         else:
             session.execute(insert, rows)
+        # Keyed by (site, seq) too, so a record sent again adds nothing.
+        usage_records.record(
+            session, site, [a for a in accepted if a[0].kind is EventKind.USAGE], now
+        )
     for event, project, signal in signals:
         apply_alarm_signal(session, site, event, project, signal)
     ceiling = site.acked_seq + max_seq_jump

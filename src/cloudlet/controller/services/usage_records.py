@@ -1,8 +1,9 @@
 """Usage records from sites' USAGE events, stored once per (site, seq), cut at hours.
 
-Called with the events the report's INSERT actually stored, so a record sent again
-after a lost acknowledgement adds nothing (and the insert here ignores a row it
-holds already, for two replicas racing on one resend). A record's vCPUs and memory
+Rows are keyed by (site, seq, piece) and inserted with "ignore what is there": a
+record sent again after a lost acknowledgement (the very same record: the outbox
+never folds one it has sent) adds nothing, and neither does a resend two replicas
+race on. No RETURNING is needed to tell new events from known ones. A record's vCPUs and memory
 are what the site says the instance was given; an older agent's record says neither,
 and gets what the controller knows of the instance (its app version's resources).
 Records that make no sense (no times, negative seconds) are kept as events and
