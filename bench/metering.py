@@ -7,7 +7,7 @@ ingest a report of usage events against one of lifecycle events (what the usage 
 add), the time of a report over the whole span (hour-aligned), over a span with
 unaligned bounds (both list late records: every record arrived after them), and of
 a period still open (none late), and one fetch-counter addition (what each sent
-chunk pays). Prints a table and writes bench/results/metering.json.
+chunk pays). Prints a table and writes bench/results/metering-BACKEND.json.
 
     .venv/bin/python bench/metering.py --instances 100 --hours 24
 """
@@ -33,7 +33,7 @@ from cloudlet.controller.services.usage_report import build_report
 from cloudlet.schemas import AgentReport, AppCreate, EnrollRequest, InstanceCreate, SiteCreate
 from cloudlet.schemas.metering import PricePlanSet
 
-RESULTS = Path(__file__).parent / "results" / "metering.json"
+RESULTS = Path(__file__).parent / "results"
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 BATCH = 500
 
@@ -144,8 +144,8 @@ def main() -> None:
     }
     for k, v in row.items():
         print(f"{k:42} {v}")
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(row, indent=2) + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"metering-{row['backend']}.json").write_text(json.dumps(row, indent=2) + "\n")
     if abs(hours - args.instances * args.hours) > 1e-3:
         sys.exit(f"the report counted {hours} instance-hours, not {args.instances * args.hours}")
 
