@@ -3,6 +3,7 @@ arithmetic (a record crossing a bound split at it, exact decimals, late records)
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Iterator
@@ -10,12 +11,16 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from controller_fakes import enrolled_site, sessions, web_app
+from fastapi import FastAPI, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cloudlet.cli.usage import parse_bound, report_csv
+from cloudlet.controller.api._blob_response import blob_response
+from cloudlet.controller.blobs import FilesystemBlobStore
 from cloudlet.controller.db.models import UsageRecord
 from cloudlet.controller.services import artifact_fetches, instances, prices, sync
 from cloudlet.controller.services._metering import (
@@ -277,3 +282,40 @@ def test_report_bounds_take_dates_as_midnight_utc() -> None:
     assert parse_bound("2026-12-01T08:00:00Z", "--to") == "2026-12-01T08:00:00+00:00"
     with pytest.raises(InvalidInputError, match="--from"):
         parse_bound("yesterday", "--from")
+
+
+# --- bytes sent ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "sent"),
+    [
+        ({}, 300_000),
+        ({"range": "bytes=1000-1999"}, 1000),
+        ({"range": "bytes=-10"}, 10),
+        ({"range": "bytes=400000-"}, 0),  # 416: nothing sent
+    ],
+)
+def test_the_bytes_a_blob_response_sends_are_counted_ranges_included(
+    tmp_path: Path, headers: dict[str, str], sent: int
+) -> None:
+    blob = tmp_path / "b"
+    blob.write_bytes(b"x" * 300_000)
+    store = FilesystemBlobStore(tmp_path / "store")
+    store.put("k", blob)
+    counters = artifact_fetches.FetchCounters()
+    key = ("p", "site", "overlay", "k")
+    app = FastAPI()
+
+    @app.get("/blob")
+    def serve(request: Request):  # type: ignore[no-untyped-def]
+        return blob_response(request, store, "k", 300_000, "k", counters.counter(key))
+
+    async def fetch() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://c") as client:
+            return await client.get("/blob", headers=headers)
+
+    answer = asyncio.run(fetch())
+    assert len(answer.content) == sent
+    assert counters.take()[1] == ({key: sent} if sent else {})
