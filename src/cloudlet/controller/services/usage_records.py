@@ -84,7 +84,8 @@ def _by_app(session: Session, project: str, app: str) -> Resources | None:
 def record(
     session: Session, site: Site, events: list[tuple[OutboxEvent, str | None]], now: datetime
 ) -> int:
-    """Store the usage records of just-stored USAGE events; return how many rows."""
+    """Store the pieces of the report's accepted USAGE events that are not stored yet;
+    return how many pieces the events make (held ones included)."""
     billable = [(e, p) for e, p in events if p is not None]
     known = _known(session, billable)  # type: ignore[arg-type]
     rows: list[dict[str, Any]] = []
