@@ -11,8 +11,8 @@ controller restored from an older backup has lost what it acknowledged since;
 stores by (site, seq), what it still holds is ignored and what it lost is filled.
 
 The outbox has a soft cap (:func:`compact`). Past it, nothing that bills or tells
-a lifecycle is dropped: usage intervals of one instance that follow each other are
-merged into one record (same seconds, one row), and repeated alarms with the same
+a lifecycle is dropped: usage intervals of one instance that follow each other (at the same
+resources) are merged into one record (same seconds, one row), and repeated alarms with the same
 message are folded into the newest, which counts them (never a raise or clear of a
 stateful alarm: those come once each by construction, and their order matters).
 Lifecycle events (agent started, instance created, state changes) are kept one by
@@ -210,6 +210,12 @@ def _of_kind(conn: sqlite3.Connection, kind: EventKind, after: int) -> list[sqli
     return conn.execute(query, (str(kind), after)).fetchall()
 
 
+def _follows(previous: dict[str, Any], data: dict[str, Any]) -> bool:
+    """``data`` starts where ``previous`` ended, with the same resources (billed alike)."""
+    same = all(previous.get(k) == data.get(k) for k in ("vcpus", "memory_mib"))
+    return same and previous.get("end") == data.get("start")
+
+
 def _merge_usage(conn: sqlite3.Connection, after: int) -> int:
     """Merge each run of back-to-back usage intervals of one instance into its last record."""
     rows = _of_kind(conn, EventKind.USAGE, after)
@@ -218,7 +224,7 @@ def _merge_usage(conn: sqlite3.Connection, after: int) -> int:
     for row in rows:
         data = json.loads(row["data"])
         run = runs.get(row["instance"])
-        if run and run[-1][1].get("end") == data.get("start"):
+        if run and _follows(run[-1][1], data):
             run.append((row["seq"], data))
             continue
         if run:

@@ -2,7 +2,11 @@
 
 Each running instance carries ``usage_since``, the start of the interval not yet
 recorded. Recording an interval appends its event and moves ``usage_since`` in
-the same transaction, so every second is counted once whatever fails when. It
+the same transaction, so every second is counted once whatever fails when. A
+record also says what the instance was given (``vcpus``, ``memory_mib``, from its
+desired definition), so that the controller can bill vCPU- and GiB-hours without
+guessing which version of the app ran; a record without them (an older agent) is
+billed at what the controller knows of the instance. It
 also counts as a change of the actual state, so that the report carrying the
 usage records carries the instances' new ``usage_since`` too (the open interval
 the controller shows).
@@ -28,6 +32,18 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
+def _resources(conn: sqlite3.Connection, instance: str) -> dict[str, float | int]:
+    """The vCPUs and memory the instance's desired definition gives it (none if unknown)."""
+    row = conn.execute(
+        "SELECT json_extract(doc, '$.resources.vcpus'), "
+        "json_extract(doc, '$.resources.memory_mib') FROM desired WHERE id = ?",
+        (instance,),
+    ).fetchone()
+    if row is None or row[0] is None or row[1] is None:
+        return {}
+    return {"vcpus": float(row[0]), "memory_mib": int(row[1])}
+
+
 def append_interval(
     conn: sqlite3.Connection, instance: str, app: str, project: str, start: float, end: float
 ) -> None:
@@ -46,6 +62,7 @@ def append_interval(
             "seconds": round(end - start, 3),
             "start": _iso(start),
             "end": _iso(end),
+            **_resources(conn, instance),
         },
     )
 

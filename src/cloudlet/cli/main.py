@@ -34,6 +34,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "image": ("image", "Base images."),
     "key": ("key", "Publisher keys: sign images and overlays."),
     "upgrade": ("upgrade", "Upgrade the sites' agents in waves; follow app rollouts."),
+    "usage": ("usage", "Metered usage and its cost."),
+    "price": ("price", "The price sheet: free, or prices per hour and per GiB."),
     "demo": ("demo", "Run the demo: three sites, two apps, a link cut and the catch-up."),
     "project": ("project", "Projects: the tenants apps, images and instances belong to."),
     "user": ("user", "Users and their roles: admin, member or reader, per project."),

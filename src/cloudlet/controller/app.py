@@ -27,6 +27,7 @@ from cloudlet.controller.api import (
     metrics,
     mobility,
     openapi,
+    prices,
     problems,
     projects,
     quotas,
@@ -34,6 +35,7 @@ from cloudlet.controller.api import (
     signing,
     sites,
     upgrades,
+    usage,
     users,
 )
 from cloudlet.controller.api.agent_lane import REPORT, REPORT_MAX_BYTES, AgentLane
@@ -135,6 +137,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
             tasks.flush_traffic(state)
+            tasks.flush_fetches(state)
             tasks.flush_heartbeats(state)
             state.close()
 
@@ -149,7 +152,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
         upgrades, rollouts, checkpoints, client_tokens, signing,
-        identity, projects, users, quotas,
+        identity, projects, users, quotas, prices, usage,
     ):  # fmt: skip
         app.include_router(module.router)
 

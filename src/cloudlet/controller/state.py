@@ -15,6 +15,7 @@ from cloudlet.controller.batched_reads import BatchedRead, ShortReads
 from cloudlet.controller.services import auth, sync
 from cloudlet.controller.services._snapshot import SnapshotCache
 from cloudlet.controller.services._store import ArtifactStore
+from cloudlet.controller.services.artifact_fetches import FetchCounters
 from cloudlet.settings import ControllerSettings
 
 #: Long polls woken per pass at most, and passes per second, when many sites change
@@ -154,6 +155,8 @@ class ControllerState:
     relay_address: str | None = None
     #: The key this replica signs client tokens with (``cloudlet.tokens``).
     client_key: Any = None
+    #: Image and overlay bytes sent to sites, not yet written (metering).
+    fetches: FetchCounters = field(default_factory=FetchCounters)
 
     def __post_init__(self) -> None:
         self.reads = ShortReads(self.engine, self.loop_connection)

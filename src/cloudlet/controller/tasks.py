@@ -1,5 +1,5 @@
 """Background loops of a controller process: liveness verdicts, waking long polls
-for changes made by other replicas, flushing traffic counters and heartbeats,
+for changes made by other replicas, flushing traffic and fetch counters and heartbeats,
 finishing the drains of decommissioned sites, relocation and rollout passes."""
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from cloudlet.controller import relay
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.models import Site
 from cloudlet.controller.replicas import Leadership, listen_revisions
-from cloudlet.controller.services import alarms, decommission, relocation, rollouts, sync
+from cloudlet.controller.services import (
+    alarms,
+    artifact_fetches,
+    decommission,
+    relocation,
+    rollouts,
+    sync,
+)
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record_many
 from cloudlet.controller.state import ControllerState
@@ -114,6 +121,20 @@ def flush_traffic(st: ControllerState) -> None:
     except Exception:
         for site_id, (bytes_in, bytes_out) in pending.items():
             st.traffic.add(site_id, bytes_in, bytes_out)
+        raise
+
+
+def flush_fetches(st: ControllerState) -> None:
+    """Write the artifact bytes counted since the last flush (metering); counts that
+    fail to be written are kept for the next."""
+    since, counts = st.fetches.take()
+    if since is None or not counts:
+        return
+    try:
+        with st.sessions.begin() as session:
+            artifact_fetches.write(session, since, counts, utcnow())
+    except Exception:
+        st.fetches.put_back(since, counts)
         raise
 
 
@@ -234,6 +255,7 @@ def start(st: ControllerState) -> list[asyncio.Task[None]]:
         asyncio.create_task(leader.run()),
         asyncio.create_task(_judge_liveness(st, leader, liveness_every)),
         asyncio.create_task(_every(2.0, flush_traffic, st)),
+        asyncio.create_task(_every(2.0, flush_fetches, st)),
         asyncio.create_task(_every(1.0, finish_drains, st, leader=leader)),
         asyncio.create_task(_flush_heartbeats(st, HEARTBEAT_FLUSH_S)),
         asyncio.create_task(

@@ -15,7 +15,7 @@ class EventKind(enum.StrEnum):
     AGENT_STARTED = "agent.started"
     INSTANCE_STATE = "instance.state"  # data: state, previous, reason, timings
     INSTANCE_CREATED = "instance.created"  # a local client started one at the site
-    USAGE = "usage"  # data: instance, app, project, seconds, start, end
+    USAGE = "usage"  # data: instance, app, project, seconds, start, end, vcpus, memory_mib
     ALARM = "alarm"  # data: severity, message; stateful ones add alarm_id, state (AlarmSignal)
     SITE = "site"  # controller-side: enrolled, offline, online, decommissioned
     HANDOFF = "handoff"  # data: handoff, phase (sent, received), bytes, seconds

@@ -120,6 +120,12 @@ KINDS: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/users/{name}/roles/{project}"): "admin",
     ("PUT", "/v1/projects/{name}/signing-policy"): "admin",
     ("PUT", "/v1/projects/{name}/quota"): "admin",
+    ("PUT", "/v1/prices/default"): "admin",
+    ("DELETE", "/v1/prices/default"): "admin",
+    ("PUT", "/v1/prices/projects/{project}"): "admin",
+    ("DELETE", "/v1/prices/projects/{project}"): "admin",
+    ("PUT", "/v1/prices/projects/{project}/apps/{app}"): "admin",
+    ("DELETE", "/v1/prices/projects/{project}/apps/{app}"): "admin",
     ("GET", "/v1/sites"): "read",
     ("GET", "/v1/sites/{name}"): "read",
     ("GET", "/v1/sites/{name}/images"): "read",
@@ -137,6 +143,8 @@ KINDS: dict[tuple[str, str], str] = {
     ("GET", "/v1/projects"): "read",
     ("GET", "/v1/users"): "read",
     ("GET", "/v1/publisher-keys"): "read",
+    ("GET", "/v1/prices"): "read",
+    ("GET", "/v1/prices/default"): "read",
     ("POST", "/v1/apps"): "tenant",
     ("GET", "/v1/apps/{name}"): "tenant",
     ("DELETE", "/v1/apps/{name}"): "tenant",
@@ -176,6 +184,9 @@ KINDS: dict[tuple[str, str], str] = {
     ("GET", "/v1/overlays/{ref}/signatures"): "tenant",
     ("GET", "/v1/projects/{name}/signing-policy"): "tenant",
     ("GET", "/v1/projects/{name}/quota"): "tenant",
+    ("GET", "/v1/prices/projects/{project}"): "tenant",
+    ("GET", "/v1/prices/projects/{project}/apps/{app}"): "tenant",
+    ("GET", "/v1/usage"): "tenant",
     ("GET", "/v1/images/{ref}/blob"): "blob",
     ("HEAD", "/v1/images/{ref}/blob"): "blob",
     ("GET", "/v1/overlays/{ref}/blob"): "blob",
@@ -304,6 +315,9 @@ def _build(ctl: LocalController, tmp: Path, create_overlay: Any) -> World:
         move = bob.post(f"/v1/instances/{b['instance']}/move", json={"to": "site-c"})
         handoff = _ok(move, 202)
 
+    _ok(api.put(f"/v1/prices/projects/{B}", json=PLAN))
+    _ok(api.put(f"/v1/prices/projects/{B}/apps/{b['app']}", json=PLAN))
+
     expired = _login(ctl, "alice", ttl_s=1)
     with ctl.client(expired) as late:
         wait_for(lambda: late.get("/v1/apps").status_code == 401, 30, "the login to expire")
@@ -386,6 +400,7 @@ def _path(world: World, path: str) -> str:
         "{key_id}": ids["key"],
         "{kid}": "no-such-key",
         "{project}": B,
+        "{app}": ids["app"],
         "{version}": "9.9.9",
         "{handoff_id}": ids["handoff"],
         "{checkpoint_id}": ids["checkpoint"],
@@ -410,6 +425,7 @@ def _path(world: World, path: str) -> str:
 
 
 SENT = {"bytes": 0, "downtime_s": 0, "rounds": 0}
+PLAN = {"currency": "EUR", "instance_hour": "0.05"}
 CHECKPOINT_QUERY = {"epoch": 1, "kind": "process", "taken_at": "2026-12-04T11:00:00Z"}
 
 
@@ -443,6 +459,9 @@ def _request(world: World, method: str, template: str) -> dict[str, Any]:
         },
         ("PUT", "/v1/projects/{name}/signing-policy"): {"require_signatures": False},
         ("PUT", "/v1/projects/{name}/quota"): {"instances": 1000},
+        ("PUT", "/v1/prices/default"): PLAN,
+        ("PUT", "/v1/prices/projects/{project}"): PLAN,
+        ("PUT", "/v1/prices/projects/{project}/apps/{app}"): PLAN,
         ("POST", "/v1/sites"): {"name": "probe-site"},
         ("PATCH", "/v1/sites/{name}"): {"region": "elsewhere"},
         ("POST", "/v1/sites/{name}/join-tokens"): {"ttl_s": 60},
@@ -469,6 +488,7 @@ def _request(world: World, method: str, template: str) -> dict[str, Any]:
             "instance": ids["instance"],
         },
         ("GET", "/v1/discover"): {"app": ids["app"]},
+        ("GET", "/v1/usage"): {"project": B, "from": "2026-12-01", "to": "2026-12-02"},
     }
     octets = {
         ("PUT", "/v1/uploads/{upload_id}"),

@@ -11,7 +11,7 @@ across restarts, replicas and backends, and an agent's resumed fetch can trust i
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -59,11 +59,20 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(int(last) + 1, size) if last else size
 
 
-def blob_response(request: Request, blobs: BlobStore, key: str, size: int, etag: str) -> Response:
+def blob_response(
+    request: Request,
+    blobs: BlobStore,
+    key: str,
+    size: int,
+    etag: str,
+    on_sent: Callable[[int], None] | None = None,
+) -> Response:
     """Answer a GET or HEAD of the blob under `key` (`size` bytes, ETag `etag`).
 
     Call it from a worker thread: it opens the blob (one request to S3) before the
     response starts, so that a missing blob is a 404, not a cut-off body.
+    ``on_sent`` is told the size of each chunk once the server has taken it for the
+    connection (a transfer cut short counts what went out before the cut).
 
     Raises:
         NotFoundError: the blob is missing from the store.
@@ -86,13 +95,18 @@ def blob_response(request: Request, blobs: BlobStore, key: str, size: int, etag:
     if request.method == "HEAD" or start == end:
         return Response(status_code=status, headers=headers, media_type=OCTET)
     stream = blobs.open_range(key, start, end)
-    return BlobResponse(_chunks(stream), status_code=status, headers=headers)
+    return BlobResponse(_chunks(stream, on_sent), status_code=status, headers=headers)
 
 
-async def _chunks(stream: BlobStream) -> AsyncIterator[bytes]:
+async def _chunks(
+    stream: BlobStream, on_sent: Callable[[int], None] | None = None
+) -> AsyncIterator[bytes]:
     try:
         while (chunk := await run_in_threadpool(next, stream, None)) is not None:
             yield chunk
+            # Back here once the response has sent the chunk (the ASGI send returned).
+            if on_sent is not None:
+                on_sent(len(chunk))
     finally:
         # Not in a thread: a cancelled transfer must still release the file or the
         # S3 connection, and no read is running (a thread's read is waited for).

@@ -7,7 +7,7 @@ they authenticate and look rows up in short sessions of their own.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -340,8 +340,10 @@ def image_blob(ref: str, request: Request, reader: BlobReader, st: State) -> Res
     """The image's bytes; HTTP Range supported. A site credential may read it too."""
     with st.sessions() as session:
         image = _load_image(session, reader.project, ref)
-        digest, size = image.digest, image.size
-    return blob_response(request, st.artifacts.blobs, st.artifacts.image_key(digest), size, digest)
+        digest, size, project = image.digest, image.size, image.project
+    key = st.artifacts.image_key(digest)
+    sent = _fetch_counter(st, reader, project, "image", digest)
+    return blob_response(request, st.artifacts.blobs, key, size, digest, sent)
 
 
 @router.get("/overlays/{ref}/blob", response_class=BlobResponse)
@@ -352,9 +354,20 @@ def overlay_blob(ref: str, request: Request, reader: BlobReader, st: State) -> R
         overlay = artifacts.get_overlay(session, reader.project, ref)
         if overlay is None:
             raise NotFoundError(f"overlay {ref!r} not found")
-        overlay_id, size = overlay.id, overlay.size
+        overlay_id, size, project = overlay.id, overlay.size, overlay.project
     key = st.artifacts.overlay_key(overlay_id)
-    return blob_response(request, st.artifacts.blobs, key, size, overlay_id)
+    sent = _fetch_counter(st, reader, project, "overlay", overlay_id)
+    return blob_response(request, st.artifacts.blobs, key, size, overlay_id, sent)
+
+
+def _fetch_counter(
+    st: ControllerState, reader: Reader, project: str, kind: str, artifact: str
+) -> Callable[[int], None] | None:
+    """Bytes sent to a site are metered to the artifact's project; people's downloads
+    are not (a site fetching is what the provider bills)."""
+    if reader.site_id is None:
+        return None
+    return st.fetches.counter((project, reader.site_id, kind, artifact))
 
 
 # --- pre-staging at sites ------------------------------------------------------------------

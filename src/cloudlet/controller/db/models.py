@@ -601,3 +601,63 @@ class ProjectQuota(Base):
     overlay_bytes: Mapped[int | None] = mapped_column(BigInteger)
     image_bytes: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]
+
+
+class UsageRecord(Base):
+    """A site's usage record (one USAGE event), cut at whole UTC hours into pieces that
+    share its (site, seq): stored once however often the site sends it again. The
+    times are the site's: the interval it ran, when it wrote the record down; and ours:
+    when the record arrived (``received_at``), which is what makes a record late."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_records_project_start", "project", "start_at"),)
+
+    site_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    piece: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(63))
+    app: Mapped[str] = mapped_column(String(63))
+    instance_id: Mapped[str | None] = mapped_column(String(36))
+    start_at: Mapped[datetime]
+    end_at: Mapped[datetime]
+    #: The piece's share of the record's running time, in milliseconds.
+    ms: Mapped[int] = mapped_column(BigInteger)
+    vcpus: Mapped[float] = mapped_column(Float)
+    memory_mib: Mapped[int] = mapped_column(BigInteger)
+    recorded_at: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
+class ArtifactFetch(Base):
+    """Bytes of one image or overlay the controller sent to one site within a few
+    seconds (counted in memory per fetch, written a batch at a time)."""
+
+    __tablename__ = "artifact_fetches"
+    __table_args__ = (Index("ix_artifact_fetches_project_at", "project", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    project: Mapped[str] = mapped_column(String(63))
+    site_id: Mapped[str] = mapped_column(String(36))
+    kind: Mapped[str] = mapped_column(String(16))
+    artifact: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    #: The first byte of the batch went out at ``since``; the batch was written at ``at``.
+    since: Mapped[datetime]
+    at: Mapped[datetime]
+
+
+class PricePlan(Base):
+    """One entry of the provider's price sheet: the default (project and app ''), a
+    project's (app ''), or an app's. Amounts are decimal strings, exact."""
+
+    __tablename__ = "price_plans"
+
+    project: Mapped[str] = mapped_column(String(63), primary_key=True)
+    app: Mapped[str] = mapped_column(String(63), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3))
+    free: Mapped[bool]
+    instance_hour: Mapped[str] = mapped_column(String(40))
+    vcpu_hour: Mapped[str] = mapped_column(String(40))
+    gib_hour: Mapped[str] = mapped_column(String(40))
+    gib_fetched: Mapped[str] = mapped_column(String(40))
+    updated_at: Mapped[datetime]

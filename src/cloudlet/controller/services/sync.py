@@ -20,7 +20,7 @@ from cloudlet.controller.db.models import (
     InstanceDeparture,
     Site,
 )
-from cloudlet.controller.services import alarms, checkpoints, signing
+from cloudlet.controller.services import alarms, checkpoints, signing, usage_records
 from cloudlet.controller.services._util import new_id, utcnow
 from cloudlet.controller.services.agent_packages import agent_target
 from cloudlet.controller.services.auth import SiteBrief
@@ -187,7 +187,11 @@ def site_revisions(connection: Connection, site_ids: list[str]) -> dict[str, int
 
 
 def store_events(
-    session: Session, site: Site, report: AgentReport, max_seq_jump: int
+    session: Session,
+    site: Site,
+    report: AgentReport,
+    max_seq_jump: int,
+    now: datetime | None = None,
 ) -> tuple[int, list[RejectedEvent]]:
     """Store the report's acceptable events once each.
 
@@ -200,7 +204,7 @@ def store_events(
     accepted, rejected = screen_events(session, site, report, max_seq_jump)
     signals = _alarm_signals(accepted)
     if accepted:
-        now = utcnow()
+        now = now or utcnow()
         rows = [
             {
                 "site_id": site.id,
@@ -222,6 +226,10 @@ def store_events(
             signals = [f for f in signals if f[0].seq in stored]
         else:
             session.execute(insert, rows)
+        # Keyed by (site, seq) too, so a record sent again adds nothing.
+        usage_records.record(
+            session, site, [a for a in accepted if a[0].kind is EventKind.USAGE], now
+        )
     for event, project, signal in signals:
         apply_alarm_signal(session, site, event, project, signal)
     ceiling = site.acked_seq + max_seq_jump
@@ -495,7 +503,7 @@ def ingest_report(
     Returns:
         The acknowledged sequence number and the events refused.
     """
-    acked, rejected = store_events(session, site, report, max_seq_jump)
+    acked, rejected = store_events(session, site, report, max_seq_jump, now)
     if report.instances is not None:
         _apply_actual(session, site, report.instances)
     if report.cache is not None:
