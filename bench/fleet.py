@@ -145,6 +145,8 @@ class BenchController(LocalController):
         )  # fmt: skip
         if self.workers != 1:
             args += ["--workers", str(self.workers)]
+        if self.insecure:
+            args.append("--insecure")
         if self.database_url:
             args += ["--database-url", self.database_url]
         self.proc = Proc("controller", args, self.data_dir / "controller.log", _env()).start()

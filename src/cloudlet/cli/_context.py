@@ -47,7 +47,7 @@ class CliContext:
             if config is None:
                 s = self.settings()
                 config = ClientConfig(
-                    s.controller_url, s.token, s.controller.port, s.controller.data_dir
+                    s.controller_url, s.token, s.controller.port, s.controller.data_dir, s.ca_file
                 )
             self._client = Client(config)
         return self._client

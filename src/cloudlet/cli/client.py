@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 
 import typer
 
@@ -99,6 +100,7 @@ def connect(
         timeout=timeout,
         token=token,
         local_token=client_token or local_token,
+        verify=ssl.create_default_context(cafile=s.ca_file) if s.ca_file is not None else True,
     )
     if as_json:
         emit_json(dataclasses.asdict(conn))

@@ -154,6 +154,10 @@ class ControllerState:
     relay_address: str | None = None
     #: The key this replica signs client tokens with (``cloudlet.tokens``).
     client_key: Any = None
+    #: The fleet's certificate authority (``cloudlet.pki.CertificateAuthority``).
+    ca: Any = None
+    #: Revoked certificate serials (``controller.peer.RevokedSerials``).
+    revoked: Any = None
 
     def __post_init__(self) -> None:
         self.reads = ShortReads(self.engine, self.loop_connection)

@@ -56,6 +56,7 @@ class DemoAgent(LocalAgent):
         ]  # fmt: skip
         if self.join_token:
             args += ["--join", self.join_token]
+        args += self._tls_args()
         self.proc = Proc(f"agent-{self.name}", args, self.data_dir / "agent.log", _agent_env())
         self.proc.start()
         return self

@@ -28,6 +28,8 @@ PUBLIC = frozenset(
         ("get", "/v1/discover"),
         # Public keys: what sites and app backends check client tokens with.
         ("get", "/v1/client-tokens/keys"),
+        # The CA certificate: what clients verify the controller and sites with.
+        ("get", "/v1/ca"),
     }
 )
 _REASONS = {
@@ -72,7 +74,8 @@ def _declare(document: dict[str, Any]) -> dict[str, Any]:
         "bearer": {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API token; on /v1/agent/* a site credential.",
+            "description": "An API token; on /v1/agent/* a site credential (with the "
+            "site's client certificate, unless the controller runs --insecure).",
         }
     }
     for path, item in document.get("paths", {}).items():
