@@ -205,6 +205,7 @@ class Agent:
             self.settings.local_host,
             site_id=self.store.get_meta(SITE_ID),
             version=__version__,
+            scheme="http" if self.tls is None else "https",
         )
         await self.announcer.start(info)
 

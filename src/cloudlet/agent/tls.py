@@ -105,9 +105,6 @@ class SiteTls:
         if self._pending is None:
             raise ConfigError("certificates arrived for no pending request")
         site_key, local_key = self._pending
-        pki.write_private(self._path(CA), issued.ca_certificate.encode())
-        if self._client is not None:
-            self._client.load_verify_locations(self._path(CA))
         pki.write_private(self._path(SITE_KEY), pki.key_pem(site_key))
         pki.write_private(self._path(SITE_CERT), issued.certificate.encode())
         if issued.local_certificate is not None:
@@ -115,6 +112,10 @@ class SiteTls:
             pki.write_private(self._path(LOCAL_CERT), issued.local_certificate.encode())
         self._pending = None
         self._reload()
+        # Last: whoever finds the CA stored finds the site-local API serving its cert.
+        pki.write_private(self._path(CA), issued.ca_certificate.encode())
+        if self._client is not None:
+            self._client.load_verify_locations(self._path(CA))
 
     def _validity(self) -> tuple[dt.datetime, dt.datetime] | None:
         try:

@@ -29,6 +29,12 @@ def _controller(ctx: typer.Context, offline: bool) -> str | None:
     return settings.controller_url or f"http://127.0.0.1:{settings.controller.port}"
 
 
+def _verify(ctx: typer.Context) -> ssl.SSLContext | bool:
+    """What the controller and sites are verified with: CLOUDLET_CA_FILE, else the system."""
+    ca_file = ctx_of(ctx).settings().ca_file
+    return ssl.create_default_context(cafile=ca_file) if ca_file is not None else True
+
+
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
@@ -57,7 +63,9 @@ def discover(
 ) -> None:
     """Rank the cloudlets for APP (controller, else DNS-SD) and measure the RTT to each."""
     lat, lon = parse_near(near)
-    found = cl.candidates(_controller(ctx, offline), app_name, lat, lon, top=top)
+    found = cl.candidates(
+        _controller(ctx, offline), app_name, lat, lon, top=top, verify=_verify(ctx)
+    )
     show([dataclasses.asdict(c) for c in found], COLUMNS, as_json)
 
 
@@ -100,7 +108,7 @@ def connect(
         timeout=timeout,
         token=token,
         local_token=client_token or local_token,
-        verify=ssl.create_default_context(cafile=s.ca_file) if s.ca_file is not None else True,
+        verify=_verify(ctx),
     )
     if as_json:
         emit_json(dataclasses.asdict(conn))

@@ -109,7 +109,7 @@ class LocalController:
     netns: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     #: Plain HTTP (``--insecure``) instead of HTTPS with its own CA.
-    insecure: bool = True
+    insecure: bool = False
 
     @property
     def url(self) -> str:
@@ -121,13 +121,22 @@ class LocalController:
 
     @property
     def ca_file(self) -> Path:
-        """The controller's CA certificate (made at its first start)."""
-        return self.data_dir / "ca.crt"
+        """The controller's CA certificate: another replica's (``ca_env``) or its own,
+        made at its first start."""
+        given = self.env.get("CLOUDLET_CONTROLLER__TLS__CA_CERT_FILE")
+        return Path(given) if given else self.data_dir / "ca.crt"
 
     @property
     def verify(self) -> ssl.SSLContext | bool:
         """What an httpx client verifies this controller with: its CA."""
         return True if self.insecure else ssl.create_default_context(cafile=self.ca_file)
+
+    def ca_env(self) -> dict[str, str]:
+        """Environment giving another replica this controller's CA (start this one first)."""
+        return {
+            "CLOUDLET_CONTROLLER__TLS__CA_CERT_FILE": str(self.ca_file),
+            "CLOUDLET_CONTROLLER__TLS__CA_KEY_FILE": str(self.data_dir / "ca.key"),
+        }
 
     def cli_env(self) -> dict[str, str]:
         """Environment for ``cloudlet`` commands talking to this controller."""
