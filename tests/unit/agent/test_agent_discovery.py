@@ -11,9 +11,7 @@ from cloudlet.agent.discovery import SERVICE_TYPE, Announcer, service_info
 
 
 def test_the_record_names_the_site_and_its_port() -> None:
-    info = service_info(
-        "edge.one", 8123, "10.1.2.3", site_id="s-1", version="1.2", scheme="https"
-    )
+    info = service_info("edge.one", 8123, "10.1.2.3", site_id="s-1", version="1.2", scheme="https")
     assert info.name == f"edge-one.{SERVICE_TYPE}"
     assert info.port == 8123 and info.parsed_addresses() == ["10.1.2.3"]
     assert info.properties == {b"site_id": b"s-1", b"version": b"1.2", b"scheme": b"https"}
