@@ -17,13 +17,18 @@ import contextlib
 import os
 import random
 import resource
+import ssl
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import orjson
+
+from cloudlet import pki
 
 #: Seconds a long-poll asks the controller to wait (the agent's default poll_wait_s).
 LONG_POLL_WAIT_S = 25.0
@@ -108,10 +113,16 @@ class Endpoint:
         self.host, self.port = host, port
         self.host_header = f"{host}:{port}"
 
-    async def connect(self) -> _Connection:
+    async def connect(self, tls: ssl.SSLContext | None = None) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await loop.create_connection(_Connection, self.host, self.port)
+            _, conn = await loop.create_connection(
+                _Connection,
+                self.host,
+                self.port,
+                ssl=tls,
+                server_hostname=self.host if tls else None,
+            )
         except OSError as exc:
             raise HTTPFailure(f"connect: {exc.strerror or exc}") from None
         return conn
@@ -186,13 +197,24 @@ class Plan:
     stop: float = 0.0
     #: More replicas to spread agents over: (host, port) of each (the plan's own first).
     replicas: tuple[tuple[str, int], ...] = ()
+    #: The controller's CA (``--tls``): sites join with a CSR and sync over mutual TLS.
+    ca_file: str | None = None
 
 
 class Agent:
     """One simulated site agent: a credential, an outbox sequence and a cursor."""
 
-    def __init__(self, endpoint: Endpoint, name: str, credential: str, rng: random.Random):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        name: str,
+        credential: str,
+        rng: random.Random,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.endpoint, self.name, self.credential, self.rng = endpoint, name, credential, rng
+        #: This site's own client certificate and the pinned CA (None: plain HTTP).
+        self.tls = tls
         self.cursor = 0
         self.next_seq = 1
         #: The highest sequence the controller acknowledged: every event up to it
@@ -257,7 +279,7 @@ class Agent:
         started = time.time()
         try:
             if self.conn is None or self.conn.lost:
-                self.conn = await ep.connect()
+                self.conn = await ep.connect(self.tls)
             body = self._report_body(plan, stats)
             full = b'"instances"' in body or b'"events":[]' not in body
             t0 = time.perf_counter()
@@ -346,7 +368,7 @@ class Agent:
                 continue
             try:
                 if conn is None or conn.lost:
-                    conn = await self.endpoint.connect()
+                    conn = await self.endpoint.connect(self.tls)
                 stats.long_polls_open += 1
                 try:
                     status, answer = await conn.request(
@@ -376,16 +398,21 @@ class Agent:
             conn.close()
 
 
-async def _enroll_slice(ep: Endpoint, plan: Plan) -> tuple[list[tuple[str, str]], int]:
-    """Register and enroll this worker's sites through the admin and agent APIs."""
+async def _enroll_slice(
+    ep: Endpoint, plan: Plan
+) -> tuple[list[tuple[str, str, ssl.SSLContext | None]], int]:
+    """Register and enroll this worker's sites through the admin and agent APIs (with
+    ``plan.ca_file``: each with a CSR, and a client context for what it was issued)."""
     rng = random.Random(plan.seed)
     names = [f"bench-{i:05d}" for i in range(plan.first, plan.first + plan.count)]
-    enrolled: list[tuple[str, str]] = []
+    enrolled: list[tuple[str, str, ssl.SSLContext | None]] = []
     retries = [0]
     queue = list(reversed(names))
+    anonymous = ssl.create_default_context(cafile=plan.ca_file) if plan.ca_file else None
+    certs = Path(tempfile.mkdtemp(prefix="cloudlet-fleet-certs-")) if plan.ca_file else None
 
     async def one_client() -> None:
-        conn = await ep.connect()
+        conn = await ep.connect(anonymous)
         while queue:
             name = queue.pop()
             site = {
@@ -400,7 +427,12 @@ async def _enroll_slice(ep: Endpoint, plan: Plan) -> tuple[list[tuple[str, str]]
             if status != 201:
                 raise RuntimeError(f"POST /v1/sites {name}: {status} {answer[:300]!r}")
             join = orjson.loads(answer)["join_token"]["token"]
-            body = orjson.dumps({"join_token": join, "agent_version": "bench"})
+            enroll: dict[str, Any] = {"join_token": join, "agent_version": "bench"}
+            key = None
+            if certs is not None:
+                key = pki.new_key()
+                enroll["csr"] = pki.make_csr(key, name).decode()
+            body = orjson.dumps(enroll)
             # Until aa5270c the admin API answered before its transaction committed,
             # so a fast client could see its fresh join token as unknown for a
             # moment: retry that (counted, and now expected to stay at zero).
@@ -412,7 +444,15 @@ async def _enroll_slice(ep: Endpoint, plan: Plan) -> tuple[list[tuple[str, str]]
                 await asyncio.sleep(0.02)
             if status != 201:
                 raise RuntimeError(f"enroll {name}: {status} {answer[:300]!r}")
-            enrolled.append((name, orjson.loads(answer)["credential"]))
+            joined = orjson.loads(answer)
+            context = None
+            if certs is not None and key is not None:
+                cert, key_file = certs / f"{name}.crt", certs / f"{name}.key"
+                cert.write_text(joined["certificates"]["certificate"])
+                key_file.write_bytes(pki.key_pem(key))
+                context = ssl.create_default_context(cafile=plan.ca_file)
+                context.load_cert_chain(cert, key_file)
+            enrolled.append((name, joined["credential"], context))
         conn.close()
 
     await asyncio.gather(*(one_client() for _ in range(SETUP_CONCURRENCY)))
@@ -430,8 +470,8 @@ async def _run(plan: Plan, pipe: Connection) -> None:
     rng = random.Random(plan.seed + 1)
     endpoints = [ep, *(Endpoint(h, p) for h, p in plan.replicas)]
     agents = [
-        Agent(endpoints[i % len(endpoints)], name, cred, random.Random(rng.random()))
-        for i, (name, cred) in enumerate(enrolled)
+        Agent(endpoints[i % len(endpoints)], name, cred, random.Random(rng.random()), tls)
+        for i, (name, cred, tls) in enumerate(enrolled)
     ]
     stormers = agents[: round(len(agents) * plan.storm_fraction)]
     for agent in stormers:

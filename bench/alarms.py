@@ -52,7 +52,9 @@ class Bed:
 
     def __init__(self, root: Path, t: Timings) -> None:
         env = {"CLOUDLET_CONTROLLER__ALARMS__CLEAR_HOLD_S": str(t.hold_s)}
-        self.ctl = LocalController(root / "ctl", offline_grace_s=t.grace_s, env=env).start()
+        self.ctl = LocalController(
+            root / "ctl", offline_grace_s=t.grace_s, env=env, insecure=True
+        ).start()
         self.api = self.ctl.client()
         made = self.api.post("/v1/sites", json={"name": "lyon"})
         made.raise_for_status()

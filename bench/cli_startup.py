@@ -69,7 +69,7 @@ def main() -> None:
 
     cloudlet = str(Path(sys.executable).with_name("cloudlet"))
     with tempfile.TemporaryDirectory() as tmp:
-        ctl = LocalController(Path(tmp) / "ctl").start()
+        ctl = LocalController(Path(tmp) / "ctl", insecure=True).start()
         try:
             env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
             env |= {

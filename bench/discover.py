@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         fill(tmp / "ctl", args.sites, rng)
         build_ms = snapshot_build_ms(tmp / "ctl")
         # A long grace: the fleet's last_seen was written once, before the run.
-        ctl = LocalController(tmp / "ctl", offline_grace_s=3600).start()
+        ctl = LocalController(tmp / "ctl", offline_grace_s=3600, insecure=True).start()
         try:
             with httpx.Client(base_url=ctl.url, timeout=30) as http:
                 for app in ("near-app", "any-app"):

@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="open a new connection per sync round (as httpx does after 5 s idle)",
     )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="HTTPS with mutual TLS: every simulated site joins with a CSR and presents its "
+        "own client certificate (default: the controller runs --insecure, plain HTTP)",
+    )
     p.add_argument("--load-workers", type=int, default=2, help="load generator processes")
     p.add_argument("--workers", type=int, default=1, help="controller worker processes")
     p.add_argument(
@@ -145,9 +151,13 @@ class BenchController(LocalController):
         )  # fmt: skip
         if self.workers != 1:
             args += ["--workers", str(self.workers)]
+        if self.insecure:
+            args.append("--insecure")
         if self.database_url:
             args += ["--database-url", self.database_url]
-        self.proc = Proc("controller", args, self.data_dir / "controller.log", _env()).start()
+        self.proc = Proc(
+            "controller", args, self.data_dir / "controller.log", _env(self.env)
+        ).start()
         wait_for(self._healthy, timeout, f"controller on {self.url}\n{self.proc.log_tail()}")
         return self
 
@@ -399,6 +409,14 @@ def slow_seconds(timeline: list[tuple[float, float]], t0: float, over_ms: float 
     return " ".join(f"{s}:{n}" for s, n in sorted(counts.items()))
 
 
+def ctrl_env(first_data_dir: Path) -> dict[str, str]:
+    """Environment giving a replica the first controller's CA."""
+    return {
+        "CLOUDLET_CONTROLLER__TLS__CA_CERT_FILE": str(first_data_dir / "ca.crt"),
+        "CLOUDLET_CONTROLLER__TLS__CA_KEY_FILE": str(first_data_dir / "ca.key"),
+    }
+
+
 def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
     """Start a controller, enroll ``sites`` agents, measure one steady-state window."""
     conns_per_agent = 1 if args.keepalive else 0
@@ -418,6 +436,9 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
             data_dir=data_dir / f"replica-{i}" if i else data_dir,
             database_url=args.database_url,
             workers=args.workers,
+            insecure=not args.tls,
+            # One CA for every replica (docs/tls.md): the first's, made at its start.
+            env=ctrl_env(data_dir) if i and args.tls else {},
         )
         for i in range(args.replicas)
     ]
@@ -447,6 +468,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
                 seed=args.seed * 1000 + i,
                 storm_fraction=args.storm,
                 replicas=tuple(("127.0.0.1", r.port) for r in ctrls[1:]),
+                ca_file=str(ctrl.ca_file) if args.tls else None,
             )
             parent, child = ctx.Pipe()
             proc = ctx.Process(target=run_worker, args=(plan, child), daemon=True)
@@ -533,6 +555,7 @@ def run_one(args: argparse.Namespace, sites: int) -> dict[str, Any]:
         "controller_workers": args.workers,
         "controller_replicas": args.replicas,
         "keepalive": args.keepalive,
+        "tls": "mutual" if args.tls else "none",
         "setup_s": round(setup_s, 1),
         "enroll_retries": enroll_retries,
         "window_s": round(wall, 1),

@@ -78,7 +78,7 @@ def main() -> int:
         data_dir = Path(tmp) / "controller"
         data_dir.mkdir()
         populate(data_dir, args.sites)
-        controller = LocalController(data_dir).start()
+        controller = LocalController(data_dir, insecure=True).start()
         try:
             assert controller.proc is not None and controller.proc.popen is not None
             process = psutil.Process(controller.proc.popen.pid)

@@ -135,7 +135,7 @@ class Bench:
     # -- controller side ----------------------------------------------------------------
 
     def start_controller(self) -> None:
-        self.ctl = LocalController(self.run_dir / "ctl", offline_grace_s=120)
+        self.ctl = LocalController(self.run_dir / "ctl", offline_grace_s=120, insecure=True)
         self.procs.append(self.ctl)
         self.in_ctl(self.ctl.start)
         self.api: httpx.Client = self.in_ctl(self.ctl.client)

@@ -152,6 +152,47 @@ class BlobSettings(BaseModel):
         return self
 
 
+class TlsSettings(BaseModel):
+    """The controller's CA, its HTTPS and the certificates it issues to sites (docs/tls.md)."""
+
+    insecure: bool = Field(
+        False,
+        description="Serve plain HTTP and accept agents without client certificates "
+        "(development only; `--insecure`).",
+    )
+    ca_cert_file: Path | None = Field(
+        None,
+        description="The operator's CA certificate (PEM); with ca_key_file. Default: a CA "
+        "made at first start in data_dir/ca.crt and data_dir/ca.key (mode 0600). Give "
+        "every replica the same pair.",
+    )
+    ca_key_file: Path | None = Field(None, description="The CA's private key (PEM), 0600.")
+    names: list[str] = Field(
+        default_factory=list,
+        description="Host names and addresses the controller's server certificate names, "
+        "besides localhost, 127.0.0.1, ::1, this host's name and the listen address: "
+        "every name agents and clients reach it by (a load balancer's too).",
+    )
+    site_cert_validity_s: float = Field(
+        30 * 86400.0,
+        ge=5,
+        description="Lifetime of a site's client and site-local API certificates; agents "
+        "renew at two thirds of it.",
+    )
+    server_cert_validity_s: float = Field(
+        365 * 86400.0,
+        ge=60,
+        description="Lifetime of the controller's own server certificate "
+        "(it is issued afresh at every start).",
+    )
+    revocation_refresh_s: float = Field(
+        2.0,
+        gt=0,
+        description="How stale the revoked-serial list a replica checks may be (another "
+        "replica's revocation takes effect within this).",
+    )
+
+
 class ControllerSettings(BaseModel):
     data_dir: Path = Field(Path("./cloudlet-data"), description="Database, admin token, keys.")
     database_url: str | None = Field(
@@ -191,6 +232,7 @@ class ControllerSettings(BaseModel):
     mobility: MobilitySettings = Field(default_factory=MobilitySettings)
     alarms: AlarmSettings = Field(default_factory=AlarmSettings)
     blobs: BlobSettings = Field(default_factory=BlobSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
 class AgentSettings(BaseModel):
@@ -319,6 +361,33 @@ class AgentSettings(BaseModel):
         description="How long an upgraded agent has, from its start, to be healthy (its "
         "site-local API answers and a reconcile pass ran) before the supervisor rolls it back.",
     )
+    insecure: bool = Field(
+        False,
+        description="Talk plain HTTP to the controller, without a site certificate, and "
+        "serve the site-local API over plain HTTP (development only; `--insecure`).",
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="The controller's CA certificate to trust at join (PEM). Or give "
+        "ca_fingerprint. After join the agent pins the CA it stored in data_dir/tls.",
+    )
+    ca_fingerprint: str | None = Field(
+        None,
+        max_length=200,
+        description="SHA-256 fingerprint of the controller's CA (`cloudlet controller ca`): "
+        "at join the agent fetches GET /v1/ca and trusts it only if it matches.",
+    )
+    local_names: list[str] = Field(
+        default_factory=list,
+        description="Extra host names or addresses the site-local API's certificate names "
+        "(besides localhost, 127.0.0.1 and local_host or this host's primary address).",
+    )
+    renew_at: float = Field(
+        2 / 3,
+        gt=0,
+        lt=1,
+        description="Fraction of its lifetime after which the site certificate is renewed.",
+    )
 
     @property
     def artifact_dir(self) -> Path:
@@ -344,6 +413,12 @@ class Settings(BaseSettings):
         None,
         validation_alias=AliasChoices("CLOUDLET_TOKEN", "token"),
         description="Bearer token the CLI sends (default: the admin token file).",
+    )
+    ca_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("CLOUDLET_CA_FILE", "ca_file"),
+        description="The fleet's CA certificate the CLI verifies the controller and sites "
+        "with (GET /v1/ca; default: the system's trust store).",
     )
 
 

@@ -123,7 +123,8 @@ class SigningKey:
         issued = int(time.time() if now is None else now)
         claims = ClientClaims(
             kid=self.kid,
-            jti=secrets.token_urlsafe(16),
+            # Hex, not base64url: an id starting with '-' reads as an option to a CLI.
+            jti=secrets.token_hex(16),
             subject=subject or f"client-{secrets.token_hex(6)}",
             project=project,
             apps=tuple(dict.fromkeys(apps)),

@@ -89,9 +89,10 @@ def test_demo_runs_the_story_and_leaves_nothing_behind() -> None:
         "ALARM cleared: site.offline for site=marseille at ",
         "Alarms site.offline in its history: 1 (raised once, cleared once)",
         "Demo complete.",
+        "sites join with a CSR, then sync over mutual TLS.",
     ):
         assert expected in output, f"missing {expected!r} in:\n{output}"
-    dashboard = re.search(r"Dashboard: (http://127\.0\.0\.1:\d+/ui) .*admin token, the contents"
+    dashboard = re.search(r"Dashboard: (https://127\.0\.0\.1:\d+/ui) .*admin token, the contents"
                           r" of (\S+admin\.token)", output)  # fmt: skip
     assert dashboard and dashboard.group(2).startswith(demo_dir(output)), output
     raised = re.search(r"ALARM raised: site\.offline \(major\) for site=marseille at [\d:]{8},"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TypeVar
@@ -27,6 +28,7 @@ from cloudlet.schemas import (
     ReportAck,
 )
 from cloudlet.schemas.mobility import HandoffReady, HandoffSent
+from cloudlet.schemas.sync import CertificateRenewal, SiteCertificates
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class ControllerClient:
         timeout: float = 15.0,
         transport: httpx.AsyncBaseTransport | None = None,
         link_dead_after_s: float | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.base_urls = controller_urls(base_url)
         self._current = 0
@@ -95,11 +98,26 @@ class ControllerClient:
         self.bytes_sent = 0
         self.bytes_received = 0
         self._timeout = timeout
-        if transport is None and link_dead_after_s is not None:
+        self._transport = transport
+        self._link_dead_after_s = link_dead_after_s
+        self.verify = verify
+        self._http = self._new_http()
+
+    def _new_http(self) -> httpx.AsyncClient:
+        transport = self._transport
+        if transport is None and self._link_dead_after_s is not None:
             transport = httpx.AsyncHTTPTransport(
-                socket_options=link_socket_options(link_dead_after_s)
+                socket_options=link_socket_options(self._link_dead_after_s), verify=self.verify
             )
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        return httpx.AsyncClient(timeout=self._timeout, transport=transport, verify=self.verify)
+
+    def reconnect(self) -> None:
+        """Use new connections from now on (after a certificate renewal: a kept-alive
+        connection goes on presenting the old certificate). The old ones close once the
+        requests in flight on them (a long poll) are done."""
+        old, self._http = self._http, self._new_http()
+        task = asyncio.get_running_loop().create_task(_close_later(old, _POLL_SLACK_S + 300))
+        self._closing = task  # referenced, so the task is not collected early
 
     @property
     def base_url(self) -> str:
@@ -116,6 +134,9 @@ class ControllerClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        closing = getattr(self, "_closing", None)
+        if closing is not None:
+            closing.cancel()
 
     async def _call(
         self,
@@ -203,6 +224,15 @@ class ControllerClient:
         """
         response = await self._call("POST", "/v1/agent/enroll", body=request, auth=False)
         return _parse(EnrollResponse, response)
+
+    async def renew(self, request: CertificateRenewal) -> SiteCertificates:
+        """New certificates for this site (authenticated by its current ones).
+
+        Raises:
+            AuthError: refused: the certificate expired or was revoked (re-join).
+        """
+        response = await self._call("POST", "/v1/agent/certificate", body=request)
+        return _parse(SiteCertificates, response)
 
     async def pull(self, since: int, wait: float) -> DesiredStateDoc | None:
         """Long-poll for desired state after revision ``since``; None if nothing changed."""
@@ -298,6 +328,13 @@ class ControllerClient:
         await self._call(
             "POST", f"/v1/agent/handoffs/{handoff_id}/fail", params={"reason": reason[:500]}
         )
+
+
+async def _close_later(http: httpx.AsyncClient, after_s: float) -> None:
+    try:
+        await asyncio.sleep(after_s)
+    finally:
+        await http.aclose()
 
 
 def _fmt(seconds: float) -> str:

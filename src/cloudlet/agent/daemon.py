@@ -32,7 +32,7 @@ from cloudlet.agent._crash_loop import CrashWatch
 from cloudlet.agent._specs import DriverSet
 from cloudlet.agent.artifacts import GIB, ArtifactCache
 from cloudlet.agent.checkpoints import Checkpointer
-from cloudlet.agent.client import ControllerClient
+from cloudlet.agent.client import ControllerClient, controller_urls
 from cloudlet.agent.discovery import Announcer, primary_address, service_info
 from cloudlet.agent.handoff import HandoffRunner
 from cloudlet.agent.local_api import LocalApi, create_app, resolve_token
@@ -41,6 +41,7 @@ from cloudlet.agent.reconciler import Reconciler
 from cloudlet.agent.staging import Stager
 from cloudlet.agent.store import CONTROLLER_URL, CREDENTIAL, SITE_ID, SITE_NAME, Store
 from cloudlet.agent.sync import Syncer
+from cloudlet.agent.tls import SiteTls, TlsJoin, renew_loop
 from cloudlet.agent.upgrade.supervisor import EXIT_SWITCH
 from cloudlet.agent.upgrade.upgrader import Upgrader
 from cloudlet.agent.vm import VmBuilder
@@ -87,6 +88,10 @@ class Agent:
         self.store = store
         self.driver = driver
         self.metrics = AgentMetrics()
+        #: The site's certificates and the CA it pins (None: --insecure, plain HTTP).
+        self.tls = None if settings.insecure else SiteTls(settings.data_dir)
+        verify = self.tls.client_context() if self.tls is not None else True
+        self.verify = verify
         self.cache = ArtifactCache(
             store,
             settings.artifact_dir,
@@ -94,7 +99,9 @@ class Agent:
             on_change=self._cache_changed,
             on_lookup=self.metrics.cache_lookup,
         )
-        self.stager = Stager(self.cache, self._remote, backoff_max_s=settings.backoff_max_s)
+        self.stager = Stager(
+            self.cache, self._remote, backoff_max_s=settings.backoff_max_s, verify=verify
+        )
         self.drivers = DriverSet(driver, lambda: make_driver(settings, "qemu"))
         self.reconciler = Reconciler(
             store,
@@ -121,6 +128,7 @@ class Agent:
             remote=self._remote,
             switch=self._switch,
             backoff_max_s=settings.backoff_max_s,
+            verify=verify,
         )
         self.started_at = datetime.now(UTC)
         #: The process's exit code once run() returns: EXIT_SWITCH to restart into a
@@ -174,7 +182,15 @@ class Agent:
         host = self.settings.local_host
         if host in ("0.0.0.0", "::", ""):
             host = primary_address() or "127.0.0.1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.local_api.port}"
+        scheme = "http" if self.tls is None else "https"
+        return f"{scheme}://{f'[{host}]' if ':' in host else host}:{self.local_api.port}"
+
+    def _local_names(self) -> list[str]:
+        """What the site-local API's certificate names: the address clients are given
+        first, then loopback and the configured extras."""
+        url_host = self._local_api_url().split("://", 1)[1].rsplit(":", 1)[0].strip("[]")
+        names = [url_host, "127.0.0.1", "localhost", *self.settings.local_names]
+        return list(dict.fromkeys(names))
 
     async def _announce(self) -> None:
         """Announce the local API under the site's name; nothing before it is known."""
@@ -189,6 +205,7 @@ class Agent:
             self.settings.local_host,
             site_id=self.store.get_meta(SITE_ID),
             version=__version__,
+            scheme="http" if self.tls is None else "https",
         )
         await self.announcer.start(info)
 
@@ -303,10 +320,15 @@ class Agent:
                 s.local_host,
                 s.local_port,
                 s.data_dir,
+                ssl_context=self.tls.server_context() if self.tls is not None else None,
             )
             await self.local_api.start()
             if self.syncer is not None:
                 self.syncer.local_api = self._local_api_url()
+                if self.tls is not None:
+                    self.syncer.tls_join = TlsJoin(
+                        self.tls, s.ca_file, s.ca_fingerprint, self._local_names()
+                    )
             await self.upgrader.settle(self._local_api_url())
             if s.announce:
                 tasks.append(asyncio.create_task(self._announce()))
@@ -345,20 +367,36 @@ class Agent:
             return None
         if credential is None and not self.settings.join_token:
             raise ConfigError("this agent is not enrolled: give it a join token (--join)")
+        if self.tls is not None and any(u.startswith("http:") for u in controller_urls(url)):
+            raise ConfigError(
+                f"the controller URL {url} is plain HTTP: give its https:// URL, or run "
+                "--insecure (development only)"
+            )
         return ControllerClient(
-            url, credential=credential, link_dead_after_s=self.settings.link_dead_after_s
+            url,
+            credential=credential,
+            link_dead_after_s=self.settings.link_dead_after_s,
+            verify=self.verify,
         )
 
     async def _sync(self, syncer: Syncer, stop: asyncio.Event) -> None:
         s = self.settings
         client = syncer.client
-        if client.credential is None:
+        # A site whose certificate expired (cut off past its life) joins again with a
+        # new token; one that never had one (it ran --insecure before) too.
+        expired = self.tls is not None and client.credential is not None and not self.tls.valid()
+        if client.credential is None or (expired and s.join_token):
             assert s.join_token is not None  # checked in _client
             if not await syncer.enroll(s.join_token, stop):
                 return
             self.stager.wake.set()
             if s.announce:  # now under the site's own name
                 await self._announce()
+        elif expired:
+            log.warning(
+                "the site certificate has expired or is missing: the controller will refuse "
+                "this site until it re-joins with a new token (--join)"
+            )
         elif s.join_token:
             log.info(
                 "already enrolled as %s; ignoring the join token", self.store.get_meta(SITE_NAME)
@@ -367,6 +405,12 @@ class Agent:
             group.create_task(syncer.pull_loop(stop))
             group.create_task(syncer.report_loop(stop))
             group.create_task(syncer.probe_loop(stop))
+            if syncer.tls_join is not None:
+                group.create_task(
+                    renew_loop(
+                        syncer.tls_join, client, s.renew_at, stop, backoff_max_s=s.backoff_max_s
+                    )
+                )
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:

@@ -25,9 +25,10 @@ ANNOUNCE_TIMEOUT_S = 5.0
 
 
 def service_info(
-    name: str, port: int, host: str, *, site_id: str | None, version: str
+    name: str, port: int, host: str, *, site_id: str | None, version: str, scheme: str = "http"
 ) -> ServiceInfo:
-    """The DNS-SD record for a site-local API served on ``host:port``.
+    """The DNS-SD record for a site-local API served on ``host:port`` (``scheme``, in
+    the ``scheme`` property: https unless the agent runs --insecure).
 
     A wildcard ``host`` is announced with the host's primary IPv4 address (loopback
     only if it has none); any other address as it is, loopback included: announcing
@@ -45,7 +46,7 @@ def service_info(
         SERVICE_TYPE,
         f"{safe}.{SERVICE_TYPE}",
         port=port,
-        properties={"site_id": site_id or "", "version": version},
+        properties={"site_id": site_id or "", "version": version, "scheme": scheme},
         server=f"{hostname}.local.",
         parsed_addresses=addresses or ["127.0.0.1"],
     )

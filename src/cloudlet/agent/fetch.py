@@ -20,6 +20,7 @@ import bisect
 import contextlib
 import os
 import re
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -171,6 +172,7 @@ class HttpRangeSource:
         timeout: float = 30.0,
         retries: int = 3,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.url = url
         self.retries = retries
@@ -180,6 +182,7 @@ class HttpRangeSource:
             follow_redirects=True,
             headers={"Authorization": f"Bearer {credential}"},
             transport=transport,
+            verify=verify,
         )
         self._lock = threading.Lock()
         self._size: int | None = None

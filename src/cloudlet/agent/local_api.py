@@ -33,6 +33,7 @@ import logging
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Generator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -298,11 +299,26 @@ class _Server(uvicorn.Server):
 class LocalApi:
     """Serves ``app`` on ``host:port`` as a task of the running event loop."""
 
-    def __init__(self, app: FastAPI, host: str, port: int, data_dir: Path) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        data_dir: Path,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.port = port
         self.port_file = data_dir / PORT_FILE
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", ws="none")
+        self.scheme = "http" if ssl_context is None else "https"
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            # The one context, which renewal updates in place (new handshakes use it).
+            tls["ssl_context_factory"] = lambda _config, _default: ssl_context
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", ws="none", **tls
+        )
         self._server = _Server(config)
         self._task: asyncio.Task[None] | None = None
 
@@ -334,7 +350,7 @@ class LocalApi:
         tmp = self.port_file.with_suffix(".tmp")
         tmp.write_text(f"{self.port}\n")
         os.replace(tmp, self.port_file)
-        log.info("site-local API on http://%s:%d", self.host, self.port)
+        log.info("site-local API on %s://%s:%d", self.scheme, self.host, self.port)
         return self.port
 
     async def stop(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -68,14 +69,20 @@ class Stager:
         *,
         backoff_max_s: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.cache = cache
+        #: How connections to the controller are verified (and the site's certificate).
+        self.verify = verify
         self.remote = remote
         self.backoff_max_s = backoff_max_s
         self.wake = asyncio.Event()
         self.bytes_received = 0
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(30.0, read=60.0), transport=transport, follow_redirects=True
+            timeout=httpx.Timeout(30.0, read=60.0),
+            transport=transport,
+            follow_redirects=True,
+            verify=verify,
         )
         self._locks: dict[tuple[ArtifactKind, str], asyncio.Lock] = {}
 

@@ -47,6 +47,7 @@ from cloudlet.agent.store import (
     Store,
     set_meta,
 )
+from cloudlet.agent.tls import TlsJoin
 from cloudlet.errors import AuthError, ConfigError, ControllerUnreachableError, SyncError
 from cloudlet.schemas import (
     ActualState,
@@ -126,6 +127,8 @@ class Syncer:
         #: Set (and replaced) each time a probe finds the controller back.
         self._link_back = asyncio.Event()
         self.cache = cache
+        #: Set by the agent unless it runs --insecure: enrollment then sends CSRs.
+        self.tls_join: TlsJoin | None = None
         #: Called after every stored desired document (the images list may have changed).
         self.on_desired = on_desired
         self.outbox_cap = outbox_cap
@@ -204,20 +207,39 @@ class Syncer:
             AuthError: the controller refused the token.
             ConfigError: the token is malformed.
         """
+        tls = self.tls_join
+        csr = local_csr = None
+        if tls is not None:
+            csr, local_csr = tls.tls.requests("site", tls.local_names)
         try:
             request = EnrollRequest(
-                join_token=join_token, agent_version=__version__, capacity=self.capacity
+                join_token=join_token,
+                agent_version=__version__,
+                capacity=self.capacity,
+                csr=csr,
+                local_csr=local_csr,
             )
         except ValidationError as exc:
             raise ConfigError(f"invalid join token: {exc.errors()[0]['msg']}") from exc
         backoff = Backoff(self.backoff_max_s)
         while not stop.is_set():
             try:
+                if tls is not None:
+                    await tls.tls.learn_ca(self.client.base_url, tls.ca_file, tls.ca_fingerprint)
                 answer = await self.client.enroll(request)
             except ControllerUnreachableError as exc:
                 self._failed(exc)
                 await sleep_or(stop, backoff.next())
                 continue
+            if tls is not None:
+                if answer.certificates is None:
+                    raise ConfigError(
+                        "the controller issued no certificate: if it runs --insecure, "
+                        "run the agent --insecure too"
+                    )
+                tls.tls.install(answer.certificates)
+                # The enrollment's connection presents no certificate: not for the loops.
+                self.client.reconnect()
             with self.store.transaction() as conn:
                 set_meta(conn, CREDENTIAL, answer.credential)
                 set_meta(conn, SITE_ID, answer.site_id)

@@ -136,10 +136,10 @@ class VmBuilder:
             if self.cache.hold(ArtifactKind.OVERLAY, comp.overlay):
                 self.cache.begin(ArtifactKind.OVERLAY, comp.overlay, None)
                 part = self.cache.part_path(ArtifactKind.OVERLAY, comp.overlay)
-                remote = HttpRangeSource(url, where[1], tee=part)
+                remote = HttpRangeSource(url, where[1], tee=part, verify=self.stager.verify)
                 source = remote
             else:  # another start streams it into the cache already: just read
-                source = HttpRangeSource(url, where[1])
+                source = HttpRangeSource(url, where[1], verify=self.stager.verify)
                 remote = None
         opened = Opened(base, source, remote, overlay=comp.overlay)
         try:
@@ -193,7 +193,9 @@ class VmBuilder:
                     f"overlay {comp.overlay} is not cached and no controller is known"
                 )
             source = HttpRangeSource(
-                blob_url(where[0], ArtifactKind.OVERLAY, comp.overlay), where[1]
+                blob_url(where[0], ArtifactKind.OVERLAY, comp.overlay),
+                where[1],
+                verify=self.stager.verify,
             )
         try:
             manifest = await asyncio.to_thread(read_manifest, source)

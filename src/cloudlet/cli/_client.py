@@ -79,13 +79,17 @@ class Client:
         self._host, self._port, self._prefix = parts.hostname, parts.port, parts.path
         self._timeout = timeout
         self._token = None if anonymous else resolve_token(config)
+        self._ca_file = config.ca_file
 
     def _connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self._https:
             import ssl
 
             return http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+                self._host,
+                self._port,
+                timeout=timeout,
+                context=ssl.create_default_context(cafile=self._ca_file),
             )
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 

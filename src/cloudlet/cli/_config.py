@@ -31,6 +31,8 @@ class ClientConfig:
     token: str | None
     controller_port: int
     data_dir: Path
+    #: The fleet's CA file to verify an https:// controller with (None: the system's).
+    ca_file: Path | None = None
 
 
 def fast_client_config(
@@ -55,4 +57,5 @@ def fast_client_config(
         token=token if token is not None else env.get("CLOUDLET_TOKEN"),
         controller_port=port,
         data_dir=Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR,
+        ca_file=Path(ca) if (ca := env.get("CLOUDLET_CA_FILE")) else None,
     )

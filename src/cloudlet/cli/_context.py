@@ -53,7 +53,9 @@ class CliContext:
         if config is None:
             s = self.settings()
             controller = s.controller
-            config = ClientConfig(s.controller_url, s.token, controller.port, controller.data_dir)
+            config = ClientConfig(
+                s.controller_url, s.token, controller.port, controller.data_dir, s.ca_file
+            )
         return config
 
 

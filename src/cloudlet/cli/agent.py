@@ -45,6 +45,17 @@ def run(
         None, help="Seconds between reports (default 10)."
     ),
     log_level: str | None = typer.Option(None, help="debug, info, warning (default info)."),
+    ca_file: Path | None = typer.Option(
+        None, help="The controller's CA certificate (PEM), trusted at join."
+    ),
+    ca_fingerprint: str | None = typer.Option(
+        None, help="Or the SHA-256 fingerprint of the controller's CA, checked at join."
+    ),
+    insecure: bool | None = typer.Option(
+        None,
+        "--insecure",
+        help="Plain HTTP, no site certificate, plain site-local API: development only.",
+    ),
 ) -> None:
     """Enroll (first start) and run the site agent until SIGTERM / Ctrl-C."""
     from cloudlet.agent import run_agent
@@ -101,6 +112,9 @@ def _settings(ctx: typer.Context) -> AgentSettings:
                 "keep_workloads": options["keep_workloads"],
                 "report_interval_s": options["report_interval"],
                 "log_level": options["log_level"],
+                "ca_file": options["ca_file"],
+                "ca_fingerprint": options["ca_fingerprint"],
+                "insecure": options["insecure"],
             }
         )
         .agent

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 
 import typer
 
@@ -26,6 +27,12 @@ def _controller(ctx: typer.Context, offline: bool) -> str | None:
         return None
     settings = ctx_of(ctx).settings()
     return settings.controller_url or f"http://127.0.0.1:{settings.controller.port}"
+
+
+def _verify(ctx: typer.Context) -> ssl.SSLContext | bool:
+    """What the controller and sites are verified with: CLOUDLET_CA_FILE, else the system."""
+    ca_file = ctx_of(ctx).settings().ca_file
+    return ssl.create_default_context(cafile=ca_file) if ca_file is not None else True
 
 
 def _ms(value: float | None) -> str:
@@ -56,7 +63,9 @@ def discover(
 ) -> None:
     """Rank the cloudlets for APP (controller, else DNS-SD) and measure the RTT to each."""
     lat, lon = parse_near(near)
-    found = cl.candidates(_controller(ctx, offline), app_name, lat, lon, top=top)
+    found = cl.candidates(
+        _controller(ctx, offline), app_name, lat, lon, top=top, verify=_verify(ctx)
+    )
     show([dataclasses.asdict(c) for c in found], COLUMNS, as_json)
 
 
@@ -99,6 +108,7 @@ def connect(
         timeout=timeout,
         token=token,
         local_token=client_token or local_token,
+        verify=_verify(ctx),
     )
     if as_json:
         emit_json(dataclasses.asdict(conn))

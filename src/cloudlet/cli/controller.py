@@ -40,11 +40,17 @@ def serve(
     workers: int = typer.Option(
         1, min=1, help="Processes serving the one port (each a replica of the controller)."
     ),
+    insecure: bool | None = typer.Option(
+        None,
+        "--insecure",
+        help="Plain HTTP, agents without client certificates: development only.",
+    ),
 ) -> None:
     """Serve the API (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
     from cloudlet.controller.app import create_app, open_state
+    from cloudlet.controller.peer import uvicorn_tls
 
     settings = (
         ctx_of(ctx)
@@ -56,6 +62,7 @@ def serve(
                 "database_url": database_url,
                 "offline_grace_s": offline_grace,
                 "log_level": log_level,
+                "tls": {"insecure": True} if insecure else None,
             }
         )
         .controller
@@ -65,11 +72,15 @@ def serve(
     )
     if workers == 1:
         application: Any = create_app(settings)
+        ca = application.state.cloudlet.ca
         _tune_runtime()
     else:
         # Migrate and bootstrap once here, rather than in workers racing to do it.
-        open_state(settings).close()
+        first = open_state(settings)
+        ca = first.ca
+        first.close()
         application = functools.partial(worker_app, settings)
+    tls = {} if settings.tls.insecure else uvicorn_tls(settings, ca)
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((settings.host, settings.port))
@@ -78,9 +89,12 @@ def serve(
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(f"{bound}\n")
         tmp.replace(port_file)
+    scheme = "http" if settings.tls.insecure else "https"
     err_console.print(
-        f"controller listening on http://{settings.host}:{bound} "
-        f"(admin token in {settings.data_dir / 'admin.token'})"
+        f"controller listening on {scheme}://{settings.host}:{bound} "
+        f"(admin token in {settings.data_dir / 'admin.token'}"
+        + ("" if settings.tls.insecure else f", CA fingerprint {ca.fingerprint}")
+        + ")"
     )
     config = uvicorn.Config(
         application,
@@ -93,6 +107,7 @@ def serve(
         # Long polls would hold a graceful shutdown for their whole wait; agents
         # simply poll again, so cut them after a short grace.
         timeout_graceful_shutdown=2,
+        **tls,
     )
     if workers == 1:
         uvicorn.Server(config).run(sockets=[sock])

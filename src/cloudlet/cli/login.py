@@ -60,7 +60,9 @@ def logout(ctx: typer.Context) -> None:
         return
     from cloudlet.cli._config import ClientConfig
 
-    client = Client(ClientConfig(url, gone["token"], config.controller_port, config.data_dir))
+    client = Client(
+        ClientConfig(url, gone["token"], config.controller_port, config.data_dir, config.ca_file)
+    )
     try:
         client.delete("/v1/auth/tokens/current")
     except ApiError as exc:

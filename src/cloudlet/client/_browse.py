@@ -13,9 +13,9 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 SERVICE_TYPE = "_cloudlet._tcp.local."
 
 
-def _url(address: str, port: int) -> str:
+def _url(address: str, port: int, scheme: str = "http") -> str:
     host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
 
 
 async def _browse(seconds: float) -> dict[str, str]:
@@ -39,7 +39,10 @@ async def _browse(seconds: float) -> dict[str, str]:
             addresses = info.parsed_addresses()
             if addresses and info.port:
                 site = name.removesuffix("." + SERVICE_TYPE)
-                found[site] = _url(addresses[0], info.port)
+                # An agent older than TLS announces no scheme: plain HTTP.
+                scheme = (info.properties or {}).get(b"scheme") or b"http"
+                https = scheme == b"https"
+                found[site] = _url(addresses[0], info.port, "https" if https else "http")
         await browser.async_cancel()
         return found
     finally:

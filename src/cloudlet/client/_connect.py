@@ -10,6 +10,7 @@ candidates come from a DNS-SD browse of the LAN.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -46,10 +47,18 @@ class Connection:
     candidates: list[Candidate] = field(default_factory=list)
 
 
-def probe_rtt(endpoint: str, tries: int = 3, timeout: float = 1.0) -> float | None:
-    """The lowest of ``tries`` round trips (ms) to a site-local API, None if it is down."""
+#: What a client verifies the controller and the site-local APIs with: a context
+#: trusting the fleet's CA (``GET /v1/ca``), or True for the system's trust store.
+Verify = ssl.SSLContext | bool
+
+
+def probe_rtt(
+    endpoint: str, tries: int = 3, timeout: float = 1.0, verify: Verify = True
+) -> float | None:
+    """The lowest of ``tries`` round trips (ms) to a site-local API, None if it is down
+    (or its certificate does not verify)."""
     best = None
-    with httpx.Client(timeout=timeout) as http:
+    with httpx.Client(timeout=timeout, verify=verify) as http:
         for _ in range(tries):
             t0 = time.perf_counter()
             try:
@@ -62,7 +71,12 @@ def probe_rtt(endpoint: str, tries: int = 3, timeout: float = 1.0) -> float | No
 
 
 def discover(
-    controller: str, app: str, lat: float | None, lon: float | None, timeout: float = 5.0
+    controller: str,
+    app: str,
+    lat: float | None,
+    lon: float | None,
+    timeout: float = 5.0,
+    verify: Verify = True,
 ) -> Discovery:
     """Ask the controller which sites can serve ``app`` near ``(lat, lon)``.
 
@@ -74,7 +88,9 @@ def discover(
     if lat is not None and lon is not None:
         params |= {"lat": lat, "lon": lon}
     try:
-        answer = httpx.get(f"{controller.rstrip('/')}/v1/discover", params=params, timeout=timeout)
+        answer = httpx.get(
+            f"{controller.rstrip('/')}/v1/discover", params=params, timeout=timeout, verify=verify
+        )
     except httpx.HTTPError as exc:
         raise ControllerUnreachableError(f"controller {controller}: {exc}") from exc
     if answer.status_code == 404:
@@ -93,12 +109,13 @@ def candidates(
     *,
     top: int = 3,
     browse_s: float = 2.0,
+    verify: Verify = True,
 ) -> list[Candidate]:
     """The sites to try, measured, best measured RTT first (unreachable ones last)."""
     found: list[Candidate] = []
     if controller is not None:
         try:
-            ranked = discover(controller, app, lat, lon)
+            ranked = discover(controller, app, lat, lon, verify=verify)
         except ControllerUnreachableError:
             ranked = None
         if ranked is not None:
@@ -120,7 +137,7 @@ def candidates(
             for name, url in sorted(browse_sites(browse_s).items())
         ]
     for c in found:
-        c.measured_rtt_ms = probe_rtt(c.endpoint)
+        c.measured_rtt_ms = probe_rtt(c.endpoint, verify=verify)
     return sorted(found, key=lambda c: (c.measured_rtt_ms is None, c.measured_rtt_ms or 0))
 
 
@@ -144,6 +161,7 @@ def connect(
     timeout: float = 60.0,
     token: str | None = None,
     local_token: str | None = None,
+    verify: Verify = True,
 ) -> Connection:
     """Join ``app`` at the best measured site, starting it there if it does not run.
 
@@ -151,19 +169,20 @@ def connect(
     definition already; otherwise, given an API ``token``, the controller is asked
     to start it at that site. ``local_token`` is what the site-local API is shown: a
     client token naming ``app`` (the site checks it offline too and meters the
-    instance to its project), or the site operator's site-local token.
+    instance to its project), or the site operator's site-local token. ``verify``:
+    trusts the fleet's CA, which the controller and every site-local API chain to.
 
     Raises:
         CloudletError: no site answered, or none could start the app in time.
     """
     t0 = time.monotonic()
-    found = candidates(controller, app, lat, lon, top=top)
+    found = candidates(controller, app, lat, lon, top=top, verify=verify)
     reachable = [c for c in found if c.measured_rtt_ms is not None]
     if not reachable:
         raise CloudletError(f"no cloudlet reachable for app {app!r} ({len(found)} found)")
     errors = []
     headers = {"Authorization": f"Bearer {local_token}"} if local_token else {}
-    with httpx.Client(timeout=10, headers=headers) as http:
+    with httpx.Client(timeout=10, headers=headers, verify=verify) as http:
         for c in reachable:
             try:
                 inst = _running(http, c.endpoint, app)

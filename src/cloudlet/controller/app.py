@@ -18,6 +18,7 @@ from cloudlet.controller.api import (
     alarms,
     apps,
     artifacts,
+    certificates,
     checkpoints,
     client_tokens,
     discover,
@@ -42,12 +43,14 @@ from cloudlet.controller.api.agent_lane import REPORT, REPORT_MAX_BYTES, AgentLa
 from cloudlet.controller.db.dialect import is_sqlite
 from cloudlet.controller.db.engine import default_url, make_engine, make_sessionmaker, upgrade
 from cloudlet.controller.metrics import ControllerMetrics, MetricsMiddleware
+from cloudlet.controller.peer import RevokedSerials
 from cloudlet.controller.services import agent_packages
 from cloudlet.controller.services._store import ArtifactStore
 from cloudlet.controller.services.auth import bootstrap
 from cloudlet.controller.services.client_tokens import load_signing_key, register_key
 from cloudlet.controller.state import ControllerState
 from cloudlet.controller.webhook import AlarmWebhook
+from cloudlet.pki import CertificateAuthority
 from cloudlet.settings import ControllerSettings
 from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
 
@@ -55,7 +58,11 @@ from cloudlet.web import MIB, BodyGuard, BodyLimits, StreamedRoute
 #: (16 MiB from the CLI) stream to disk.
 BODY_LIMITS = BodyLimits(
     json=1 * MIB,
-    paths={REPORT: REPORT_MAX_BYTES, "/v1/agent/enroll": 16 * 1024},
+    paths={
+        REPORT: REPORT_MAX_BYTES,
+        "/v1/agent/enroll": 32 * 1024,
+        certificates.RENEW_PATH: 32 * 1024,
+    },
     streamed=(
         StreamedRoute("PUT", re.compile(r"^/v1/uploads/[^/]+$"), 64 * MIB),
         StreamedRoute("POST", upgrades.UPLOAD_PATH, agent_packages.MAX_PACKAGE_BYTES),
@@ -102,6 +109,8 @@ def open_state(settings: ControllerSettings) -> ControllerState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     artifacts = ArtifactStore.from_settings(settings)
     client_key = load_signing_key(settings)
+    tls = settings.tls
+    ca = CertificateAuthority.load_or_create(tls.ca_cert_file, tls.ca_key_file, settings.data_dir)
     engine = make_engine(settings.database_url or default_url(settings.data_dir))
     upgrade(engine)
     sessions = make_sessionmaker(engine)
@@ -116,6 +125,8 @@ def open_state(settings: ControllerSettings) -> ControllerState:
         artifacts=artifacts,
         loop_connection=loop_connection,
         client_key=client_key,
+        ca=ca,
+        revoked=RevokedSerials(sessions, tls.revocation_refresh_s),
     )
     state.metrics = ControllerMetrics(engine, settings.offline_grace_s, state.watcher)
     if settings.alarms.webhook_url:
@@ -152,7 +163,7 @@ def create_app(settings: ControllerSettings) -> FastAPI:
     for module in (
         sites, apps, instances, mobility, discover, events, alarms, agent, artifacts, metrics,
         upgrades, rollouts, checkpoints, client_tokens, signing,
-        identity, projects, users, quotas, prices, usage,
+        identity, projects, users, quotas, prices, usage, certificates,
     ):  # fmt: skip
         app.include_router(module.router)
 

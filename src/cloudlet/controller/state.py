@@ -157,6 +157,10 @@ class ControllerState:
     client_key: Any = None
     #: Image and overlay bytes sent to sites, not yet written (metering).
     fetches: FetchCounters = field(default_factory=FetchCounters)
+    #: The fleet's certificate authority (``cloudlet.pki.CertificateAuthority``).
+    ca: Any = None
+    #: Revoked certificate serials (``controller.peer.RevokedSerials``).
+    revoked: Any = None
 
     def __post_init__(self) -> None:
         self.reads = ShortReads(self.engine, self.loop_connection)

@@ -56,6 +56,7 @@ class DemoAgent(LocalAgent):
         ]  # fmt: skip
         if self.join_token:
             args += ["--join", self.join_token]
+        args += self._tls_args()
         self.proc = Proc(f"agent-{self.name}", args, self.data_dir / "agent.log", _agent_env())
         self.proc.start()
         return self
@@ -115,7 +116,10 @@ class Fleet:
         data_dir.mkdir(parents=True, exist_ok=True)
         config = data_dir / "agent.toml"
         config.write_text(AGENT_CONFIG)
-        agent = DemoAgent(spec.name, data_dir, relay.url, token, config_file=config)
+        # The relay passes TLS through untouched: the agent talks HTTPS to the controller.
+        scheme = "http" if self.controller.insecure else "https"
+        url = relay.url.replace("http://", f"{scheme}://", 1)
+        agent = DemoAgent(spec.name, data_dir, url, token, config_file=config)
         self.agents[spec.name] = agent.start()
         return agent
 

@@ -66,13 +66,21 @@ class Scenario:
     duration_s: float
 
     def __post_init__(self) -> None:
-        # Direct requests to sites and workloads: no token, and never through a proxy.
-        self.http = httpx.Client(trust_env=False)
+        self._http: httpx.Client | None = None
         self.offline_instance: str | None = None
         self.local_instance: dict[str, Any] | None = None
         self.direct_answers = Counter[bool]()
 
     # -- plumbing -----------------------------------------------------------------------
+
+    @property
+    def http(self) -> httpx.Client:
+        """Direct requests to sites (HTTPS, verified against the fleet's CA) and workloads:
+        no token, and never through a proxy."""
+        if self._http is None:
+            assert self.fleet.controller is not None, "start the controller first"
+            self._http = httpx.Client(trust_env=False, verify=self.fleet.controller.verify)
+        return self._http
 
     def say(self, line: str) -> None:
         self.world.story.append((self.world.elapsed(), line))
@@ -197,6 +205,10 @@ class Scenario:
         self.say(
             f"Dashboard: {ctl.url}/ui (while the demo runs); sign in with the admin token,"
             f" the contents of {ctl.data_dir / 'admin.token'}."
+        )
+        self.say(
+            f"TLS: the controller's own CA signs its certificate and each site's ({ctl.ca_file});"
+            " sites join with a CSR, then sync over mutual TLS."
         )
         for spec in SITES:
             self.fleet.add_site(spec)
@@ -416,4 +428,5 @@ class Scenario:
         return [e for e in rows if e["seq"] > 0 and parse_time(e["at"]) <= until]
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()

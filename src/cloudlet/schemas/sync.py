@@ -27,11 +27,36 @@ from cloudlet.schemas.instances import ActualState, DesiredState, InstanceOrigin
 from cloudlet.schemas.mobility import CheckpointRestore, HandoffOrder
 from cloudlet.schemas.signing import InstanceSigning
 
+#: A PEM certificate signing request (an ECDSA P-256 or Ed25519 key's): far below this.
+_CSR_MAX = 8192
+
 
 class EnrollRequest(Input):
     join_token: str = Field(min_length=8, max_length=200)
     agent_version: str = Field("unknown", max_length=64)
     capacity: Resources | None = None
+    csr: str | None = Field(
+        None,
+        max_length=_CSR_MAX,
+        description="PEM CSR for the site's client certificate (required unless the "
+        "controller runs --insecure).",
+    )
+    local_csr: str | None = Field(
+        None,
+        max_length=_CSR_MAX,
+        description="PEM CSR for the site-local API's server certificate; its SANs are "
+        "the addresses the certificate names.",
+    )
+
+
+class SiteCertificates(Model):
+    """What the CA issued to a site: its client certificate, its site-local API's, and
+    the CA certificate to pin."""
+
+    certificate: str = Field(description="PEM: the site's client certificate.")
+    local_certificate: str | None = Field(None, description="PEM: the site-local API's.")
+    ca_certificate: str = Field(description="PEM: the controller's CA.")
+    not_after: datetime = Field(description="When the client certificate expires.")
 
 
 class EnrollResponse(Model):
@@ -39,6 +64,16 @@ class EnrollResponse(Model):
     site_name: str
     credential: str = Field(description="The site's bearer secret; shown once.")
     revision: int
+    certificates: SiteCertificates | None = Field(
+        None, description="Issued for the CSRs sent (none without a CSR)."
+    )
+
+
+class CertificateRenewal(Input):
+    """A site asking for new certificates before its current ones expire."""
+
+    csr: str = Field(max_length=_CSR_MAX, description="PEM CSR for the new client certificate.")
+    local_csr: str | None = Field(None, max_length=_CSR_MAX, description="PEM CSR, local API.")
 
 
 class DesiredInstance(Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -107,14 +108,39 @@ class LocalController:
     #: Network namespace to run in (None: this one).
     netns: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: Plain HTTP (``--insecure``) instead of HTTPS with its own CA.
+    insecure: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'http' if self.insecure else 'https'}://{self.host}:{self.port}"
 
     @property
     def token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
+
+    @property
+    def ca_file(self) -> Path:
+        """The controller's CA certificate: another replica's (``ca_env``) or its own,
+        made at its first start."""
+        given = self.env.get("CLOUDLET_CONTROLLER__TLS__CA_CERT_FILE")
+        return Path(given) if given else self.data_dir / "ca.crt"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an httpx client verifies this controller with: its CA."""
+        return True if self.insecure else ssl.create_default_context(cafile=self.ca_file)
+
+    def ca_env(self) -> dict[str, str]:
+        """Environment giving another replica this controller's CA (start this one first)."""
+        return {
+            "CLOUDLET_CONTROLLER__TLS__CA_CERT_FILE": str(self.ca_file),
+            "CLOUDLET_CONTROLLER__TLS__CA_KEY_FILE": str(self.data_dir / "ca.key"),
+        }
+
+    def cli_env(self) -> dict[str, str]:
+        """Environment for ``cloudlet`` commands talking to this controller."""
+        return {"CLOUDLET_URL": self.url, "CLOUDLET_CA_FILE": str(self.ca_file)}
 
     def start(self, timeout: float = 60.0) -> LocalController:
         args = _cli(
@@ -124,6 +150,8 @@ class LocalController:
         )  # fmt: skip
         if self.database_url:
             args += ["--database-url", self.database_url]
+        if self.insecure:
+            args.append("--insecure")
         log = self.data_dir / "controller.log"
         # Any free port for the handoff relay: many controllers share a test machine.
         env = {"CLOUDLET_CONTROLLER__MOBILITY__RELAY_PORT": "0", **self.env}
@@ -134,12 +162,14 @@ class LocalController:
     def _healthy(self) -> bool:
         if self.proc is not None and not self.proc.alive:
             raise CloudletError(f"controller exited:\n{self.proc.log_tail()}")
-        return httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200
+        answer = httpx.get(f"{self.url}/healthz", timeout=2, verify=self.verify)
+        return answer.status_code == 200
 
     def client(self, token: str | None = None) -> httpx.Client:
-        """An HTTP client sending ``token`` (default: the admin token)."""
+        """An HTTP client sending ``token`` (default: the admin token), verifying the
+        controller against its CA."""
         headers = {"Authorization": f"Bearer {token or self.token}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=self.verify)
 
     def create_token(self, name: str, project: str, role: str) -> str:
         """A new API token, made with ``cloudlet controller token create`` as an
@@ -183,6 +213,35 @@ class LocalAgent:
     local_host: str = "127.0.0.1"
     #: ``run``, or ``supervise`` for an agent that can upgrade (its pid is the supervisor's).
     command: str = "run"
+    #: The controller's CA to trust at join; default: its fingerprint, read from the
+    #: controller (the testbed plays the operator who knows it) and given to the agent.
+    ca_file: Path | None = None
+
+    @property
+    def insecure(self) -> bool:
+        """Plain HTTP (``--insecure``) exactly when the controller serves plain HTTP."""
+        return self.controller_url.startswith("http:")
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What a client verifies the site-local API with: the CA the site stored at join
+        (before join its API has a throwaway certificate: not verified)."""
+        ca = self.data_dir / "tls" / "ca.crt"
+        if self.insecure:
+            return True
+        return ssl.create_default_context(cafile=ca) if ca.exists() else False
+
+    def _tls_args(self) -> list[str]:
+        if self.insecure:
+            return ["--insecure"]
+        if self.ca_file is not None:
+            return ["--ca-file", str(self.ca_file)]
+        if (self.data_dir / "tls" / "ca.crt").exists():
+            return []
+        url = self.controller_url.split(",")[0]
+        # verify=False: the harness reads the fingerprint it hands the agent to check.
+        answer = httpx.get(f"{url}/v1/ca", verify=False, timeout=10)
+        return ["--ca-fingerprint", answer.json()["fingerprint"]]
 
     def start(self) -> LocalAgent:
         args = _cli(
@@ -194,6 +253,7 @@ class LocalAgent:
         )  # fmt: skip
         if self.join_token:
             args += ["--join", self.join_token]
+        args += self._tls_args()
         args += list(self.extra_args)
         self.proc = Proc(f"agent-{self.name}", args, self.data_dir / "agent.log", _env(self.env))
         self.proc.start()
@@ -205,7 +265,7 @@ class LocalAgent:
             port = int((self.data_dir / "local-api.port").read_text().strip())
         except (OSError, ValueError):
             return None
-        return f"http://{self.local_host}:{port}"
+        return f"{'http' if self.insecure else 'https'}://{self.local_host}:{port}"
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -217,6 +277,6 @@ class LocalAgent:
         if url is None:
             return None
         try:
-            return httpx.get(f"{url}/healthz", timeout=2).json()
+            return httpx.get(f"{url}/healthz", timeout=2, verify=self.verify).json()
         except httpx.HTTPError:
             return None

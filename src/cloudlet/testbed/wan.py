@@ -201,6 +201,10 @@ class Wan:
                 host="10.215.0.2", netns=self.ctl_ns,
                 # The relay where sites meet: on the address each reaches this namespace at.
                 env={"CLOUDLET_CONTROLLER__MOBILITY__RELAY_HOST": "0.0.0.0"},
+                # Plain HTTP: sites reach the controller through their link relays, at
+                # addresses its certificate does not name, and this bed measures links
+                # and partitions, not TLS (tested in tests/integration/fleet/test_tls.py).
+                insecure=True,
             )  # fmt: skip
             self.controller.start()
         except BaseException:

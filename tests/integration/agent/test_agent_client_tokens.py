@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def _app(tmp_path: Path, name: str) -> dict[str, Any]:
 
 def _cli(controller: LocalController, token: str, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
-    env |= {"CLOUDLET_URL": controller.url, "CLOUDLET_TOKEN": token}
+    env |= {**controller.cli_env(), "CLOUDLET_TOKEN": token}
     done = subprocess.run(
         [sys.executable, "-m", "cloudlet.cli", *args], capture_output=True, text=True, env=env,
         timeout=60,
@@ -52,9 +53,9 @@ def _cli(controller: LocalController, token: str, *args: str) -> str:
     return done.stdout.strip()
 
 
-def _refused(url: str, token: str | None, status: int, kind: str) -> None:
+def _refused(local: httpx.Client, token: str | None, status: int, kind: str) -> None:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    r = httpx.post(f"{url}/v1/local/instances", json={"app": "maps"}, headers=headers, timeout=10)
+    r = local.post("/v1/local/instances", json={"app": "maps"}, headers=headers, timeout=10)
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["type"].endswith(f"/{kind}"), r.json()
@@ -63,6 +64,7 @@ def _refused(url: str, token: str | None, status: int, kind: str) -> None:
 def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) -> None:
     controller = LocalController(tmp_path / "controller").start()
     agent = None
+    stack = ExitStack()
     try:
         member = controller.create_token("fire-ops", project="fire", role="member")
         with controller.client() as admin:
@@ -73,6 +75,9 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
             env={"CLOUDLET_AGENT__USAGE_INTERVAL_S": "0.5", "CLOUDLET_AGENT__ANNOUNCE": "false"},
         ).start()  # fmt: skip
         url = wait_for(agent.local_api, 30, "the site-local API")
+        wait_for(lambda: (agent.health() or {}).get("enrolled"), 30, "the agent's enrollment")
+        # HTTPS, verified against the CA the site pinned at join.
+        local = stack.enter_context(httpx.Client(base_url=url, verify=agent.verify))
         with controller.client(member) as fire:
             for name in ("maps", "radio"):
                 fire.post("/v1/apps", json=_app(tmp_path, name)).raise_for_status()
@@ -83,7 +88,8 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
             assert fire.post("/v1/client-tokens", json=body).status_code == 403
             body = {"project": "fire", "apps": ["maps", "nope"]}
             assert fire.post("/v1/client-tokens", json=body).status_code == 404
-        keys = httpx.get(f"{controller.url}/v1/client-tokens/keys").json()["keys"]
+        with controller.client() as api:
+            keys = api.get("/v1/client-tokens/keys").json()["keys"]
         assert [k["crv"] for k in keys] == ["Ed25519"]
 
         good = _cli(controller, member, "client", "token", "create", "--project", "fire",
@@ -97,7 +103,7 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
         tampered = f"{head}.{payload[:-2]}{'AB' if payload[-2:] != 'AB' else 'CD'}.{sig}"
 
         def holds_the_definition() -> bool:
-            return any(i["app"] == "maps" for i in httpx.get(f"{url}/v1/local/instances").json())
+            return any(i["app"] == "maps" for i in local.get("/v1/local/instances").json())
 
         wait_for(holds_the_definition, 30, f"the site holding maps\n{agent.proc.log_tail()}")
         assert agent.health()["client_token_keys"] == [k["kid"] for k in keys]
@@ -119,14 +125,13 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
         controller.stop()
         wait_for(lambda: agent.health()["controller_reachable"] is False, 30, "cut off")
 
-        _refused(url, None, 401, "auth")
-        _refused(url, expired, 401, "token-expired")
-        _refused(url, tampered, 401, "auth")
-        _refused(url, radio_only, 403, "forbidden")
-        _refused(url, lost, 401, "token-revoked")
+        _refused(local, None, 401, "auth")
+        _refused(local, expired, 401, "token-expired")
+        _refused(local, tampered, 401, "auth")
+        _refused(local, radio_only, 403, "forbidden")
+        _refused(local, lost, 401, "token-revoked")
 
-        started = httpx.post(
-            f"{url}/v1/local/instances", json={"app": "maps", "name": "tablet-maps"},
+        started = local.post("/v1/local/instances", json={"app": "maps", "name": "tablet-maps"},
             headers={"authorization": f"Bearer {good}"}, timeout=10,
         )  # fmt: skip
         assert started.status_code == 202, started.text
@@ -134,7 +139,7 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
         instance_id = started.json()["id"]
 
         def running() -> dict[str, Any] | None:
-            got = httpx.get(f"{url}/v1/local/instances/{instance_id}", timeout=5).json()
+            got = local.get(f"/v1/local/instances/{instance_id}", timeout=5).json()
             return got if got["state"] == "running" else None
 
         assert wait_for(running, 30, "the token's instance running")["project"] == "fire"
@@ -156,6 +161,7 @@ def test_a_site_checks_client_tokens_with_the_controller_down(tmp_path: Path) ->
             )  # fmt: skip
             assert shown == "fire"
     finally:
+        stack.close()
         if agent is not None:
             agent.stop()
         controller.stop()

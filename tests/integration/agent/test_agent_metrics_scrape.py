@@ -68,6 +68,7 @@ def test_a_running_agent_exposes_its_instances_outbox_and_sync_age(tmp_path: Pat
             data_dir=tmp_path,
             controller_url=server.url,
             join_token=TOKEN,
+            insecure=True,  # the stub controller speaks plain HTTP
             driver="process",
             poll_wait_s=1,
             report_interval_s=0.2,

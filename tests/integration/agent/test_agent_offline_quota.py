@@ -35,7 +35,7 @@ def _app(tmp_path: Path) -> dict[str, Any]:
 
 def _client_token(controller: LocalController, member: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
-    env |= {"CLOUDLET_URL": controller.url, "CLOUDLET_TOKEN": member}
+    env |= {**controller.cli_env(), "CLOUDLET_TOKEN": member}
     done = subprocess.run(
         [sys.executable, "-m", "cloudlet.cli", "client", "token", "create",
          "--project", "fire", "--app", "maps"],
@@ -65,16 +65,18 @@ def test_an_instance_started_offline_is_counted_shown_over_and_kept(tmp_path: Pa
             refused = fire.post("/v1/instances", json={"app": "maps", "site": "lyon"})
             assert refused.status_code == 403 and refused.json()["quota"] == "instances"
         token = _client_token(controller, member)
-        wait_for(
-            lambda: any(i["app"] == "maps" for i in httpx.get(f"{url}/v1/local/instances").json()),
-            30, "the site holding maps",
-        )  # fmt: skip
+
+        def holds_maps() -> bool:
+            answer = httpx.get(f"{url}/v1/local/instances", verify=agent.verify)
+            return any(i["app"] == "maps" for i in answer.json())
+
+        wait_for(holds_maps, 30, "the site holding maps")
 
         controller.stop()
         wait_for(lambda: agent.health()["controller_reachable"] is False, 30, "cut off")
         started = httpx.post(
             f"{url}/v1/local/instances", json={"app": "maps", "name": "tablet-maps"},
-            headers={"authorization": f"Bearer {token}"}, timeout=10,
+            headers={"authorization": f"Bearer {token}"}, timeout=10, verify=agent.verify,
         )  # fmt: skip
         assert started.status_code == 202, started.text
         offline_id = started.json()["id"]
@@ -101,7 +103,9 @@ def test_an_instance_started_offline_is_counted_shown_over_and_kept(tmp_path: Pa
                     return site["applied_revision"] == site["revision"]
 
                 wait_for(synced, 30, "the site applying its desired state")
-            local = httpx.get(f"{url}/v1/local/instances/{offline_id}", timeout=5).json()
+            local = httpx.get(
+                f"{url}/v1/local/instances/{offline_id}", timeout=5, verify=agent.verify
+            ).json()
             assert local["state"] == "running", local
     finally:
         if agent is not None:

@@ -32,7 +32,7 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Wheel]:
 def _cli(controller: LocalController, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
     env |= {
-        "CLOUDLET_URL": controller.url,
+        **controller.cli_env(),
         "CLOUDLET_TOKEN_FILE": str(controller.data_dir / "admin.token"),
     }
     cloudlet = str(Path(sys.executable).with_name("cloudlet"))

@@ -37,6 +37,7 @@ def settings(data_dir: Path, url: str, join_token: str | None = TOKEN) -> AgentS
         data_dir=data_dir,
         controller_url=url,
         join_token=join_token,
+        insecure=True,  # the stub controller speaks plain HTTP (TLS: fleet/test_tls.py)
         driver="process",
         poll_wait_s=1,
         report_interval_s=0.2,

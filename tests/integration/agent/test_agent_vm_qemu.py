@@ -167,6 +167,7 @@ def test_a_whole_agent_prestages_serves_and_starts_offline_from_its_cache(
     conf = AgentSettings(
         data_dir=data,
         join_token=TOKEN,
+        insecure=True,  # the stub controller speaks plain HTTP
         driver="process",
         poll_wait_s=1,
         report_interval_s=0.2,

@@ -29,7 +29,7 @@ def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalContro
 def cli(controller: LocalController, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
     environ |= {
-        "CLOUDLET_URL": controller.url,
+        **controller.cli_env(),
         "CLOUDLET_TOKEN_FILE": str(controller.data_dir / "admin.token"),
         "COLUMNS": "200",
         **env,

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from cloudlet.testbed.local import LocalController
@@ -35,7 +34,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """The CLI as a user on another host: no admin token file unless ``admin``."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
-    environ |= {"CLOUDLET_URL": ctl.url, "XDG_CONFIG_HOME": str(home), "COLUMNS": "200"}
+    environ |= {**ctl.cli_env(), "XDG_CONFIG_HOME": str(home), "COLUMNS": "200"}
     environ["CLOUDLET_DATA_DIR"] = str(home / "no-controller-here")
     if admin:
         environ["CLOUDLET_TOKEN_FILE"] = str(ctl.data_dir / "admin.token")
@@ -118,7 +117,8 @@ def test_an_admin_sets_up_a_project_and_a_user_signs_in_and_out(
 
     assert "signed out" in ok(run(ctl, home, "logout"))
     assert ctl.url not in json.loads(creds.read_text())["controllers"]
-    gone = httpx.get(f"{ctl.url}/v1/apps", headers={"Authorization": f"Bearer {token}"})
+    with ctl.client(token) as signed_out:
+        gone = signed_out.get("/v1/apps")
     assert gone.status_code == 401
     assert "not signed in" in ok(run(ctl, home, "logout"))
 

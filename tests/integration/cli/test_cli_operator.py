@@ -35,7 +35,7 @@ class World:
         environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
         environ.pop("COLUMNS", None)  # as a pipe would see it: no width to go by
         return environ | {
-            "CLOUDLET_URL": self.controller.url,
+            **self.controller.cli_env(),
             "CLOUDLET_TOKEN_FILE": str(self.controller.data_dir / "admin.token"),
             **extra,
         }

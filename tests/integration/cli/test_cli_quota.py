@@ -28,7 +28,7 @@ def controller(tmp_path: Path) -> Iterator[LocalController]:
 
 def _cli(ctl: LocalController, token: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
-    env |= {"CLOUDLET_URL": ctl.url, "CLOUDLET_TOKEN": token}
+    env |= {**ctl.cli_env(), "CLOUDLET_TOKEN": token}
     return subprocess.run(
         [str(Path(sys.executable).with_name("cloudlet")), *args],
         capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=60,

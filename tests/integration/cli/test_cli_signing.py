@@ -38,7 +38,7 @@ def cli(
     controller: LocalController, keys: Path, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
-    environ |= {"CLOUDLET_URL": controller.url, "CLOUDLET_KEY_DIR": str(keys), "COLUMNS": "200"}
+    environ |= {**controller.cli_env(), "CLOUDLET_KEY_DIR": str(keys), "COLUMNS": "200"}
     if token is None:
         environ["CLOUDLET_TOKEN_FILE"] = str(controller.data_dir / "admin.token")
     else:

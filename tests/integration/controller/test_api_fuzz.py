@@ -38,6 +38,8 @@ def _fuzz(
     ]  # fmt: skip
     if token:
         args += ["--header", f"Authorization: Bearer {token}"]
+    if not controller.insecure:
+        args += ["--tls-verify", str(controller.ca_file)]
     # In the report's directory: schemathesis keeps a cache where it runs.
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=report.parent)
     result = json.loads(report.read_text())
@@ -65,7 +67,8 @@ def test_as_the_admin_on_both_databases(controller: LocalController, tmp_path: P
 
 @pytest.fixture
 def sqlite_controller(tmp_path: Path) -> Iterator[LocalController]:
-    # Who may do what does not depend on the database: the other callers run on one.
+    # Who may do what does not depend on the database: the other callers run on one,
+    # over HTTPS (the admin's, on the conftest's controller, over plain HTTP).
     ctl = LocalController(tmp_path / "controller").start()
     try:
         yield ctl

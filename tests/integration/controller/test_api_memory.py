@@ -43,7 +43,7 @@ def _push(url: str, declared: bool) -> int | str:
 
 
 def test_rss_stays_flat_under_concurrent_huge_unauthenticated_bodies(tmp_path: Path) -> None:
-    controller = LocalController(tmp_path / "controller").start()
+    controller = LocalController(tmp_path / "controller", insecure=True).start()  # see conftest
     try:
         assert controller.proc is not None and controller.proc.popen is not None
         process = psutil.Process(controller.proc.popen.pid)

@@ -35,8 +35,8 @@ def controller(tmp_path: Path, database_url: str | None) -> Iterator[LocalContro
         "CLOUDLET_CONTROLLER__MOBILITY__MIN_DWELL_S": "0",
     }
     ctl = LocalController(
-        tmp_path / "ctl", database_url=database_url, offline_grace_s=30, env=env
-    ).start()
+        tmp_path / "ctl", database_url=database_url, offline_grace_s=30, env=env, insecure=True
+    ).start()  # insecure: the tests play the agents by hand (see conftest)
     try:
         yield ctl
     finally:

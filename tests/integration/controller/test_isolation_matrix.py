@@ -90,10 +90,12 @@ KINDS: dict[tuple[str, str], str] = {
     ("GET", "/ui/{path}"): "public",
     ("GET", "/v1/discover"): "public",
     ("GET", "/v1/client-tokens/keys"): "public",
+    ("GET", "/v1/ca"): "public",
     ("POST", "/v1/agent/enroll"): "public",
     ("POST", "/v1/auth/tokens"): "public",
     ("GET", "/v1/agent/desired"): "agent",
     ("POST", "/v1/agent/report"): "agent",
+    ("POST", "/v1/agent/certificate"): "agent",
     ("PUT", "/v1/agent/handoffs/{handoff_id}/state"): "agent",
     ("GET", "/v1/agent/handoffs/{handoff_id}/state"): "agent",
     ("POST", "/v1/agent/handoffs/{handoff_id}/ready"): "agent",
@@ -276,7 +278,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     from cloudlet.synthesis import create_overlay
 
     tmp = tmp_path_factory.mktemp("isolation")
-    ctl = LocalController(tmp / "ctl").start()
+    # --insecure: the site caller is a bare credential, as a hand-made agent request;
+    # that agent endpoints also want the site's own client certificate is fleet/test_tls.py's.
+    ctl = LocalController(tmp / "ctl", insecure=True).start()
     try:
         yield _build(ctl, tmp, create_overlay)
     finally:
@@ -475,6 +479,7 @@ def _request(world: World, method: str, template: str) -> dict[str, Any]:
         ("POST", "/v1/auth/tokens"): {"user": "bob", "password": "not bob's password"},
         ("POST", "/v1/agent/enroll"): {"join_token": "clt_join_no-such-token"},
         ("POST", "/v1/agent/report"): {"applied_revision": 0},
+        ("POST", "/v1/agent/certificate"): {"csr": "not a CSR"},
         ("POST", "/v1/agent/handoffs/{handoff_id}/ready"): {"address": "127.0.0.1:1"},
         ("POST", "/v1/agent/handoffs/{handoff_id}/sent"): SENT,
     }

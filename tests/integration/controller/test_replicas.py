@@ -4,6 +4,7 @@ and another takes over when it dies, and agents given both replicas carry on."""
 
 from __future__ import annotations
 
+import ssl
 import sys
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cloudlet import pki
 from cloudlet.testbed.local import LocalAgent, LocalController, wait_for
 from postgres import create_database
 
@@ -33,7 +35,7 @@ class Replicas:
 
     def role(self, ctl: LocalController) -> str | None:
         try:
-            return httpx.get(f"{ctl.url}/healthz", timeout=2).json()["role"]
+            return httpx.get(f"{ctl.url}/healthz", timeout=2, verify=ctl.verify).json()["role"]
         except httpx.HTTPError:
             return None
 
@@ -45,7 +47,10 @@ def replicas(postgres_base_url: str, tmp_path: Path) -> Iterator[Replicas]:
         # The first start migrates; the second finds the schema current.
         a = LocalController(tmp_path / "a", database_url=url, offline_grace_s=3).start()
         stack.callback(a.stop)
-        b = LocalController(tmp_path / "b", database_url=url, offline_grace_s=3).start()
+        # One CA for both, as docs/tls.md asks of replicas: the agent pins it at join.
+        b = LocalController(
+            tmp_path / "b", database_url=url, offline_grace_s=3, env=a.ca_env()
+        ).start()
         stack.callback(b.stop)
         yield Replicas(a, b)
 
@@ -71,12 +76,23 @@ def test_a_change_through_one_replica_wakes_a_long_poll_held_on_the_other(
     a, b = replicas.api(replicas.a), replicas.api(replicas.b)
     made = a.post("/v1/sites", json={"name": "oslo"})
     made.raise_for_status()
+    # Enrolled by hand, as an agent would: a CSR, then mutual TLS with what it gives.
+    key = pki.new_key()
     enrolled = httpx.post(
         f"{replicas.b.url}/v1/agent/enroll",
-        json={"join_token": made.json()["join_token"]["token"]},
+        json={
+            "join_token": made.json()["join_token"]["token"],
+            "csr": pki.make_csr(key, "oslo").decode(),
+        },
+        verify=replicas.b.verify,
     )
     enrolled.raise_for_status()
     credential, revision = enrolled.json()["credential"], enrolled.json()["revision"]
+    cert, key_file = tmp_path / "oslo.crt", tmp_path / "oslo.key"
+    cert.write_text(enrolled.json()["certificates"]["certificate"])
+    key_file.write_bytes(pki.key_pem(key))
+    mtls = ssl.create_default_context(cafile=replicas.b.ca_file)
+    mtls.load_cert_chain(cert, key_file)
     _app(a, tmp_path)
     answer: dict[str, Any] = {}
 
@@ -86,6 +102,7 @@ def test_a_change_through_one_replica_wakes_a_long_poll_held_on_the_other(
             params={"since": revision, "wait": POLL_WAIT_S},
             headers={"Authorization": f"Bearer {credential}"},
             timeout=POLL_WAIT_S + 10,
+            verify=mtls,
         ).json()
         answer["at"] = time.monotonic()
 

@@ -6,6 +6,7 @@ exiting, with its restart count."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -108,6 +109,7 @@ def _cli(ctl: LocalController, *args: str) -> Any:
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **ctl.cli_env()},
     )
     assert done.returncode == 0, done.stderr
     return done.stdout

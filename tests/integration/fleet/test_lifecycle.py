@@ -174,29 +174,35 @@ def test_site_local_lifecycle_while_the_controller_is_down(fleet: Fleet) -> None
     item = fleet.wait_state("web", "running")
     local = fleet.agent.local_api()
     assert local is not None
+    verify = fleet.agent.verify  # HTTPS: the CA the site pinned at join
     fleet.controller.proc.kill()
     wait_for(lambda: fleet.agent.health()["controller_reachable"] is False, 30, "agent noticing")
 
     def local_state(state: str) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
-            got = httpx.get(f"{local}/v1/local/instances/{created['id']}", timeout=5).json()
+            got = httpx.get(
+                f"{local}/v1/local/instances/{created['id']}", timeout=5, verify=verify
+            ).json()
             return got if got["state"] == state else None
 
         return wait_for(reached, 30, f"local {state}")
 
     base = f"{local}/v1/local/instances/{created['id']}"
-    assert httpx.post(f"{base}/stop", timeout=5).status_code == 202
+    assert httpx.post(f"{base}/stop", timeout=5, verify=verify).status_code == 202
     local_state("stopped")
     assert not _serves(item["endpoint"])
-    refused = httpx.post(f"{base}/suspend", timeout=5)
+    refused = httpx.post(f"{base}/suspend", timeout=5, verify=verify)
     assert refused.status_code == 409 and "cannot be suspended" in refused.json()["detail"]
-    assert httpx.post(f"{base}/start", timeout=5).status_code == 202
+    assert httpx.post(f"{base}/start", timeout=5, verify=verify).status_code == 202
     running = local_state("running")
     pid = _serving_pid(running["endpoint"])
-    assert httpx.post(f"{base}/restart", timeout=5).status_code == 202
+    assert httpx.post(f"{base}/restart", timeout=5, verify=verify).status_code == 202
     wait_for(lambda: _serves(running["endpoint"]) and _pid(running["endpoint"]) != pid, 30,
              "restarted at the site")  # fmt: skip
-    assert httpx.post(f"{local}/v1/local/instances/nope/stop", timeout=5).status_code == 404
+    assert (
+        httpx.post(f"{local}/v1/local/instances/nope/stop", timeout=5, verify=verify).status_code
+        == 404
+    )
 
     # The link returns: the controller hears what happened, from the outbox.
     fleet.controller.start()

@@ -138,10 +138,11 @@ def fleet(
             created = api.post("/v1/sites", json={"name": name, "latitude": lat, "longitude": lon})
             created.raise_for_status()
             link = stack.enter_context(RelayThread("127.0.0.1", ctl.port))
+            # The relay passes TLS through: the agent speaks HTTPS to the controller.
             agent = LocalAgent(
                 name,
                 tmp_path / name,
-                link.url,
+                link.url.replace("http://", "https://", 1),
                 join_token=created.json()["join_token"]["token"],
                 env={
                     "CLOUDLET_AGENT__RECONCILE_INTERVAL_S": "1",

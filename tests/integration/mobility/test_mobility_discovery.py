@@ -4,6 +4,7 @@ measures, picks, starts or joins; without a controller it browses the LAN."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,7 +37,9 @@ def test_discover_ranks_with_reasons_and_the_client_connects(tmp_path: Path) -> 
         lat, lon = SITES["lyon"]
         # No token: discovery is open to clients.
         answer = httpx.get(
-            f"{f.controller.url}/v1/discover", params={"app": "notes", "lat": lat, "lon": lon}
+            f"{f.controller.url}/v1/discover",
+            params={"app": "notes", "lat": lat, "lon": lon},
+            verify=f.controller.verify,
         )
         assert answer.status_code == 200, answer.text
         found = answer.json()
@@ -53,12 +56,17 @@ def test_discover_ranks_with_reasons_and_the_client_connects(tmp_path: Path) -> 
         assert paris["site"] == "paris" and paris["filter"] == "latency"
         assert "est. 53.9 ms" in paris["reason"]  # 3.9 ms of geography, 50 of access
         url = f"{f.controller.url}/v1/discover"
-        assert httpx.get(url, params={"app": "nope"}).status_code == 404
-        assert httpx.get(url, params={"app": "notes", "lat": 1}).status_code in (400, 422)
+        assert httpx.get(url, params={"app": "nope"}, verify=f.controller.verify).status_code == 404
+        assert httpx.get(
+            url, params={"app": "notes", "lat": 1}, verify=f.controller.verify
+        ).status_code in (400, 422)
 
         # No instance anywhere: connect measures the ranked sites, picks the lowest
         # measured RTT (on loopback any of them may win) and has the controller start it.
-        conn = client.connect(f.controller.url, "notes", lat, lon, token=f.controller.token)
+        ca = f.controller.verify  # the controller and every site-local API chain to it
+        conn = client.connect(
+            f.controller.url, "notes", lat, lon, token=f.controller.token, verify=ca
+        )
         assert {c.site for c in conn.candidates} == {"lyon", "turin"}
         measured = {c.site: c.measured_rtt_ms for c in conn.candidates}
         assert None not in measured.values()
@@ -66,7 +74,7 @@ def test_discover_ranks_with_reasons_and_the_client_connects(tmp_path: Path) -> 
         assert f.instance(conn.instance)["site"] == conn.site
         assert get(conn.endpoint, set="hello").startswith("hello")
         # A second client joins the running instance instead of starting another.
-        again = client.connect(f.controller.url, "notes", lat, lon)
+        again = client.connect(f.controller.url, "notes", lat, lon, verify=ca)
         assert again.joined and again.endpoint == conn.endpoint
         assert len(f.api.get("/v1/instances").json()) == 1
 
@@ -75,6 +83,7 @@ def test_discover_ranks_with_reasons_and_the_client_connects(tmp_path: Path) -> 
             [sys.executable, "-m", "cloudlet.cli", "--url", f.controller.url, "client",
              "discover", "notes", "--near", f"{lat},{lon}", "--json"],
             capture_output=True, text=True, timeout=60, check=True,
+            env={**os.environ, **f.controller.cli_env()},
         )  # fmt: skip
         rows = json.loads(out.stdout)
         # (The ranking may change now that one site runs the app: its load, its timings.)
@@ -96,7 +105,7 @@ def test_without_a_controller_the_client_browses_the_lan(tmp_path: Path) -> None
         except CloudletError:
             pytest.skip("multicast DNS does not work here")
         dead = f"http://127.0.0.1:{free_port()}"
-        found = client.candidates(dead, "notes", browse_s=3)
+        found = client.candidates(dead, "notes", browse_s=3, verify=f.controller.verify)
         # Other agents on this LAN (other test runs) may answer too: find ours by address.
         ours = [c for c in found if c.endpoint == lyon.local_api()]
         assert ours, found

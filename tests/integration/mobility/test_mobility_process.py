@@ -3,6 +3,7 @@ when their site is cut off, and a returning site stopping its stale copy by epoc
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -226,8 +227,9 @@ def test_drain_moves_everything_off_a_site_by_handoff(tmp_path: Path) -> None:
             ids.append(item["id"])
         cli = [sys.executable, "-m", "cloudlet.cli", "--url", f.controller.url,
                "--token", f.controller.token]  # fmt: skip
+        env = {**os.environ, **f.controller.cli_env()}
         out = subprocess.run(
-            [*cli, "site", "drain", "lyon"], capture_output=True, text=True, timeout=60
+            [*cli, "site", "drain", "lyon"], capture_output=True, text=True, timeout=60, env=env
         )
         assert out.returncode == 0, out.stderr
         assert "draining" in out.stdout
@@ -239,7 +241,7 @@ def test_drain_moves_everything_off_a_site_by_handoff(tmp_path: Path) -> None:
         assert refused.status_code == 201 and refused.json()["site"] == "paris"
         # `instance show` says why it moved and how the sites scored.
         out = subprocess.run(
-            [*cli, "instance", "show", ids[0]], capture_output=True, text=True, timeout=60
+            [*cli, "instance", "show", ids[0]], capture_output=True, text=True, timeout=60, env=env
         )
         assert out.returncode == 0, out.stderr
         assert "moved: drain of lyon" in out.stdout

@@ -93,7 +93,7 @@ class Bed:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDLET_")}
         env |= {
-            "CLOUDLET_URL": self.ctl.url,
+            **self.ctl.cli_env(),
             "CLOUDLET_TOKEN_FILE": str(self.ctl.data_dir / "admin.token"),
         }
         cloudlet = str(Path(sys.executable).with_name("cloudlet"))

@@ -35,6 +35,8 @@ def browser() -> Iterator[Any]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 "--window-size=1400,900"):  # fmt: skip
         options.add_argument(arg)
+    # The controller serves HTTPS with the test's own CA, which the browser does not hold.
+    options.set_capability("acceptInsecureCerts", True)
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     driver = webdriver.Chrome(options=options, service=service)
     try:

@@ -11,10 +11,10 @@ from cloudlet.agent.discovery import SERVICE_TYPE, Announcer, service_info
 
 
 def test_the_record_names_the_site_and_its_port() -> None:
-    info = service_info("edge.one", 8123, "10.1.2.3", site_id="s-1", version="1.2")
+    info = service_info("edge.one", 8123, "10.1.2.3", site_id="s-1", version="1.2", scheme="https")
     assert info.name == f"edge-one.{SERVICE_TYPE}"
     assert info.port == 8123 and info.parsed_addresses() == ["10.1.2.3"]
-    assert info.properties == {b"site_id": b"s-1", b"version": b"1.2"}
+    assert info.properties == {b"site_id": b"s-1", b"version": b"1.2", b"scheme": b"https"}
     wildcard = service_info("edge", 8123, "0.0.0.0", site_id=None, version="1.2")
     assert wildcard.parsed_addresses() and "0.0.0.0" not in wildcard.parsed_addresses()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -84,8 +85,12 @@ class Upgrader:
         remote: Callable[[], tuple[str, str] | None],
         switch: Callable[[], None],
         backoff_max_s: float = 30.0,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.store = store
+        #: Verifies the controller and the site-local API (the pinned CA), and presents
+        #: the site's certificate.
+        self.verify = verify
         self.data_dir = data_dir
         self.deadline_s = deadline_s
         self.supervised = supervised
@@ -131,7 +136,7 @@ class Upgrader:
         """
         trial = self.trial
         if trial is not None:
-            await _check_serving(local_api)
+            await _check_serving(local_api, self.verify)
             if not await asyncio.to_thread(self._commit, trial):
                 raise ConfigError(f"the supervisor gave up the trial of agent {__version__}")
             self.trial = None
@@ -268,7 +273,9 @@ class Upgrader:
             self.store.set_meta(FETCHING, json.dumps({"digest": target.digest, "offset": fetched}))
 
         blob = f"{url.rstrip('/')}/v1/agent-packages/{quote(target.version, safe='')}/blob"
-        async with httpx.AsyncClient(timeout=30.0, follow_redirects=True) as http:
+        async with httpx.AsyncClient(
+            timeout=30.0, follow_redirects=True, verify=self.verify
+        ) as http:
             size = await download(http, blob, credential, part, offset, on_progress=progress)
         digest = await asyncio.to_thread(file_blake3, part)
         if size != target.size or digest != target.digest:
@@ -311,10 +318,10 @@ class Upgrader:
         set_meta(conn, LAST, json.dumps({**data, "at": record.now_iso()}, sort_keys=True))
 
 
-async def _check_serving(local_api: str) -> None:
+async def _check_serving(local_api: str, verify: ssl.SSLContext | bool = True) -> None:
     """Raise ConfigError unless this agent's site-local API answers as this version."""
     try:
-        async with httpx.AsyncClient(timeout=5.0) as http:
+        async with httpx.AsyncClient(timeout=5.0, verify=verify) as http:
             answer = await http.get(f"{local_api}/healthz")
         version = answer.json().get("agent_version") if answer.status_code == 200 else None
     except (httpx.HTTPError, ValueError) as exc:

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from cloudlet.controller.api.deps import DB
-from cloudlet.controller.services import auth, fleet, sync
+from cloudlet.controller.peer import check_peer
+from cloudlet.controller.services import auth, certificates, fleet, sync
 from cloudlet.controller.services._util import hash_secret, utcnow
 from cloudlet.controller.state import ControllerState
-from cloudlet.errors import AuthError
+from cloudlet.errors import AuthError, InvalidInputError
 from cloudlet.schemas import AgentReport, DesiredStateDoc, EnrollRequest, EnrollResponse, ReportAck
 from cloudlet.schemas.common import bearer_secret
 
@@ -21,8 +22,22 @@ router = APIRouter(prefix="/v1/agent", tags=["agent"])
 
 
 @router.post("/enroll", status_code=status.HTTP_201_CREATED, response_model=EnrollResponse)
-def enroll(body: EnrollRequest, session: DB) -> EnrollResponse:
-    return fleet.enroll(session, body)
+def enroll(body: EnrollRequest, session: DB, request: Request) -> EnrollResponse:
+    """Trade a one-time join token for the site's credential and, for its CSRs, its
+    certificates (a re-join revokes the site's earlier ones)."""
+    st = _state(request)
+    tls = st.settings.tls
+    if body.csr is None and not tls.insecure:
+        raise InvalidInputError("csr is required: this controller gives each site a certificate")
+    answer = fleet.enroll(session, body)
+    if body.csr is not None:
+        site = session.get_one(fleet.Site, answer.site_id)
+        certificates.revoke_site(session, site.id)
+        answer.certificates = certificates.issue(
+            session, st.ca, site, body.csr, body.local_csr, tls.site_cert_validity_s
+        )
+        st.revoked.invalidate()
+    return answer
 
 
 @router.get(
@@ -70,6 +85,8 @@ async def authenticate(
     site = await st.site_briefs.get(hash_secret(credential))
     if site is None:
         raise AuthError("invalid or revoked site credential")
+    if not st.settings.tls.insecure:
+        await check_peer(scope, site.id, st.revoked)
     scope.setdefault("state", {})["site_id"] = site.id
     return site
 

@@ -30,6 +30,8 @@ PUBLIC = frozenset(
         ("get", "/v1/client-tokens/keys"),
         # Signing in: the password is the credential.
         ("post", "/v1/auth/tokens"),
+        # The CA certificate: what clients verify the controller and sites with.
+        ("get", "/v1/ca"),
     }
 )
 #: Public operations that may still refuse (403): a user with no role in the project.
@@ -78,7 +80,8 @@ def _declare(document: dict[str, Any]) -> dict[str, Any]:
         "bearer": {
             "type": "http",
             "scheme": "bearer",
-            "description": "An API token; on /v1/agent/* a site credential.",
+            "description": "An API token; on /v1/agent/* a site credential (with the "
+            "site's client certificate, unless the controller runs --insecure).",
         }
     }
     for path, item in document.get("paths", {}).items():

@@ -661,3 +661,26 @@ class PricePlan(Base):
     gib_hour: Mapped[str] = mapped_column(String(40))
     gib_fetched: Mapped[str] = mapped_column(String(40))
     updated_at: Mapped[datetime]
+
+
+class SiteCertificate(Base):
+    """A certificate the CA issued to a site: its client certificate (``site``) or its
+    site-local API's (``local``). Kept so that a re-join or a decommission can revoke
+    them; the agent endpoints refuse a client certificate whose serial is revoked."""
+
+    __tablename__ = "site_certificates"
+    __table_args__ = (
+        Index(
+            "ix_site_certificates_revoked",
+            "not_after",
+            sqlite_where=text("revoked_at IS NOT NULL"),
+            postgresql_where=text("revoked_at IS NOT NULL"),
+        ),
+    )
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    site_id: Mapped[str] = mapped_column(ForeignKey("sites.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(8))
+    not_after: Mapped[datetime]
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import Instance, JoinToken, Site
-from cloudlet.controller.services import alarms
+from cloudlet.controller.services import alarms, certificates
 from cloudlet.controller.services._util import utcnow
 from cloudlet.controller.services.fleet import record
 from cloudlet.controller.services.instances import delete_instance
@@ -82,6 +82,7 @@ def _remaining(session: Session, site_id: str) -> int:
 def _revoke(session: Session, site: Site, *, forced: bool) -> None:
     site.state = SiteState.DECOMMISSIONED.value
     site.credential_hash = None
+    certificates.revoke_site(session, site.id)
     session.execute(update(JoinToken).where(JoinToken.site_id == site.id).values(used_at=utcnow()))
     record(session, "site.decommissioned", site.id, forced=forced)
     # A decommissioned site is silent for good: what it was alarmed for is over.
