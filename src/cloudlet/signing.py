@@ -23,10 +23,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from cloudlet.errors import ConfigError, SignatureError
+from cloudlet.errors import SignatureError
 from cloudlet.schemas.artifacts import ArtifactKind
 from cloudlet.schemas.signing import ArtifactTrust
-from cloudlet.tokens import thumbprint
+from cloudlet.tokens import ed25519_pem, load_ed25519_pem, thumbprint
 
 DOMAIN = b"cloudlet-artifact-v1\0"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -102,20 +102,10 @@ class PublisherKey:
         Raises:
             ConfigError: not a PEM Ed25519 private key.
         """
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"not a PEM private key without a password: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError("a publisher key must be an Ed25519 key")
-        return cls(key)
+        return cls(load_ed25519_pem(pem, "a publisher key"))
 
     def to_pem(self) -> bytes:
-        return self._private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return ed25519_pem(self._private)
 
     def sign(self, kind: ArtifactKind | str, digest: str) -> str:
         """The signature (base64url) over :func:`message` of the artifact."""

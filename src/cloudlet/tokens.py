@@ -45,6 +45,28 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def load_ed25519_pem(pem: bytes, what: str) -> Ed25519PrivateKey:
+    """An Ed25519 private key from PKCS#8 PEM (no password); ``what`` names it in errors.
+
+    Raises:
+        ConfigError: not a PEM Ed25519 private key.
+    """
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"not a PEM private key without a password: {exc}") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{what} must be an Ed25519 key")
+    return key
+
+
+def ed25519_pem(key: Ed25519PrivateKey) -> bytes:
+    """The key as PKCS#8 PEM, unencrypted (the file's mode protects it)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
 def thumbprint(x: str) -> str:
     """The RFC 7638 thumbprint of an Ed25519 public key given as base64url ``x``."""
     canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"))
@@ -96,20 +118,10 @@ class SigningKey:
         Raises:
             ConfigError: not a PEM Ed25519 private key.
         """
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"not a PEM private key without a password: {exc}") from exc
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ConfigError("the client-token signing key must be an Ed25519 key")
-        return cls(key)
+        return cls(load_ed25519_pem(pem, "the client-token signing key"))
 
     def to_pem(self) -> str:
-        return self._private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode()
+        return ed25519_pem(self._private).decode()
 
     def sign(
         self,
