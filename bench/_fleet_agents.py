@@ -333,7 +333,13 @@ class Agent:
                 due = time.monotonic()
                 continue
             await self.sync_round(plan, stats)
-            due += plan.interval * self.rng.uniform(1 - plan.jitter, 1 + plan.jitter)
+            # A round that ran late moves the next one a whole interval on (as an agent's
+            # timer does): rounds missed while the controller was slow (a cold start) are
+            # not made up, which put more rounds in the window than the target.
+            step = plan.interval * self.rng.uniform(1 - plan.jitter, 1 + plan.jitter)
+            due += step
+            if due < time.monotonic():
+                due = time.monotonic() + step
 
     async def storm(self, plan: Plan, stats: Stats) -> None:
         """Go silent until the storm ends (usage records pile up, one per interval),
