@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cloudlet.controller.db.models import ApiToken, User
-from cloudlet.controller.services._util import hash_secret, new_id, new_secret, utcnow
+from cloudlet.controller.services.auth import add_token
 from cloudlet.controller.services.projects import require_project
 from cloudlet.controller.services.users import RANK
 from cloudlet.errors import ConflictError, ForbiddenError, NotFoundError
@@ -40,20 +40,7 @@ def create_key(
     """
     _check_may_grant(caller, project, role)
     require_project(session, project)
-    secret = new_secret(role)
-    key = ApiToken(
-        id=new_id(),
-        name=name,
-        project=project,
-        role=role,
-        token_hash=hash_secret(secret),
-        created_at=utcnow(),
-        kind=KEY,
-        user_id=caller.user_id,
-    )
-    session.add(key)
-    session.flush()
-    return secret, key
+    return add_token(session, name, project, role, kind=KEY, user_id=caller.user_id)
 
 
 def list_keys(session: Session, project: str | None) -> list[tuple[ApiToken, str | None]]:

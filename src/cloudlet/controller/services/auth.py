@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,19 +37,41 @@ def bootstrap(session: Session, data_dir: Path) -> None:
     else:
         token = new_secret("admin")
         write_secret(token_path, token)
-    session.add(
-        ApiToken(
-            id=new_id(),
-            name="admin",
-            project=DEFAULT_PROJECT,
-            role="admin",
-            token_hash=hash_secret(token),
-            created_at=utcnow(),
-        )
-    )
+    add_token(session, "admin", DEFAULT_PROJECT, "admin", secret=token)
 
 
 ROLES = ("admin", "member", "reader")
+
+
+def add_token(
+    session: Session,
+    name: str,
+    project: str,
+    role: str,
+    *,
+    secret: str | None = None,
+    kind: str = "key",
+    user_id: str | None = None,
+    expires_at: datetime | None = None,
+    now: datetime | None = None,
+) -> tuple[str, ApiToken]:
+    """Store a bearer token (API key or login, only its hash) and return its secret, a
+    new one unless ``secret`` is given, and its row."""
+    secret = secret or new_secret(role)
+    row = ApiToken(
+        id=new_id(),
+        name=name,
+        project=project,
+        role=role,
+        token_hash=hash_secret(secret),
+        created_at=now or utcnow(),
+        kind=kind,
+        user_id=user_id,
+        expires_at=expires_at,
+    )
+    session.add(row)
+    session.flush()
+    return secret, row
 
 
 def create_api_token(session: Session, name: str, project: str, role: str) -> str:
@@ -61,19 +84,7 @@ def create_api_token(session: Session, name: str, project: str, role: str) -> st
     if role not in ROLES:
         raise InvalidInputError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     ensure_project(session, project)
-    secret = new_secret(role)
-    session.add(
-        ApiToken(
-            id=new_id(),
-            name=name,
-            project=project,
-            role=role,
-            token_hash=hash_secret(secret),
-            created_at=utcnow(),
-        )
-    )
-    session.flush()
-    return secret
+    return add_token(session, name, project, role)[0]
 
 
 def authenticate_user(session: Session, token: str | None) -> ApiToken:

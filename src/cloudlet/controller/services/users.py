@@ -21,7 +21,8 @@ from cloudlet.controller.services._passwords import (
     needs_rehash,
     verify_password,
 )
-from cloudlet.controller.services._util import hash_secret, new_id, new_secret, utcnow
+from cloudlet.controller.services._util import new_id, new_secret, utcnow
+from cloudlet.controller.services.auth import add_token
 from cloudlet.controller.services.projects import require_project
 from cloudlet.errors import AuthError, ConflictError, ForbiddenError, InvalidInputError
 
@@ -145,20 +146,10 @@ def login(
             ApiToken.expires_at < now - EXPIRED_KEPT,
         )
     )
-    token = ApiToken(
-        id=new_id(),
-        name=user.name,
-        project=project,
-        role=role,
-        token_hash=hash_secret(secret),
-        created_at=now,
-        kind=LOGIN,
-        user_id=user.id,
-        expires_at=now + timedelta(seconds=ttl_s),
-    )
-    session.add(token)
-    session.flush()
-    return secret, token
+    return add_token(
+        session, user.name, project, role, secret=secret, kind=LOGIN, user_id=user.id,
+        expires_at=now + timedelta(seconds=ttl_s), now=now,
+    )  # fmt: skip
 
 
 def _scope(session: Session, user: User, project: str | None) -> tuple[str, str]:
